@@ -1,0 +1,122 @@
+"""An episode: the calls one agent run made on one task, plus its outcome.
+
+Rewards follow AReaL's conventions so exports mean the same thing there:
+an episode reward, optional per-call rewards, and `discount(gamma)` which walks
+calls in reverse insertion order once (`R = R * gamma + r_i; r_i = R`). The
+`tree=True` mode discounts along each branch of the call tree only, so
+parallel branches do not leak rewards into each other.
+"""
+
+from __future__ import annotations
+
+import uuid
+from enum import Enum
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rollout.record import CallRecord
+
+
+class EpisodeStatus(str, Enum):
+    COMPLETED = "completed"
+    TRUNCATED = "truncated"
+    TIMEOUT = "timeout"
+    ERROR = "error"
+
+
+class RewardError(RuntimeError):
+    """Rewards were changed in a way that would double-count them."""
+
+
+def new_episode_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Episode(BaseModel):
+    """One rollout: task id, GRPO sample index, calls, status and rewards."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    id: str = Field(default_factory=new_episode_id)
+    task_id: str = ""
+    sample: int = 0
+    task: Any = None
+    calls: list[CallRecord] = Field(default_factory=list)
+    status: EpisodeStatus = EpisodeStatus.COMPLETED
+    error: str | None = None
+    reward: float | None = None
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    discounted: bool = False
+
+    @property
+    def uid(self) -> str:
+        """rLLM-style `task_id:sample` key, unique per requested rollout."""
+        return f"{self.task_id}:{self.sample}"
+
+    @property
+    def exact(self) -> bool:
+        return all(c.exact for c in self.calls)
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(c.num_tokens for c in self.calls)
+
+    def set_reward(self, call: int | str, reward: float) -> None:
+        """Set one call's reward, by position in the episode or by completion id."""
+        self._call(call).reward = float(reward)
+
+    def set_last_reward(self, reward: float) -> None:
+        if not self.calls:
+            raise RewardError("episode has no calls to reward")
+        self.calls[-1].reward = float(reward)
+
+    def _call(self, key: int | str) -> CallRecord:
+        if isinstance(key, int):
+            return self.calls[key]
+        for c in self.calls:
+            if c.id == key:
+                return c
+        raise KeyError(f"no call with id {key!r} in episode {self.id}")
+
+    def call_rewards(self) -> list[float]:
+        """Per-call rewards, with unset ones as 0.0 (AReaL's default)."""
+        return [0.0 if c.reward is None else c.reward for c in self.calls]
+
+    def discount(self, gamma: float, *, tree: bool = False) -> list[float]:
+        """Propagate rewards backwards once, in place; returns the new rewards.
+
+        If no call has a reward but the episode has one, it is placed on the
+        last call first, as `set_last_reward` would. Calling twice raises: a
+        second pass would discount already-discounted returns.
+        """
+        if self.discounted:
+            raise RewardError(f"episode {self.id} was already discounted")
+        if not 0.0 <= gamma <= 1.0:
+            raise ValueError(f"gamma must be in [0, 1], got {gamma}")
+        if self.calls and all(c.reward is None for c in self.calls) and self.reward is not None:
+            self.calls[-1].reward = self.reward
+        rewards = self.call_rewards()
+        if tree:
+            out = list(rewards)
+            children: dict[int, list[int]] = {}
+            for i, c in enumerate(self.calls):
+                if c.parent is not None:
+                    children.setdefault(c.parent, []).append(i)
+            # A call's return = own reward + gamma * the mean return of its
+            # children (its branches). Children come after parents, so one
+            # reverse pass suffices, and siblings never see each other.
+            for i in reversed(range(len(self.calls))):
+                kids = children.get(i, [])
+                if kids:
+                    out[i] = rewards[i] + gamma * sum(out[k] for k in kids) / len(kids)
+        else:
+            out = [0.0] * len(rewards)
+            running = 0.0
+            for i in reversed(range(len(rewards))):
+                running = running * gamma + rewards[i]
+                out[i] = running
+        for c, r in zip(self.calls, out):
+            c.reward = r
+        self.discounted = True
+        return out

@@ -1,0 +1,195 @@
+"""The per-call token log: what one chat-completion call sampled, token by token.
+
+A `CallRecord` holds the exact prompt ids, and per choice the sampled ids, their
+logprobs and the policy version that produced each token. Token data lives in
+numpy arrays (int32 ids, float32 logprobs, int32 versions stored once per run of
+equal values), so a recorded token costs about 8-12 bytes instead of the ~68 a
+list of Python ints and floats would.
+
+`TokenSource` says where the ids came from. Only the tokenizer fallback is
+inexact: its ids are re-encoded text, not what the server sampled, and every
+record built that way says so (`exact == False`).
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+NO_VERSION = -1
+"""Version used for tokens whose policy version is unknown, and for prompt tokens."""
+
+
+class TokenSource(str, Enum):
+    """Where a record's token ids came from, most trustworthy first."""
+
+    VLLM = "vllm"  # top-level prompt_token_ids + choices[i].token_ids
+    SGLANG = "sglang"  # per-choice prompt_token_ids + token_ids
+    LOGPROB_TOKENS = "logprob_tokens"  # logprobs.content[j].token == "token_id:N"
+    AREAL = "areal"  # client.get_interaction(id): input/output tokens
+    TOKENIZER = "tokenizer"  # re-encoded text: NOT the sampled ids
+    NONE = "none"  # nothing available
+
+    @property
+    def exact(self) -> bool:
+        return self not in (TokenSource.TOKENIZER, TokenSource.NONE)
+
+
+class TokenRecordError(ValueError):
+    """A reply's token data is inconsistent (e.g. logprobs and ids differ in length)."""
+
+
+def as_ids(values: Any) -> np.ndarray:
+    """Token ids as a contiguous int32 array (the one dtype used everywhere)."""
+    arr = np.asarray(values if values is not None else [], dtype=np.int64)
+    if arr.ndim != 1:
+        raise TokenRecordError(f"token ids must be one-dimensional, got shape {arr.shape}")
+    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
+        raise TokenRecordError("token ids must be non-negative int32 values")
+    return np.ascontiguousarray(arr, dtype=np.int32)
+
+
+def as_logprobs(values: Any) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(values if values is not None else [], dtype=np.float32))
+
+
+class Versions:
+    """Per-token policy versions, run-length encoded.
+
+    A completion is almost always produced by one policy version, so storing a
+    value per token wastes 4 bytes per token. Runs keep the exact per-token
+    information (AReaL's `output_versions` can change mid-generation) at a
+    cost proportional to the number of weight updates seen.
+    """
+
+    __slots__ = ("_length", "_starts", "_values")
+
+    def __init__(self, starts: np.ndarray, values: np.ndarray, length: int) -> None:
+        self._starts = starts
+        self._values = values
+        self._length = length
+
+    @classmethod
+    def constant(cls, version: int, length: int) -> Versions:
+        return cls(np.zeros(1, np.int32), np.array([version], np.int32), length)
+
+    @classmethod
+    def from_array(cls, versions: Any) -> Versions:
+        arr = np.asarray(versions, dtype=np.int32)
+        if arr.size == 0:
+            return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), 0)
+        change = np.flatnonzero(np.diff(arr)) + 1
+        starts = np.concatenate([[0], change]).astype(np.int32)
+        return cls(starts, arr[starts].copy(), int(arr.size))
+
+    def __len__(self) -> int:
+        return self._length
+
+    def to_array(self) -> np.ndarray:
+        if self._length == 0:
+            return np.zeros(0, np.int32)
+        counts = np.diff(np.append(self._starts, self._length))
+        return np.repeat(self._values, counts).astype(np.int32)
+
+    @property
+    def nbytes(self) -> int:
+        return int(self._starts.nbytes + self._values.nbytes)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Versions) and np.array_equal(self.to_array(), other.to_array())
+
+    def __repr__(self) -> str:
+        return f"Versions({self.to_array().tolist()!r})"
+
+
+class Choice(BaseModel):
+    """One sampled completion (one element of `choices`) with its token data."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    index: int = 0
+    ids: np.ndarray = Field(default_factory=lambda: np.zeros(0, np.int32))
+    logprobs: np.ndarray | None = None  # float32, len == len(ids); None if the server sent none
+    versions: Versions = Field(default_factory=lambda: Versions.constant(NO_VERSION, 0))
+    finish_reason: str | None = None
+    message: dict[str, Any] = Field(default_factory=dict)  # the reply: role, content, tool_calls
+    source: TokenSource = TokenSource.NONE
+
+    @field_validator("ids", mode="before")
+    @classmethod
+    def _ids(cls, v: Any) -> np.ndarray:
+        return as_ids(v)
+
+    @field_validator("logprobs", mode="before")
+    @classmethod
+    def _logprobs(cls, v: Any) -> np.ndarray | None:
+        return None if v is None else as_logprobs(v)
+
+    @field_validator("versions", mode="before")
+    @classmethod
+    def _versions(cls, v: Any) -> Versions:
+        return v if isinstance(v, Versions) else Versions.from_array(v)
+
+    def model_post_init(self, _context: Any) -> None:
+        n = len(self.ids)
+        if self.logprobs is not None and len(self.logprobs) != n:
+            raise TokenRecordError(
+                f"choice {self.index}: {len(self.logprobs)} logprobs for {n} token ids"
+            )
+        if len(self.versions) != n:
+            raise TokenRecordError(f"choice {self.index}: {len(self.versions)} versions for {n} token ids")
+
+    @property
+    def exact(self) -> bool:
+        return self.source.exact
+
+    @property
+    def nbytes(self) -> int:
+        lp = 0 if self.logprobs is None else self.logprobs.nbytes
+        return int(self.ids.nbytes + lp + self.versions.nbytes)
+
+
+class CallRecord(BaseModel):
+    """Everything one chat-completion call put on the wire and got back.
+
+    `request` holds the messages, tools and sampling params exactly as sent
+    (never credentials). `parent` is the index, within the episode, of the call
+    whose messages + reply this call's messages extend (AReaL's interaction
+    tree); assembly and tree-aware discounting use it.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    id: str = ""
+    index: int = 0
+    endpoint: str = "chat.completions"
+    prompt_ids: np.ndarray = Field(default_factory=lambda: np.zeros(0, np.int32))
+    prompt_source: TokenSource = TokenSource.NONE
+    choices: list[Choice] = Field(default_factory=list)
+    request: dict[str, Any] = Field(default_factory=dict)
+    usage: dict[str, Any] | None = None
+    latency_s: float = 0.0
+    started_at: float = 0.0
+    reward: float | None = None
+    parent: int | None = None
+    notes: list[str] = Field(default_factory=list)  # why a record is inexact, drift found, ...
+
+    @field_validator("prompt_ids", mode="before")
+    @classmethod
+    def _prompt_ids(cls, v: Any) -> np.ndarray:
+        return as_ids(v)
+
+    @property
+    def exact(self) -> bool:
+        return self.prompt_source.exact and all(c.exact for c in self.choices)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(len(self.prompt_ids) + sum(len(c.ids) for c in self.choices))
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.prompt_ids.nbytes + sum(c.nbytes for c in self.choices))
