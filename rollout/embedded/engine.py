@@ -1,0 +1,135 @@
+"""Token-by-token generation for the server: stop strings, streaming holdback.
+
+The HTTP layer drives :class:`Generation` one step at a time (so it can sleep
+for artificial latency and flush SSE chunks between steps); all choices of a
+request advance in lockstep, like one batched decode step of a real server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .policy import Distribution, Policy
+from .protocol import SamplingRequest, token_bytes
+from .template import TOOL_CALL_PREFIX, parse_tool_call
+
+
+@dataclass
+class ChoiceState:
+    """Progress of one choice; ``text`` is the visible (stop-trimmed) text."""
+
+    index: int
+    context: list[int]
+    rng: np.random.Generator
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[float] = field(default_factory=list)
+    dists: list[Distribution] = field(default_factory=list)
+    raw: bytes = b""
+    text: str = ""
+    emitted: int = 0
+    finish_reason: str | None = None
+    tool_arg: str | None = None
+
+
+@dataclass
+class StepOutput:
+    """What one step produced for one choice; ``delta`` is releasable text."""
+
+    choice: ChoiceState
+    token_id: int
+    logprob: float
+    dist: Distribution
+    delta: str
+
+
+def choice_rng(seed: int, index: int) -> np.random.Generator:
+    """Per-choice stream: same seed + same choice index -> same tokens."""
+    return np.random.default_rng([seed & 0xFFFFFFFFFFFFFFFF, index])
+
+
+class Generation:
+    """All choices of one request, advanced together by :meth:`step`."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        prompt_ids: Sequence[int],
+        params: SamplingRequest,
+        max_tokens: int,
+        seed: int,
+        tool_mode: bool = False,
+        first_index: int = 0,
+    ) -> None:
+        self.policy = policy
+        self.params = params
+        self.max_tokens = max_tokens
+        self.tool_mode = tool_mode
+        self.choices = [
+            ChoiceState(first_index + i, list(prompt_ids), choice_rng(seed, i))
+            for i in range(params.n)
+        ]
+        self._max_stop = max((len(s) for s in params.stop), default=0)
+
+    @property
+    def done(self) -> bool:
+        return all(c.finish_reason is not None for c in self.choices)
+
+    def step(self) -> list[StepOutput]:
+        """Sample one token for every unfinished choice."""
+        p = self.params
+        out: list[StepOutput] = []
+        for c in self.choices:
+            if c.finish_reason is not None:
+                continue
+            tok, lp, dist = self.policy.sample_next(c.context, c.rng, p.temperature, p.top_p)
+            c.context.append(tok)
+            c.token_ids.append(tok)
+            c.logprobs.append(lp)
+            if p.logprobs:
+                c.dists.append(dist)
+            if tok == self.policy.end_id and not p.ignore_eos:
+                c.finish_reason = "stop"
+            elif tok != self.policy.end_id:
+                self._extend_text(c, tok)
+            if c.finish_reason is None and len(c.token_ids) >= self.max_tokens:
+                c.finish_reason = "length"
+            if c.finish_reason is not None and self.tool_mode:
+                c.tool_arg = parse_tool_call(c.text)
+                if c.tool_arg is not None:
+                    c.finish_reason = "tool_calls"
+            out.append(StepOutput(c, tok, lp, dist, self._release(c)))
+        return out
+
+    def _extend_text(self, c: ChoiceState, tok: int) -> None:
+        before = len(c.text)
+        c.raw += token_bytes(tok)
+        c.text = c.raw.decode("utf-8", errors="replace")
+        if not self.params.stop:
+            return
+        start = max(0, before - self._max_stop + 1)
+        hits = [i for i in (c.text.find(s, start) for s in self.params.stop) if i >= 0]
+        if hits:
+            c.text = c.text[: min(hits)]
+            c.finish_reason = "stop"
+
+    def _release(self, c: ChoiceState) -> str:
+        """Text safe to stream now: never a possible stop or tool-call prefix."""
+        end = len(c.text)
+        if c.finish_reason is None:
+            if self.tool_mode and (
+                c.text.startswith(TOOL_CALL_PREFIX) or TOOL_CALL_PREFIX.startswith(c.text)
+            ):
+                return ""
+            for s in self.params.stop:
+                for k in range(min(len(s) - 1, end), 0, -1):
+                    if c.text.endswith(s[:k]):
+                        end = min(end, len(c.text) - k)
+                        break
+        elif c.tool_arg is not None:
+            return ""
+        delta = c.text[c.emitted : end]
+        c.emitted = max(c.emitted, end)
+        return delta

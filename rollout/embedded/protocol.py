@@ -1,0 +1,239 @@
+"""Request validation and OpenAI/vLLM wire shapes for the embedded server.
+
+Kept apart from the HTTP layer so the rules (which parameter is invalid, with
+which status and ``param``) are plain functions that are easy to read.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .policy import Distribution, get_encoding
+
+MAX_TOP_LOGPROBS = 20
+MAX_N = 128
+
+
+class ApiError(Exception):
+    """An OpenAI-style error reply: ``{"error": {message, type, param, code}}``."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        param: str | None = None,
+        code: str | None = None,
+        type_: str = "invalid_request_error",
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.param = param
+        self.code = code
+        self.type = type_
+
+    def body(self) -> dict[str, Any]:
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type,
+                "param": self.param,
+                "code": self.code,
+            }
+        }
+
+
+def bad(param: str, message: str, code: str | None = "invalid_value") -> ApiError:
+    return ApiError(400, message, param=param, code=code)
+
+
+@dataclass(frozen=True)
+class SamplingRequest:
+    """Sampling options shared by chat and text completions."""
+
+    n: int
+    temperature: float
+    top_p: float
+    max_tokens: int | None
+    stop: tuple[str, ...]
+    seed: int | None
+    logprobs: bool
+    top_logprobs: int
+    return_token_ids: bool
+    tokens_as_ids: bool
+    stream: bool
+    include_usage: bool
+    ignore_eos: bool
+
+
+def _opt_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
+    value = body.get(key)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise bad(key, f"'{key}' must be a boolean")
+    return value
+
+
+def _opt_int(body: Mapping[str, Any], key: str, lo: int, hi: int | None = None) -> int | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise bad(key, f"'{key}' must be an integer")
+    if value < lo or (hi is not None and value > hi):
+        limit = f"between {lo} and {hi}" if hi is not None else f">= {lo}"
+        raise bad(key, f"'{key}' must be {limit}, got {value}")
+    return value
+
+
+def _opt_float(body: Mapping[str, Any], key: str, default: float) -> float:
+    value = body.get(key)
+    if value is None:
+        return default
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise bad(key, f"'{key}' must be a finite number")
+    return float(value)
+
+
+def parse_sampling(body: Mapping[str, Any], chat: bool) -> SamplingRequest:
+    """Validate the sampling parameters of a request body (400 on error)."""
+    n = _opt_int(body, "n", 1, MAX_N)
+    temperature = _opt_float(body, "temperature", 1.0)
+    if temperature < 0:
+        raise bad("temperature", f"'temperature' must be >= 0, got {temperature}")
+    top_p = _opt_float(body, "top_p", 1.0)
+    if not 0.0 < top_p <= 1.0:
+        raise bad("top_p", f"'top_p' must be in (0, 1], got {top_p}")
+    max_tokens = _opt_int(body, "max_tokens", 1)
+    if chat and body.get("max_completion_tokens") is not None:
+        max_tokens = _opt_int(body, "max_completion_tokens", 1)
+    stop_raw = body.get("stop")
+    if stop_raw is None:
+        stop: tuple[str, ...] = ()
+    elif isinstance(stop_raw, str):
+        stop = (stop_raw,)
+    elif isinstance(stop_raw, list) and all(isinstance(s, str) for s in stop_raw):
+        stop = tuple(stop_raw)
+    else:
+        raise bad("stop", "'stop' must be a string or a list of strings")
+    if any(not s for s in stop):
+        raise bad("stop", "stop strings must be non-empty")
+    seed = _opt_int(body, "seed", -(2**63), 2**64 - 1)
+    if chat:
+        logprobs = _opt_bool(body, "logprobs")
+        top = _opt_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
+        if top and not logprobs:
+            raise bad("top_logprobs", "'top_logprobs' requires 'logprobs' to be true")
+    else:
+        top = _opt_int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
+        logprobs = top is not None
+    stream = _opt_bool(body, "stream")
+    options = body.get("stream_options")
+    if options is not None and not isinstance(options, Mapping):
+        raise bad("stream_options", "'stream_options' must be an object")
+    include_usage = bool(stream and options and _opt_bool(options, "include_usage"))
+    return SamplingRequest(
+        n=n or 1,
+        temperature=temperature,
+        top_p=top_p,
+        max_tokens=max_tokens,
+        stop=stop,
+        seed=seed,
+        logprobs=logprobs,
+        top_logprobs=top or 0,
+        return_token_ids=_opt_bool(body, "return_token_ids"),
+        tokens_as_ids=_opt_bool(body, "return_tokens_as_token_ids"),
+        stream=stream,
+        include_usage=include_usage,
+        ignore_eos=_opt_bool(body, "ignore_eos"),
+    )
+
+
+def parse_token_ids(value: Any, param: str) -> list[int]:
+    """A list of valid cl100k token ids (400 on unknown ids)."""
+    enc = get_encoding()
+    if not isinstance(value, list) or not all(
+        isinstance(t, int) and not isinstance(t, bool) for t in value
+    ):
+        raise bad(param, f"'{param}' must be a list of integers")
+    for t in value:
+        try:
+            enc.decode_single_token_bytes(t)
+        except (KeyError, ValueError, OverflowError):
+            raise bad(param, f"'{param}' contains unknown token id {t}") from None
+    return list(value)
+
+
+def token_bytes(token_id: int) -> bytes:
+    return get_encoding().decode_single_token_bytes(token_id)
+
+
+def token_str(token_id: int, as_ids: bool) -> str:
+    """How a token is named in logprobs: its text, or vLLM's ``token_id:N``."""
+    if as_ids:
+        return f"token_id:{token_id}"
+    return token_bytes(token_id).decode("utf-8", errors="replace")
+
+
+def chat_logprob_entry(
+    token_id: int, logprob: float, dist: Distribution, top: int, as_ids: bool
+) -> dict[str, Any]:
+    """One ``choices[i].logprobs.content[j]`` entry."""
+    tops = [
+        {
+            "token": token_str(int(t), as_ids),
+            "logprob": float(lp),
+            "bytes": list(token_bytes(int(t))),
+        }
+        for t, lp in zip(dist.token_ids[:top], dist.logprobs[:top], strict=True)
+    ]
+    return {
+        "token": token_str(token_id, as_ids),
+        "logprob": logprob,
+        "bytes": list(token_bytes(token_id)),
+        "top_logprobs": tops,
+    }
+
+
+def completion_logprobs(
+    token_ids: list[int],
+    logprobs: list[float],
+    dists: list[Distribution],
+    top: int,
+    as_ids: bool,
+    text_offset: int = 0,
+) -> dict[str, Any]:
+    """Legacy ``/v1/completions`` logprobs block for a run of tokens."""
+    tokens = [token_str(t, as_ids) for t in token_ids]
+    offsets: list[int] = []
+    pos = text_offset
+    for t in token_ids:
+        offsets.append(pos)
+        pos += len(token_str(t, False))
+    tops: list[dict[str, float]] | None = None
+    if top:
+        tops = [
+            {
+                token_str(int(t), as_ids): float(lp)
+                for t, lp in zip(d.token_ids[:top], d.logprobs[:top], strict=True)
+            }
+            for d in dists
+        ]
+    return {
+        "tokens": tokens,
+        "token_logprobs": list(logprobs),
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }

@@ -1,0 +1,166 @@
+"""Chat template of the embedded policy: OpenAI messages -> cl100k token ids.
+
+Layout (special tokens are structural markers that plain text can never
+produce, because message text is encoded with special tokens disabled)::
+
+    [<|fim_suffix|> tools-json <|endoftext|>]                      if tools
+    <|fim_prefix|> role [<|endofprompt|> name] <|fim_middle|> content <|endoftext|>
+    ...
+    <|fim_prefix|> assistant <|fim_middle|>                        generation prompt
+
+Each message's content is encoded on its own, so tokens never merge across a
+message boundary, and the end token that closes an assistant message is the
+same token the policy samples to stop. Hence, for an extended conversation
+(turn k messages + the assistant reply + new messages), turn k+1's prompt ids
+start with turn k's prompt ids + the completion ids, provided re-rendering
+the reply gives back the sampled ids. It does NOT when:
+
+* the sampled ids are not tiktoken's canonical encoding of their decoded text
+  (e.g. "1" then "2" decodes to "12", which re-encodes as the single token
+  "12"; likewise "\\n" "\\n" -> "\\n\\n");
+* a stop string cut the text (the ids include the token that completed it);
+* a tool call is not exactly ``CALL`` or ``CALL <arg>`` with no stray
+  whitespace (the reply comes back as structured ``tool_calls`` and is
+  re-rendered from its arguments);
+* the client edits, drops or reorders earlier messages, or changes ``tools``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from .policy import END_ID, get_encoding
+
+FIM_PREFIX = 100258
+"""Starts a message header."""
+FIM_MIDDLE = 100259
+"""Ends a message header; content follows."""
+FIM_SUFFIX = 100260
+"""Starts the tool-definitions block."""
+END_OF_PROMPT = 100276
+"""Separates the role from an optional ``name`` in a header."""
+
+ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
+TOOL_CALL_PREFIX = "CALL"
+
+
+class TemplateError(ValueError):
+    """Messages that cannot be rendered (reported as HTTP 400 by the server)."""
+
+
+def encode_text(text: str) -> list[int]:
+    """Encode plain text; special-token look-alikes stay ordinary text."""
+    return list(get_encoding().encode(text, disallowed_special=()))
+
+
+def content_text(content: Any, where: str = "content") -> str:
+    """Text of a message content: a string, None, or a list of text parts."""
+    if content is None:
+        return ""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts: list[str] = []
+        for part in content:
+            if isinstance(part, str):
+                parts.append(part)
+            elif isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                parts.append(part["text"])
+            else:
+                raise TemplateError(f"{where}: only text content parts are supported")
+        return "".join(parts)
+    raise TemplateError(f"{where} must be a string, a list of text parts or null")
+
+
+def parse_tool_call(text: str) -> str | None:
+    """The argument of a ``CALL <arg>`` completion, or None if it is not one."""
+    if not text.startswith(TOOL_CALL_PREFIX):
+        return None
+    return text[len(TOOL_CALL_PREFIX) :].strip()
+
+
+def tool_call_arguments(arg: str) -> str:
+    """JSON ``arguments`` string of a tool call: ``{"arg": "<arg>"}``."""
+    return json.dumps({"arg": arg})
+
+
+def tool_call_text(arguments: str) -> str:
+    """Inverse of the tool-call format, used to re-render assistant tool_calls."""
+    try:
+        parsed = json.loads(arguments)
+    except (TypeError, ValueError):
+        parsed = None
+    if isinstance(parsed, dict) and isinstance(parsed.get("arg"), str):
+        arg = parsed["arg"]
+    else:
+        arg = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return f"{TOOL_CALL_PREFIX} {arg}" if arg else TOOL_CALL_PREFIX
+
+
+class ChatTemplate:
+    """Renders messages; stateless, safe to share between requests."""
+
+    end_id = END_ID
+
+    @property
+    def generation_prompt(self) -> list[int]:
+        return self._header("assistant", None)
+
+    def _header(self, role: str, name: str | None) -> list[int]:
+        ids = [FIM_PREFIX, *encode_text(role)]
+        if name:
+            ids += [END_OF_PROMPT, *encode_text(name)]
+        ids.append(FIM_MIDDLE)
+        return ids
+
+    def render_tools(self, tools: Sequence[Any] | None) -> list[int]:
+        """Tool block: the tools list as compact, key-sorted JSON."""
+        if not tools:
+            return []
+        text = json.dumps(list(tools), sort_keys=True, separators=(",", ":"))
+        return [FIM_SUFFIX, *encode_text(text), END_ID]
+
+    def render_message(self, message: Any, index: int = 0) -> list[int]:
+        """One message, header to end token."""
+        where = f"messages[{index}]"
+        if not isinstance(message, Mapping):
+            raise TemplateError(f"{where} must be an object")
+        role = message.get("role")
+        if role not in ROLES:
+            raise TemplateError(f"{where}.role must be one of {sorted(ROLES)}")
+        name = message.get("name")
+        if name is not None and not isinstance(name, str):
+            raise TemplateError(f"{where}.name must be a string")
+        text = content_text(message.get("content"), f"{where}.content")
+        tool_calls = message.get("tool_calls") if role == "assistant" else None
+        if tool_calls:
+            if not isinstance(tool_calls, list):
+                raise TemplateError(f"{where}.tool_calls must be a list")
+            calls: list[str] = []
+            for j, call in enumerate(tool_calls):
+                fn = call.get("function") if isinstance(call, Mapping) else None
+                if not isinstance(fn, Mapping):
+                    raise TemplateError(f"{where}.tool_calls[{j}].function is missing")
+                calls.append(tool_call_text(fn.get("arguments", "")))
+            text = text + "\n".join(calls)
+        elif message.get("content") is None and role != "assistant":
+            raise TemplateError(f"{where}.content is required for role {role!r}")
+        return [*self._header(role, name), *encode_text(text), END_ID]
+
+    def render(
+        self,
+        messages: Any,
+        tools: Sequence[Any] | None = None,
+        add_generation_prompt: bool = True,
+    ) -> list[int]:
+        """Prompt ids for ``messages`` (plus the assistant header by default)."""
+        if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
+            raise TemplateError("messages must be a non-empty list")
+        ids = self.render_tools(tools)
+        for i, message in enumerate(messages):
+            ids += self.render_message(message, i)
+        if add_generation_prompt:
+            ids += self.generation_prompt
+        return ids
