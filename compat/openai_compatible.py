@@ -1,0 +1,324 @@
+"""`OpenAICompatibleModel`: CAMEL's backend API over any OpenAI-shaped client.
+
+Drop-in for `camel.models.OpenAICompatibleModel` (same constructor, `run` /
+`arun`, structured output, streaming, token counting), with injected clients
+treated as first-class:
+
+- either client alone serves `run` and `arun` (see `compat.clients`);
+- with a custom client no default client is built and no API key is needed;
+- structured output works on clients without `parse` (see `compat.structured`);
+- the caller's messages and config are never mutated.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Generator, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from pydantic import BaseModel
+
+from compat.base import BaseModelBackend, model_name
+from compat.clients import ClientPair, resolve
+from compat.errors import (
+    CompatError,
+    ModelCallError,
+    ModelTimeoutError,
+    UnsupportedResponseFormatError,
+)
+from compat.structured import (
+    CREATE,
+    Attempt,
+    check_response_format,
+    json_schema_format,
+    native_parse_path,
+    parse_plan,
+)
+from compat.token_counter import BaseTokenCounter
+
+logger = logging.getLogger(__name__)
+
+NATIVE_STREAM_PATHS = ("chat.completions.stream", "beta.chat.completions.stream")
+_TRANSIENT_NAMES = frozenset(
+    {"APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError"}
+)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Worth retrying: connection trouble, timeouts, 429 and 5xx replies."""
+    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
+        return True
+    if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__):
+        return True
+    status = getattr(exc, "status_code", None)
+    return isinstance(status, int) and (status == 429 or status >= 500)
+
+
+def backoff_s(attempt: int) -> float:
+    """Exponential backoff with jitter: ~0.25 s, 0.5 s, 1 s, ... capped at 8 s."""
+    return float(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
+
+
+class OpenAICompatibleModel(BaseModelBackend):
+    """A backend for any server or client that speaks OpenAI chat completions."""
+
+    def __init__(
+        self,
+        model_type: Any,
+        model_config_dict: dict[str, Any] | None = None,
+        api_key: str | None = None,
+        url: str | None = None,
+        token_counter: BaseTokenCounter | None = None,
+        timeout: float | None = None,
+        max_retries: int = 3,
+        client: Any | None = None,
+        async_client: Any | None = None,
+        **kwargs: Any,
+    ) -> None:
+        api_key = api_key if api_key is not None else os.environ.get("OPENAI_COMPATIBILITY_API_KEY")
+        url = url if url is not None else os.environ.get("OPENAI_COMPATIBILITY_API_BASE_URL")
+        super().__init__(
+            model_type, model_config_dict, api_key, url, token_counter, timeout, max_retries
+        )
+        self._custom = client is not None or async_client is not None
+        if self._custom:
+            if kwargs:
+                logger.info("ignoring client kwargs %s: custom clients were given", sorted(kwargs))
+            self._client = client
+            self._async_client = async_client
+            # The SDK retries on its own; a custom client gets our retries and timeout.
+            self._retries = max_retries
+        else:
+            self._client, self._async_client = self._build_clients(kwargs)
+            self._retries = 0
+        self._clients = ClientPair(
+            self._client, self._async_client, timeout=self._timeout, enforce_timeout=self._custom
+        )
+
+    def _build_clients(self, kwargs: dict[str, Any]) -> tuple[Any, Any]:
+        from openai import AsyncOpenAI, OpenAI
+
+        common: dict[str, Any] = {
+            "timeout": self._timeout,
+            "max_retries": self._max_retries,
+            "base_url": self._url,
+            "api_key": self._api_key,
+        }
+        # An `http_client` fits only one of the two SDK clients; give it to that one.
+        http_client = kwargs.pop("http_client", None)
+        is_async_http = http_client is not None and hasattr(http_client, "aclose")
+        sync_extra = {"http_client": http_client} if http_client is not None and not is_async_http else {}
+        async_extra = {"http_client": http_client} if is_async_http else {}
+        return (
+            OpenAI(**common, **kwargs, **sync_extra),
+            AsyncOpenAI(**common, **kwargs, **async_extra),
+        )
+
+    @property
+    def model_name(self) -> str:
+        return model_name(self.model_type)
+
+    # --- request building (shared by both paths) ------------------------------
+
+    def _chat_kwargs(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None,
+        response_format: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """`create` kwargs: config + tools (None: config's; []: none) + model."""
+        config = dict(self.model_config_dict)
+        config.pop("response_format", None)
+        if tools is not None:
+            if tools:
+                config["tools"] = tools
+            else:
+                config.pop("tools", None)
+                config.pop("tool_choice", None)
+        if response_format is not None:
+            config["response_format"] = response_format
+        return {**config, "messages": messages, "model": self.model_name}
+
+    def _response_format(self, response_format: Any) -> Any:
+        fmt = response_format or self.model_config_dict.get("response_format")
+        if fmt is None or isinstance(fmt, dict):
+            if isinstance(fmt, dict) and fmt.get("type") not in ("text", "json_object", "json_schema"):
+                raise UnsupportedResponseFormatError(
+                    f"response_format dict must have type text, json_object or json_schema, got {fmt!r}"
+                )
+            return fmt
+        return check_response_format(fmt)
+
+    def _parse_plan(
+        self, messages: list[dict[str, Any]], response_format: type[BaseModel], tools: Any
+    ) -> Generator[Attempt, Any, Any]:
+        native = native_parse_path(self._client) or native_parse_path(self._async_client)
+        return parse_plan(
+            messages=messages,
+            response_format=response_format,
+            request=self._chat_kwargs(messages, tools),
+            native_path=native,
+        )
+
+    def _stream_parse_attempt(
+        self, messages: list[dict[str, Any]], response_format: type[BaseModel], tools: Any, client: Any
+    ) -> Attempt:
+        """The native stream manager when this side's client has one, else a json_schema stream."""
+        kwargs = self._chat_kwargs(messages, tools)
+        kwargs.pop("stream", None)
+        for path in NATIVE_STREAM_PATHS:
+            if resolve(client, path) is not None:
+                return Attempt("native_stream", path, {**kwargs, "response_format": response_format})
+        fmt = json_schema_format(response_format)
+        return Attempt("json_schema_stream", CREATE, {**kwargs, "stream": True, "response_format": fmt})
+
+    @contextmanager
+    def _typed_errors(self) -> Iterator[None]:
+        try:
+            yield
+        except CompatError:
+            raise
+        except Exception as exc:
+            raise ModelCallError(
+                f"{self.model_name}: {type(exc).__name__}: {exc}",
+                attempts=1,
+                status_code=getattr(exc, "status_code", None),
+            ) from exc
+
+    def _give_up(self, exc: BaseException, attempts: int) -> ModelCallError:
+        kind = ModelTimeoutError if isinstance(exc, TimeoutError) else ModelCallError
+        err = kind(
+            f"{self.model_name}: failed after {attempts} attempt(s): {type(exc).__name__}: {exc}",
+            attempts=attempts,
+            status_code=getattr(exc, "status_code", None),
+        )
+        err.__cause__ = exc
+        return err
+
+    # --- sync path --------------------------------------------------------------
+
+    def _run(
+        self,
+        messages: list[dict[str, Any]],
+        response_format: type[BaseModel] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        fmt = self._response_format(response_format)
+        with self._typed_errors():
+            if isinstance(fmt, type):
+                if self.stream:
+                    return self._request_stream_parse(messages, fmt, tools)
+                return self._request_parse(messages, fmt, tools)
+            return self._execute(Attempt("chat", CREATE, self._chat_kwargs(messages, tools, fmt)))
+
+    def _request_chat_completion(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> Any:
+        return self._execute(Attempt("chat", CREATE, self._chat_kwargs(messages, tools)))
+
+    def _request_parse(
+        self,
+        messages: list[dict[str, Any]],
+        response_format: type[BaseModel],
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        plan = self._parse_plan(messages, response_format, tools)
+        attempt = next(plan)
+        while True:
+            try:
+                reply = self._execute(attempt)
+            except Exception as exc:
+                step = lambda exc=exc: plan.throw(exc)  # noqa: E731
+            else:
+                step = lambda reply=reply: plan.send(reply)  # noqa: E731
+            try:
+                attempt = step()
+            except StopIteration as done:
+                return done.value
+
+    def _request_stream_parse(
+        self,
+        messages: list[dict[str, Any]],
+        response_format: type[BaseModel],
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        return self._execute(self._stream_parse_attempt(messages, response_format, tools, self._client))
+
+    def _execute(self, attempt: Attempt) -> Any:
+        for i in range(self._retries + 1):
+            try:
+                return self._clients.call(attempt.path, **attempt.kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if i == self._retries:
+                    raise self._give_up(exc, i + 1) from exc
+                time.sleep(backoff_s(i))
+        raise AssertionError("unreachable")
+
+    # --- async path (the twin of the above) ------------------------------------
+
+    async def _arun(
+        self,
+        messages: list[dict[str, Any]],
+        response_format: type[BaseModel] | None = None,
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        fmt = self._response_format(response_format)
+        with self._typed_errors():
+            if isinstance(fmt, type):
+                if self.stream:
+                    return await self._arequest_stream_parse(messages, fmt, tools)
+                return await self._arequest_parse(messages, fmt, tools)
+            return await self._aexecute(Attempt("chat", CREATE, self._chat_kwargs(messages, tools, fmt)))
+
+    async def _arequest_chat_completion(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> Any:
+        return await self._aexecute(Attempt("chat", CREATE, self._chat_kwargs(messages, tools)))
+
+    async def _arequest_parse(
+        self,
+        messages: list[dict[str, Any]],
+        response_format: type[BaseModel],
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        plan = self._parse_plan(messages, response_format, tools)
+        attempt = next(plan)
+        while True:
+            try:
+                reply = await self._aexecute(attempt)
+            except Exception as exc:
+                step = lambda exc=exc: plan.throw(exc)  # noqa: E731
+            else:
+                step = lambda reply=reply: plan.send(reply)  # noqa: E731
+            try:
+                attempt = step()
+            except StopIteration as done:
+                return done.value
+
+    async def _arequest_stream_parse(
+        self,
+        messages: list[dict[str, Any]],
+        response_format: type[BaseModel],
+        tools: list[dict[str, Any]] | None = None,
+    ) -> Any:
+        attempt = self._stream_parse_attempt(messages, response_format, tools, self._async_client)
+        return await self._aexecute(attempt)
+
+    async def _aexecute(self, attempt: Attempt) -> Any:
+        for i in range(self._retries + 1):
+            try:
+                return await self._clients.acall(attempt.path, **attempt.kwargs)
+            except Exception as exc:
+                if not is_transient(exc):
+                    raise
+                if i == self._retries:
+                    raise self._give_up(exc, i + 1) from exc
+                await asyncio.sleep(backoff_s(i))
+        raise AssertionError("unreachable")
