@@ -1,0 +1,39 @@
+"""Exports: training batches for AReaL / verl, rLLM episode dicts, and JSONL / Parquet files.
+
+`to_areal`, `to_verl` and `to_rllm` are pure numpy/Python; Parquet needs the
+optional pyarrow extra and imports it only when used.
+"""
+
+from rollout.export.areal import MissingLogprobsError, to_areal
+from rollout.export.jsonl import (
+    CorruptLineWarning,
+    JsonlWriter,
+    iter_jsonl,
+    read_jsonl,
+    write_jsonl,
+)
+from rollout.export.parquet import ParquetWriter, iter_parquet, read_parquet, write_parquet
+from rollout.export.rllm import to_rllm
+from rollout.export.rows import SCHEMA_VERSION, SchemaVersionError, episode_from_row, episode_to_row
+from rollout.export.verl import TruncationError, to_verl
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "CorruptLineWarning",
+    "JsonlWriter",
+    "MissingLogprobsError",
+    "ParquetWriter",
+    "SchemaVersionError",
+    "TruncationError",
+    "episode_from_row",
+    "episode_to_row",
+    "iter_jsonl",
+    "iter_parquet",
+    "read_jsonl",
+    "read_parquet",
+    "to_areal",
+    "to_rllm",
+    "to_verl",
+    "write_jsonl",
+    "write_parquet",
+]
