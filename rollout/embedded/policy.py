@@ -245,23 +245,50 @@ class Policy:
         """Gradient of ``sum_t w_t * log q(a_t | context, a_<t)`` w.r.t. W and b.
 
         ``q`` is the sampling distribution (temperature, top-p with the
-        nucleus held fixed); defaults give the plain softmax policy, which is
-        what REINFORCE usually differentiates. Pass advantages as
+        nucleus held fixed); the defaults give the plain softmax policy, which
+        is what REINFORCE usually differentiates. Pass advantages as
         ``weights_per_token``. Tokens outside the output vocabulary or the
-        nucleus contribute nothing (their logprob is -inf, no useful gradient).
+        nucleus contribute nothing (their logprob is -inf).
         """
+        grads = {"W": np.zeros_like(self.W), "b": np.zeros_like(self.b)}
+        self._accumulate(grads, context_ids, completion_ids, weights_per_token, temperature, top_p)
+        return grads
+
+    def policy_gradient(
+        self,
+        batch: Sequence[tuple[Sequence[int], Sequence[int], float]],
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> dict[str, np.ndarray]:
+        """Mean REINFORCE gradient over ``(prompt_ids, completion_ids, advantage)``."""
+        grads = {"W": np.zeros_like(self.W), "b": np.zeros_like(self.b)}
+        for prompt, completion, adv in batch:
+            self._accumulate(grads, prompt, completion, adv, temperature, top_p)
+        n = max(1, len(batch))
+        return {k: v / n for k, v in grads.items()}
+
+    def _accumulate(
+        self,
+        grads: dict[str, np.ndarray],
+        context_ids: Sequence[int],
+        completion_ids: Sequence[int],
+        weights_per_token: Sequence[float] | np.ndarray | float,
+        temperature: float,
+        top_p: float,
+    ) -> None:
+        """Add d(sum w_t log q)/d(theta) into ``grads`` in place (sparse rows)."""
         w = np.broadcast_to(np.asarray(weights_per_token, dtype=np.float64), (len(completion_ids),))
-        dW = np.zeros_like(self.W)
-        db = np.zeros_like(self.b)
         if temperature == 0:
-            return {"W": dW, "b": db}
-        context = list(context_ids)
+            return  # a point mass has no useful gradient
+        dW, db = grads["W"], grads["b"]
+        context = [int(t) for t in context_ids]
         for a, wt in zip(completion_ids, w, strict=True):
             a = int(a)
             idx = self._index.get(a)
             if idx is not None and wt != 0.0:
                 dist = self.distribution(context, temperature, top_p)
                 if a in dist.token_ids:
+                    # d log q(a) / d logits = (onehot(a) - q) / T on the nucleus.
                     g = np.zeros(self.vocab_size)
                     g[dist.vocab_index] = -np.exp(dist.logprobs)
                     g[idx] += 1.0
@@ -271,22 +298,6 @@ class Policy:
                     dW[f_message] += g
                     db += g
             context.append(a)
-        return {"W": dW, "b": db}
-
-    def policy_gradient(
-        self,
-        batch: Sequence[tuple[Sequence[int], Sequence[int], float]],
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-    ) -> dict[str, np.ndarray]:
-        """Mean REINFORCE gradient over ``(prompt_ids, completion_ids, advantage)``."""
-        total = {k: np.zeros_like(v) for k, v in self.get_weights().items()}
-        for prompt, completion, adv in batch:
-            g = self.grad_logprob(prompt, completion, adv, temperature, top_p)
-            for k in total:
-                total[k] += g[k]
-        n = max(1, len(batch))
-        return {k: v / n for k, v in total.items()}
 
     def apply_gradient(self, grads: Mapping[str, np.ndarray], lr: float) -> None:
         """Gradient *ascent* step: ``theta += lr * grad`` (grads from the above)."""

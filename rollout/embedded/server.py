@@ -97,6 +97,8 @@ class ServerState:
         return self.snapshot.policy.config.max_model_len
 
 
+STATE_KEY = web.AppKey("state", ServerState)
+
 # ------------------------------------------------------------------ helpers
 
 
@@ -225,7 +227,7 @@ def _parse_tools(body: Mapping[str, Any]) -> tuple[list[Any], bool]:
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    state: ServerState = request.app["state"]
+    state = request.app[STATE_KEY]
     body = await _body(request)
     _check_model(state, body)
     params = parse_sampling(body, chat=True)
@@ -361,7 +363,7 @@ def _prompts(body: Mapping[str, Any]) -> list[list[int]]:
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
-    state: ServerState = request.app["state"]
+    state = request.app[STATE_KEY]
     body = await _body(request)
     _check_model(state, body)
     params = parse_sampling(body, chat=False)
@@ -480,7 +482,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
 
 
 async def models(request: web.Request) -> web.StreamResponse:
-    state: ServerState = request.app["state"]
+    state = request.app[STATE_KEY]
     return _json(
         {
             "object": "list",
@@ -499,7 +501,7 @@ async def models(request: web.Request) -> web.StreamResponse:
 
 
 async def tokenize(request: web.Request) -> web.StreamResponse:
-    state: ServerState = request.app["state"]
+    state = request.app[STATE_KEY]
     body = await _body(request)
     _check_model(state, body)
     if "messages" in body:
@@ -526,7 +528,7 @@ async def tokenize(request: web.Request) -> web.StreamResponse:
 
 
 async def detokenize(request: web.Request) -> web.StreamResponse:
-    state: ServerState = request.app["state"]
+    state = request.app[STATE_KEY]
     body = await _body(request)
     _check_model(state, body)
     tokens = parse_token_ids(body.get("tokens"), "tokens")
@@ -534,13 +536,13 @@ async def detokenize(request: web.Request) -> web.StreamResponse:
 
 
 async def health(request: web.Request) -> web.StreamResponse:
-    state: ServerState = request.app["state"]
+    state = request.app[STATE_KEY]
     return _json({"status": "ok", "weight_version": state.snapshot.version})
 
 
 async def update_weights(request: web.Request) -> web.StreamResponse:
     """``.npz`` body + ``?version=N``, or JSON ``{"version": N, "path": ...}``."""
-    state: ServerState = request.app["state"]
+    state = request.app[STATE_KEY]
     loop = asyncio.get_running_loop()
     version_raw: Any = request.query.get("version")
     if request.content_type == "application/json":
@@ -610,7 +612,7 @@ def build_app(state: ServerState) -> web.Application:
     if state.api_key:
         middlewares.insert(0, _auth_middleware(state.api_key))
     app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
-    app["state"] = state
+    app[STATE_KEY] = state
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_post("/v1/completions", completions)
     app.router.add_get("/v1/models", models)
