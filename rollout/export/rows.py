@@ -4,7 +4,9 @@ Rows are versioned (`schema_version`) so a reader can refuse data written by
 a newer library instead of silently misreading it. Token data round-trips
 bit-exactly: ids are ints, float32 logprobs go through Python floats (float32
 -> float64 is exact and JSON's repr of a float64 round-trips), and versions
-are stored as [value, count] runs, the form `Versions` keeps in memory.
+are stored as [value, count] runs, the form `Versions` keeps in memory. The
+one exception: JSON has a single NaN, so a NaN logprob's sign/payload bits
+are normalised (Parquet keeps them).
 
 Secrets never reach disk: request dicts are scrubbed of anything named like
 an API key, an Authorization header or a headers mapping, at any depth. The

@@ -1,0 +1,640 @@
+"""Exports: AReaL / verl batches, rLLM dicts, and bit-exact JSONL / Parquet round trips."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from rollout.episode import Episode, EpisodeStatus
+from rollout.export import (
+    JsonlWriter,
+    ParquetWriter,
+    SchemaVersionError,
+    TruncationError,
+    read_jsonl,
+    read_parquet,
+    to_areal,
+    to_rllm,
+    to_verl,
+    write_jsonl,
+    write_parquet,
+)
+from rollout.export.areal import MissingLogprobsError
+from rollout.export.jsonl import CorruptLineWarning
+from rollout.export.rows import episode_to_row
+from rollout.record import CallRecord, Choice, TokenSource
+from rollout.sample import Sample, assemble
+
+# ---------------------------------------------------------------- helpers
+
+
+def _bits(a: np.ndarray | None) -> Any:
+    """Bit pattern of a float32 array (-0.0 and -inf compare exactly).
+
+    NaNs are compared as "a NaN": JSON has a single NaN, so its sign and
+    payload are not kept by JSONL (Parquet keeps them).
+    """
+    if a is None:
+        return None
+    return np.where(np.isnan(a), np.float32(np.nan), a).view(np.uint32).tolist()
+
+
+def assert_same_episode(a: Episode, b: Episode) -> None:
+    for name in ("id", "task_id", "sample", "task", "status", "error", "reward", "metadata"):
+        assert getattr(a, name) == getattr(b, name), name
+    assert a.discounted == b.discounted
+    assert len(a.calls) == len(b.calls)
+    for ca, cb in zip(a.calls, b.calls, strict=True):
+        for name in (
+            "id",
+            "index",
+            "endpoint",
+            "prompt_source",
+            "request",
+            "usage",
+            "latency_s",
+            "started_at",
+            "reward",
+            "parent",
+            "notes",
+        ):
+            assert getattr(ca, name) == getattr(cb, name), name
+        assert ca.prompt_ids.dtype == cb.prompt_ids.dtype == np.int32
+        assert ca.prompt_ids.tolist() == cb.prompt_ids.tolist()
+        assert len(ca.choices) == len(cb.choices)
+        for xa, xb in zip(ca.choices, cb.choices, strict=True):
+            assert (xa.index, xa.finish_reason, xa.message, xa.source) == (
+                xb.index,
+                xb.finish_reason,
+                xb.message,
+                xb.source,
+            )
+            assert xa.ids.tolist() == xb.ids.tolist() and xb.ids.dtype == np.int32
+            assert _bits(xa.logprobs) == _bits(xb.logprobs)
+            assert xb.logprobs is None or xb.logprobs.dtype == np.float32
+            assert xa.versions == xb.versions
+
+
+def _choice(ids: list[int], logprobs: list[float] | None, versions: list[int], **kw: Any) -> Choice:
+    return Choice(ids=ids, logprobs=logprobs, versions=versions, source=TokenSource.VLLM, **kw)
+
+
+def rich_episode(task_id: str = "task-1", sample: int = 0) -> Episode:
+    """Exercises every field the formats must keep."""
+    c0 = CallRecord(
+        id="chatcmpl-1",
+        index=0,
+        prompt_ids=[1, 2, 3],
+        prompt_source=TokenSource.VLLM,
+        choices=[
+            _choice(
+                [4, 5, 2**31 - 1],
+                [-0.1, float("-inf"), -0.0],
+                [3, 3, 4],
+                finish_reason="tool_calls",
+                message={
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [{"id": "t1", "function": {"name": "f", "arguments": "{}"}}],
+                },
+            ),
+            _choice([6], None, [3], index=1, finish_reason="stop", message={"content": "ünï ✓"}),
+        ],
+        request={
+            "model": "m",
+            "messages": [{"role": "user", "content": "hello\nworld"}],
+            "temperature": 0.7,
+            "n": 2,
+        },
+        usage={"prompt_tokens": 3, "completion_tokens": 4},
+        latency_s=0.123456789,
+        started_at=1700000000.5,
+        reward=None,
+        notes=["n=2"],
+    )
+    c1 = CallRecord(
+        id="chatcmpl-2",
+        index=1,
+        prompt_ids=[1, 2, 3, 4, 5, 2**31 - 1, 9],
+        prompt_source=TokenSource.TOKENIZER,
+        choices=[
+            _choice([7, 8], [float(np.float32(-1 / 3)), -2.5], [4, 4], finish_reason="length")
+        ],
+        request={
+            "messages": [],
+            "tools": [{"type": "function", "parameters": {"headers": "kept"}}],
+        },
+        usage=None,
+        reward=0.25,
+        parent=0,
+        notes=["drift: retokenized", "second"],
+    )
+    return Episode(
+        id=f"ep-{task_id}-{sample}",
+        task_id=task_id,
+        sample=sample,
+        task={"question": "2+2?", "answer": 4},
+        calls=[c0, c1],
+        status=EpisodeStatus.TRUNCATED,
+        error="Traceback: boom\n",
+        reward=1.0,
+        metadata={"agent": "camel", "nested": {"a": [1, 2.5, None, True]}},
+    )
+
+
+ids_st = st.lists(st.integers(0, 2**31 - 1), max_size=8)
+f32 = st.floats(width=32, allow_nan=True, allow_infinity=True)
+text = st.text(max_size=12)
+
+
+@st.composite
+def episodes(draw: Any) -> Episode:
+    calls = []
+    for i in range(draw(st.integers(0, 3))):
+        choices = []
+        for k in range(draw(st.integers(0, 2))):
+            ids = draw(ids_st)
+            lp = draw(st.none() | st.lists(f32, min_size=len(ids), max_size=len(ids)))
+            vs = draw(st.lists(st.integers(-1, 5), min_size=len(ids), max_size=len(ids)))
+            choices.append(
+                Choice(
+                    index=k,
+                    ids=ids,
+                    logprobs=lp,
+                    versions=vs,
+                    finish_reason=draw(st.none() | st.sampled_from(["stop", "length"])),
+                    message={"role": "assistant", "content": draw(text)},
+                    source=draw(st.sampled_from(list(TokenSource))),
+                )
+            )
+        calls.append(
+            CallRecord(
+                id=draw(text),
+                index=i,
+                prompt_ids=draw(ids_st),
+                prompt_source=draw(st.sampled_from(list(TokenSource))),
+                choices=choices,
+                request={"messages": [{"role": "user", "content": draw(text)}]},
+                usage=draw(st.none() | st.just({"total_tokens": 3})),
+                latency_s=draw(st.floats(0, 100)),
+                reward=draw(st.none() | st.floats(-10, 10)),
+                parent=draw(st.none() | st.integers(0, 3)),
+                notes=draw(st.lists(text, max_size=2)),
+            )
+        )
+    return Episode(
+        task_id=draw(text),
+        sample=draw(st.integers(0, 64)),
+        calls=calls,
+        status=draw(st.sampled_from(list(EpisodeStatus))),
+        error=draw(st.none() | text),
+        reward=draw(st.none() | st.floats(-1, 1)),
+        metadata={"k": draw(text)},
+    )
+
+
+# ---------------------------------------------------------------- JSONL
+
+
+def test_jsonl_round_trip_exact(tmp_path: Path) -> None:
+    eps = [rich_episode("a", 0), rich_episode("a", 1)]
+    path = tmp_path / "eps.jsonl"
+    assert write_jsonl(eps, path, append=False) == 2
+    back = read_jsonl(path)
+    assert len(back) == 2
+    for a, b in zip(eps, back, strict=True):
+        assert_same_episode(a, b)
+    assert math.isinf(back[0].calls[0].choices[0].logprobs[1])  # type: ignore[index]
+    assert back[0].calls[0].choices[1].logprobs is None
+    line = json.loads(path.read_text().splitlines()[0])
+    assert line["schema_version"] == 1
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(eps=st.lists(episodes(), max_size=3))
+def test_jsonl_and_parquet_round_trip_property(tmp_path: Path, eps: list[Episode]) -> None:
+    jp, pp = tmp_path / "p.jsonl", tmp_path / "p.parquet"
+    write_jsonl(eps, jp, append=False)
+    write_parquet(eps, pp)
+    for back in (read_jsonl(jp), read_parquet(pp)):
+        assert len(back) == len(eps)
+        for a, b in zip(eps, back, strict=True):
+            assert_same_episode(a, b)
+
+
+def test_jsonl_append_across_sessions(tmp_path: Path) -> None:
+    path = tmp_path / "run.jsonl"
+    with JsonlWriter(path) as w:
+        w.write(rich_episode("a"))
+    with JsonlWriter(path) as w:
+        w.write(rich_episode("b"))
+        w.write(rich_episode("c"))
+    assert [e.task_id for e in read_jsonl(path)] == ["a", "b", "c"]
+    write_jsonl(rich_episode("d"), path, append=False)
+    assert [e.task_id for e in read_jsonl(path)] == ["d"]
+
+
+def test_jsonl_truncated_last_line_is_skipped_and_append_recovers(tmp_path: Path) -> None:
+    path = tmp_path / "killed.jsonl"
+    write_jsonl([rich_episode("a"), rich_episode("b")], path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 40])  # killed mid-line
+    with pytest.warns(CorruptLineWarning, match="truncated last line"):
+        back = read_jsonl(path)
+    assert [e.task_id for e in back] == ["a"]
+    with pytest.raises(ValueError, match="corrupt"):
+        read_jsonl(path, errors="raise")
+    # a new session starts on a fresh line: the old partial line stays isolated
+    write_jsonl(rich_episode("c"), path)
+    with pytest.warns(CorruptLineWarning, match="corrupt line"):
+        back = read_jsonl(path)
+    assert [e.task_id for e in back] == ["a", "c"]
+    assert_same_episode(back[1], rich_episode("c"))
+
+
+def test_jsonl_writer_flushes_each_line(tmp_path: Path) -> None:
+    path = tmp_path / "live.jsonl"
+    w = JsonlWriter(path, append=False)
+    w.write(rich_episode("a"))
+    assert [e.task_id for e in read_jsonl(path)] == ["a"]  # visible before close
+    w.close()
+    with pytest.raises(ValueError, match="closed"):
+        w.write(rich_episode("b"))
+
+
+def test_jsonl_future_schema_raises(tmp_path: Path) -> None:
+    path = tmp_path / "future.jsonl"
+    row = episode_to_row(rich_episode())
+    row["schema_version"] = 99
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(SchemaVersionError, match="schema_version 99"):
+        read_jsonl(path)
+    del row["schema_version"]
+    path.write_text(json.dumps(row) + "\n")
+    with pytest.raises(SchemaVersionError):
+        read_jsonl(path)
+
+
+# ---------------------------------------------------------------- Parquet
+
+
+def test_parquet_round_trip_exact(tmp_path: Path) -> None:
+    eps = [rich_episode("a", 0), rich_episode("b", 1), Episode(task_id="empty")]
+    path = tmp_path / "eps.parquet"
+    assert write_parquet(eps, path) == 3
+    back = read_parquet(path)
+    for a, b in zip(eps, back, strict=True):
+        assert_same_episode(a, b)
+
+
+def test_parquet_token_columns_are_native_lists(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "eps.parquet"
+    write_parquet([rich_episode()], path)
+    schema = pq.read_schema(path)
+    call = schema.field("calls").type.value_type
+    choice = call.field("choices").type.value_type
+    assert call.field("prompt_ids").type == pa.list_(pa.int32())
+    assert choice.field("ids").type == pa.list_(pa.int32())
+    assert choice.field("logprobs").type == pa.list_(pa.float32())
+    assert choice.field("versions").type == pa.list_(pa.int32())
+    assert schema.metadata[b"rollout.schema_version"] == b"1"
+
+
+def test_parquet_append_across_sessions(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "run.parquet"
+    with ParquetWriter(path) as w:
+        w.write([rich_episode("a"), rich_episode("b")])
+    with ParquetWriter(path) as w:
+        w.write(rich_episode("c"))
+        w.write([rich_episode("d")])
+        assert w.count == 4
+    assert pq.ParquetFile(path).num_row_groups == 3  # one per batch
+    back = read_parquet(path)
+    assert [e.task_id for e in back] == ["a", "b", "c", "d"]
+    assert_same_episode(back[2], rich_episode("c"))
+    write_parquet([rich_episode("e")], path)  # append=False replaces
+    assert [e.task_id for e in read_parquet(path)] == ["e"]
+
+
+def test_parquet_abort_keeps_previous_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.parquet"
+    write_parquet([rich_episode("a")], path)
+    w = ParquetWriter(path)
+    w.write(rich_episode("b"))
+    w.abort()
+    assert [e.task_id for e in read_parquet(path)] == ["a"]
+    assert [p.name for p in tmp_path.iterdir()] == ["run.parquet"]
+
+
+def test_parquet_future_schema_raises(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from rollout.export.parquet import episodes_to_table
+
+    table = episodes_to_table([rich_episode()])
+    table = table.replace_schema_metadata({b"rollout.schema_version": b"7"})
+    path = tmp_path / "future.parquet"
+    pq.write_table(table, path)
+    with pytest.raises(SchemaVersionError, match="schema_version 7"):
+        read_parquet(path)
+    with pytest.raises(SchemaVersionError):
+        ParquetWriter(path)  # appending to a newer file would mix schemas
+
+
+def test_parquet_without_pyarrow_says_how_to_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "pyarrow", None)
+    monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
+    with pytest.raises(ImportError, match=r"pip install rollout-compat\[parquet\]"):
+        write_parquet([rich_episode()], tmp_path / "x.parquet")
+
+
+# ---------------------------------------------------------------- secrets
+
+
+def _secret_episode() -> Episode:
+    ep = rich_episode()
+    ep.calls[0].request = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "api_key": "sk-SECRET1",
+        "headers": {"Authorization": "Bearer sk-SECRET2"},
+        "extra_headers": {"X-Api-Key": "sk-SECRET3"},
+        "extra_body": {"Authorization": "Bearer sk-SECRET4", "top_k": 5, "apiKey": "sk-SECRET5"},
+        "max_tokens": 16,
+        "tools": [{"type": "function", "parameters": {"properties": {"headers": {}}}}],
+    }
+    return ep
+
+
+def test_secrets_never_written(tmp_path: Path) -> None:
+    ep = _secret_episode()
+    expected = {
+        "messages": [{"role": "user", "content": "hi"}],
+        "extra_body": {"top_k": 5},
+        "max_tokens": 16,
+        "tools": [{"type": "function", "parameters": {"properties": {"headers": {}}}}],
+    }
+    jp, pp = tmp_path / "s.jsonl", tmp_path / "s.parquet"
+    write_jsonl(ep, jp)
+    write_parquet(ep, pp, compression="none")
+    for raw in (jp.read_bytes(), pp.read_bytes()):
+        assert b"SECRET" not in raw
+    assert read_jsonl(jp)[0].calls[0].request == expected
+    assert read_parquet(pp)[0].calls[0].request == expected
+    assert "SECRET" not in json.dumps(to_rllm(ep))
+    assert "api_key" in ep.calls[0].request  # the in-memory record is not mutated
+
+
+# ---------------------------------------------------------------- AReaL
+
+
+def _samples() -> list[Sample]:
+    a = Sample(
+        tokens=[1, 2, 3, 4, 5, 0, 6],
+        loss_mask=[0, 0, 0, 1, 1, 0, 1],
+        logprobs=[0, 0, 0, -0.5, -0.25, 0, -1.0],
+        versions=[-1, -1, -1, 7, 7, -1, 8],
+        prompt_len=3,
+        reward=1.5,
+        task_id="t1",
+        sample=0,
+        episode_id="e1",
+    )
+    b = Sample(
+        tokens=[9, 8, 7],
+        loss_mask=[0, 1, 1],
+        logprobs=[0, -0.125, -2.0],
+        versions=[-1, 2, 2],
+        prompt_len=1,
+        reward=-1.0,
+        task_id="t2",
+        sample=1,
+        episode_id="e2",
+    )
+    return [a, b]
+
+
+def test_to_areal_hand_computed() -> None:
+    out = to_areal(_samples(), pad_id=99)
+    assert set(out) == {
+        "input_ids",
+        "loss_mask",
+        "logprobs",
+        "versions",
+        "attention_mask",
+        "rewards",
+    }
+    np.testing.assert_array_equal(
+        out["input_ids"], [[1, 2, 3, 4, 5, 0, 6], [9, 8, 7, 99, 99, 99, 99]]
+    )
+    np.testing.assert_array_equal(out["loss_mask"], [[0, 0, 0, 1, 1, 0, 1], [0, 1, 1, 0, 0, 0, 0]])
+    np.testing.assert_array_equal(
+        out["logprobs"], [[0, 0, 0, -0.5, -0.25, 0, -1.0], [0, -0.125, -2.0, 0, 0, 0, 0]]
+    )
+    np.testing.assert_array_equal(
+        out["versions"], [[-1, -1, -1, 7, 7, -1, 8], [-1, 2, 2, -1, -1, -1, -1]]
+    )
+    np.testing.assert_array_equal(out["attention_mask"], [[True] * 7, [True] * 3 + [False] * 4])
+    np.testing.assert_array_equal(out["rewards"], [1.5, -1.0])
+    dtypes = {k: v.dtype for k, v in out.items()}
+    assert dtypes == {
+        "input_ids": np.int32,
+        "loss_mask": np.int32,
+        "logprobs": np.float32,
+        "versions": np.int32,
+        "attention_mask": np.bool_,
+        "rewards": np.float32,
+    }
+
+
+def test_to_areal_accepts_episodes_and_empty() -> None:
+    eps = [rich_episode("a"), rich_episode("b")]
+    eps[0].status = eps[1].status = EpisodeStatus.COMPLETED
+    direct = to_areal(eps)
+    via = to_areal(assemble(eps, mode="concat"))
+    for k in direct:
+        np.testing.assert_array_equal(direct[k], via[k])
+    assert direct["input_ids"].shape[0] == len(assemble(eps))
+    empty = to_areal([])
+    assert empty["input_ids"].shape == (0, 0) and empty["rewards"].shape == (0,)
+
+
+def test_to_areal_require_logprobs() -> None:
+    s = _samples()[0].model_copy(update={"has_logprobs": False})
+    assert to_areal([s])["logprobs"].shape == (1, 7)
+    with pytest.raises(MissingLogprobsError):
+        to_areal([s], require_logprobs=True)
+
+
+# ---------------------------------------------------------------- verl
+
+
+def test_to_verl_hand_computed() -> None:
+    out = to_verl(_samples(), pad_id=0)
+    b, nt = out["batch"], out["non_tensor_batch"]
+    # P = 3 (longest prompt), R = 4 (longest response)
+    np.testing.assert_array_equal(b["prompts"], [[1, 2, 3], [0, 0, 9]])  # left-padded
+    np.testing.assert_array_equal(b["responses"], [[4, 5, 0, 6], [8, 7, 0, 0]])  # right-padded
+    np.testing.assert_array_equal(b["input_ids"], [[1, 2, 3, 4, 5, 0, 6], [0, 0, 9, 8, 7, 0, 0]])
+    np.testing.assert_array_equal(b["response_mask"], [[1, 1, 0, 1], [1, 1, 0, 0]])
+    # a real token equal to pad_id (the observation 0) still gets attention
+    np.testing.assert_array_equal(b["attention_mask"], [[1] * 7, [0, 0, 1, 1, 1, 0, 0]])
+    np.testing.assert_array_equal(b["position_ids"], [[0, 1, 2, 3, 4, 5, 6], [0, 0, 0, 1, 2, 0, 0]])
+    np.testing.assert_array_equal(
+        b["rollout_log_probs"], [[-0.5, -0.25, 0, -1.0], [-0.125, -2.0, 0, 0]]
+    )
+    np.testing.assert_array_equal(b["token_level_scores"], [[0, 0, 0, 1.5], [0, -1.0, 0, 0]])
+    assert nt["uid"].tolist() == ["t1", "t2"]
+    assert nt["episode_ids"].tolist() == ["t1:0", "t2:1"]
+    assert out["meta_info"] == {"num_truncated": 0, "num_missing_logprobs": 0}
+    assert b["input_ids"].dtype == np.int64 and b["token_level_scores"].dtype == np.float32
+
+
+def test_to_verl_max_lengths_pad_and_truncate() -> None:
+    out = to_verl(_samples(), max_prompt_len=5, max_response_len=6)
+    assert out["batch"]["prompts"].shape == (2, 5) and out["batch"]["responses"].shape == (2, 6)
+    np.testing.assert_array_equal(out["batch"]["prompts"][1], [0, 0, 0, 0, 9])
+    with pytest.raises(TruncationError, match="1 of 2 samples have a response longer"):
+        to_verl(_samples(), max_response_len=3)
+    with pytest.raises(TruncationError, match="prompt"):
+        to_verl(_samples(), max_prompt_len=2)
+    out = to_verl(_samples(), max_prompt_len=2, max_response_len=3, truncate=True)
+    b = out["batch"]
+    np.testing.assert_array_equal(b["prompts"], [[2, 3], [0, 9]])  # keeps the end of the prompt
+    np.testing.assert_array_equal(b["responses"], [[4, 5, 0], [8, 7, 0]])  # keeps the start
+    np.testing.assert_array_equal(b["token_level_scores"], [[0, 0, 1.5], [0, -1.0, 0]])
+    assert out["meta_info"]["num_truncated"] == 1
+
+
+def test_to_verl_omits_rollout_logprobs_when_missing() -> None:
+    samples = _samples()
+    samples[1] = samples[1].model_copy(update={"has_logprobs": False})
+    out = to_verl(samples)
+    assert "rollout_log_probs" not in out["batch"]
+    assert out["meta_info"]["num_missing_logprobs"] == 1
+
+
+def test_to_verl_multi_turn_episode() -> None:
+    ep = Episode(
+        task_id="q",
+        reward=1.0,
+        calls=[
+            CallRecord(prompt_ids=[1, 2], choices=[_choice([3], [-0.5], [1])]),
+            CallRecord(
+                prompt_ids=[1, 2, 3, 4, 4], choices=[_choice([5, 6], [-1, -2], [1, 1])], parent=0
+            ),
+        ],
+    )
+    b = to_verl([ep])["batch"]
+    np.testing.assert_array_equal(b["prompts"], [[1, 2]])
+    np.testing.assert_array_equal(b["responses"], [[3, 4, 4, 5, 6]])
+    np.testing.assert_array_equal(b["response_mask"], [[1, 0, 0, 1, 1]])
+    np.testing.assert_array_equal(b["rollout_log_probs"], [[-0.5, 0, 0, -1, -2]])
+    np.testing.assert_array_equal(b["token_level_scores"], [[0, 0, 0, 0, 1.0]])
+
+
+# ---------------------------------------------------------------- rLLM
+
+# interop.md section 3, verbatim
+RLLM_EPISODE = [
+    "id",
+    "task",
+    "termination_reason",
+    "is_correct",
+    "trajectories",
+    "metrics",
+    "metadata",
+]
+RLLM_TRAJECTORY = ["uid", "name", "task", "steps", "reward", "signals", "metadata"]
+RLLM_STEP = [
+    "id",
+    "input",
+    "output",
+    "action",
+    "reward",
+    "done",
+    "metadata",
+    "prompt_ids",
+    "response_ids",
+    "logprobs",
+    "chat_completions",
+    "model_response",
+    "weight_version",
+    "advantage",
+    "mc_return",
+]
+
+
+def test_to_rllm_fields_match_interop() -> None:
+    ep = rich_episode("task-7", 3)
+    (out,) = to_rllm([ep])
+    assert list(out) == RLLM_EPISODE
+    (traj,) = out["trajectories"]
+    assert list(traj) == RLLM_TRAJECTORY
+    assert [list(s) for s in traj["steps"]] == [RLLM_STEP] * 3  # (call, choice) pairs
+    assert out["id"] == "task-7:3"
+    assert out["termination_reason"] == "max_response_length_exceeded"  # truncated on length
+    assert out["is_correct"] is True
+    s0, s1, s2 = traj["steps"]
+    for s in traj["steps"]:
+        assert s["logprobs"] == [] or len(s["logprobs"]) == len(s["response_ids"])
+    assert s0["prompt_ids"] == [1, 2, 3] and s0["response_ids"] == [4, 5, 2**31 - 1]
+    assert s1["logprobs"] == []  # server sent none: empty, never fake zeros
+    assert (
+        s0["chat_completions"][-1] == s0["output"] and s0["chat_completions"][0]["role"] == "user"
+    )
+    assert s0["action"][0]["id"] == "t1"  # tool calls are the action
+    assert s1["model_response"] == "ünï ✓"
+    assert s0["weight_version"] == 4 and s2["weight_version"] == 4
+    assert s2["reward"] == 0.25 and s2["done"] and not s0["done"]
+    assert (s0["advantage"], s0["mc_return"]) == (None, 0.0)
+    json.dumps(out)  # JSON-ready
+
+
+def test_to_rllm_termination_reasons() -> None:
+    ep = rich_episode()
+    for status, reason in [
+        (EpisodeStatus.COMPLETED, "env_done"),
+        (EpisodeStatus.TIMEOUT, "timeout"),
+        (EpisodeStatus.ERROR, "error"),
+    ]:
+        ep.status = status
+        assert to_rllm(ep)[0]["termination_reason"] == reason
+    ep.status = EpisodeStatus.TRUNCATED
+    ep.calls[-1].choices[0].finish_reason = "stop"
+    assert to_rllm(ep)[0]["termination_reason"] == "max_turns_exceeded"
+    ep.metadata["termination_reason"] = "unknown"
+    assert to_rllm(ep)[0]["termination_reason"] == "unknown"
+
+
+def test_flat_api() -> None:
+    import rollout.export as export
+
+    for name in (
+        "to_areal",
+        "to_rllm",
+        "to_verl",
+        "write_jsonl",
+        "read_jsonl",
+        "write_parquet",
+        "read_parquet",
+        "JsonlWriter",
+        "ParquetWriter",
+    ):
+        assert hasattr(export, name), name
