@@ -67,6 +67,8 @@ def native_parse_path(client: Any) -> str | None:
     if client is None:
         return None
     completions = getattr(getattr(client, "chat", None), "completions", None)
+    # See through recording proxies (rollout.wrap) to the real resource.
+    completions = getattr(completions, "__wrapped__", completions)
     if completions is not None:
         create_at = _defining_class(type(completions), "create")
         parse_at = _defining_class(type(completions), "parse")

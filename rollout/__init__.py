@@ -1,0 +1,32 @@
+"""Record exact token-level rollouts from unchanged agents; export them for training.
+
+The data path, one module each:
+client wrapper (`wrap`) -> call record (`record`, `tokens`) -> episode
+(`episode`, `recorder`) -> sample (`sample`) -> export (`export`).
+"""
+
+from rollout.episode import Episode, EpisodeStatus, RewardError
+from rollout.record import CallRecord, Choice, TokenRecordError, TokenSource, Versions
+from rollout.recorder import EpisodeScope, Recorder, UnscopedCallError
+from rollout.sample import AssemblyResult, Drift, Sample, assemble
+from rollout.tokens import TiktokenTokenizer, Tokenizer
+
+__all__ = [
+    "AssemblyResult",
+    "CallRecord",
+    "Choice",
+    "Drift",
+    "Episode",
+    "EpisodeScope",
+    "EpisodeStatus",
+    "Recorder",
+    "RewardError",
+    "Sample",
+    "TiktokenTokenizer",
+    "TokenRecordError",
+    "TokenSource",
+    "Tokenizer",
+    "UnscopedCallError",
+    "Versions",
+    "assemble",
+]

@@ -116,7 +116,7 @@ class Episode(BaseModel):
             for i in reversed(range(len(rewards))):
                 running = running * gamma + rewards[i]
                 out[i] = running
-        for c, r in zip(self.calls, out):
+        for c, r in zip(self.calls, out, strict=True):
             c.reward = r
         self.discounted = True
         return out

@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 NO_VERSION = -1
 """Version used for tokens whose policy version is unknown, and for prompt tokens."""
@@ -176,6 +176,8 @@ class CallRecord(BaseModel):
     reward: float | None = None
     parent: int | None = None
     notes: list[str] = Field(default_factory=list)  # why a record is inexact, drift found, ...
+    # Identity of the request messages, for finding children; not serialized.
+    _message_keys: list[tuple[Any, ...]] | None = PrivateAttr(default=None)
 
     @field_validator("prompt_ids", mode="before")
     @classmethod

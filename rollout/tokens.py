@@ -1,0 +1,343 @@
+"""Finding the exact token ids in a reply, whichever server or client sent it.
+
+`extract_call` turns one chat-completion reply (an SDK object, a dict, or a
+stream folded into one by `StreamAccumulator`) into prompt ids and per-choice
+`Choice`s. Sources are tried in order of trust (interop.md §4):
+
+1. vLLM `return_token_ids`: top-level `prompt_token_ids`, `choices[i].token_ids`;
+2. SGLang: `prompt_token_ids` and `token_ids` on each choice;
+3. logprob tokens spelled `token_id:N` (completion only);
+4. an ArealOpenAI-style client's `get_interaction(id)` record;
+5. a tokenizer (inexact, and flagged so).
+
+Anything inconsistent (a logprob count that differs from the id count, ids
+that differ from what the usage says) is never dropped silently: the record
+gets a note, or `strict` raises `TokenRecordError`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from rollout.record import (
+    NO_VERSION,
+    Choice,
+    TokenRecordError,
+    TokenSource,
+    Versions,
+    as_ids,
+    as_logprobs,
+)
+
+VERSION_FIELDS = ("weight_version", "policy_version")
+
+
+def get(obj: Any, key: str, default: Any = None) -> Any:
+    """Attribute or key access, so SDK objects, extras and plain dicts all work."""
+    if obj is None:
+        return default
+    if isinstance(obj, dict):
+        return obj.get(key, default)
+    value = getattr(obj, key, None)
+    if value is None:
+        extra = getattr(obj, "model_extra", None)
+        if extra:
+            value = extra.get(key)
+    return default if value is None else value
+
+
+class Tokenizer(Protocol):
+    """Fallback tokenization when a reply carries no ids. Results are inexact."""
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]: ...
+
+    def completion_ids(self, text: str) -> list[int]: ...
+
+
+class TiktokenTokenizer:
+    """tiktoken over a plain role/content rendering. Not the server's template:
+    use it only to keep inexact records countable, never as training ids."""
+
+    def __init__(self, encoding: str = "cl100k_base") -> None:
+        from compat.token_counter import load_encoding
+
+        self._enc = load_encoding(encoding)
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+        text = "".join(f"{m.get('role')}: {_text(m.get('content'))}\n" for m in messages)
+        return list(self._enc.encode(text, disallowed_special=()))
+
+    def completion_ids(self, text: str) -> list[int]:
+        return list(self._enc.encode(text, disallowed_special=()))
+
+
+def _text(content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+def message_dict(message: Any) -> dict[str, Any]:
+    """The reply message as a plain dict (role, content, tool_calls when present)."""
+    if message is None:
+        return {}
+    if hasattr(message, "model_dump"):
+        data = message.model_dump(exclude_none=True, exclude={"parsed"})
+    else:
+        data = {k: v for k, v in dict(message).items() if v is not None and k != "parsed"}
+    data.setdefault("role", "assistant")
+    return data
+
+
+def _logprob_entries(choice: Any) -> list[Any] | None:
+    lp = get(choice, "logprobs")
+    content = get(lp, "content") if lp is not None else None
+    return list(content) if content is not None else None
+
+
+def _token_ids_from_logprobs(entries: Sequence[Any]) -> list[int] | None:
+    ids = []
+    for e in entries:
+        tok = get(e, "token")
+        if not isinstance(tok, str) or not tok.startswith("token_id:"):
+            return None
+        ids.append(int(tok[len("token_id:") :]))
+    return ids
+
+
+def _version(response: Any, default: int | None) -> int:
+    for key in VERSION_FIELDS:
+        v = get(response, key)
+        if isinstance(v, int):
+            return v
+    return NO_VERSION if default is None else default
+
+
+def _interaction_tokens(client: Any, completion_id: str | None) -> Any:
+    """AReaL: `client.get_interaction(id).model_response` (or the interaction itself)."""
+    getter = getattr(client, "get_interaction", None)
+    if getter is None or not completion_id:
+        return None
+    try:
+        interaction = getter(completion_id)
+    except Exception:
+        return None
+    if interaction is None:
+        return None
+    resp = get(interaction, "model_response", interaction)
+    return resp if get(resp, "output_tokens") is not None else None
+
+
+def _check(n_ids: int, what: str, n: int, notes: list[str], strict: bool, index: int) -> bool:
+    if n == n_ids:
+        return True
+    msg = f"choice {index}: {n} {what} for {n_ids} token ids"
+    if strict:
+        raise TokenRecordError(msg)
+    notes.append(msg)
+    return False
+
+
+def extract_call(
+    response: Any,
+    *,
+    messages: list[dict[str, Any]],
+    tools: Any = None,
+    client: Any = None,
+    tokenizer: Tokenizer | None = None,
+    policy_version: int | None = None,
+    strict: bool = False,
+) -> tuple[np.ndarray, TokenSource, list[Choice], list[str]]:
+    """(prompt ids, prompt source, choices, notes) for one reply."""
+    notes: list[str] = []
+    version = _version(response, policy_version)
+    prompt = get(response, "prompt_token_ids")
+    prompt_source = TokenSource.VLLM if prompt is not None else TokenSource.NONE
+    areal = None
+    choices_out: list[Choice] = []
+    raw_choices = list(get(response, "choices", []) or [])
+    if not raw_choices:
+        raise TokenRecordError("reply has no choices")
+
+    for raw in raw_choices:
+        index = int(get(raw, "index", len(choices_out)))
+        message = message_dict(get(raw, "message"))
+        entries = _logprob_entries(raw)
+        logprobs = None if entries is None else [float(get(e, "logprob")) for e in entries]
+        versions: Any = None
+        ids = get(raw, "token_ids")
+        source = TokenSource.NONE
+        if ids is not None:
+            source = TokenSource.VLLM
+            choice_prompt = get(raw, "prompt_token_ids")
+            if choice_prompt is not None:
+                source = TokenSource.SGLANG
+                if prompt is None:
+                    prompt, prompt_source = choice_prompt, TokenSource.SGLANG
+        elif entries is not None and entries and (from_lp := _token_ids_from_logprobs(entries)):
+            ids, source = from_lp, TokenSource.LOGPROB_TOKENS
+        else:
+            if areal is None:
+                areal = _interaction_tokens(client, get(response, "id"))
+            if areal is not None and index == 0:
+                ids, source = list(get(areal, "output_tokens")), TokenSource.AREAL
+                if logprobs is None and get(areal, "output_logprobs") is not None:
+                    logprobs = list(get(areal, "output_logprobs"))
+                if get(areal, "output_versions") is not None:
+                    versions = list(get(areal, "output_versions"))
+                if prompt is None:
+                    prompt, prompt_source = list(get(areal, "input_tokens")), TokenSource.AREAL
+            elif tokenizer is not None:
+                ids, source = tokenizer.completion_ids(_text(message.get("content"))), TokenSource.TOKENIZER
+                notes.append(f"choice {index}: completion ids re-tokenized from text (inexact)")
+            else:
+                ids = []
+                notes.append(f"choice {index}: reply has no token ids and no tokenizer was given")
+        ids_arr = as_ids(ids)
+        if logprobs is not None and not _check(len(ids_arr), "logprobs", len(logprobs), notes, strict, index):
+            logprobs = None
+        if versions is None or not _check(len(ids_arr), "versions", len(versions), notes, strict, index):
+            versions = Versions.constant(version, len(ids_arr))
+        choices_out.append(
+            Choice(
+                index=index,
+                ids=ids_arr,
+                logprobs=None if logprobs is None else as_logprobs(logprobs),
+                versions=versions,
+                finish_reason=get(raw, "finish_reason"),
+                message=message,
+                source=source,
+            )
+        )
+
+    if prompt is None:
+        if tokenizer is not None:
+            prompt, prompt_source = tokenizer.prompt_ids(messages, tools), TokenSource.TOKENIZER
+            notes.append("prompt ids re-tokenized from messages (inexact)")
+        else:
+            prompt = []
+            notes.append("reply has no prompt token ids and no tokenizer was given")
+    usage = get(response, "usage")
+    n_prompt = get(usage, "prompt_tokens")
+    if isinstance(n_prompt, int) and prompt_source.exact and n_prompt != len(prompt):
+        msg = f"usage says {n_prompt} prompt tokens, ids have {len(prompt)}"
+        if strict:
+            raise TokenRecordError(msg)
+        notes.append(msg)
+    return as_ids(prompt), prompt_source, choices_out, notes
+
+
+class StreamAccumulator:
+    """Folds streamed chunks into the dict a non-streaming reply would have been.
+
+    Recording a stream then uses the same `extract_call` as a plain reply.
+    """
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {"choices": {}}
+
+    def add(self, chunk: Any) -> None:
+        d = self.data
+        for key in ("id", "model", "created", "prompt_token_ids", *VERSION_FIELDS):
+            value = get(chunk, key)
+            if value is not None and key not in d:
+                d[key] = value
+        usage = get(chunk, "usage")
+        if usage is not None:
+            d["usage"] = usage.model_dump() if hasattr(usage, "model_dump") else usage
+        for raw in get(chunk, "choices", []) or []:
+            index = int(get(raw, "index", 0))
+            c = d["choices"].setdefault(
+                index, {"index": index, "text": [], "tool_calls": {}, "token_ids": None, "logprobs": None}
+            )
+            delta = get(raw, "delta")
+            content = get(delta, "content")
+            if content:
+                c["text"].append(content)
+            for tc in get(delta, "tool_calls", []) or []:
+                slot = c["tool_calls"].setdefault(
+                    int(get(tc, "index", 0)), {"id": None, "type": "function", "name": "", "arguments": ""}
+                )
+                slot["id"] = slot["id"] or get(tc, "id")
+                fn = get(tc, "function")
+                slot["name"] += get(fn, "name", "") or ""
+                slot["arguments"] += get(fn, "arguments", "") or ""
+            ids = get(raw, "token_ids")
+            if ids is not None:
+                c["token_ids"] = (c["token_ids"] or []) + list(ids)
+            if get(raw, "prompt_token_ids") is not None:
+                c["prompt_token_ids"] = list(get(raw, "prompt_token_ids"))
+            entries = _logprob_entries(raw)
+            if entries is not None:
+                c["logprobs"] = (c["logprobs"] or []) + entries
+            if get(raw, "finish_reason") is not None:
+                c["finish_reason"] = get(raw, "finish_reason")
+
+    def response(self) -> dict[str, Any]:
+        out = {k: v for k, v in self.data.items() if k != "choices"}
+        choices = []
+        for index in sorted(self.data["choices"]):
+            c = self.data["choices"][index]
+            message: dict[str, Any] = {"role": "assistant", "content": "".join(c["text"]) or None}
+            if c["tool_calls"]:
+                message["tool_calls"] = [
+                    {"id": t["id"], "type": "function", "function": {"name": t["name"], "arguments": t["arguments"]}}
+                    for _, t in sorted(c["tool_calls"].items())
+                ]
+            choice: dict[str, Any] = {
+                "index": index,
+                "message": message,
+                "finish_reason": c.get("finish_reason"),
+                "logprobs": None if c["logprobs"] is None else {"content": c["logprobs"]},
+            }
+            if c["token_ids"] is not None:
+                choice["token_ids"] = c["token_ids"]
+            if "prompt_token_ids" in c:
+                choice["prompt_token_ids"] = c["prompt_token_ids"]
+            choices.append(choice)
+        out["choices"] = choices
+        return out
+
+
+def responses_api_as_chat(response: Any) -> dict[str, Any]:
+    """A Responses-API reply viewed as a one-choice chat completion, for recording."""
+    text = get(response, "output_text")
+    if text is None:
+        parts = []
+        for item in get(response, "output", []) or []:
+            for c in get(item, "content", []) or []:
+                if get(c, "text"):
+                    parts.append(get(c, "text"))
+        text = "".join(parts)
+    usage = get(response, "usage")
+    out: dict[str, Any] = {
+        "id": get(response, "id"),
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+    }
+    for key in VERSION_FIELDS:
+        if get(response, key) is not None:
+            out[key] = get(response, key)
+    if usage is not None:
+        out["usage"] = {"prompt_tokens": get(usage, "input_tokens"), "completion_tokens": get(usage, "output_tokens")}
+    return out
+
+
+def responses_input_as_messages(kwargs: dict[str, Any]) -> list[dict[str, Any]]:
+    """The `input` / `instructions` of a Responses call as chat messages."""
+    messages: list[dict[str, Any]] = []
+    if kwargs.get("instructions"):
+        messages.append({"role": "system", "content": kwargs["instructions"]})
+    inp = kwargs.get("input")
+    if isinstance(inp, str):
+        messages.append({"role": "user", "content": inp})
+    elif isinstance(inp, list):
+        for item in inp:
+            if isinstance(item, dict) and "role" in item:
+                messages.append({"role": item["role"], "content": item.get("content")})
+            else:
+                messages.append({"role": "user", "content": json.dumps(item, default=str)})
+    return messages

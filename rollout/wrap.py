@@ -1,0 +1,370 @@
+"""The recording client wrapper: same type as the client it wraps.
+
+Frameworks check `isinstance(client, AsyncOpenAI)`, so `wrap_client` returns a
+shallow copy of the client whose class is a cached subclass of the original
+that overrides just `chat`, `beta` and `responses`. Everything else (base URL,
+`get_interaction`, the HTTP pool) is the original's.
+
+Intercepted: `chat.completions.create` (plain and streamed),
+`chat.completions.parse`, `beta.chat.completions.parse`,
+`chat.completions.stream` and `responses.create`. Sync and async clients get
+twin proxies over the same `PendingCall` logic.
+"""
+
+from __future__ import annotations
+
+import copy
+import inspect
+import logging
+from typing import Any
+
+from rollout.recorder import PendingCall, Recorder
+from rollout.tokens import StreamAccumulator
+
+logger = logging.getLogger(__name__)
+
+_OVERRIDDEN = ("chat", "beta", "responses")
+_SUBCLASSES: dict[type, type] = {}
+
+
+class _Namespace:
+    """Passes attributes through to `inner`, except the overrides given."""
+
+    def __init__(self, inner: Any, **overrides: Any) -> None:
+        self.__wrapped__ = inner
+        self.__dict__.update(overrides)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__wrapped__, name)
+
+
+def _is_async(fn: Any) -> bool:
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def _is_stream(kwargs: dict[str, Any], result: Any) -> bool:
+    if not kwargs.get("stream"):
+        return False
+    return not hasattr(result, "choices") and not isinstance(result, dict)
+
+
+class _Completions(_Namespace):
+    """`chat.completions` of a sync client."""
+
+    def __init__(self, inner: Any, recorder: Recorder, root: Any, endpoint: str) -> None:
+        super().__init__(inner)
+        self._recorder = recorder
+        self._root = root
+        self._endpoint = endpoint
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.__wrapped__, name)
+        if name == "parse" and callable(attr):
+            return self._recording(attr, f"{self._endpoint}.parse")
+        if name == "stream" and callable(attr):
+            return self._recording_manager(attr)
+        return attr
+
+    def create(self, **kwargs: Any) -> Any:
+        return self._recording(self.__wrapped__.create, self._endpoint)(**kwargs)
+
+    def _recording(self, fn: Any, endpoint: str) -> Any:
+        def call(**kwargs: Any) -> Any:
+            sent, pending = self._recorder.start_call(kwargs, endpoint=endpoint)
+            try:
+                result = fn(**sent)
+            except BaseException as exc:
+                pending.fail(exc)
+                raise
+            if inspect.isawaitable(result):  # a sync-looking function of an async client
+                return _finish_async(result, sent, pending, self._root)
+            return _finish(result, sent, pending, self._root)
+
+        return call
+
+    def _recording_manager(self, fn: Any) -> Any:
+        def call(**kwargs: Any) -> Any:
+            sent, pending = self._recorder.start_call(kwargs, endpoint=f"{self._endpoint}.stream")
+            return _StreamManager(fn(**sent), pending, self._root)
+
+        return call
+
+
+class _AsyncCompletions(_Completions):
+    """`chat.completions` of an async client: the twin of `_Completions`."""
+
+    async def create(self, **kwargs: Any) -> Any:
+        return await self._recording(self.__wrapped__.create, self._endpoint)(**kwargs)
+
+    def _recording(self, fn: Any, endpoint: str) -> Any:
+        async def call(**kwargs: Any) -> Any:
+            sent, pending = self._recorder.start_call(kwargs, endpoint=endpoint)
+            return await _finish_async(fn(**sent), sent, pending, self._root)
+
+        return call
+
+
+def _finish(result: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
+    if _is_stream(sent, result):
+        return RecordingStream(result, pending, root)
+    pending.record(result, root)
+    return result
+
+
+async def _finish_async(awaitable: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
+    try:
+        result = await awaitable
+    except BaseException as exc:
+        pending.fail(exc)
+        raise
+    if _is_stream(sent, result):
+        return RecordingAsyncStream(result, pending, root)
+    pending.record(result, root)
+    return result
+
+
+class RecordingStream:
+    """Yields the inner stream's chunks unchanged and records the call at its end."""
+
+    def __init__(self, inner: Any, pending: PendingCall, root: Any) -> None:
+        self._inner = inner
+        self._pending = pending
+        self._root = root
+        self._acc = StreamAccumulator()
+        self._it: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __iter__(self) -> RecordingStream:
+        return self
+
+    def __next__(self) -> Any:
+        if self._it is None:
+            self._it = iter(self._inner)
+        try:
+            chunk = next(self._it)
+        except StopIteration:
+            self._pending.record_stream(self._acc, self._root, complete=True)
+            raise
+        except BaseException as exc:
+            if not self._pending.done:
+                self._pending.fail(exc)
+            raise
+        self._acc.add(chunk)
+        return chunk
+
+    def close(self) -> None:
+        self._pending.record_stream(self._acc, self._root, complete=False)
+        close = getattr(self._inner, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> RecordingStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+class RecordingAsyncStream:
+    """The async twin of `RecordingStream`."""
+
+    def __init__(self, inner: Any, pending: PendingCall, root: Any) -> None:
+        self._inner = inner
+        self._pending = pending
+        self._root = root
+        self._acc = StreamAccumulator()
+        self._it: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def __aiter__(self) -> RecordingAsyncStream:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._it is None:
+            self._it = self._inner.__aiter__()
+        try:
+            chunk = await self._it.__anext__()
+        except StopAsyncIteration:
+            self._pending.record_stream(self._acc, self._root, complete=True)
+            raise
+        except BaseException as exc:
+            if not self._pending.done:
+                self._pending.fail(exc)
+            raise
+        self._acc.add(chunk)
+        return chunk
+
+    async def close(self) -> None:
+        self._pending.record_stream(self._acc, self._root, complete=False)
+        for name in ("close", "aclose"):
+            fn = getattr(self._inner, name, None)
+            if fn is not None:
+                result = fn()
+                if inspect.isawaitable(result):
+                    await result
+                return
+
+    async def aclose(self) -> None:
+        await self.close()
+
+    async def __aenter__(self) -> RecordingAsyncStream:
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.close()
+
+
+class _StreamManager:
+    """Wraps the SDK's `chat.completions.stream(...)` manager (sync or async).
+
+    The SDK folds chunks itself, so the record is built from its final
+    snapshot; ids come from an interaction record or the tokenizer fallback.
+    """
+
+    def __init__(self, inner: Any, pending: PendingCall, root: Any) -> None:
+        self._inner = inner
+        self._pending = pending
+        self._root = root
+        self._stream: Any = None
+
+    def __enter__(self) -> Any:
+        self._stream = self._inner.__enter__()
+        return self._stream
+
+    def __exit__(self, *exc: Any) -> Any:
+        self._record()
+        return self._inner.__exit__(*exc)
+
+    async def __aenter__(self) -> Any:
+        self._stream = await self._inner.__aenter__()
+        return self._stream
+
+    async def __aexit__(self, *exc: Any) -> Any:
+        self._record()
+        return await self._inner.__aexit__(*exc)
+
+    def _record(self) -> None:
+        try:
+            snapshot = self._stream.current_completion_snapshot
+        except Exception as exc:  # nothing arrived
+            self._pending.fail(exc)
+            return
+        call = self._pending.record(snapshot, self._root)
+        call.notes.append("recorded from the SDK stream manager's snapshot")
+
+
+class _Responses(_Namespace):
+    def __init__(self, inner: Any, recorder: Recorder, root: Any) -> None:
+        super().__init__(inner)
+        self._recorder = recorder
+        self._root = root
+
+    def create(self, **kwargs: Any) -> Any:
+        sent, pending = self._recorder.start_call(kwargs, endpoint="responses")
+        try:
+            result = self.__wrapped__.create(**sent)
+        except BaseException as exc:
+            pending.fail(exc)
+            raise
+        if inspect.isawaitable(result):
+            return _finish_responses_async(result, sent, pending, self._root)
+        return _finish_responses(result, sent, pending, self._root)
+
+
+def _finish_responses(result: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
+    if sent.get("stream"):
+        pending.fail(NotImplementedError("streamed Responses calls are not recorded"))
+        return result
+    pending.record(result, root)
+    return result
+
+
+async def _finish_responses_async(awaitable: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
+    try:
+        result = await awaitable
+    except BaseException as exc:
+        pending.fail(exc)
+        raise
+    return _finish_responses(result, sent, pending, root)
+
+
+def _completions_proxy(inner: Any, recorder: Recorder, root: Any, endpoint: str) -> _Completions:
+    cls = _AsyncCompletions if _is_async(getattr(inner, "create", None)) else _Completions
+    return cls(inner, recorder, root, endpoint)
+
+
+def _attr(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        try:
+            obj = getattr(obj, part)
+        except Exception:
+            return None
+    return obj
+
+
+def _proxies(client: Any, recorder: Recorder) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    completions = _attr(client, "chat.completions")
+    if completions is not None and hasattr(completions, "create"):
+        out["chat"] = _Namespace(
+            client.chat,
+            completions=_completions_proxy(completions, recorder, client, "chat.completions"),
+        )
+    beta_completions = _attr(client, "beta.chat.completions")
+    if beta_completions is not None:
+        out["beta"] = _Namespace(
+            client.beta,
+            chat=_Namespace(
+                client.beta.chat,
+                completions=_completions_proxy(beta_completions, recorder, client, "beta.chat.completions"),
+            ),
+        )
+    responses = _attr(client, "responses")
+    if responses is not None and hasattr(responses, "create"):
+        out["responses"] = _Responses(responses, recorder, client)
+    return out
+
+
+def _recording_type(cls: type) -> type:
+    """A subclass of `cls` whose `chat` / `beta` / `responses` are the proxies."""
+    if cls not in _SUBCLASSES:
+
+        def make(name: str) -> property:
+            def fget(self: Any) -> Any:
+                proxies = self.__dict__.get("_rollout_proxies", {})
+                if name in proxies:
+                    return proxies[name]
+                return getattr(super(sub, self), name)
+
+            return property(fget)
+
+        sub = type(f"Recording{cls.__name__}", (cls,), {n: make(n) for n in _OVERRIDDEN})
+        sub.__module__ = cls.__module__
+        _SUBCLASSES[cls] = sub
+    return _SUBCLASSES[cls]
+
+
+class _PlainProxy(_Namespace):
+    """Last resort for objects that cannot be copied: attributes pass through."""
+
+
+def wrap_client(client: Any, recorder: Recorder) -> Any:
+    """A client of the same type that records through `recorder`."""
+    if getattr(client, "_rollout_recorder", None) is not None:
+        raise ValueError("client is already wrapped by a Recorder")
+    if _attr(client, "chat.completions.create") is None and _attr(client, "responses.create") is None:
+        raise TypeError(f"{type(client).__name__} has neither chat.completions.create nor responses.create")
+    proxies = _proxies(client, recorder)
+    try:
+        wrapped = copy.copy(client)
+        wrapped.__class__ = _recording_type(type(client))
+        wrapped.__dict__["_rollout_proxies"] = proxies
+        wrapped.__dict__["_rollout_recorder"] = recorder
+        return wrapped
+    except (TypeError, AttributeError) as exc:
+        logger.warning("cannot keep the type of %s (%s); returning a plain proxy", type(client).__name__, exc)
+        return _PlainProxy(client, _rollout_recorder=recorder, **proxies)
