@@ -1,0 +1,148 @@
+"""Throughput of the embedded server on loopback, relative to a trivial baseline.
+
+Prints ONE JSON line: requests/s and completion tokens/s at concurrency 1, 16
+and 64, each next to the same load against a bare aiohttp handler that
+returns a fixed 16-token completion (served the same way: its own process,
+same host). The ratio is what to compare across machines; absolute numbers
+swing with the CPU.
+
+    python benchmarks/bench_server.py [--requests-per-level 400] [--max-tokens 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+LEVELS = (1, 16, 64)
+
+
+def _baseline_app(max_tokens: int) -> web.Application:
+    """Fixed chat completion: the cost of HTTP + JSON, with no sampling."""
+    body = json.dumps({
+        "id": "chatcmpl-baseline", "object": "chat.completion", "created": 0, "model": "tiny",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "7" * max_tokens},
+                     "finish_reason": "length", "token_ids": [22] * max_tokens}],
+        "usage": {"prompt_tokens": 8, "completion_tokens": max_tokens, "total_tokens": 8 + max_tokens},
+        "weight_version": 0,
+    }).encode()  # fmt: skip
+
+    async def handler(request: web.Request) -> web.Response:
+        await request.read()
+        return web.Response(body=body, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/v1/chat/completions", handler)
+    return app
+
+
+async def _serve_baseline(max_tokens: int) -> None:
+    runner = web.AppRunner(_baseline_app(max_tokens), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0, backlog=4096)
+    await site.start()
+    port = next(a[1] for a in runner.addresses if isinstance(a, tuple))
+    print(f"baseline listening on http://127.0.0.1:{port}/v1", flush=True)
+    await asyncio.Event().wait()
+
+
+def _spawn(args: list[str]) -> tuple[subprocess.Popen[str], str]:
+    """Start a server process and read the base URL it prints."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])),
+    }
+    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, text=True, env=env)
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    url = next((w for w in line.split() if w.startswith("http://")), None)
+    if url is None:
+        proc.kill()
+        raise RuntimeError(f"server did not start: {line!r}")
+    return proc, url
+
+
+async def _load(base_url: str, concurrency: int, count: int, max_tokens: int) -> dict[str, float]:
+    """``count`` chat requests with at most ``concurrency`` in flight."""
+    connector = aiohttp.TCPConnector(limit=concurrency)
+    tokens = 0
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(count):
+        queue.put_nowait(i)
+    async with aiohttp.ClientSession(connector=connector) as session:
+
+        async def worker() -> None:
+            nonlocal tokens
+            while not queue.empty():
+                i = queue.get_nowait()
+                payload = {"model": "tiny", "messages": [{"role": "user", "content": f"q{i}"}],
+                           "max_tokens": max_tokens, "seed": i, "ignore_eos": True}  # fmt: skip
+                async with session.post(f"{base_url}/chat/completions", json=payload) as resp:
+                    resp.raise_for_status()
+                    tokens += (await resp.json())["usage"]["completion_tokens"]
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    return {"rps": count / elapsed, "tokens_per_s": tokens / elapsed}
+
+
+async def _bench(
+    embedded: str, baseline: str, per_level: int, max_tokens: int
+) -> list[dict[str, Any]]:
+    await _load(embedded, 8, 50, max_tokens)  # warm up imports, caches, connections
+    await _load(baseline, 8, 50, max_tokens)
+    rows = []
+    for c in LEVELS:
+        count = max(c, per_level // 2 if c == 1 else per_level)
+        base = await _load(baseline, c, count, max_tokens)
+        emb = await _load(embedded, c, count, max_tokens)
+        rows.append({
+            "concurrency": c, "requests": count,
+            "rps": round(emb["rps"], 1), "tokens_per_s": round(emb["tokens_per_s"], 1),
+            "baseline_rps": round(base["rps"], 1),
+            "ratio_vs_baseline": round(emb["rps"] / base["rps"], 3),
+        })  # fmt: skip
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--requests-per-level", type=int, default=400)
+    p.add_argument("--max-tokens", type=int, default=16)
+    p.add_argument("--baseline-server", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.baseline_server:
+        asyncio.run(_serve_baseline(args.max_tokens))
+        return 0
+    embedded_cmd = ["-c", "from rollout.embedded import serve_main; serve_main()", "--port", "0"]
+    emb_proc, emb_url = _spawn(embedded_cmd)
+    base_proc, base_url = _spawn(
+        [__file__, "--baseline-server", "--max-tokens", str(args.max_tokens)]
+    )
+    try:
+        rows = asyncio.run(_bench(emb_url, base_url, args.requests_per_level, args.max_tokens))
+    finally:
+        for proc in (emb_proc, base_proc):
+            proc.terminate()
+            proc.wait(timeout=10)
+    print(json.dumps({
+        "benchmark": "embedded_server_chat", "max_tokens": args.max_tokens, "stream": False,
+        "cpus": os.cpu_count(), "python": platform.python_version(), "levels": rows,
+    }))  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
