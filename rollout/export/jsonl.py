@@ -128,7 +128,13 @@ def iter_jsonl(
                 raise SchemaVersionError(
                     f"{where}: expected a JSON object, got {type(row).__name__}"
                 )
-            yield episode_from_row(row, where)
+            try:
+                episode = episode_from_row(row, where)
+            except SchemaVersionError:
+                raise
+            except (KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{where}: malformed episode record ({e!r})") from e
+            yield episode
 
 
 def read_jsonl(

@@ -12,7 +12,10 @@ Each episode becomes one rLLM Episode with one trajectory (name "agent")
 holding one step per (call, choice), in call order; rLLM's verl transform
 re-merges steps whose prompt ids extend the previous row, so branches (n > 1)
 simply become separate rows there. Dicts (not rLLM objects) keep rLLM an
-optional dependency: `rllm.types.Episode(**d)` / `model_validate` accept them.
+optional dependency. `rllm.types.Episode.model_validate(d)` accepts them
+(pydantic ignores the token fields its lightweight Step lacks); the training
+dataclasses in `rllm/agents/agent.py` call metadata `info` and take a Step
+without id/input/output, so building those needs a small adapter.
 """
 
 from __future__ import annotations

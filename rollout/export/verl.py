@@ -1,9 +1,6 @@
 """verl export: the DataProto layout rLLM builds for verl's PPO/GRPO trainer.
 
-Checked against rllm-org/rllm `rllm/trainer/verl/transform.py`
-(`_batch_tensors_and_build_data_proto`, `_process_trajectory`; stored snapshot
-near commit f7057c4) and volcengine/verl's trainer use of
-`non_tensor_batch["uid"]`, `token_level_scores`, `response_mask`.
+Checked: rllm-org/rllm rllm/trainer/verl/transform.py @0515808 (_batch_tensors_and_build_data_proto, _process_trajectory; token_level_scores = traj_rewards) and verl's non_tensor_batch["uid"] GRPO grouping.
 
 Layout: `prompts` left-padded [N, P], `responses` right-padded [N, R] holding
 everything after the first prompt (sampled tokens and observation tokens),
