@@ -255,3 +255,19 @@ def test_serve_main_runs_until_interrupted(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(timeout=10) == 0
+
+
+def test_client_leaving_mid_stream_does_not_hurt_the_server() -> None:
+    with EmbeddedServer(latency_per_token_s=0.002) as server:
+        client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
+        kw: dict[str, Any] = {"model": "tiny", "messages": USER, "max_tokens": 200,
+                              "extra_body": {"ignore_eos": True}}  # fmt: skip
+        stream = client.chat.completions.create(stream=True, **kw)
+        next(iter(stream))
+        stream.close()
+        status, body = raw(
+            server.url + "/tokenize", json.dumps({"messages": [{"role": "x"}]}).encode()
+        )
+        assert status == 400 and body["error"]["param"] == "messages"
+        r = client.chat.completions.create(**{**kw, "max_tokens": 3})
+        assert r.usage.completion_tokens == 3 and r.choices[0].finish_reason == "length"

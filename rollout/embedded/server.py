@@ -496,6 +496,7 @@ async def models(request: web.Request) -> web.StreamResponse:
                     "max_model_len": state.max_model_len,
                 }
             ],
+            "weight_version": state.snapshot.version,
         }
     )
 
@@ -523,6 +524,7 @@ async def tokenize(request: web.Request) -> web.StreamResponse:
             "count": len(tokens),
             "max_model_len": state.max_model_len,
             "token_strs": None,
+            "weight_version": state.snapshot.version,
         }
     )
 
@@ -532,7 +534,9 @@ async def detokenize(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     _check_model(state, body)
     tokens = parse_token_ids(body.get("tokens"), "tokens")
-    return _json({"prompt": get_encoding().decode(tokens)})
+    return _json(
+        {"prompt": get_encoding().decode(tokens), "weight_version": state.snapshot.version}
+    )
 
 
 async def health(request: web.Request) -> web.StreamResponse:
