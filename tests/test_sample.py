@@ -77,7 +77,9 @@ def _check_sample(ep: Episode, s: Sample) -> None:
         choice = call.choices[k]
         p, n = len(call.prompt_ids), len(choice.ids)
         # prompt + completion of every merged call is a prefix of the sample
-        np.testing.assert_array_equal(s.tokens[: p + n], np.concatenate([call.prompt_ids, choice.ids]))
+        np.testing.assert_array_equal(
+            s.tokens[: p + n], np.concatenate([call.prompt_ids, choice.ids])
+        )
         assert s.loss_mask[p : p + n].all()
         np.testing.assert_array_equal(s.versions[p : p + n], choice.versions.to_array())
         if choice.logprobs is not None:
@@ -250,7 +252,9 @@ def test_flags_missing_logprobs_and_inexact() -> None:
     ep = Episode(
         calls=[
             _call([1], Choice(ids=[2], logprobs=[-1.0], versions=[0], source=TokenSource.VLLM)),
-            _call([1, 2], Choice(ids=[3], logprobs=None, versions=[0], source=TokenSource.TOKENIZER)),
+            _call(
+                [1, 2], Choice(ids=[3], logprobs=None, versions=[0], source=TokenSource.TOKENIZER)
+            ),
         ]
     )
     (s,) = assemble(ep)
