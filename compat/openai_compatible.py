@@ -172,7 +172,8 @@ class OpenAICompatibleModel(BaseModelBackend):
         kwargs = self._chat_kwargs(messages, tools)
         kwargs.pop("stream", None)
         for path in NATIVE_STREAM_PATHS:
-            if resolve(client, path) is not None:
+            # Like parse, an inherited SDK stream helper is not trusted on clients that override create.
+            if resolve(client, path) is not None and native_parse_path(client) is not None:
                 return Attempt("native_stream", path, {**kwargs, "response_format": response_format})
         fmt = json_schema_format(response_format)
         return Attempt("json_schema_stream", CREATE, {**kwargs, "stream": True, "response_format": fmt})
@@ -191,7 +192,8 @@ class OpenAICompatibleModel(BaseModelBackend):
             ) from exc
 
     def _give_up(self, exc: BaseException, attempts: int) -> ModelCallError:
-        kind = ModelTimeoutError if isinstance(exc, TimeoutError) else ModelCallError
+        timed_out = isinstance(exc, TimeoutError) or any(c.__name__ == "APITimeoutError" for c in type(exc).__mro__)
+        kind = ModelTimeoutError if timed_out else ModelCallError
         err = kind(
             f"{self.model_name}: failed after {attempts} attempt(s): {type(exc).__name__}: {exc}",
             attempts=attempts,

@@ -298,3 +298,37 @@ class FakeArealOpenAI(AsyncOpenAI):
 
     def set_last_reward(self, reward: float) -> None:
         next(reversed(self.cache.values())).reward = reward
+
+
+# --- a plain duck-typed client over the wire server ----------------------------------
+
+
+class DuckHTTPError(Exception):
+    """What a hand-written client might raise on an HTTP error: only `status_code`."""
+
+    def __init__(self, status_code: int, message: str = "") -> None:
+        super().__init__(f"HTTP {status_code}: {message}")
+        self.status_code = status_code
+
+
+class WireDuck:
+    """Not an openai client: only `.chat.completions.create`, sync, returning dicts.
+
+    Each call POSTs the kwargs as JSON to `server` (no SDK, no retries) and
+    raises `DuckHTTPError` on an error status, so the backend's own retries
+    and timeouts are what the tests see. `calls` records the kwargs.
+    """
+
+    def __init__(self, server: WireServer) -> None:
+        self.server = server
+        self.calls: list[dict[str, Any]] = []
+        self.chat = self
+        self.completions = self
+
+    def create(self, **kwargs: Any) -> dict[str, Any]:
+        self.calls.append(kwargs)
+        request = httpx2.Request("POST", "http://wire.test/v1/chat/completions", json=kwargs)
+        response = self.server(request)
+        if response.status_code >= 400:
+            raise DuckHTTPError(response.status_code, response.text)
+        return dict(response.json())
