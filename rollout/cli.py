@@ -1,0 +1,194 @@
+"""The `rollout` command: collect, serve, inspect, export.
+
+    rollout collect --config configs/local.yaml [key=value ...]
+    rollout serve [--port 8000 ...]
+    rollout inspect runs/local.jsonl [--episode 0]
+    rollout export runs/local.jsonl --to areal|rllm|verl --out FILE
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from rollout.collect import ConfigError, collect
+
+    sys.path.insert(0, os.getcwd())  # agents such as examples.arithmetic live in the project
+    try:
+        summary = collect(args.config, overrides=args.overrides)
+    except ConfigError as exc:
+        print(f"rollout collect: {exc}", file=sys.stderr)
+        return 2
+    print(summary.table())
+    return 0
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from rollout.embedded import serve_main
+
+    return serve_main(args.rest)
+
+
+def _load(path: str) -> list[Any]:
+    from rollout.export import read_jsonl, read_parquet
+
+    p = Path(path)
+    if not p.exists():
+        raise SystemExit(f"rollout: {p} does not exist")
+    if p.is_dir() or p.suffix == ".parquet":
+        parts = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
+        return [ep for part in parts for ep in read_parquet(part)]
+    return read_jsonl(p)
+
+
+def _decoder() -> Any:
+    try:
+        from compat.token_counter import load_encoding
+
+        enc = load_encoding("cl100k_base")
+        return lambda i: enc.decode_single_token_bytes(int(i)).decode("utf-8", "replace")
+    except Exception:
+        return lambda i: ""
+
+
+def summarize(episodes: list[Any]) -> str:
+    from rollout.sample import assemble
+
+    statuses = Counter(e.status.value for e in episodes)
+    rewards = [e.reward for e in episodes if e.reward is not None]
+    calls = sum(len(e.calls) for e in episodes)
+    inexact = sum(1 for e in episodes if not e.exact)
+    result = assemble(episodes, mode="concat")
+    lines = [
+        f"episodes        {len(episodes)}",
+        f"statuses        {dict(statuses)}",
+        f"calls           {calls}",
+        f"tokens          {sum(e.num_tokens for e in episodes)}",
+        f"mean reward     {np.mean(rewards):.4f}" if rewards else "mean reward     -",
+        f"inexact eps     {inexact}",
+        f"samples         {len(result)} (concat), merged turns {result.num_merged}, drift {result.num_drift}",
+    ]
+    return "\n".join(lines)
+
+
+def show_episode(episode: Any, limit: int = 64) -> str:
+    from rollout.sample import assemble
+
+    decode = _decoder()
+    out = [
+        f"episode {episode.id} task={episode.task_id} sample={episode.sample} "
+        f"status={episode.status.value} reward={episode.reward}"
+    ]
+    if episode.error:
+        out.append(f"error: {episode.error}")
+    for call in episode.calls:
+        out.append(
+            f"-- call {call.index} (parent {call.parent}) prompt {len(call.prompt_ids)} tokens "
+            f"[{call.prompt_source.value}] latency {call.latency_s * 1000:.1f} ms"
+        )
+        for ch in call.choices:
+            out.append(f"   choice {ch.index} finish={ch.finish_reason} [{ch.source.value}] {ch.message.get('content')!r}")
+    for k, s in enumerate(assemble([episode], mode="concat")):
+        out.append(f"== sample {k}: {len(s)} tokens, prompt {s.prompt_len}, sampled {s.num_sampled}, reward {s.reward}")
+        out.append(f"   {'pos':>5} {'id':>7} {'mask':>4} {'logprob':>9} {'ver':>4}  text")
+        for i in range(min(len(s), limit)):
+            out.append(
+                f"   {i:>5} {int(s.tokens[i]):>7} {int(s.loss_mask[i]):>4} "
+                f"{float(s.logprobs[i]):>9.4f} {int(s.versions[i]):>4}  {decode(s.tokens[i])!r}"
+            )
+        if len(s) > limit:
+            out.append(f"   ... {len(s) - limit} more")
+    return "\n".join(out)
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    episodes = _load(args.file)
+    print(summarize(episodes))
+    if episodes and args.episode is not None:
+        if not 0 <= args.episode < len(episodes):
+            print(f"rollout inspect: --episode must be in [0, {len(episodes)})", file=sys.stderr)
+            return 2
+        print()
+        print(show_episode(episodes[args.episode], args.tokens))
+    if args.html:
+        from rollout.html import write_html
+
+        write_html(episodes, args.html, index=args.episode or 0)
+        print(f"wrote {args.html}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rollout.export import to_areal, to_rllm, to_verl
+
+    episodes = _load(args.file)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if args.to == "rllm":
+        out.write_text(json.dumps(to_rllm(episodes), default=_json_default))
+    elif args.to == "areal":
+        np.savez(out, **to_areal(episodes))
+    else:
+        batch = to_verl(episodes)
+        arrays = {f"batch.{k}": v for k, v in batch["batch"].items()}
+        arrays.update({f"non_tensor.{k}": np.asarray(v) for k, v in batch["non_tensor_batch"].items()})
+        np.savez(out, **arrays)
+    print(f"wrote {out} ({args.to}, {len(episodes)} episodes)")
+    return 0
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, np.generic):
+        return obj.item()
+    return str(obj)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rollout", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("collect", help="collect episodes (the main job)")
+    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. concurrency=8")
+    p.set_defaults(fn=_cmd_collect)
+
+    p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=_cmd_serve)
+
+    p = sub.add_parser("inspect", help="summarize a file of episodes and show one")
+    p.add_argument("file")
+    p.add_argument("--episode", type=int, default=0, help="which episode to show (default 0)")
+    p.add_argument("--tokens", type=int, default=64, help="token rows to show per sample")
+    p.add_argument("--html", help="also write a static HTML view to this path")
+    p.set_defaults(fn=_cmd_inspect)
+
+    p = sub.add_parser("export", help="convert episodes for a trainer")
+    p.add_argument("file")
+    p.add_argument("--to", choices=["areal", "rllm", "verl"], required=True)
+    p.add_argument("--out", required=True, help=".npz for areal/verl, .json for rllm")
+    p.set_defaults(fn=_cmd_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    with warnings.catch_warnings():
+        warnings.simplefilter("default")
+        return int(args.fn(args))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,185 @@
+"""Building the model each episode talks to, from a picklable `BackendSpec`.
+
+One `Backend` per process (or Ray actor): it starts the embedded server when
+asked, builds one wrapped sync + async client per server URL, and hands each
+episode a `compat.OpenAICompatibleModel` on the least-loaded healthy server.
+All calls of an episode use that server (its prefix cache stays warm).
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from compat import OpenAICompatibleModel
+from rollout.collect.config import BackendSpec
+from rollout.recorder import Recorder
+
+logger = logging.getLogger(__name__)
+
+
+def import_object(path: str) -> Any:
+    """`"package.module:attr"` -> the object, with an error that names what is missing."""
+    module_name, sep, attr = path.partition(":")
+    if not sep or not module_name or not attr:
+        raise ValueError(f"import path {path!r} must look like 'package.module:name'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r} for {path!r}: {exc}") from exc
+    try:
+        return getattr(module, attr)
+    except AttributeError:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from None
+
+
+@dataclass
+class ServerSlot:
+    """One inference server and the recording clients that reach it."""
+
+    url: str
+    sync_client: Any
+    async_client: Any
+    in_flight: int = 0
+    healthy: bool = True
+
+
+def _async_http_client() -> Any:
+    """aiohttp transport when available: httpx's pool degrades with thousands of waiters."""
+    try:
+        import openai
+
+        return openai.DefaultAioHttpClient()
+    except Exception:  # older openai or missing extra: the SDK default is fine
+        return None
+
+
+def _default_clients(url: str, api_key: str | None, spec: BackendSpec) -> tuple[Any, Any]:
+    from openai import AsyncOpenAI, OpenAI
+
+    key = api_key or "unused"
+    common: dict[str, Any] = {"base_url": url, "api_key": key, "timeout": spec.timeout_s, "max_retries": spec.max_retries}
+    http = _async_http_client()
+    async_client = AsyncOpenAI(**common, **({"http_client": http} if http is not None else {}))
+    return OpenAI(**common), async_client
+
+
+class Backend:
+    """Servers, clients and the recorder for one worker process."""
+
+    def __init__(self, spec: BackendSpec, urls: list[str], recorder: Recorder) -> None:
+        self.spec = spec
+        self.recorder = recorder
+        api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
+        if spec.api_key_env and api_key is None:
+            raise ValueError(f"backend.api_key_env names {spec.api_key_env!r}, which is not set")
+        factory: Callable[..., Any] | None = (
+            import_object(spec.client_factory) if spec.client_factory else None
+        )
+        self.servers: list[ServerSlot] = []
+        for url in urls or [""]:
+            if factory is not None:
+                client = factory(url=url, model=spec.model, api_key=api_key)
+                is_async = _is_async_client(client)
+                sync_c, async_c = (None, client) if is_async else (client, None)
+            else:
+                sync_c, async_c = _default_clients(url, api_key, spec)
+            self.servers.append(
+                ServerSlot(
+                    url=url,
+                    sync_client=None if sync_c is None else recorder.wrap(sync_c),
+                    async_client=None if async_c is None else recorder.wrap(async_c),
+                )
+            )
+
+    def acquire(self) -> ServerSlot:
+        """The healthy server with the fewest episodes in flight (all, if none is healthy)."""
+        pool = [s for s in self.servers if s.healthy] or self.servers
+        slot = min(pool, key=lambda s: s.in_flight)
+        slot.in_flight += 1
+        return slot
+
+    def release(self, slot: ServerSlot, *, failed_transport: bool = False) -> None:
+        slot.in_flight -= 1
+        if failed_transport and len(self.servers) > 1:
+            logger.warning("server %s failed; routing new episodes elsewhere", slot.url)
+            slot.healthy = False
+
+    def model(self, slot: ServerSlot, seed: int | None = None) -> OpenAICompatibleModel:
+        """A CAMEL-compatible model on `slot`; the seed makes the episode reproducible."""
+        config = dict(self.spec.sampling)
+        if seed is not None:
+            config.setdefault("seed", seed)
+        return EpisodeModel(
+            self.spec.model,
+            model_config_dict=config,
+            client=slot.sync_client,
+            async_client=slot.async_client,
+            timeout=self.spec.timeout_s,
+            max_retries=self.spec.max_retries,
+        )
+
+    async def aclose(self) -> None:
+        for slot in self.servers:
+            for client in (slot.sync_client, slot.async_client):
+                close = getattr(client, "close", None)
+                if close is None:
+                    continue
+                try:
+                    result = close()
+                    if hasattr(result, "__await__"):
+                        await result
+                except Exception as exc:  # closing is best effort
+                    logger.debug("closing client failed: %s", exc)
+
+
+class EpisodeModel(OpenAICompatibleModel):
+    """The model an episode gets: each call's seed is the episode seed + its call number.
+
+    One fixed seed for every turn would replay the same sampling noise on
+    each turn; a per-call offset keeps turns independent and runs repeatable.
+    """
+
+    _calls = 0
+
+    def _chat_kwargs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        out = super()._chat_kwargs(*args, **kwargs)
+        if isinstance(out.get("seed"), int):
+            out["seed"] += self._calls
+            self._calls += 1
+        return out
+
+
+def _is_async_client(client: Any) -> bool:
+    import inspect
+
+    create = getattr(getattr(getattr(client, "chat", None), "completions", None), "create", None)
+    return inspect.iscoroutinefunction(create)
+
+
+class EmbeddedHandle:
+    """The in-process embedded server, started for the duration of a run."""
+
+    def __init__(self, spec: BackendSpec) -> None:
+        from rollout.embedded import EmbeddedServer, Policy
+
+        settings = spec.embedded
+        policy = Policy.load(settings.weights) if settings.weights else Policy(seed=settings.seed)
+        self.server = EmbeddedServer(
+            policy=policy,
+            model_name=spec.model,
+            latency_s=settings.latency_ms / 1000,
+            latency_per_token_s=settings.latency_per_token_ms / 1000,
+            seed=settings.seed,
+        )
+
+    def __enter__(self) -> list[str]:
+        self.server.start()
+        return [self.server.base_url]
+
+    def __exit__(self, *exc: Any) -> None:
+        self.server.stop()

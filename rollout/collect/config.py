@@ -1,0 +1,152 @@
+"""Pydantic configs for collection: what the YAML files and `key=value` overrides set.
+
+Every model forbids unknown keys, so a typo is an error that names the key
+instead of a silently ignored setting. API keys never live in a config: a
+config names the environment variable that holds one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class EmbeddedSettings(_Strict):
+    seed: int = 0
+    weights: str | None = None  # .npz saved by Policy.save; None = fresh policy from `seed`
+    latency_ms: float = Field(default=0.0, ge=0)
+    latency_per_token_ms: float = Field(default=0.0, ge=0)
+
+
+class BackendSpec(_Strict):
+    """Where episodes get their completions. Picklable: Ray workers rebuild clients from it."""
+
+    kind: Literal["embedded", "remote"] = "embedded"
+    urls: list[str] = Field(default_factory=list)
+    model: str = "tiny"
+    api_key_env: str | None = None  # name of the env var holding the key
+    sampling: dict[str, Any] = Field(default_factory=lambda: {"temperature": 1.0, "max_tokens": 16})
+    request_token_ids: bool = True
+    request_logprobs: bool = True
+    client_factory: str | None = None  # "module:function(url=..., model=..., api_key=...)"
+    timeout_s: float = Field(default=60.0, gt=0)
+    max_retries: int = Field(default=2, ge=0)
+    embedded: EmbeddedSettings = Field(default_factory=lambda: EmbeddedSettings())
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, urls: list[str]) -> list[str]:
+        for u in urls:
+            if not u.startswith(("http://", "https://")):
+                raise ValueError(f"url {u!r} must start with http:// or https://")
+        return urls
+
+    @model_validator(mode="after")
+    def _remote_needs_urls(self) -> BackendSpec:
+        if self.kind == "remote" and not self.urls and self.client_factory is None:
+            raise ValueError("backend.kind 'remote' needs backend.urls (or backend.client_factory)")
+        return self
+
+
+class OutputSpec(_Strict):
+    path: str | None = "runs/episodes.jsonl"  # the JSONL journal; None keeps episodes in memory
+    parquet: str | None = None  # optional directory of Parquet parts
+    parquet_batch: int = Field(default=256, ge=1)
+    resume: bool = True
+
+
+class RaySpec(_Strict):
+    address: str | None = None  # None starts a local cluster
+    num_workers: int = Field(default=2, ge=1)
+    concurrency_per_worker: int = Field(default=32, ge=1)
+    max_restarts: int = Field(default=2, ge=0)
+    num_cpus_per_worker: float = Field(default=0.5, gt=0)
+
+
+class CollectConfig(_Strict):
+    """One collection run: agent, tasks, backend, executor and output."""
+
+    agent: str = "examples.arithmetic:episode"  # import path of `episode(task, model)`
+    tasks: str | list[dict[str, Any]] = "examples/arithmetic.jsonl"
+    limit: int | None = Field(default=None, ge=1)
+    samples_per_task: int = Field(default=1, ge=1)
+    seed: int = 0
+    executor: Literal["local", "ray"] = "local"
+    concurrency: int = Field(default=32, ge=1)
+    episode_timeout_s: float | None = Field(default=120.0, gt=0)
+    episode_retries: int = Field(default=2, ge=0)
+    max_staleness: int | None = Field(default=None, ge=0)
+    backend: BackendSpec = Field(default_factory=lambda: BackendSpec())
+    output: OutputSpec = Field(default_factory=lambda: OutputSpec())
+    ray: RaySpec = Field(default_factory=lambda: RaySpec())
+    progress: bool = True
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        key = ".".join(str(p) for p in e["loc"]) or "(root)"
+        if e["type"] == "extra_forbidden":
+            lines.append(f"unknown key '{key}'")
+        else:
+            lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
+    return "invalid config: " + "; ".join(lines)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`backend.sampling.temperature=0.7` -> (["backend", "sampling", "temperature"], 0.7)."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value")
+    key, raw = text.split("=", 1)
+    if not key.strip():
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override {text!r}: value is not valid YAML ({exc})") from None
+    return key.strip().split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CollectConfig:
+    """Read a YAML config, apply `key=value` overrides, validate."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.exists():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            loaded = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {p} is not valid YAML: {exc}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"config file {p} must hold a mapping, got {type(loaded).__name__}")
+        data = loaded
+    data = apply_overrides(data, overrides or [])
+    try:
+        return CollectConfig.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err)) from None

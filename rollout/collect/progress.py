@@ -1,0 +1,100 @@
+"""Running totals for a collection, shown as a tqdm bar and a closing summary table."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from rollout.episode import Episode, EpisodeStatus
+
+
+class CollectSummary(BaseModel):
+    """What a run did. `episodes` is filled only when no output path was given."""
+
+    model_config = ConfigDict(arbitrary_types_allowed=True)
+
+    requested: int = 0
+    skipped: int = 0  # already on disk (resume)
+    finished: int = 0
+    statuses: dict[str, int] = Field(default_factory=dict)
+    tokens: int = 0
+    sampled_tokens: int = 0
+    mean_reward: float | None = None
+    wall_s: float = 0.0
+    episodes_per_s: float = 0.0
+    tokens_per_s: float = 0.0
+    output: str | None = None
+    episodes: list[Episode] = Field(default_factory=list, exclude=True)
+
+    @property
+    def failed(self) -> int:
+        return self.finished - self.statuses.get(EpisodeStatus.COMPLETED.value, 0) - self.statuses.get(
+            EpisodeStatus.TRUNCATED.value, 0
+        )
+
+    def table(self) -> str:
+        rows = [
+            ("episodes requested", self.requested),
+            ("skipped (already on disk)", self.skipped),
+            ("finished", self.finished),
+            *((f"  {k}", v) for k, v in sorted(self.statuses.items())),
+            ("tokens (prompt + sampled)", self.tokens),
+            ("sampled tokens", self.sampled_tokens),
+            ("mean reward", "-" if self.mean_reward is None else f"{self.mean_reward:.4f}"),
+            ("wall time (s)", f"{self.wall_s:.2f}"),
+            ("episodes/s", f"{self.episodes_per_s:.1f}"),
+            ("tokens/s", f"{self.tokens_per_s:.0f}"),
+            ("output", self.output or "(memory)"),
+        ]
+        width = max(len(k) for k, _ in rows)
+        return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+class Progress:
+    """Accumulates the summary; draws a bar when `show` is set."""
+
+    def __init__(self, total: int, skipped: int, show: bool, output: str | None) -> None:
+        self.summary = CollectSummary(requested=total + skipped, skipped=skipped, output=output)
+        self._statuses: Counter[str] = Counter()
+        self._reward_sum = 0.0
+        self._rewarded = 0
+        self._t0 = time.perf_counter()
+        self._bar: Any = None
+        if show:
+            from tqdm import tqdm
+
+            self._bar = tqdm(total=total, unit="ep", dynamic_ncols=True)
+
+    def update(self, episode: Episode) -> None:
+        s = self.summary
+        s.finished += 1
+        self._statuses[episode.status.value] += 1
+        for call in episode.calls:
+            s.tokens += call.num_tokens
+            s.sampled_tokens += sum(len(c.ids) for c in call.choices)
+        if episode.reward is not None:
+            self._reward_sum += episode.reward
+            self._rewarded += 1
+        if self._bar is not None:
+            elapsed = max(time.perf_counter() - self._t0, 1e-9)
+            self._bar.update(1)
+            self._bar.set_postfix(
+                tok_s=f"{s.sampled_tokens / elapsed:.0f}",
+                reward=f"{self._reward_sum / max(self._rewarded, 1):.3f}",
+                failed=s.finished - self._statuses["completed"] - self._statuses["truncated"],
+                refresh=False,
+            )
+
+    def close(self) -> CollectSummary:
+        if self._bar is not None:
+            self._bar.close()
+        s = self.summary
+        s.wall_s = time.perf_counter() - self._t0
+        s.statuses = dict(self._statuses)
+        s.mean_reward = self._reward_sum / self._rewarded if self._rewarded else None
+        s.episodes_per_s = s.finished / s.wall_s if s.wall_s else 0.0
+        s.tokens_per_s = s.sampled_tokens / s.wall_s if s.wall_s else 0.0
+        return s
