@@ -140,7 +140,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         np.savez(out, **to_areal(episodes))
     else:
         batch = to_verl(episodes)
-        arrays = {f"batch.{k}": v for k, v in batch["batch"].items()}
+        arrays: dict[str, Any] = {f"batch.{k}": v for k, v in batch["batch"].items()}
         arrays.update({f"non_tensor.{k}": np.asarray(v) for k, v in batch["non_tensor_batch"].items()})
         np.savez(out, **arrays)
     print(f"wrote {out} ({args.to}, {len(episodes)} episodes)")
