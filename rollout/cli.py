@@ -137,7 +137,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.to == "rllm":
         out.write_text(json.dumps(to_rllm(episodes), default=_json_default))
     elif args.to == "areal":
-        np.savez(out, **to_areal(episodes))
+        areal: dict[str, Any] = to_areal(episodes)
+        np.savez(out, **areal)
     else:
         batch = to_verl(episodes)
         arrays: dict[str, Any] = {f"batch.{k}": v for k, v in batch["batch"].items()}
