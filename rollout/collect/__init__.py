@@ -12,7 +12,7 @@ from rollout.collect.config import (
 )
 from rollout.collect.output import EpisodeSink, done_uids
 from rollout.collect.progress import CollectSummary
-from rollout.collect.run import acollect, collect, load_tasks
+from rollout.collect.run import Collector, acollect, collect, load_tasks
 from rollout.collect.runner import Job, apply_result, episode_seed, run_episode
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "BackendSpec",
     "CollectConfig",
     "CollectSummary",
+    "Collector",
     "ConfigError",
     "EmbeddedSettings",
     "EpisodeSink",

@@ -96,8 +96,12 @@ class Backend:
                 )
             )
 
-    def acquire(self) -> ServerSlot:
-        """The healthy server with the fewest episodes in flight (all, if none is healthy)."""
+    def acquire(self, preferred: int | None = None) -> ServerSlot:
+        """`preferred` if healthy, else the healthy server with the fewest episodes in flight."""
+        if preferred is not None and 0 <= preferred < len(self.servers) and self.servers[preferred].healthy:
+            slot = self.servers[preferred]
+            slot.in_flight += 1
+            return slot
         pool = [s for s in self.servers if s.healthy] or self.servers
         slot = min(pool, key=lambda s: s.in_flight)
         slot.in_flight += 1

@@ -86,7 +86,8 @@ class CollectConfig(_Strict):
     concurrency: int = Field(default=32, ge=1)
     episode_timeout_s: float | None = Field(default=120.0, gt=0)
     episode_retries: int = Field(default=2, ge=0)
-    max_staleness: int | None = Field(default=None, ge=0)
+    max_staleness: int | None = Field(default=None, ge=0)  # versions behind the current policy
+    stale_action: Literal["flag", "drop"] = "flag"
     backend: BackendSpec = Field(default_factory=lambda: BackendSpec())
     output: OutputSpec = Field(default_factory=lambda: OutputSpec())
     ray: RaySpec = Field(default_factory=lambda: RaySpec())

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 from rollout.collect.backend import Backend
+from rollout.collect.config import CollectConfig
 from rollout.collect.runner import Agent, Job, run_episode
 from rollout.episode import Episode
+from rollout.recorder import Recorder
 
 
-async def run_local(
+async def run_bounded(
     jobs: Iterable[Job],
     agent: Agent,
     backend: Backend,
@@ -21,9 +22,11 @@ async def run_local(
 ) -> AsyncIterator[Episode]:
     """Yield episodes as they finish; at most `concurrency` run at once.
 
-    Jobs are started lazily, so a million-task iterable costs nothing up front,
-    and cancelling the consumer cancels the episodes in flight.
+    Jobs are started lazily, so a million-task iterable costs nothing up
+    front, and closing the generator cancels the episodes in flight.
     """
+    import asyncio
+
     it = iter(jobs)
     running: set[asyncio.Task[Episode]] = set()
 
@@ -42,8 +45,7 @@ async def run_local(
     try:
         while running:
             done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                running.discard(task)
+            running.difference_update(done)
             refill()
             for task in done:
                 yield task.result()
@@ -52,3 +54,41 @@ async def run_local(
             task.cancel()
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+
+
+class LocalExecutor:
+    """Runs jobs in this process. Clients are built per batch, on the batch's event loop."""
+
+    def __init__(self, config: CollectConfig, agent: Agent, urls: list[str]) -> None:
+        self.config = config
+        self.agent = agent
+        self.urls = urls
+        self.policy_version: int | None = None
+
+    async def run(self, jobs: list[Job]) -> AsyncIterator[Episode]:
+        cfg = self.config
+        recorder = Recorder(
+            request_token_ids=cfg.backend.request_token_ids,
+            request_logprobs=cfg.backend.request_logprobs,
+            policy_version=self.policy_version,
+            keep_finished=False,
+        )
+        backend = Backend(cfg.backend, self.urls, recorder)
+        try:
+            async for episode in run_bounded(
+                jobs,
+                self.agent,
+                backend,
+                concurrency=cfg.concurrency,
+                timeout_s=cfg.episode_timeout_s,
+                retries=cfg.episode_retries,
+            ):
+                yield episode
+        finally:
+            await backend.aclose()
+
+    def set_policy_version(self, version: int) -> None:
+        self.policy_version = version
+
+    def close(self) -> None:
+        pass

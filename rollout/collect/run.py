@@ -17,13 +17,12 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from pathlib import Path
 from typing import Any
 
-from rollout.collect.backend import Backend, EmbeddedHandle, import_object
+from rollout.collect.backend import EmbeddedHandle, import_object
 from rollout.collect.config import CollectConfig, ConfigError, load_config
 from rollout.collect.output import EpisodeSink, done_uids
 from rollout.collect.progress import CollectSummary, Progress
 from rollout.collect.runner import Agent, Job, episode_seed
 from rollout.episode import Episode
-from rollout.recorder import Recorder
 
 
 def load_tasks(tasks: str | Path | Iterable[Any], limit: int | None = None) -> list[tuple[str, Any]]:
@@ -88,6 +87,109 @@ def backend_urls(config: CollectConfig) -> Iterator[list[str]]:
         yield list(config.backend.urls)
 
 
+def is_stale(episode: Episode, current: int, max_staleness: int) -> bool:
+    """Any sampled token from a policy more than `max_staleness` versions old."""
+    for call in episode.calls:
+        for choice in call.choices:
+            versions = choice.versions.to_array()
+            known = versions[versions >= 0]
+            if known.size and int(known.min()) < current - max_staleness:
+                return True
+    return False
+
+
+class Collector:
+    """Servers and workers that live across batches: collect, update the policy, repeat.
+
+        with Collector("configs/local.yaml") as c:
+            episodes = c.run_batch(tasks)
+            c.set_policy_version(1, hook=lambda: push_weights(c.urls[0], weights, 1))
+    """
+
+    def __init__(
+        self,
+        config: CollectConfig | str | Path | None = None,
+        *,
+        agent: Agent | str | None = None,
+        overrides: list[str] | None = None,
+        **settings: Any,
+    ) -> None:
+        self.config = resolve_config(config, overrides, settings)
+        spec = agent if agent is not None else self.config.agent
+        self._agent_spec: Agent | str = spec
+        self.agent: Agent = import_object(spec) if isinstance(spec, str) else spec
+        if not callable(self.agent):
+            raise ConfigError(f"agent {spec!r} is not callable")
+        self.policy_version: int | None = None
+        self.dropped_stale = 0
+        self._stack = contextlib.ExitStack()
+        self.urls: list[str] = []
+        self.executor: Any = None
+
+    def start(self) -> Collector:
+        self.urls = self._stack.enter_context(backend_urls(self.config))
+        if self.config.executor == "ray":
+            from rollout.collect.ray_executor import RayExecutor
+
+            self.executor = RayExecutor(self.config, self._agent_spec, self.urls)
+        else:
+            from rollout.collect.local import LocalExecutor
+
+            self.executor = LocalExecutor(self.config, self.agent, self.urls)
+        self._stack.callback(self.executor.close)
+        return self
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def __enter__(self) -> Collector:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    def jobs(self, tasks: Iterable[Any] | str, skip: set[str] | None = None) -> list[Job]:
+        return _jobs(self.config, load_tasks(tasks, self.config.limit), skip or set())
+
+    def set_policy_version(self, version: int, hook: Callable[[], Any] | None = None) -> None:
+        """Between batches: run the weight-update hook, then stamp new calls with `version`."""
+        if hook is not None:
+            hook()
+        self.policy_version = version
+        self.executor.set_policy_version(version)
+
+    async def arun(self, jobs: list[Job]) -> AsyncGenerator[Episode, None]:
+        """Episodes for `jobs` as they finish, staleness-checked."""
+        if self.executor is None:
+            raise RuntimeError("Collector is not started: use `with Collector(...)` or .start()")
+        cfg = self.config
+        stream = self.executor.run(jobs)
+        try:
+            async for episode in stream:
+                stale = (
+                    cfg.max_staleness is not None
+                    and self.policy_version is not None
+                    and is_stale(episode, self.policy_version, cfg.max_staleness)
+                )
+                if stale and cfg.stale_action == "drop":
+                    self.dropped_stale += 1
+                    continue
+                if stale:
+                    episode.metadata["stale"] = True
+                yield episode
+        finally:
+            await stream.aclose()
+
+    def run_batch(self, tasks: Iterable[Any] | str) -> list[Episode]:
+        """One batch, kept in memory (for training loops)."""
+        jobs = self.jobs(tasks)
+
+        async def main() -> list[Episode]:
+            return [ep async for ep in self.arun(jobs)]
+
+        return asyncio.run(main())
+
+
 async def acollect(
     config: CollectConfig | str | Path | None = None,
     *,
@@ -98,16 +200,15 @@ async def acollect(
     **settings: Any,
 ) -> AsyncIterator[Episode]:
     """Yield each finished episode (already written to the output) as it completes."""
-    cfg = resolve_config(config, overrides, settings)
-    agent_fn: Agent = import_object(agent or cfg.agent) if agent is None or isinstance(agent, str) else agent
-    if not callable(agent_fn):
-        raise ConfigError(f"agent {cfg.agent!r} is not callable")
+    collector = Collector(config, agent=agent, overrides=overrides, **settings)
+    cfg = collector.config
     task_list = load_tasks(tasks if tasks is not None else cfg.tasks, cfg.limit)
     skip = done_uids(cfg.output.path) if cfg.output.path and cfg.output.resume else set()
     jobs = _jobs(cfg, task_list, skip)
-    progress = Progress(len(jobs), len(task_list) * cfg.samples_per_task - len(jobs), cfg.progress, cfg.output.path)
-    with backend_urls(cfg) as urls, EpisodeSink(cfg.output) as sink:
-        stream = _execute(cfg, jobs, agent_fn, urls)
+    requested = len(task_list) * cfg.samples_per_task
+    progress = Progress(len(jobs), requested - len(jobs), cfg.progress, cfg.output.path)
+    with collector, EpisodeSink(cfg.output) as sink:
+        stream = collector.arun(jobs)
         try:
             async for episode in stream:
                 sink.write(episode)
@@ -118,37 +219,6 @@ async def acollect(
             result = progress.close()
             if summary is not None:
                 summary.__dict__.update(result.__dict__)
-
-
-async def _execute(
-    cfg: CollectConfig, jobs: list[Job], agent: Agent, urls: list[str]
-) -> AsyncGenerator[Episode, None]:
-    if cfg.executor == "ray":
-        from rollout.collect.ray_executor import run_ray
-
-        async for episode in run_ray(cfg, jobs, agent, urls):
-            yield episode
-        return
-    from rollout.collect.local import run_local
-
-    recorder = Recorder(
-        request_token_ids=cfg.backend.request_token_ids,
-        request_logprobs=cfg.backend.request_logprobs,
-        keep_finished=False,
-    )
-    backend = Backend(cfg.backend, urls, recorder)
-    try:
-        async for episode in run_local(
-            jobs,
-            agent,
-            backend,
-            concurrency=cfg.concurrency,
-            timeout_s=cfg.episode_timeout_s,
-            retries=cfg.episode_retries,
-        ):
-            yield episode
-    finally:
-        await backend.aclose()
 
 
 def collect(
@@ -162,6 +232,7 @@ def collect(
 ) -> CollectSummary:
     """Run a whole collection; returns its summary (with `.episodes` when kept in memory)."""
     summary = CollectSummary()
+    kept: list[Episode] = []
 
     async def main() -> None:
         async for episode in acollect(
@@ -169,8 +240,9 @@ def collect(
         ):
             if on_episode is not None:
                 on_episode(episode)
-            if summary.output is None and summary is not None:
-                summary.episodes.append(episode)
+            kept.append(episode)
 
     asyncio.run(main())
+    if summary.output is None:
+        summary.episodes = kept
     return summary

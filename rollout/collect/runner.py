@@ -31,6 +31,7 @@ class Job:
     sample: int
     task: Any = field(compare=False)
     seed: int = 0
+    server: int | None = None  # preferred server index (the Ray driver balances these)
 
     @property
     def uid(self) -> str:
@@ -98,7 +99,7 @@ async def run_episode(
     """Run `job` to a finished episode; never raises for agent or server failures."""
     failures: list[str] = []
     for attempt in range(retries + 1):
-        slot = backend.acquire()
+        slot = backend.acquire(job.server if attempt == 0 else None)
         episode = Episode(task_id=job.task_id, sample=job.sample, task=job.task)
         model = backend.model(slot, seed=job.seed)
         error: BaseException | None = None

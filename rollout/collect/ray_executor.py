@@ -1,0 +1,208 @@
+"""The Ray executor: async actors run episodes; the driver streams results with `ray.wait`.
+
+Each `RolloutWorker` is an async actor that builds its own backend (recorder,
+wrapped clients, compat models) from the picklable config, so no client is
+ever pickled, and runs up to `concurrency_per_worker` episodes at once. It
+returns `Episode`s whose token data are numpy arrays (pickled as buffers,
+no Python object per token).
+
+The driver keeps every worker's queue full (not `ActorPool`, which treats an
+async actor as busy until its single call returns), assigns each episode the
+least-loaded server, and re-submits an episode whose worker or node died; an
+episode is yielded only from a successful result, so the output holds each
+requested episode exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from rollout.collect.config import CollectConfig
+from rollout.collect.runner import Agent, Job
+from rollout.episode import Episode, EpisodeStatus
+
+logger = logging.getLogger(__name__)
+
+TIMEOUT_GRACE_S = 10.0
+
+
+def _ray() -> Any:
+    try:
+        import ray
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("executor 'ray' needs Ray: pip install 'rollout-compat[ray]'") from exc
+    return ray
+
+
+class RolloutWorker:
+    """Runs episodes inside a Ray actor. Decorated with `ray.remote` at start-up."""
+
+    def __init__(self, config: dict[str, Any], agent: Agent | str, urls: list[str], worker_id: int) -> None:
+        from rollout.collect.backend import Backend, import_object
+        from rollout.recorder import Recorder
+
+        self.config = CollectConfig.model_validate(config)
+        self.agent: Agent = import_object(agent) if isinstance(agent, str) else agent
+        self.worker_id = worker_id
+        self.recorder = Recorder(
+            request_token_ids=self.config.backend.request_token_ids,
+            request_logprobs=self.config.backend.request_logprobs,
+            keep_finished=False,
+        )
+        self.backend = Backend(self.config.backend, urls, self.recorder)
+
+    async def run(self, job: Job) -> Episode:
+        from rollout.collect.runner import run_episode
+
+        episode = await run_episode(
+            job,
+            self.agent,
+            self.backend,
+            timeout_s=self.config.episode_timeout_s,
+            retries=self.config.episode_retries,
+        )
+        episode.metadata["worker"] = self.worker_id
+        episode.metadata["node"] = os.uname().nodename
+        return episode
+
+    def set_policy_version(self, version: int) -> int:
+        self.recorder.policy_version = version
+        return version
+
+    def pid(self) -> int:
+        return os.getpid()
+
+
+class RayExecutor:
+    """Starts (or joins) a cluster, places workers, and streams episodes back."""
+
+    def __init__(self, config: CollectConfig, agent: Agent | str, urls: list[str]) -> None:
+        ray = _ray()
+        self.config = config
+        self.urls = urls or [""]
+        spec = config.ray
+        if not ray.is_initialized():
+            env = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}
+            ray.init(
+                address=spec.address,
+                runtime_env={"env_vars": env},
+                include_dashboard=False,
+                logging_level=logging.WARNING,
+                log_to_driver=False,
+            )
+            self._owns_ray = True
+        else:
+            self._owns_ray = False
+        self._remote_cls = ray.remote(RolloutWorker).options(
+            num_cpus=spec.num_cpus_per_worker,
+            max_concurrency=spec.concurrency_per_worker,
+            max_restarts=spec.max_restarts,
+            max_task_retries=0,  # re-submission is ours, so a result arrives once
+        )
+        payload = config.model_dump(mode="json")
+        self._args = (payload, agent, self.urls)
+        self.workers: list[Any] = [self._spawn(i) for i in range(spec.num_workers)]
+        self.policy_version: int | None = None
+
+    def _spawn(self, worker_id: int) -> Any:
+        return self._remote_cls.remote(*self._args, worker_id)
+
+    def set_policy_version(self, version: int) -> None:
+        ray = _ray()
+        self.policy_version = version
+        ray.get([w.set_policy_version.remote(version) for w in self.workers])
+
+    async def run(self, jobs: list[Job]) -> AsyncIterator[Episode]:
+        ray = _ray()
+        cfg = self.config
+        per_worker = cfg.ray.concurrency_per_worker
+        queue = list(reversed(jobs))
+        in_flight: dict[Any, tuple[Job, int, float]] = {}  # ref -> (job, worker index, start)
+        load = [0] * len(self.workers)
+        server_load = [0] * len(self.urls)
+        attempts: dict[str, int] = {}
+        limit = (cfg.episode_timeout_s or 0) * (cfg.episode_retries + 1) + TIMEOUT_GRACE_S
+
+        def submit() -> None:
+            while queue:
+                w = min(range(len(self.workers)), key=load.__getitem__)
+                if load[w] >= per_worker:
+                    return
+                job = queue.pop()
+                s = min(range(len(self.urls)), key=server_load.__getitem__)
+                job = Job(job.task_id, job.sample, job.task, job.seed, server=s)
+                ref = self.workers[w].run.remote(job)
+                in_flight[ref] = (job, w, time.monotonic())
+                load[w] += 1
+                server_load[s] += 1
+
+        def settle(ref: Any) -> tuple[Job, int]:
+            job, w, _ = in_flight.pop(ref)
+            load[w] -= 1
+            if job.server is not None:
+                server_load[job.server] -= 1
+            return job, w
+
+        submit()
+        try:
+            while in_flight:
+                ready, _ = await asyncio.to_thread(ray.wait, list(in_flight), num_returns=1, timeout=0.5)
+                for ref in ready:
+                    job, w = settle(ref)
+                    try:
+                        episode = ray.get(ref)
+                    except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
+                            ray.exceptions.ActorUnavailableError) as exc:
+                        tries = attempts[job.uid] = attempts.get(job.uid, 0) + 1
+                        logger.warning("worker %d lost episode %s (%s); re-submitting", w, job.uid, type(exc).__name__)
+                        if tries > cfg.ray.max_restarts + 3:
+                            yield _failed(job, f"worker lost {tries} times: {type(exc).__name__}")
+                            continue
+                        await asyncio.to_thread(self._revive, w)
+                        queue.append(job)
+                        continue
+                    except Exception as exc:  # the worker's own code failed
+                        yield _failed(job, f"{type(exc).__name__}: {exc}")
+                        continue
+                    yield episode
+                if cfg.episode_timeout_s is not None:
+                    now = time.monotonic()
+                    for ref, (job, _, started) in list(in_flight.items()):
+                        if now - started > limit:
+                            ray.cancel(ref)
+                            settle(ref)
+                            yield _failed(job, f"episode exceeded {limit:.0f} s on its worker", EpisodeStatus.TIMEOUT)
+                submit()
+        finally:
+            for ref in in_flight:
+                ray.cancel(ref)
+
+    def _revive(self, w: int) -> None:
+        """Replace a worker that is dead for good; a restarting one is kept."""
+        ray = _ray()
+        try:
+            ray.get(self.workers[w].pid.remote(), timeout=30)
+        except Exception:
+            logger.warning("worker %d is gone; starting a replacement", w)
+            self.workers[w] = self._spawn(w)
+            if self.policy_version is not None:
+                self.workers[w].set_policy_version.remote(self.policy_version)
+
+    def close(self) -> None:
+        ray = _ray()
+        for w in self.workers:
+            with contextlib.suppress(Exception):  # already dead
+                ray.kill(w)
+        self.workers = []
+        if self._owns_ray:
+            ray.shutdown()
+
+
+def _failed(job: Job, reason: str, status: EpisodeStatus = EpisodeStatus.ERROR) -> Episode:
+    return Episode(task_id=job.task_id, sample=job.sample, task=job.task, status=status, error=reason)
