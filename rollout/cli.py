@@ -1,6 +1,7 @@
 """The `rollout` command: collect, serve, inspect, export.
 
     rollout collect --config configs/local.yaml [key=value ...]
+    rollout train [--iterations 40]
     rollout serve [--port 8000 ...]
     rollout inspect runs/local.jsonl [--episode 0]
     rollout export runs/local.jsonl --to areal|rllm|verl --out FILE
@@ -37,6 +38,16 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     from rollout.embedded import serve_main
 
     return serve_main(args.rest)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from rollout.embedded.trainer import train
+
+    sys.path.insert(0, os.getcwd())
+    history = train(args.config, iterations=args.iterations, lr=args.lr, target=args.target, plot=args.plot)
+    first, last = history[0]["mean_reward"], history[-1]["mean_reward"]
+    print(f"mean reward {first:.3f} -> {last:.3f} in {len(history)} iterations")
+    return 0 if last >= args.target else 1
 
 
 def _load(path: str) -> list[Any]:
@@ -168,6 +179,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server", add_help=False)
     p.add_argument("rest", nargs=argparse.REMAINDER)
     p.set_defaults(fn=_cmd_serve)
+
+    p = sub.add_parser("train", help="train the embedded policy from recorded data (proof it trains)")
+    p.add_argument("--config", default="configs/train_tiny.yaml")
+    p.add_argument("--iterations", type=int, default=40)
+    p.add_argument("--lr", type=float, default=100.0)
+    p.add_argument("--target", type=float, default=0.8)
+    p.add_argument("--plot", default="runs/train_tiny.png")
+    p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("inspect", help="summarize a file of episodes and show one")
     p.add_argument("file")

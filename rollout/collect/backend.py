@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +30,13 @@ def import_object(path: str) -> Any:
         raise ValueError(f"import path {path!r} must look like 'package.module:name'")
     try:
         module = importlib.import_module(module_name)
+    except ModuleNotFoundError as exc:
+        # Agents usually live in the user's project, like the config paths:
+        # resolve them from the working directory, as `python -m` would.
+        if os.getcwd() in sys.path:
+            raise ValueError(f"cannot import module {module_name!r} for {path!r}: {exc}") from exc
+        sys.path.append(os.getcwd())
+        return import_object(path)
     except ImportError as exc:
         raise ValueError(f"cannot import module {module_name!r} for {path!r}: {exc}") from exc
     try:

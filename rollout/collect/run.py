@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from rollout.collect.backend import EmbeddedHandle, import_object
-from rollout.collect.config import CollectConfig, ConfigError, load_config
+from rollout.collect.config import CollectConfig, ConfigError, apply_overrides, load_config
 from rollout.collect.output import EpisodeSink, done_uids
 from rollout.collect.progress import CollectSummary, Progress
 from rollout.collect.runner import Agent, Job, episode_seed
@@ -54,12 +54,16 @@ def load_tasks(tasks: str | Path | Iterable[Any], limit: int | None = None) -> l
     return out
 
 
-def _jobs(config: CollectConfig, tasks: list[tuple[str, Any]], skip: set[str]) -> list[Job]:
+def _jobs(
+    config: CollectConfig, tasks: list[tuple[str, Any]], skip: set[str], batch: int = 0
+) -> list[Job]:
+    """One job per (task, sample); seeds depend on the run seed, batch, task and sample only."""
     jobs = []
     for task_id, task in tasks:
         for sample in range(config.samples_per_task):
             if f"{task_id}:{sample}" not in skip:
-                jobs.append(Job(task_id, sample, task, episode_seed(config.seed, task_id, sample)))
+                seed = episode_seed(config.seed + batch, task_id, sample)
+                jobs.append(Job(task_id, sample, task, seed))
     return jobs
 
 
@@ -68,7 +72,7 @@ def resolve_config(
 ) -> CollectConfig:
     base = config if isinstance(config, CollectConfig) else load_config(config, overrides)
     if isinstance(config, CollectConfig) and overrides:
-        base = load_config(None, overrides)  # overrides need a file; apply to defaults
+        base = CollectConfig.model_validate(apply_overrides(config.model_dump(), overrides))
     if settings:
         try:
             base = CollectConfig.model_validate({**base.model_dump(), **settings})
@@ -122,6 +126,7 @@ class Collector:
             raise ConfigError(f"agent {spec!r} is not callable")
         self.policy_version: int | None = None
         self.dropped_stale = 0
+        self.batches = 0  # batches run so far; each gets fresh sampling seeds
         self._stack = contextlib.ExitStack()
         self.urls: list[str] = []
         self.executor: Any = None
@@ -149,7 +154,10 @@ class Collector:
         self.close()
 
     def jobs(self, tasks: Iterable[Any] | str, skip: set[str] | None = None) -> list[Job]:
-        return _jobs(self.config, load_tasks(tasks, self.config.limit), skip or set())
+        """Jobs for the next batch (its seeds differ from the previous batch's)."""
+        jobs = _jobs(self.config, load_tasks(tasks, self.config.limit), skip or set(), self.batches)
+        self.batches += 1
+        return jobs
 
     def set_policy_version(self, version: int, hook: Callable[[], Any] | None = None) -> None:
         """Between batches: run the weight-update hook, then stamp new calls with `version`."""

@@ -9,7 +9,9 @@ cheaply, so the policy is a linear model over hashed context features:
     logits(context) = b + W[bucket_local(context)] + W[bucket_message(context)]
 
 * ``bucket_local`` hashes the last ``local_k`` ids of prompt + generated-so-far
-  (so the policy knows what it just emitted, e.g. to stop after a number);
+  together with the message tail below (so the policy knows what it just
+  emitted, e.g. to stop after a number, without sharing that row across
+  questions);
 * ``bucket_message`` hashes the ``message_k`` ids before the last end token in
   the context, i.e. the tail of the last complete chat message (so the first
   sampled token can depend on the question, not only on the fixed assistant
@@ -80,7 +82,7 @@ class PolicyConfig:
 
     n_buckets: int = 2048
     local_k: int = 2
-    message_k: int = 4
+    message_k: int = 8
     max_model_len: int = 2048
     init_scale: float = 0.05
     end_bias: float = 3.0
@@ -148,13 +150,16 @@ class Policy:
         cfg = self.config
         ids = context_ids if isinstance(context_ids, list) else [int(t) for t in context_ids]
         n = len(ids)
-        local = _hash_ids(_SALT_LOCAL, ids[max(0, n - cfg.local_k) :])
         try:  # reversed list search runs in C; prompts can be thousands of ids
             last_end = n - 1 - ids[::-1].index(END_ID)
         except ValueError:
             last_end = 0
         tail = ids[max(0, last_end - cfg.message_k) : last_end]
         message = _hash_ids(_SALT_MESSAGE, tail)
+        # The local feature is keyed by the message tail too: a bucket shared
+        # by every prompt (the assistant header) would let one task's reward
+        # move every task's first token, and GRPO never pushes it back.
+        local = _hash_ids(_SALT_LOCAL, [*tail, -1, *ids[max(0, n - cfg.local_k) :]])
         return local % cfg.n_buckets, message % cfg.n_buckets
 
     def logits(self, context_ids: Sequence[int]) -> np.ndarray:

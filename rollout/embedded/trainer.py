@@ -1,0 +1,178 @@
+"""Proof that the recorded data trains: GRPO-style REINFORCE for the embedded policy.
+
+Each iteration collects a batch on the embedded server, exports it with
+`to_verl`, and computes the update from those arrays alone (the trainer's
+only access to the server is pushing weights). Before updating it checks that
+the data is on-policy: every sampled token's recorded logprob equals the
+trainer's recomputed one (max abs diff <= 1e-5) and every call carries the
+version just pushed. A wrong id, mask, logprob, version or reward anywhere in
+the chain breaks either the checks or the learning curve.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rollout.embedded.policy import Policy
+from rollout.episode import Episode
+from rollout.export import to_verl
+
+LOGPROB_TOLERANCE = 1e-5
+
+
+class OffPolicyError(AssertionError):
+    """Recorded logprobs or versions do not match the policy that was pushed."""
+
+
+def _rows(batch: dict[str, Any]) -> Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
+    """(uid, prompt ids, response ids, response mask, recorded logprobs, reward) per row."""
+    b = batch["batch"]
+    width_p = b["prompts"].shape[1]
+    for i, uid in enumerate(batch["non_tensor_batch"]["uid"]):
+        att = b["attention_mask"][i].astype(bool)
+        prompt = b["prompts"][i][att[:width_p]]
+        rlen = int(att[width_p:].sum())
+        yield (
+            str(uid),
+            prompt,
+            b["responses"][i, :rlen],
+            b["response_mask"][i, :rlen].astype(bool),
+            b["rollout_log_probs"][i, :rlen],
+            float(b["token_level_scores"][i].sum()),
+        )
+
+
+def check_on_policy(policy: Policy, batch: dict[str, Any], temperature: float, top_p: float) -> float:
+    """Max |recorded - recomputed| logprob over sampled tokens; raises past the tolerance."""
+    worst = 0.0
+    for _, prompt, response, mask, recorded, _ in _rows(batch):
+        recomputed = policy.logprobs(prompt.tolist(), response.tolist(), temperature, top_p)
+        if mask.any():
+            worst = max(worst, float(np.max(np.abs(recomputed[mask] - recorded[mask]))))
+    if not worst <= LOGPROB_TOLERANCE:
+        raise OffPolicyError(f"recorded logprobs differ from the policy's by {worst:.3g}")
+    return worst
+
+
+def check_versions(episodes: list[Episode], version: int) -> None:
+    for ep in episodes:
+        for call in ep.calls:
+            for choice in call.choices:
+                seen = set(choice.versions.to_array().tolist())
+                if seen - {version}:
+                    raise OffPolicyError(
+                        f"episode {ep.uid} call {call.index} has versions {sorted(seen)}, expected {version}"
+                    )
+
+
+def grpo_gradient(
+    policy: Policy, batch: dict[str, Any], temperature: float, top_p: float
+) -> tuple[dict[str, np.ndarray], float]:
+    """Mean REINFORCE gradient with group-mean baselines (groups = task ids); and mean reward."""
+    rows = list(_rows(batch))
+    groups: dict[str, list[float]] = defaultdict(list)
+    for uid, *_, reward in rows:
+        groups[uid].append(reward)
+    baseline = {uid: float(np.mean(r)) for uid, r in groups.items()}
+    items = [
+        (prompt.tolist(), response.tolist(), (reward - baseline[uid]) * mask.astype(np.float64))
+        for uid, prompt, response, mask, _, reward in rows
+    ]
+    grads = policy.policy_gradient(items, temperature, top_p)  # type: ignore[arg-type]
+    # The bias is shared by every context; GRPO's zero advantage on all-fail
+    # groups never pushes it back, so updating it collapses all tasks onto the
+    # first answers learned. Keep it at its initial value.
+    grads["b"] = np.zeros_like(grads["b"])
+    mean_reward = float(np.mean([r[-1] for r in rows])) if rows else 0.0
+    return grads, mean_reward
+
+
+def train(
+    config: Any = "configs/local.yaml",
+    *,
+    iterations: int = 30,
+    lr: float = 100.0,
+    target: float | None = 0.8,
+    tasks: Any = None,
+    log: Callable[[str], None] = print,
+    plot: str | Path | None = None,
+    **settings: Any,
+) -> list[dict[str, Any]]:
+    """Collect, check, update, push; repeat. Returns one stats dict per iteration."""
+    from rollout.collect import Collector
+    from rollout.embedded.server import push_weights
+
+    settings.setdefault("output", {"path": None})
+    settings.setdefault("progress", False)
+    history: list[dict[str, Any]] = []
+    with Collector(config, **settings) as collector:
+        cfg = collector.config
+        if cfg.backend.kind != "embedded":
+            raise ValueError("train() trains the embedded policy: backend.kind must be 'embedded'")
+        sampling = cfg.backend.sampling
+        temperature = float(sampling.get("temperature", 1.0))
+        top_p = float(sampling.get("top_p", 1.0))
+        embedded = cfg.backend.embedded
+        policy = Policy.load(embedded.weights) if embedded.weights else Policy(seed=embedded.seed)
+        url = collector.urls[0]
+        version = 0
+        for it in range(iterations):
+            episodes = collector.run_batch(tasks if tasks is not None else cfg.tasks)
+            check_versions(episodes, version)
+            batch = to_verl(episodes)
+            max_diff = check_on_policy(policy, batch, temperature, top_p)
+            grads, mean_reward = grpo_gradient(policy, batch, temperature, top_p)
+            rewards = [e.reward or 0.0 for e in episodes]
+            stats = {
+                "iteration": it,
+                "version": version,
+                "episodes": len(episodes),
+                "mean_reward": float(np.mean(rewards)),
+                "sample_mean_reward": mean_reward,
+                "max_logprob_diff": max_diff,
+                "drift_rows": int(batch["batch"]["prompts"].shape[0]) - len(episodes),
+            }
+            history.append(stats)
+            log(
+                f"iter {it:3d}  version {version:3d}  mean reward {stats['mean_reward']:.3f}  "
+                f"max |dlogp| {max_diff:.1e}"
+            )
+            if target is not None and stats["mean_reward"] >= target:
+                break
+            policy.apply_gradient(grads, lr)
+            version += 1
+            pushed = version
+            collector.set_policy_version(
+                pushed, hook=lambda: push_weights(url, policy.get_weights(), pushed)
+            )
+    if plot is not None:
+        plot_rewards(history, plot, log)
+    return history
+
+
+def plot_rewards(history: list[dict[str, Any]], path: str | Path, log: Callable[[str], None] = print) -> bool:
+    """Write a PNG of the reward curve when matplotlib is installed."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log("matplotlib is not installed: no plot written")
+        return False
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    ax.plot([h["iteration"] for h in history], [h["mean_reward"] for h in history], marker="o")
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("mean reward")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    log(f"wrote {path}")
+    return True
