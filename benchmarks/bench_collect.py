@@ -1,0 +1,258 @@
+"""Collection efficiency of `rollout.collect` against ideal and a hand-written asyncio.gather.
+
+Prints ONE JSON line. The workload: N episodes of a deterministic agent that
+always makes exactly 3 chat calls (max_tokens small), C at once, against the
+embedded server with a fixed per-request latency L.
+
+- efficiency = ideal / collect_time, ideal = N * 3 * L / C (the time if the
+  client cost nothing and the server answered in exactly L).
+- ratio_vs_bare = bare_time / collect_time, where "bare" is asyncio.gather over
+  a semaphore of C with a plain `openai.AsyncOpenAI` (default httpx transport)
+  making the same 3 requests per episode (same bodies, incl. return_token_ids
+  and logprobs, so the server does the same work) without recording anything.
+  `bare_aiohttp` is the same with the SDK's aiohttp transport (what collect uses).
+- client CPU per call: the client process's CPU time / calls (the server runs
+  in its own process, so its CPU is not counted and it does not share the GIL).
+
+Runs are interleaved (bare, bare_aiohttp, collect, ...) after a warm-up, and
+medians of the repeats are reported.
+
+    python benchmarks/bench_collect.py [--episodes 512] [--concurrency 64] [--latency-ms 20]
+        [--repeats 3] [--max-tokens 2] [--in-process] [--profile FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import cProfile
+import io
+import json
+import multiprocessing as mp
+import os
+import platform
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+TURNS = 3
+
+
+def _serve(queue: Any, latency_s: float) -> None:
+    """Server process: the embedded server on a free port until killed."""
+    from rollout.embedded import EmbeddedServer, Policy
+
+    server = EmbeddedServer(policy=Policy(seed=0), model_name="tiny", latency_s=latency_s, seed=0)
+    server.start()
+    queue.put(server.base_url)
+    while True:
+        time.sleep(3600)
+
+
+def messages_for(task: dict[str, Any], turn: int, replies: list[str]) -> list[dict[str, Any]]:
+    msgs: list[dict[str, Any]] = [
+        {"role": "user", "content": f"Task {task['id']}: add {task['a']} and {task['b']}."}
+    ]
+    for reply in replies[:turn]:
+        msgs += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Again."}]
+    return msgs
+
+
+async def three_turns(task: dict[str, Any], model: Any) -> float:
+    """Deterministic agent: exactly 3 calls, each prompt extending the last."""
+    replies: list[str] = []
+    for turn in range(TURNS):
+        response = await model.arun(messages_for(task, turn, replies))
+        replies.append(response.choices[0].message.content or "")
+    return 0.0
+
+
+def make_tasks(n: int) -> list[dict[str, Any]]:
+    return [{"id": f"t{i}", "a": i, "b": i % 7} for i in range(n)]
+
+
+def run_collect(url: str, tasks: list[dict[str, Any]], concurrency: int, max_tokens: int) -> float:
+    from rollout.collect import collect
+
+    t0 = time.perf_counter()
+    summary = collect(
+        agent=three_turns,
+        tasks=tasks,
+        concurrency=concurrency,
+        episode_retries=0,
+        episode_timeout_s=120,
+        progress=False,
+        output={"path": None},
+        backend={
+            "kind": "remote",
+            "urls": [url],
+            "model": "tiny",
+            "max_retries": 0,
+            "sampling": {"temperature": 1.0, "max_tokens": max_tokens},
+        },
+    )
+    wall = time.perf_counter() - t0
+    calls = sum(len(e.calls) for e in summary.episodes)
+    if summary.failed or calls != len(tasks) * TURNS:
+        raise RuntimeError(f"collect run incomplete: {summary.statuses}, {calls} calls")
+    return wall
+
+
+def run_bare(
+    url: str, tasks: list[dict[str, Any]], concurrency: int, max_tokens: int, aiohttp: bool
+) -> float:
+    import openai
+
+    async def main() -> int:
+        extra: dict[str, Any] = {"http_client": openai.DefaultAioHttpClient()} if aiohttp else {}
+        client = openai.AsyncOpenAI(
+            base_url=url, api_key="unused", max_retries=0, timeout=120, **extra
+        )
+        sem = asyncio.Semaphore(concurrency)
+
+        async def episode(task: dict[str, Any], k: int) -> int:
+            async with sem:
+                replies: list[str] = []
+                for turn in range(TURNS):
+                    resp = await client.chat.completions.create(
+                        model="tiny",
+                        messages=messages_for(task, turn, replies),  # type: ignore[arg-type]
+                        max_tokens=max_tokens,
+                        temperature=1.0,
+                        seed=k * 10 + turn,
+                        logprobs=True,
+                        extra_body={"return_token_ids": True},
+                    )
+                    replies.append(resp.choices[0].message.content or "")
+                return TURNS
+
+        try:
+            done = await asyncio.gather(*(episode(t, k) for k, t in enumerate(tasks)))
+        finally:
+            await client.close()
+        return sum(done)
+
+    t0 = time.perf_counter()
+    calls = asyncio.run(main())
+    wall = time.perf_counter() - t0
+    if calls != len(tasks) * TURNS:
+        raise RuntimeError("bare run incomplete")
+    return wall
+
+
+def timed(fn: Callable[[], float]) -> tuple[float, float]:
+    """(wall seconds, client-process CPU seconds)."""
+    c0 = time.process_time()
+    wall = fn()
+    return wall, time.process_time() - c0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--episodes", type=int, default=512)
+    ap.add_argument("--concurrency", type=int, default=64)
+    ap.add_argument("--latency-ms", type=float, default=20.0)
+    ap.add_argument("--max-tokens", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--in-process", action="store_true", help="server thread in this process (shares the GIL)"
+    )
+    ap.add_argument(
+        "--profile",
+        help="write a cProfile of one collect run here and print the top functions to stderr",
+    )
+    args = ap.parse_args()
+
+    latency_s = args.latency_ms / 1000
+    load_before = os.getloadavg()[0]  # other work on the box inflates wall times, not CPU/call
+    proc: Any = None
+    server: Any = None
+    if args.in_process:
+        from rollout.embedded import EmbeddedServer, Policy
+
+        server = EmbeddedServer(
+            policy=Policy(seed=0), model_name="tiny", latency_s=latency_s, seed=0
+        ).start()
+        url = server.base_url
+    else:
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_serve, args=(queue, latency_s), daemon=True)
+        proc.start()
+        url = queue.get(timeout=60)
+
+    tasks = make_tasks(args.episodes)
+    calls = args.episodes * TURNS
+    ideal = calls * latency_s / args.concurrency
+    runners: dict[str, Callable[[], float]] = {
+        "bare": lambda: run_bare(url, tasks, args.concurrency, args.max_tokens, aiohttp=False),
+        "bare_aiohttp": lambda: run_bare(
+            url, tasks, args.concurrency, args.max_tokens, aiohttp=True
+        ),
+        "collect": lambda: run_collect(url, tasks, args.concurrency, args.max_tokens),
+    }
+    try:
+        warm = make_tasks(args.concurrency)  # imports, connection pools, server caches
+        run_bare(url, warm, args.concurrency, args.max_tokens, aiohttp=False)
+        run_bare(url, warm, args.concurrency, args.max_tokens, aiohttp=True)
+        run_collect(url, warm, args.concurrency, args.max_tokens)
+        results: dict[str, list[tuple[float, float]]] = {k: [] for k in runners}
+        for _ in range(args.repeats):
+            for name, fn in runners.items():
+                results[name].append(timed(fn))
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            run_collect(url, tasks, args.concurrency, args.max_tokens)
+            prof.disable()
+            prof.dump_stats(args.profile)
+            out = io.StringIO()
+            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
+            print(out.getvalue(), file=sys.stderr)
+    finally:
+        if proc is not None:
+            proc.kill()
+            proc.join(5)
+        if server is not None:
+            server.stop()
+
+    wall = {k: statistics.median(w for w, _ in v) for k, v in results.items()}
+    cpu = {k: statistics.median(c for _, c in v) for k, v in results.items()}
+    report = {
+        "bench": "collect",
+        "episodes": args.episodes,
+        "turns": TURNS,
+        "concurrency": args.concurrency,
+        "latency_ms": args.latency_ms,
+        "max_tokens": args.max_tokens,
+        "server": "in-process thread"
+        if args.in_process
+        else "separate process (multiprocessing spawn)",
+        "repeats": args.repeats,
+        "ideal_s": round(ideal, 4),
+        "collect_s": round(wall["collect"], 4),
+        "bare_s": round(wall["bare"], 4),
+        "bare_aiohttp_s": round(wall["bare_aiohttp"], 4),
+        "efficiency": round(ideal / wall["collect"], 4),
+        "efficiency_target": 0.90,
+        "ratio_vs_bare": round(wall["bare"] / wall["collect"], 4),
+        "ratio_vs_bare_aiohttp": round(wall["bare_aiohttp"] / wall["collect"], 4),
+        "ratio_target": 0.95,
+        "bare_efficiency": round(ideal / wall["bare"], 4),
+        "client_cpu_ms_per_call": {k: round(1000 * v / calls, 4) for k, v in cpu.items()},
+        "recording_overhead_ms_per_call": round(
+            1000 * (cpu["collect"] - cpu["bare_aiohttp"]) / calls, 4
+        ),
+        "runs_s": {k: [round(w, 3) for w, _ in v] for k, v in results.items()},
+        "loadavg_1m_before": round(load_before, 2),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+    }
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,267 @@
+"""The `rollout` command as a new user runs it: subprocesses from the repository root.
+
+The main job end to end on the embedded server, inspect and export of its
+output, a run killed with SIGKILL part-way and resumed, and bad configs
+(exit code 2, the offending key on stderr).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from rollout.cli import main
+from rollout.collect import done_uids
+from rollout.episode import EpisodeStatus
+from rollout.export import read_jsonl
+from rollout.export.jsonl import CorruptLineWarning
+from rollout.record import TokenSource
+
+REPO = Path(__file__).resolve().parents[1]
+TASK_IDS = [
+    json.loads(line)["id"]
+    for line in (REPO / "examples/arithmetic.jsonl").read_text().splitlines()
+    if line.strip()
+]
+
+
+def rollout(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rollout.cli", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def complete_lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    return path.read_bytes().count(b"\n")
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("cli") / "eps.jsonl"
+    proc = rollout(
+        "collect", "--config", "configs/local.yaml", f"output.path={out}", "limit=4",
+        "samples_per_task=2", "progress=false",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "episodes requested" in proc.stdout and str(out) in proc.stdout
+    rows = dict(line.rsplit(None, 1) for line in proc.stdout.splitlines() if line.strip())
+    assert rows["episodes requested"] == "8" and rows["finished"] == "8"
+    assert rows["skipped (already on disk)"] == "0"
+    return out
+
+
+def test_collect_end_to_end(collected: Path) -> None:
+    episodes = read_jsonl(collected)
+    assert len(episodes) == 8
+    keys = {(e.task_id, e.sample) for e in episodes}
+    assert keys == {(t, s) for t in TASK_IDS[:4] for s in range(2)}
+    for e in episodes:
+        assert e.status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED)
+        assert e.reward in (0.0, 1.0) and 1 <= e.metadata["turns"] <= 3
+        assert len(e.calls) == e.metadata["turns"]
+        for call in e.calls:
+            assert call.prompt_source == TokenSource.VLLM and len(call.prompt_ids) > 0
+            assert call.request["max_tokens"] == 4  # from configs/local.yaml
+            for choice in call.choices:
+                assert choice.source == TokenSource.VLLM and 0 < len(choice.ids) <= 4
+                assert choice.logprobs is not None and len(choice.logprobs) == len(choice.ids)
+                assert choice.versions.to_array().tolist() == [0] * len(choice.ids)
+        assert e.exact
+
+
+def test_rerun_resumes_and_skips_everything(collected: Path) -> None:
+    before = collected.read_bytes()
+    proc = rollout(
+        "collect", "--config", "configs/local.yaml", f"output.path={collected}", "limit=4",
+        "samples_per_task=2", "progress=false",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = dict(line.rsplit(None, 1) for line in proc.stdout.splitlines() if line.strip())
+    assert rows["skipped (already on disk)"] == "8" and rows["finished"] == "0"
+    assert collected.read_bytes() == before
+
+
+def test_inspect(collected: Path) -> None:
+    proc = rollout("inspect", str(collected))
+    assert proc.returncode == 0, proc.stderr
+    assert "episodes        8" in proc.stdout
+    assert "inexact eps     0" in proc.stdout
+    assert "== sample 0" in proc.stdout and "-- call 0" in proc.stdout
+
+
+def test_inspect_bad_episode_index(collected: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["inspect", str(collected), "--episode", "99"]) == 2
+    assert "--episode" in capsys.readouterr().err
+
+
+def test_export_areal_rllm_verl(collected: Path, tmp_path: Path) -> None:
+    areal, rllm, verl = tmp_path / "a.npz", tmp_path / "r.json", tmp_path / "v.npz"
+    for fmt, out in (("areal", areal), ("rllm", rllm), ("verl", verl)):
+        proc = rollout("export", str(collected), "--to", fmt, "--out", str(out))
+        assert proc.returncode == 0, proc.stderr
+        assert f"({fmt}, 8 episodes)" in proc.stdout
+    with np.load(areal) as a:
+        n, width = a["input_ids"].shape
+        assert n >= 8 and a["rewards"].shape == (n,)
+        for key in ("loss_mask", "logprobs", "versions", "attention_mask"):
+            assert a[key].shape == (n, width)
+        sampled = a["loss_mask"].astype(bool)
+        assert sampled.any() and (a["versions"][sampled] == 0).all()
+        assert (a["versions"][a["attention_mask"] & ~sampled] == -1).all()
+    data = json.loads(rllm.read_text())
+    assert len(data) == 8
+    assert {d["id"] for d in data} == {f"{t}:{s}" for t in TASK_IDS[:4] for s in range(2)}
+    assert all(d["trajectories"] and d["trajectories"][0]["steps"] for d in data)
+    with np.load(verl, allow_pickle=True) as v:
+        rows = v["batch.input_ids"].shape[0]
+        assert rows >= 8
+        assert v["batch.responses"].shape == v["batch.response_mask"].shape
+        assert (
+            v["batch.prompts"].shape[1] + v["batch.responses"].shape[1]
+            == v["batch.input_ids"].shape[1]
+        )
+        assert len(v["non_tensor.uid"]) == rows
+
+
+def test_kill_and_resume(tmp_path: Path) -> None:
+    out = tmp_path / "eps.jsonl"
+    n = 16
+    args = [
+        "collect", "--config", "configs/local.yaml", f"output.path={out}", f"limit={n}",
+        "samples_per_task=1", "concurrency=2", "backend.embedded.latency_ms=100", "progress=false",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollout.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while complete_lines(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL, err
+    done = complete_lines(out)
+    assert 3 <= done < n, f"kill landed too late ({done} of {n} lines)"
+    # Simulate the kill tearing the last write: its episode must be rerun, not lost.
+    data = out.read_bytes()
+    lines = data.splitlines(keepends=True)
+    torn = json.loads(lines[-1])
+    out.write_bytes(b"".join(lines[:-1]) + lines[-1][: len(lines[-1]) // 2])
+    assert f"{torn['task_id']}:{torn['sample']}" not in done_uids(out)
+
+    resumed = rollout(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    rows = dict(line.rsplit(None, 1) for line in resumed.stdout.splitlines() if line.strip())
+    assert int(rows["skipped (already on disk)"]) == done - 1
+    assert int(rows["finished"]) == n - (done - 1)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        episodes = read_jsonl(out)
+    assert sum(issubclass(w.category, CorruptLineWarning) for w in caught) == 1
+    uids = [e.uid for e in episodes]
+    assert len(uids) == len(set(uids)), "an episode was written twice"
+    assert set(uids) == {f"{t}:0" for t in TASK_IDS[:n]}
+    assert done_uids(out) == set(uids)
+
+
+# ------------------------------------------------------------------ bad configs
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["backend.smapling.temperature=1"], "backend.smapling"),
+        (["agnet=x"], "agnet"),
+        (["concurrency=0"], "concurrency"),
+        (["executor=foo"], "executor"),
+        (["backend.kind=remote"], "backend.urls"),
+        (["backend.urls=[localhost:8000]"], "localhost:8000"),
+        (["limit"], "limit"),
+        (["tasks=no/such/tasks.jsonl"], "no/such/tasks.jsonl"),
+    ],
+)
+def test_bad_config_exits_2_naming_the_key(
+    overrides: list[str], needle: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(
+        [
+            "collect",
+            "--config",
+            str(REPO / "configs/local.yaml"),
+            f"output.path={tmp_path}/o.jsonl",
+            *overrides,
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 2
+    assert needle in captured.err and captured.err.startswith("rollout collect:")
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_bad_config_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("agent: [unclosed\n")
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("backend:\n  smapling: {temperature: 1}\n")
+    for path, needle in (
+        (tmp_path / "missing.yaml", "does not exist"),
+        (bad_yaml, "not valid YAML"),
+        (nested, "backend.smapling"),
+    ):
+        assert main(["collect", "--config", str(path)]) == 2
+        assert needle in capsys.readouterr().err
+
+
+@pytest.mark.xfail(
+    strict=True, reason="bug: import_object raises ValueError, not ConfigError: traceback, exit 1"
+)
+def test_bad_agent_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code = main(
+        [
+            "collect",
+            "--config",
+            str(REPO / "configs/local.yaml"),
+            f"output.path={tmp_path}/o.jsonl",
+            "agent=examples.arithmetic:nope",
+        ]
+    )
+    assert code == 2 and "nope" in capsys.readouterr().err
+
+
+def test_bad_config_as_a_process(tmp_path: Path) -> None:
+    proc = rollout(
+        "collect",
+        "--config",
+        "configs/local.yaml",
+        f"output.path={tmp_path}/o.jsonl",
+        "backend.smapling=1",
+    )
+    assert proc.returncode == 2
+    assert "backend.smapling" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.stdout == ""
