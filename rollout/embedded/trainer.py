@@ -120,8 +120,8 @@ def train(
         embedded = cfg.backend.embedded
         policy = Policy.load(embedded.weights) if embedded.weights else Policy(seed=embedded.seed)
         url = collector.urls[0]
-        version = 0
         for it in range(iterations):
+            version = it  # the weights pushed after iteration it-1
             episodes = collector.run_batch(tasks if tasks is not None else cfg.tasks)
             check_versions(episodes, version)
             batch = to_verl(episodes)
@@ -145,10 +145,9 @@ def train(
             if target is not None and stats["mean_reward"] >= target:
                 break
             policy.apply_gradient(grads, lr)
-            version += 1
-            pushed = version
+            weights, pushed = policy.get_weights(), it + 1
             collector.set_policy_version(
-                pushed, hook=lambda: push_weights(url, policy.get_weights(), pushed)
+                pushed, hook=lambda w=weights, v=pushed: push_weights(url, w, v)  # type: ignore[misc]
             )
     if plot is not None:
         plot_rewards(history, plot, log)
