@@ -74,7 +74,7 @@ class _BackgroundLoop:
             return future.result(timeout)
         except FutureTimeout:
             future.cancel()
-            raise ModelTimeoutError(f"call did not finish within {timeout} s", attempts=1) from None
+            raise ModelTimeoutError(f"call timed out after {timeout} s", attempts=1) from None
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:
@@ -117,7 +117,7 @@ async def _with_timeout(awaitable: Awaitable[Any], timeout: float | None) -> Any
     try:
         return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
-        raise ModelTimeoutError(f"call did not finish within {timeout} s", attempts=1) from None
+        raise ModelTimeoutError(f"call timed out after {timeout} s", attempts=1) from None
 
 
 class ClientPair:

@@ -59,6 +59,18 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(status, int) and (status == 429 or status >= 500)
 
 
+def _connection_error(exc: BaseException) -> ConnectionError | None:
+    """The OS-level connection failure behind `exc`, if there is one."""
+    seen = 0
+    cur: BaseException | None = exc
+    while cur is not None and seen < 10:
+        if isinstance(cur, ConnectionError):
+            return cur
+        cur = cur.__cause__ or cur.__context__
+        seen += 1
+    return None
+
+
 def backoff_s(attempt: int) -> float:
     """Exponential backoff with jitter: ~0.25 s, 0.5 s, 1 s, ... capped at 8 s."""
     return float(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
@@ -192,10 +204,16 @@ class OpenAICompatibleModel(BaseModelBackend):
             ) from exc
 
     def _give_up(self, exc: BaseException, attempts: int) -> ModelCallError:
-        timed_out = isinstance(exc, TimeoutError) or any(c.__name__ == "APITimeoutError" for c in type(exc).__mro__)
+        refused = _connection_error(exc)
+        timed_out = refused is None and (
+            isinstance(exc, TimeoutError) or any(c.__name__ == "APITimeoutError" for c in type(exc).__mro__)
+        )
         kind = ModelTimeoutError if timed_out else ModelCallError
+        detail = f"{type(exc).__name__}: {exc}"
+        if refused is not None:  # some transports report a refused connection as a timeout
+            detail = f"could not connect: {type(refused).__name__}: {refused}"
         err = kind(
-            f"{self.model_name}: failed after {attempts} attempt(s): {type(exc).__name__}: {exc}",
+            f"{self.model_name}: failed after {attempts} attempt(s): {detail}",
             attempts=attempts,
             status_code=getattr(exc, "status_code", None),
         )

@@ -238,9 +238,6 @@ def test_bad_config_files_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[s
         assert needle in capsys.readouterr().err
 
 
-@pytest.mark.xfail(
-    strict=True, reason="bug: import_object raises ValueError, not ConfigError: traceback, exit 1"
-)
 def test_bad_agent_exits_2(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     code = main(
         [

@@ -423,11 +423,6 @@ def test_transient_faults_are_retried_and_succeed(proxy: FaultProxy) -> None:
         assert proxy.hits[name] >= 2
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: three retry layers multiply (SDK max_retries x EpisodeModel max_retries x "
-    "episode_retries): 8 requests instead of <= 4; fix: build the SDK clients with max_retries=0",
-)
 def test_retry_budget_is_bounded(proxy: FaultProxy) -> None:
     """An always-failing request is tried (episode_retries + 1) x (client retries + 1) times at most."""
     run(
@@ -439,12 +434,6 @@ def test_retry_budget_is_bounded(proxy: FaultProxy) -> None:
     assert 2 <= proxy.hits["fail500"] <= 4, proxy.hits
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: the aiohttp transport reports a refused connection as APITimeoutError; compat "
-    "raises ModelTimeoutError(TimeoutError) and run_episode labels it 'episode exceeded its "
-    "timeout', without a retry or failover",
-)
 def test_unreachable_server_is_an_error_not_a_crash() -> None:
     summary, seen = run(
         one_turn, tasks(2), backend=remote("http://127.0.0.1:9/v1"), episode_retries=0
@@ -454,11 +443,6 @@ def test_unreachable_server_is_an_error_not_a_crash() -> None:
         assert e.status == EpisodeStatus.ERROR and "connect" in (e.error or "").lower()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: run_episode's `except TimeoutError` also catches a per-call timeout raised "
-    "inside the agent and reports it as the episode timeout",
-)
 def test_a_call_timeout_is_not_reported_as_the_episode_timeout(proxy: FaultProxy) -> None:
     _, seen = run(
         one_turn,
@@ -526,10 +510,6 @@ def test_collect_reports_config_errors_before_running(tmp_path: Path) -> None:
         collect(agent=one_turn, tasks=[{"id": 1}, {"id": 1}], **FAST)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: import_object raises ValueError, not ConfigError (CLI: traceback, exit 1)",
-)
 def test_bad_agent_path_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="nope"):
         collect(agent="examples.arithmetic:nope", tasks=tasks(1), **FAST)
@@ -544,11 +524,6 @@ def test_the_shipped_configs_load() -> None:
     assert load_config("configs/vllm.yaml").backend.kind == "remote"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: keyword settings replace whole sections (shallow merge): backend={...} resets "
-    "backend.sampling/kind/urls to defaults; fix: deep-merge settings into the dumped config",
-)
 def test_keyword_settings_merge_into_sections() -> None:
     eps: list[Episode] = []
     collect(

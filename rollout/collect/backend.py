@@ -70,7 +70,9 @@ def _default_clients(url: str, api_key: str | None, spec: BackendSpec) -> tuple[
     from openai import AsyncOpenAI, OpenAI
 
     key = api_key or "unused"
-    common: dict[str, Any] = {"base_url": url, "api_key": key, "timeout": spec.timeout_s, "max_retries": spec.max_retries}
+    # Retries happen once, in the compat model (the wrapped clients count as
+    # custom clients there); SDK retries on top would multiply the budget.
+    common: dict[str, Any] = {"base_url": url, "api_key": key, "timeout": spec.timeout_s, "max_retries": 0}
     http = _async_http_client()
     async_client = AsyncOpenAI(**common, **({"http_client": http} if http is not None else {}))
     return OpenAI(**common), async_client

@@ -30,6 +30,7 @@ from rollout.episode import Episode, EpisodeStatus
 logger = logging.getLogger(__name__)
 
 TIMEOUT_GRACE_S = 10.0
+REVIVE_WAIT_S = 60.0  # how long a restarting worker may take before it is replaced
 
 
 def _ray() -> Any:
@@ -57,9 +58,13 @@ class RolloutWorker:
         )
         self.backend = Backend(self.config.backend, urls, self.recorder)
 
-    async def run(self, job: Job) -> Episode:
+    async def run(self, job: Job, policy_version: int | None = None) -> Episode:
         from rollout.collect.runner import run_episode
 
+        # The version travels with every job: an actor that Ray restarted re-ran
+        # __init__ and would otherwise stamp new calls with no version at all.
+        if policy_version is not None:
+            self.recorder.policy_version = policy_version
         episode = await run_episode(
             job,
             self.agent,
@@ -69,6 +74,7 @@ class RolloutWorker:
         )
         episode.metadata["worker"] = self.worker_id
         episode.metadata["node"] = os.uname().nodename
+        episode.metadata["node_id"] = _node_id()
         return episode
 
     def set_policy_version(self, version: int) -> int:
@@ -77,6 +83,38 @@ class RolloutWorker:
 
     def pid(self) -> int:
         return os.getpid()
+
+    def node_id(self) -> str:
+        """The Ray node this actor runs on (hex id), for placement checks and fault tests."""
+        return _node_id()
+
+
+def _node_id() -> str:
+    try:
+        return str(_ray().get_runtime_context().get_node_id())
+    except Exception:  # outside Ray (the class used directly)
+        return ""
+
+
+def _lost_errors(ray: Any) -> tuple[type[BaseException], ...]:
+    """Errors that mean the worker (or its node), not the episode, failed: re-submit."""
+    ex = ray.exceptions
+    names = ("RayActorError", "ObjectLostError", "ActorUnavailableError", "NodeDiedError",
+             "WorkerCrashedError", "ActorUnschedulableError")  # fmt: skip
+    return tuple(getattr(ex, n) for n in names if hasattr(ex, n))
+
+
+def _wait_ready(ray: Any, refs: list[Any], timeout: float) -> list[Any]:
+    """Block until at least one ref is ready (or `timeout`), then take every other ready one.
+
+    One thread hop per batch instead of per episode: when many episodes finish
+    together the driver settles them all and refills the workers at once.
+    """
+    ready, rest = ray.wait(refs, num_returns=1, timeout=timeout)
+    if ready and rest:
+        more, _ = ray.wait(rest, num_returns=len(rest), timeout=0)
+        ready.extend(more)
+    return list(ready)
 
 
 class RayExecutor:
@@ -104,23 +142,33 @@ class RayExecutor:
             max_concurrency=spec.concurrency_per_worker,
             max_restarts=spec.max_restarts,
             max_task_retries=0,  # re-submission is ours, so a result arrives once
+            # Workers on different nodes: a lost node takes fewer episodes with it,
+            # and every node's CPUs serve clients.
+            scheduling_strategy="SPREAD",
         )
         payload = config.model_dump(mode="json")
         self._args = (payload, agent, self.urls)
         self.workers: list[Any] = [self._spawn(i) for i in range(spec.num_workers)]
         self.policy_version: int | None = None
+        self.resubmitted = 0  # episodes re-run because their worker or node was lost
+        self.replaced = 0  # workers replaced after Ray gave up restarting them
 
     def _spawn(self, worker_id: int) -> Any:
         return self._remote_cls.remote(*self._args, worker_id)
 
     def set_policy_version(self, version: int) -> None:
+        """Stamp calls of later jobs with `version` (also sent with each job, see `run`)."""
         ray = _ray()
         self.policy_version = version
-        ray.get([w.set_policy_version.remote(version) for w in self.workers])
+        refs = [w.set_policy_version.remote(version) for w in self.workers]
+        for ref in refs:
+            with contextlib.suppress(*_lost_errors(ray)):  # a restarting worker gets it with its next job
+                ray.get(ref)
 
     async def run(self, jobs: list[Job]) -> AsyncIterator[Episode]:
         ray = _ray()
         cfg = self.config
+        lost_errors = _lost_errors(ray)
         per_worker = cfg.ray.concurrency_per_worker
         queue = list(reversed(jobs))
         in_flight: dict[Any, tuple[Job, int, float]] = {}  # ref -> (job, worker index, start)
@@ -137,7 +185,7 @@ class RayExecutor:
                 job = queue.pop()
                 s = min(range(len(self.urls)), key=server_load.__getitem__)
                 job = Job(job.task_id, job.sample, job.task, job.seed, server=s)
-                ref = self.workers[w].run.remote(job)
+                ref = self.workers[w].run.remote(job, self.policy_version)
                 in_flight[ref] = (job, w, time.monotonic())
                 load[w] += 1
                 server_load[s] += 1
@@ -152,47 +200,70 @@ class RayExecutor:
         submit()
         try:
             while in_flight:
-                ready, _ = await asyncio.to_thread(ray.wait, list(in_flight), num_returns=1, timeout=0.5)
+                ready = await asyncio.to_thread(_wait_ready, ray, list(in_flight), 0.5)
+                done: list[Episode] = []
+                lost: set[int] = set()
                 for ref in ready:
                     job, w = settle(ref)
                     try:
-                        episode = ray.get(ref)
-                    except (ray.exceptions.RayActorError, ray.exceptions.ObjectLostError,
-                            ray.exceptions.ActorUnavailableError) as exc:
+                        done.append(ray.get(ref))
+                    except lost_errors as exc:
                         tries = attempts[job.uid] = attempts.get(job.uid, 0) + 1
                         logger.warning("worker %d lost episode %s (%s); re-submitting", w, job.uid, type(exc).__name__)
                         if tries > cfg.ray.max_restarts + 3:
-                            yield _failed(job, f"worker lost {tries} times: {type(exc).__name__}")
+                            done.append(_failed(job, f"worker lost {tries} times: {type(exc).__name__}"))
                             continue
-                        await asyncio.to_thread(self._revive, w)
-                        queue.append(job)
-                        continue
+                        lost.add(w)
+                        queue.append(job)  # popped first: lost episodes go before new ones
+                        self.resubmitted += 1
                     except Exception as exc:  # the worker's own code failed
-                        yield _failed(job, f"{type(exc).__name__}: {exc}")
-                        continue
-                    yield episode
+                        done.append(_failed(job, f"{type(exc).__name__}: {exc}"))
                 if cfg.episode_timeout_s is not None:
                     now = time.monotonic()
                     for ref, (job, _, started) in list(in_flight.items()):
                         if now - started > limit:
                             ray.cancel(ref)
                             settle(ref)
-                            yield _failed(job, f"episode exceeded {limit:.0f} s on its worker", EpisodeStatus.TIMEOUT)
-                submit()
+                            done.append(
+                                _failed(job, f"episode exceeded {limit:.0f} s on its worker", EpisodeStatus.TIMEOUT)
+                            )
+                if lost:  # once per worker, not once per lost episode
+                    await asyncio.to_thread(self._revive_all, sorted(lost))
+                submit()  # refill before handing results out: workers stay busy meanwhile
+                for episode in done:
+                    yield episode
         finally:
             for ref in in_flight:
                 ray.cancel(ref)
 
+    def _revive_all(self, workers: list[int]) -> None:
+        for w in workers:
+            self._revive(w)
+
     def _revive(self, w: int) -> None:
-        """Replace a worker that is dead for good; a restarting one is kept."""
+        """Wait for a worker Ray is restarting; replace one that is dead for good."""
         ray = _ray()
-        try:
-            ray.get(self.workers[w].pid.remote(), timeout=30)
-        except Exception:
-            logger.warning("worker %d is gone; starting a replacement", w)
-            self.workers[w] = self._spawn(w)
-            if self.policy_version is not None:
-                self.workers[w].set_policy_version.remote(self.policy_version)
+        ex = ray.exceptions
+        deadline = time.monotonic() + REVIVE_WAIT_S
+        while True:
+            try:
+                ray.get(self.workers[w].pid.remote(), timeout=max(0.1, deadline - time.monotonic()))
+                return  # alive (possibly restarted by Ray): keep it
+            except ex.ActorUnavailableError:  # restarting, or briefly unreachable: ask again
+                if time.monotonic() >= deadline:
+                    break
+                time.sleep(0.2)
+            except ex.GetTimeoutError:  # still restarting (e.g. waiting for resources)
+                break
+            except ex.RayActorError:  # dead for good: restarts used up, or killed with no_restart
+                break
+        logger.warning("worker %d is gone; starting a replacement", w)
+        with contextlib.suppress(Exception):  # never leave a half-restarted actor holding resources
+            ray.kill(self.workers[w], no_restart=True)
+        self.workers[w] = self._spawn(w)
+        self.replaced += 1
+        if self.policy_version is not None:
+            self.workers[w].set_policy_version.remote(self.policy_version)
 
     def close(self) -> None:
         ray = _ray()

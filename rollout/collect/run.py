@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from rollout.collect.backend import EmbeddedHandle, import_object
-from rollout.collect.config import CollectConfig, ConfigError, apply_overrides, load_config
+from rollout.collect.config import (
+    CollectConfig,
+    ConfigError,
+    apply_overrides,
+    load_config,
+    validate_config,
+)
 from rollout.collect.output import EpisodeSink, done_uids
 from rollout.collect.progress import CollectSummary, Progress
 from rollout.collect.runner import Agent, Job, episode_seed
@@ -67,18 +73,25 @@ def _jobs(
     return jobs
 
 
+def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def resolve_config(
     config: CollectConfig | str | Path | None, overrides: list[str] | None, settings: dict[str, Any]
 ) -> CollectConfig:
-    base = config if isinstance(config, CollectConfig) else load_config(config, overrides)
-    if isinstance(config, CollectConfig) and overrides:
-        base = CollectConfig.model_validate(apply_overrides(config.model_dump(), overrides))
-    if settings:
-        try:
-            base = CollectConfig.model_validate({**base.model_dump(), **settings})
-        except Exception as exc:
-            raise ConfigError(str(exc)) from None
-    return base
+    """A config file or object, then `key=value` overrides, then keyword settings merged in."""
+    if isinstance(config, CollectConfig):
+        data = apply_overrides(config.model_dump(), overrides or [])
+    else:
+        data = load_config(config, overrides).model_dump()
+    return validate_config(_deep_merge(data, settings))
 
 
 @contextlib.contextmanager
@@ -121,7 +134,10 @@ class Collector:
         self.config = resolve_config(config, overrides, settings)
         spec = agent if agent is not None else self.config.agent
         self._agent_spec: Agent | str = spec
-        self.agent: Agent = import_object(spec) if isinstance(spec, str) else spec
+        try:
+            self.agent: Agent = import_object(spec) if isinstance(spec, str) else spec
+        except ValueError as exc:
+            raise ConfigError(f"agent: {exc}") from None
         if not callable(self.agent):
             raise ConfigError(f"agent {spec!r} is not callable")
         self.policy_version: int | None = None

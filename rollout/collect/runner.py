@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import inspect
 import random
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -68,9 +69,7 @@ def is_transport_error(exc: BaseException | None) -> bool:
 
     seen = 0
     while exc is not None and seen < 8:
-        if isinstance(exc, TimeoutError | asyncio.TimeoutError):
-            return False  # a slow episode is a timeout, not a transport failure
-        if is_transient(exc):
+        if is_transient(exc):  # includes a single call's timeout (and refused connections)
             return True
         exc = exc.__cause__ or exc.__context__
         seen += 1
@@ -108,11 +107,15 @@ async def run_episode(
             async with backend.recorder.episode(episode=episode):
                 apply_result(episode, await _call_agent(agent, job.task, model))
 
+        started = time.monotonic()
         try:
             await asyncio.wait_for(body(), timeout_s)
-        except (asyncio.TimeoutError, TimeoutError):
-            episode.status = EpisodeStatus.TIMEOUT
-            episode.error = f"episode exceeded its timeout of {timeout_s} s"
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            if timeout_s is not None and time.monotonic() - started >= timeout_s:
+                episode.status = EpisodeStatus.TIMEOUT
+                episode.error = f"episode exceeded its timeout of {timeout_s} s"
+            else:  # one call timed out (or could not connect): the scope recorded which
+                error = exc
         except Exception as exc:  # recorded by the scope; the run goes on
             error = exc
             if episode.status == EpisodeStatus.COMPLETED:
