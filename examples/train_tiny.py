@@ -21,7 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config", default="configs/train_tiny.yaml")
     parser.add_argument("--iterations", type=int, default=40)
-    parser.add_argument("--lr", type=float, default=100.0)
+    parser.add_argument("--lr", type=float, default=12.5)
     parser.add_argument("--target", type=float, default=0.8, help="stop once mean reward reaches this")
     parser.add_argument("--plot", default="runs/train_tiny.png", help="PNG of the reward curve (needs matplotlib)")
     args = parser.parse_args(argv)

@@ -183,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the embedded policy from recorded data (proof it trains)")
     p.add_argument("--config", default="configs/train_tiny.yaml")
     p.add_argument("--iterations", type=int, default=40)
-    p.add_argument("--lr", type=float, default=100.0)
+    p.add_argument("--lr", type=float, default=12.5)
     p.add_argument("--target", type=float, default=0.8)
     p.add_argument("--plot", default="runs/train_tiny.png")
     p.set_defaults(fn=_cmd_train)

@@ -73,7 +73,7 @@ def check_versions(episodes: list[Episode], version: int) -> None:
 def grpo_gradient(
     policy: Policy, batch: dict[str, Any], temperature: float, top_p: float
 ) -> tuple[dict[str, np.ndarray], float]:
-    """Mean REINFORCE gradient with group-mean baselines (groups = task ids); and mean reward."""
+    """REINFORCE gradient with group-mean baselines (groups = task ids), and the mean reward."""
     rows = list(_rows(batch))
     groups: dict[str, list[float]] = defaultdict(list)
     for uid, *_, reward in rows:
@@ -83,7 +83,11 @@ def grpo_gradient(
         (prompt.tolist(), response.tolist(), (reward - baseline[uid]) * mask.astype(np.float64))
         for uid, prompt, response, mask, _, reward in rows
     ]
-    grads = policy.policy_gradient(items, temperature, top_p)  # type: ignore[arg-type]
+    # Mean over each group, summed over groups: a task's step size does not
+    # shrink as more tasks share the batch.
+    grads = {
+        k: v * len(groups) for k, v in policy.policy_gradient(items, temperature, top_p).items()  # type: ignore[arg-type]
+    }
     # The bias is shared by every context; GRPO's zero advantage on all-fail
     # groups never pushes it back, so updating it collapses all tasks onto the
     # first answers learned. Keep it at its initial value.
@@ -96,7 +100,7 @@ def train(
     config: Any = "configs/local.yaml",
     *,
     iterations: int = 30,
-    lr: float = 100.0,
+    lr: float = 12.5,
     target: float | None = 0.8,
     tasks: Any = None,
     log: Callable[[str], None] = print,
