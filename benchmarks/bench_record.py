@@ -1,0 +1,265 @@
+"""Recording cost: time overhead vs the bare openai client, and bytes per recorded token.
+
+    python benchmarks/bench_record.py [--calls 300] [--repeats 9] [--mem-calls 4000]
+
+Prints ONE JSON line.
+
+Overhead: the real openai SDK over an in-process httpx2 `MockTransport` whose
+handler returns PRE-BUILT bytes (a vLLM-format reply: `prompt_token_ids`,
+`choices[0].token_ids`, 256 completion tokens with logprobs), so the server
+side costs ~nothing and the ratio measures SDK + recorder vs SDK alone. Bare and
+wrapped clients run in the same process, repeats interleaved (bare, wrapped,
+bare, ...), per-call medians compared; wrapped calls run in episodes of `--per-episode`
+calls (8, a typical multi-turn agent). A third figure puts all calls of a repeat
+in ONE episode, to expose per-call costs that grow with episode length.
+Target: ratio <= 1.05 (sync and async).
+
+Memory: `mem_calls` wrapped calls (default 4000 x 256 completion tokens, ~1 M
+completion tokens, plus 256 prompt tokens each) recorded into episodes under
+tracemalloc; responses are dropped and the garbage collected before reading
+the retained size. Bytes are reported per recorded token with prompt tokens
+counted (`bytes_per_token_all`) and per completion token only
+(`bytes_per_completion_token`); the baseline is the same ids / logprobs / versions
+held as lists of Python ints and floats, measured the same way. Target <= 12.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import json
+import random
+import statistics
+import sys
+import time
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import httpx2
+from openai import AsyncOpenAI, OpenAI
+
+from rollout import Recorder
+
+PROMPT_TOKENS = 256
+COMPLETION_TOKENS = 256
+MESSAGES = [{"role": "system", "content": "You are a careful solver."},
+            {"role": "user", "content": "Solve 12 * 34 and explain."}]
+
+
+def build_body(seed: int = 0) -> bytes:
+    rng = random.Random(seed)
+    prompt = [rng.randrange(1000, 150_000) for _ in range(PROMPT_TOKENS)]
+    ids = [rng.randrange(1000, 150_000) for _ in range(COMPLETION_TOKENS)]
+    content = [{"token": f"t{t}", "logprob": -rng.random() * 4, "bytes": None, "top_logprobs": []}
+               for t in ids]
+    body = {
+        "id": "chatcmpl-bench",
+        "object": "chat.completion",
+        "created": 1_700_000_000,
+        "model": "bench",
+        "prompt_token_ids": prompt,
+        "choices": [{
+            "index": 0,
+            "message": {"role": "assistant", "content": " ".join(f"w{t}" for t in ids[:64])},
+            "finish_reason": "stop",
+            "logprobs": {"content": content},
+            "token_ids": ids,
+        }],
+        "usage": {"prompt_tokens": PROMPT_TOKENS, "completion_tokens": COMPLETION_TOKENS,
+                  "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS},
+        "weight_version": 3,
+    }
+    return json.dumps(body).encode()
+
+
+BODY = build_body()
+HEADERS = {"content-type": "application/json"}
+
+
+def handler(request: httpx2.Request) -> httpx2.Response:
+    return httpx2.Response(200, content=BODY, headers=HEADERS)
+
+
+def clients() -> tuple[OpenAI, AsyncOpenAI]:
+    transport = httpx2.MockTransport(handler)
+    kw: dict[str, Any] = {"api_key": "bench", "base_url": "http://bench.test/v1", "max_retries": 0}
+    return (OpenAI(**kw, http_client=httpx2.Client(transport=transport)),
+            AsyncOpenAI(**kw, http_client=httpx2.AsyncClient(transport=transport)))
+
+
+# ---------------------------------------------------------------- overhead
+
+
+def time_sync(client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8) -> float:
+    """Seconds per call; with `rec`, calls are made inside episodes of `per_episode` calls."""
+    t0 = time.perf_counter()
+    if rec is None:
+        for _ in range(calls):
+            client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
+    else:
+        for start in range(0, calls, per_episode):
+            with rec.episode(f"task-{start}"):
+                for _ in range(min(per_episode, calls - start)):
+                    client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
+    return (time.perf_counter() - t0) / calls
+
+
+async def time_async(client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8) -> float:
+    t0 = time.perf_counter()
+    if rec is None:
+        for _ in range(calls):
+            await client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
+    else:
+        for start in range(0, calls, per_episode):
+            async with rec.episode(f"task-{start}"):
+                for _ in range(min(per_episode, calls - start)):
+                    await client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
+    return (time.perf_counter() - t0) / calls
+
+
+def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
+    sync, async_ = clients()
+    rec = Recorder()
+    wsync, wasync = rec.wrap(sync), rec.wrap(async_)
+    out: dict[str, Any] = {}
+
+    # sync: bare and wrapped repeats interleaved
+    bare_t, wrap_t = [], []
+    time_sync(sync, 20)
+    time_sync(wsync, 24, rec, per_episode)
+    for _ in range(repeats):
+        gc.collect()
+        bare_t.append(time_sync(sync, calls))
+        gc.collect()
+        wrap_t.append(time_sync(wsync, calls, rec, per_episode))
+        rec.drain()
+    out["sync"] = {"bare_us": statistics.median(bare_t) * 1e6, "wrapped_us": statistics.median(wrap_t) * 1e6}
+
+    # async (one loop for both, so loop start-up is in neither number)
+    async def run_async() -> tuple[list[float], list[float]]:
+        b, w = [], []
+        await time_async(async_, 20)
+        await time_async(wasync, 24, rec, per_episode)
+        for _ in range(repeats):
+            gc.collect()
+            b.append(await time_async(async_, calls))
+            gc.collect()
+            w.append(await time_async(wasync, calls, rec, per_episode))
+            rec.drain()
+        return b, w
+
+    bare_a, wrap_a = asyncio.run(run_async())
+    out["async"] = {"bare_us": statistics.median(bare_a) * 1e6, "wrapped_us": statistics.median(wrap_a) * 1e6}
+
+    # One long episode (all calls in it): exposes per-call costs that grow with episode length.
+    bare_l, long_t = [], []
+    for _ in range(max(3, repeats // 3)):
+        gc.collect()
+        bare_l.append(time_sync(sync, calls))
+        gc.collect()
+        long_t.append(time_sync(wsync, calls, rec, per_episode=calls))
+        rec.drain()
+    out["sync_one_episode_of_all_calls"] = {
+        "bare_us": statistics.median(bare_l) * 1e6, "wrapped_us": statistics.median(long_t) * 1e6,
+    }
+    for v in out.values():
+        v["ratio"] = round(v["wrapped_us"] / v["bare_us"], 4)
+        v["bare_us"] = round(v["bare_us"], 1)
+        v["wrapped_us"] = round(v["wrapped_us"], 1)
+    return out
+
+
+# ---------------------------------------------------------------- memory
+
+
+def retained_by_recorder(calls: int, per_episode: int = 8) -> int:
+    sync, _ = clients()
+    rec = Recorder()
+    w = rec.wrap(sync)
+    with rec.episode("warm"):
+        w.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
+    rec.drain()
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    done = 0
+    while done < calls:
+        with rec.episode(f"task-{done}"):
+            for _ in range(min(per_episode, calls - done)):
+                reply = w.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
+                done += 1
+    del reply
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    episodes = rec.episodes()
+    assert sum(len(e.calls) for e in episodes) == calls
+    assert all(c.exact and len(c.choices[0].ids) == COMPLETION_TOKENS for e in episodes for c in e.calls)
+    return after - before
+
+
+def retained_by_lists(calls: int) -> int:
+    """The same tokens as Python lists: prompt ids, completion ids, logprobs, versions."""
+    body = json.loads(BODY)
+    prompt = body["prompt_token_ids"]
+    ids = body["choices"][0]["token_ids"]
+    lps = [e["logprob"] for e in body["choices"][0]["logprobs"]["content"]]
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    # Fresh int / float objects per call, as parsing each reply would create them.
+    kept = [([int(str(t)) for t in prompt], [int(str(t)) for t in ids],
+             [float(repr(x)) for x in lps], [int(str(3000 + 3)) for _ in ids])
+            for _ in range(calls)]
+    gc.collect()
+    after = tracemalloc.get_traced_memory()[0]
+    tracemalloc.stop()
+    assert len(kept) == calls
+    return after - before
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--calls", type=int, default=300, help="calls per timing repeat")
+    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--mem-calls", type=int, default=4000)
+    ap.add_argument("--per-episode", type=int, default=8, help="calls per episode (wrapped runs)")
+    args = ap.parse_args()
+
+    result: dict[str, Any] = {"bench": "record", "python": sys.version.split()[0],
+                              "prompt_tokens_per_call": PROMPT_TOKENS,
+                              "completion_tokens_per_call": COMPLETION_TOKENS,
+                              "reply_bytes": len(BODY)}
+    result["calls_per_episode"] = args.per_episode
+    result["overhead"] = overhead(args.calls, args.repeats, args.per_episode)
+    result["overhead_target_met"] = all(
+        result["overhead"][k]["ratio"] <= 1.05 for k in ("sync", "async")
+    )
+
+    rec_bytes = retained_by_recorder(args.mem_calls, args.per_episode)
+    list_bytes = retained_by_lists(args.mem_calls)
+    completion = args.mem_calls * COMPLETION_TOKENS
+    total = args.mem_calls * (PROMPT_TOKENS + COMPLETION_TOKENS)
+    result["memory"] = {
+        "calls": args.mem_calls,
+        "completion_tokens": completion,
+        "tokens_incl_prompt": total,
+        "stored_per_completion_token": "id int32 + logprob float32 + run-length version",
+        "recorder_bytes": rec_bytes,
+        "bytes_per_token_all": round(rec_bytes / total, 2),
+        "bytes_per_completion_token": round(rec_bytes / completion, 2),
+        "python_lists_bytes": list_bytes,
+        "python_lists_bytes_per_token_all": round(list_bytes / total, 2),
+        "python_lists_bytes_per_completion_token": round(list_bytes / completion, 2),
+        "counted_as": "bytes_per_token_all counts prompt + completion tokens",
+    }
+    result["memory_target_met"] = rec_bytes / total <= 12
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
