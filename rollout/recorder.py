@@ -21,7 +21,7 @@ import time
 from typing import Any, Literal
 
 from rollout.episode import Episode, EpisodeStatus
-from rollout.record import CallRecord
+from rollout.record import CallRecord, TokenRecordError
 from rollout.tokens import (
     StreamAccumulator,
     Tokenizer,
@@ -91,6 +91,8 @@ class Recorder:
         policy_version: version stamped on tokens when the reply reports none.
         strict: raise `TokenRecordError` on inconsistent token data instead of
             recording it with a note.
+        keep_finished: keep finished episodes for `episodes()`; a collector
+            that streams them to disk turns this off to bound memory.
     """
 
     def __init__(
@@ -102,6 +104,7 @@ class Recorder:
         tokenizer: Tokenizer | None = None,
         policy_version: int | None = None,
         strict: bool = False,
+        keep_finished: bool = True,
     ) -> None:
         if unscoped not in ("keep", "refuse"):
             raise ValueError(f"unscoped must be 'keep' or 'refuse', got {unscoped!r}")
@@ -111,6 +114,7 @@ class Recorder:
         self.tokenizer = tokenizer
         self.policy_version = policy_version
         self.strict = strict
+        self.keep_finished = keep_finished
         self.unscoped = Episode(task_id="__unscoped__")
         self._finished: list[Episode] = []
         self._lock = threading.Lock()
@@ -154,6 +158,8 @@ class Recorder:
     # --- used by the wrapper ---------------------------------------------------------
 
     def _finish(self, episode: Episode) -> None:
+        if not self.keep_finished:
+            return
         with self._lock:
             self._finished.append(episode)
 
@@ -202,15 +208,19 @@ class PendingCall:
             response = responses_api_as_chat(response)
         messages = self.messages
         rec = self.recorder
-        prompt, prompt_source, choices, notes = extract_call(
-            response,
-            messages=messages,
-            tools=self.kwargs.get("tools"),
-            client=client,
-            tokenizer=rec.tokenizer,
-            policy_version=rec.policy_version,
-            strict=rec.strict,
-        )
+        try:
+            prompt, prompt_source, choices, notes = extract_call(
+                response,
+                messages=messages,
+                tools=self.kwargs.get("tools"),
+                client=client,
+                tokenizer=rec.tokenizer,
+                policy_version=rec.policy_version,
+                strict=rec.strict,
+            )
+        except TokenRecordError as exc:  # the reply reached the caller's code path: leave a trace
+            self.fail(exc)
+            raise
         usage = getattr(response, "usage", None) if not isinstance(response, dict) else response.get("usage")
         if usage is not None and hasattr(usage, "model_dump"):
             usage = usage.model_dump(exclude_none=True)
