@@ -17,7 +17,7 @@ from enum import Enum
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 NO_VERSION = -1
 """Version used for tokens whose policy version is unknown, and for prompt tokens."""
@@ -44,12 +44,18 @@ class TokenRecordError(ValueError):
 
 def as_ids(values: Any) -> np.ndarray:
     """Token ids as a contiguous int32 array (the one dtype used everywhere)."""
-    arr = np.asarray(values if values is not None else [], dtype=np.int64)
-    if arr.ndim != 1:
-        raise TokenRecordError(f"token ids must be one-dimensional, got shape {arr.shape}")
-    if arr.size and (arr.min() < 0 or arr.max() > np.iinfo(np.int32).max):
-        raise TokenRecordError("token ids must be non-negative int32 values")
-    return np.ascontiguousarray(arr, dtype=np.int32)
+    if isinstance(values, np.ndarray) and values.dtype == np.int32 and values.ndim == 1:
+        arr = np.ascontiguousarray(values)
+    else:
+        try:
+            arr = np.array(values if values is not None else [], dtype=np.int32)
+        except (OverflowError, ValueError, TypeError) as exc:
+            raise TokenRecordError(f"token ids must be int32 values: {exc}") from None
+        if arr.ndim != 1:
+            raise TokenRecordError(f"token ids must be one-dimensional, got shape {arr.shape}")
+    if arr.size and arr.min() < 0:
+        raise TokenRecordError("token ids must be non-negative")
+    return arr
 
 
 def as_logprobs(values: Any) -> np.ndarray:
@@ -60,43 +66,55 @@ class Versions:
     """Per-token policy versions, run-length encoded.
 
     A completion is almost always produced by one policy version, so storing a
-    value per token wastes 4 bytes per token. Runs keep the exact per-token
-    information (AReaL's `output_versions` can change mid-generation) at a
-    cost proportional to the number of weight updates seen.
+    value per token wastes 4 bytes per token; a constant is kept as one int.
+    Runs keep the exact per-token information (AReaL's `output_versions` can
+    change mid-generation) at a cost proportional to the number of changes.
     """
 
-    __slots__ = ("_length", "_starts", "_values")
+    __slots__ = ("_length", "_runs")
 
-    def __init__(self, starts: np.ndarray, values: np.ndarray, length: int) -> None:
-        self._starts = starts
-        self._values = values
+    def __init__(self, runs: int | np.ndarray, length: int) -> None:
+        self._runs = runs  # an int (constant), or a (2, k) int32 array: starts, values
         self._length = length
 
     @classmethod
     def constant(cls, version: int, length: int) -> Versions:
-        return cls(np.zeros(1, np.int32), np.array([version], np.int32), length)
+        return cls(int(version), length)
 
     @classmethod
     def from_array(cls, versions: Any) -> Versions:
         arr = np.asarray(versions, dtype=np.int32)
         if arr.size == 0:
-            return cls(np.zeros(0, np.int32), np.zeros(0, np.int32), 0)
+            return cls(NO_VERSION, 0)
         change = np.flatnonzero(np.diff(arr)) + 1
+        if change.size == 0:
+            return cls(int(arr[0]), int(arr.size))
         starts = np.concatenate([[0], change]).astype(np.int32)
-        return cls(starts, arr[starts].copy(), int(arr.size))
+        return cls(np.stack([starts, arr[starts]]), int(arr.size))
 
     def __len__(self) -> int:
         return self._length
 
     def to_array(self) -> np.ndarray:
+        if isinstance(self._runs, int):
+            return np.full(self._length, self._runs, np.int32)
+        starts, values = self._runs
+        counts = np.diff(np.append(starts, self._length))
+        return np.repeat(values, counts).astype(np.int32)
+
+    def runs(self) -> list[tuple[int, int]]:
+        """(value, count) pairs, the form files store."""
         if self._length == 0:
-            return np.zeros(0, np.int32)
-        counts = np.diff(np.append(self._starts, self._length))
-        return np.repeat(self._values, counts).astype(np.int32)
+            return []
+        if isinstance(self._runs, int):
+            return [(self._runs, self._length)]
+        starts, values = self._runs
+        counts = np.diff(np.append(starts, self._length))
+        return [(int(v), int(c)) for v, c in zip(values, counts, strict=True)]
 
     @property
     def nbytes(self) -> int:
-        return int(self._starts.nbytes + self._values.nbytes)
+        return 0 if isinstance(self._runs, int) else int(self._runs.nbytes)
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Versions) and np.array_equal(self.to_array(), other.to_array())
@@ -176,8 +194,6 @@ class CallRecord(BaseModel):
     reward: float | None = None
     parent: int | None = None
     notes: list[str] = Field(default_factory=list)  # why a record is inexact, drift found, ...
-    # Identity of the request messages, for finding children; not serialized.
-    _message_keys: list[tuple[Any, ...]] | None = PrivateAttr(default=None)
 
     @field_validator("prompt_ids", mode="before")
     @classmethod

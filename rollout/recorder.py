@@ -18,6 +18,7 @@ import asyncio
 import contextvars
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from rollout.episode import Episode, EpisodeStatus
@@ -39,6 +40,7 @@ _DROP_KEYS = frozenset(
     {"extra_headers", "extra_query", "api_key", "authorization", "headers", "timeout", "http_client"}
 )
 _SECRET_MARKERS = ("key", "auth", "secret", "password", "bearer")
+CALL_FIELDS = set(CallRecord.model_fields)  # shared fields-set, see rollout.tokens
 
 
 class UnscopedCallError(RuntimeError):
@@ -49,7 +51,7 @@ def scrub(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The request as it may be stored: no headers, keys or transport objects."""
     out: dict[str, Any] = {}
     for k, v in kwargs.items():
-        if k in _DROP_KEYS:
+        if k in _DROP_KEYS or type(v).__name__ in ("NotGiven", "Omit"):
             continue
         if k == "response_format" and isinstance(v, type):
             v = {"type": "pydantic", "name": v.__name__}
@@ -117,6 +119,10 @@ class Recorder:
         self.keep_finished = keep_finished
         self.unscoped = Episode(task_id="__unscoped__")
         self._finished: list[Episode] = []
+        # Per open episode: messages + reply of each call -> its index (parent lookup).
+        self._prefixes: dict[str, dict[tuple[Any, ...], int]] = {}
+        # Per open episode: how to record its streams that are still open.
+        self._open: dict[str, list[Callable[[], Any]]] = {}
         self._lock = threading.Lock()
 
     # --- public API ---------------------------------------------------------------
@@ -158,6 +164,11 @@ class Recorder:
     # --- used by the wrapper ---------------------------------------------------------
 
     def _finish(self, episode: Episode) -> None:
+        with self._lock:
+            self._prefixes.pop(episode.id, None)
+            leftovers = self._open.pop(episode.id, [])
+        for record_partial in leftovers:  # streams nobody read to the end or closed
+            record_partial()
         if not self.keep_finished:
             return
         with self._lock:
@@ -224,7 +235,8 @@ class PendingCall:
         usage = getattr(response, "usage", None) if not isinstance(response, dict) else response.get("usage")
         if usage is not None and hasattr(usage, "model_dump"):
             usage = usage.model_dump(exclude_none=True)
-        call = CallRecord(
+        call = CallRecord.model_construct(
+            _fields_set=CALL_FIELDS,
             id=str((response.get("id") if isinstance(response, dict) else getattr(response, "id", "")) or ""),
             endpoint=self.endpoint,
             prompt_ids=prompt,
@@ -234,6 +246,9 @@ class PendingCall:
             usage=usage,
             latency_s=time.perf_counter() - self._t0,
             started_at=self.started,
+            reward=None,
+            parent=None,
+            index=0,
             notes=notes,
         )
         self._append(call, messages)
@@ -250,6 +265,19 @@ class PendingCall:
             call.notes.append("stream closed before its end: completion is partial")
         return call
 
+    def on_episode_end(self, finalize: Callable[[], Any]) -> None:
+        """Run `finalize` when the episode ends, unless this call was recorded by then.
+
+        (The unscoped bucket never ends: its abandoned streams stay unrecorded
+        until closed, and are not tracked, so it cannot grow without bound.)
+        """
+        if self.episode is self.recorder.unscoped:
+            return
+        with self.recorder._lock:
+            self.recorder._open.setdefault(self.episode.id, []).append(
+                lambda: None if self.done else finalize()
+            )
+
     def fail(self, exc: BaseException) -> None:
         """A failed call leaves a trace in the episode; the exception still propagates."""
         self.done = True
@@ -257,29 +285,31 @@ class PendingCall:
         failures.append({"endpoint": self.endpoint, "error": f"{type(exc).__name__}: {exc}"})
 
     def _append(self, call: CallRecord, messages: list[dict[str, Any]]) -> None:
-        keys = [_message_key(m) for m in messages]
+        keys = tuple(_message_key(m) for m in messages)
         episode = self.episode
-        with self.recorder._lock:
+        recorder = self.recorder
+        with recorder._lock:
+            table = recorder._prefixes.setdefault(episode.id, {})
             call.index = len(episode.calls)
-            call.parent = _find_parent(episode, keys)
+            call.parent = _find_parent(table, keys)
             episode.calls.append(call)
-            call._message_keys = keys
+            for choice in call.choices:  # children will look this call up by prefix
+                with_reply = (*keys, _message_key(choice.message))
+                table[with_reply] = call.index
 
 
-def _find_parent(episode: Episode, keys: list[tuple[Any, ...]]) -> int | None:
-    """The latest call whose messages + reply are a prefix of `keys` (AReaL's tree)."""
-    best: int | None = None
-    best_len = -1
-    for call in episode.calls:
-        parent_keys = call._message_keys
-        if parent_keys is None or not call.choices:
-            continue
-        n = len(parent_keys) + 1
-        if n > len(keys) or keys[: n - 1] != parent_keys:
-            continue
-        if any(_message_key(c.message) == keys[n - 1] for c in call.choices) and n >= best_len:
-            best, best_len = call.index, n
-    return best
+def _find_parent(table: dict[tuple[Any, ...], int], keys: tuple[Any, ...]) -> int | None:
+    """The call whose messages + reply are the longest prefix of `keys` (AReaL's tree).
+
+    `table` maps each recorded call's messages + reply to its index, so the
+    lookup costs one hash per assistant message, not a scan of the episode.
+    """
+    for end in range(len(keys), 0, -1):
+        if keys[end - 1][0] == "assistant":
+            parent = table.get(keys[:end])
+            if parent is not None:
+                return parent
+    return None
 
 
 class EpisodeScope:

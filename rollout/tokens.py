@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from operator import attrgetter, itemgetter
 from typing import Any, Protocol
 
 import numpy as np
@@ -34,6 +35,10 @@ from rollout.record import (
 )
 
 VERSION_FIELDS = ("weight_version", "policy_version")
+# One shared fields-set for constructed records: pydantic would otherwise keep
+# a fresh set per object (~700 bytes each), a real cost at millions of calls.
+# It already holds every field, so pydantic's `add` on assignment never grows it.
+CHOICE_FIELDS = set(Choice.model_fields)
 
 
 def get(obj: Any, key: str, default: Any = None) -> Any:
@@ -97,6 +102,14 @@ def _logprob_entries(choice: Any) -> list[Any] | None:
     lp = get(choice, "logprobs")
     content = get(lp, "content") if lp is not None else None
     return list(content) if content is not None else None
+
+
+def _logprob_values(entries: list[Any]) -> np.ndarray:
+    """float32 logprobs of the entries; one C-level pass (this runs per token)."""
+    if not entries:
+        return np.zeros(0, np.float32)
+    pick = itemgetter("logprob") if isinstance(entries[0], dict) else attrgetter("logprob")
+    return np.fromiter(map(pick, entries), dtype=np.float32, count=len(entries))
 
 
 def _token_ids_from_logprobs(entries: Sequence[Any]) -> list[int] | None:
@@ -167,7 +180,7 @@ def extract_call(
         index = int(get(raw, "index", len(choices_out)))
         message = message_dict(get(raw, "message"))
         entries = _logprob_entries(raw)
-        logprobs = None if entries is None else [float(get(e, "logprob")) for e in entries]
+        logprobs = None if entries is None else _logprob_values(entries)
         versions: Any = None
         ids = get(raw, "token_ids")
         source = TokenSource.NONE
@@ -186,7 +199,7 @@ def extract_call(
             if areal is not None and index == 0:
                 ids, source = list(get(areal, "output_tokens")), TokenSource.AREAL
                 if logprobs is None and get(areal, "output_logprobs") is not None:
-                    logprobs = list(get(areal, "output_logprobs"))
+                    logprobs = as_logprobs(get(areal, "output_logprobs"))
                 if get(areal, "output_versions") is not None:
                     versions = list(get(areal, "output_versions"))
                 if prompt is None:
@@ -202,8 +215,12 @@ def extract_call(
             logprobs = None
         if versions is None or not _check(len(ids_arr), "versions", len(versions), notes, strict, index):
             versions = Versions.constant(version, len(ids_arr))
+        else:
+            versions = Versions.from_array(versions)
+        # Fields are already converted and checked above: skip re-validation.
         choices_out.append(
-            Choice(
+            Choice.model_construct(
+                _fields_set=CHOICE_FIELDS,
                 index=index,
                 ids=ids_arr,
                 logprobs=None if logprobs is None else as_logprobs(logprobs),
@@ -276,6 +293,14 @@ class StreamAccumulator:
                 c["logprobs"] = (c["logprobs"] or []) + entries
             if get(raw, "finish_reason") is not None:
                 c["finish_reason"] = get(raw, "finish_reason")
+
+    @property
+    def finished(self) -> bool:
+        """Usage has arrived and every choice has its finish reason: nothing more to record."""
+        choices = self.data["choices"]
+        return "usage" in self.data and bool(choices) and all(
+            c.get("finish_reason") is not None for c in choices.values()
+        )
 
     def response(self) -> dict[str, Any]:
         out = {k: v for k, v in self.data.items() if k != "choices"}

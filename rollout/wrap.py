@@ -7,7 +7,8 @@ that overrides just `chat`, `beta` and `responses`. Everything else (base URL,
 
 Intercepted: `chat.completions.create` (plain and streamed),
 `chat.completions.parse`, `beta.chat.completions.parse`,
-`chat.completions.stream` and `responses.create`. Sync and async clients get
+`chat.completions.stream` and `responses.create`; `copy` / `with_options`
+return clients that record too. Sync and async clients get
 twin proxies over the same `PendingCall` logic.
 """
 
@@ -70,7 +71,7 @@ class _Completions(_Namespace):
 
     def _recording(self, fn: Any, endpoint: str) -> Any:
         def call(**kwargs: Any) -> Any:
-            sent, pending = self._recorder.start_call(kwargs, endpoint=endpoint)
+            sent, pending = self._recorder.start_call(kwargs, endpoint=_helper(kwargs, endpoint))
             try:
                 result = fn(**sent)
             except BaseException as exc:
@@ -83,9 +84,18 @@ class _Completions(_Namespace):
         return call
 
     def _recording_manager(self, fn: Any) -> Any:
+        """The SDK's `.stream(...)` helper, run with this proxy as its resource.
+
+        The helper builds its request with `resource.create(stream=True)`, so
+        bound to the proxy it goes through the recording `create`: every chunk,
+        token ids included, is recorded exactly as for a plain stream.
+        """
+        unbound = getattr(type(self.__wrapped__), "stream", None)
+        if unbound is None:  # a duck-typed client's own helper: record nothing twice
+            return fn
+
         def call(**kwargs: Any) -> Any:
-            sent, pending = self._recorder.start_call(kwargs, endpoint=f"{self._endpoint}.stream")
-            return _StreamManager(fn(**sent), pending, self._root)
+            return unbound(self, **kwargs)
 
         return call
 
@@ -98,10 +108,17 @@ class _AsyncCompletions(_Completions):
 
     def _recording(self, fn: Any, endpoint: str) -> Any:
         async def call(**kwargs: Any) -> Any:
-            sent, pending = self._recorder.start_call(kwargs, endpoint=endpoint)
+            sent, pending = self._recorder.start_call(kwargs, endpoint=_helper(kwargs, endpoint))
             return await _finish_async(fn(**sent), sent, pending, self._root)
 
         return call
+
+
+def _helper(kwargs: dict[str, Any], endpoint: str) -> str:
+    """The SDK names its helpers (e.g. `.stream`) in a header; record calls under that name."""
+    headers = kwargs.get("extra_headers")
+    name = headers.get("X-Stainless-Helper-Method") if isinstance(headers, dict) else None
+    return name if isinstance(name, str) and name.startswith(endpoint) else endpoint
 
 
 def _finish(result: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
@@ -124,7 +141,12 @@ async def _finish_async(awaitable: Any, sent: dict[str, Any], pending: PendingCa
 
 
 class RecordingStream:
-    """Yields the inner stream's chunks unchanged and records the call at its end."""
+    """Yields the inner stream's chunks unchanged and records the call at its end.
+
+    The end is the last chunk, a usage chunk after every choice finished, or
+    `close()`; a stream still open when its episode ends is recorded then, as
+    partial, so a call is never lost.
+    """
 
     def __init__(self, inner: Any, pending: PendingCall, root: Any) -> None:
         self._inner = inner
@@ -132,6 +154,7 @@ class RecordingStream:
         self._root = root
         self._acc = StreamAccumulator()
         self._it: Any = None
+        pending.on_episode_end(lambda: pending.record_stream(self._acc, root, complete=False))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -152,6 +175,8 @@ class RecordingStream:
                 self._pending.fail(exc)
             raise
         self._acc.add(chunk)
+        if self._acc.finished:  # callers may stop reading at the usage chunk
+            self._pending.record_stream(self._acc, self._root, complete=True)
         return chunk
 
     def close(self) -> None:
@@ -176,6 +201,7 @@ class RecordingAsyncStream:
         self._root = root
         self._acc = StreamAccumulator()
         self._it: Any = None
+        pending.on_episode_end(lambda: pending.record_stream(self._acc, root, complete=False))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -196,6 +222,8 @@ class RecordingAsyncStream:
                 self._pending.fail(exc)
             raise
         self._acc.add(chunk)
+        if self._acc.finished:  # callers may stop reading at the usage chunk
+            self._pending.record_stream(self._acc, self._root, complete=True)
         return chunk
 
     async def close(self) -> None:
@@ -216,45 +244,6 @@ class RecordingAsyncStream:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.close()
-
-
-class _StreamManager:
-    """Wraps the SDK's `chat.completions.stream(...)` manager (sync or async).
-
-    The SDK folds chunks itself, so the record is built from its final
-    snapshot; ids come from an interaction record or the tokenizer fallback.
-    """
-
-    def __init__(self, inner: Any, pending: PendingCall, root: Any) -> None:
-        self._inner = inner
-        self._pending = pending
-        self._root = root
-        self._stream: Any = None
-
-    def __enter__(self) -> Any:
-        self._stream = self._inner.__enter__()
-        return self._stream
-
-    def __exit__(self, *exc: Any) -> Any:
-        self._record()
-        return self._inner.__exit__(*exc)
-
-    async def __aenter__(self) -> Any:
-        self._stream = await self._inner.__aenter__()
-        return self._stream
-
-    async def __aexit__(self, *exc: Any) -> Any:
-        self._record()
-        return await self._inner.__aexit__(*exc)
-
-    def _record(self) -> None:
-        try:
-            snapshot = self._stream.current_completion_snapshot
-        except Exception as exc:  # nothing arrived
-            self._pending.fail(exc)
-            return
-        call = self._pending.record(snapshot, self._root)
-        call.notes.append("recorded from the SDK stream manager's snapshot")
 
 
 class _Responses(_Namespace):
@@ -342,7 +331,20 @@ def _recording_type(cls: type) -> type:
 
             return property(fget)
 
-        sub = type(f"Recording{cls.__name__}", (cls,), {n: make(n) for n in _OVERRIDDEN})
+        namespace: dict[str, Any] = {n: make(n) for n in _OVERRIDDEN}
+        if callable(getattr(cls, "copy", None)):
+
+            def copy_(self: Any, *args: Any, **kwargs: Any) -> Any:
+                """`copy` / `with_options` give a client that records to the same recorder."""
+                new = getattr(cls, "copy")(self, *args, **kwargs)  # noqa: B009 (cls is any client type)
+                recorder = self.__dict__["_rollout_recorder"]
+                new.__dict__["_rollout_proxies"] = _proxies(new, recorder)
+                new.__dict__["_rollout_recorder"] = recorder
+                return new
+
+            namespace["copy"] = copy_
+            namespace["with_options"] = copy_
+        sub = type(f"Recording{cls.__name__}", (cls,), namespace)
         sub.__module__ = cls.__module__
         _SUBCLASSES[cls] = sub
     return _SUBCLASSES[cls]

@@ -175,7 +175,6 @@ def test_duck_client_is_recorded() -> None:
     assert call.exact
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: with_options()/copy() of a wrapped SDK client records nothing")
 def test_with_options_copy_still_records() -> None:
     server = WireServer(dialect="vllm")
     sync, _ = openai_clients(server)
@@ -396,7 +395,6 @@ def test_parse_is_recorded_with_ids(path: str, mode: str) -> None:
     assert server.requests[-1]["response_format"]["type"] == "json_schema"
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: chat.completions.stream() records only the first chunk's token_ids")
 def test_sdk_stream_manager_records_all_token_ids() -> None:
     server = WireServer(dialect="vllm")
     rec = Recorder(request_token_ids=True, request_logprobs=True)

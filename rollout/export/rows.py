@@ -96,12 +96,7 @@ def jsonable(obj: Any) -> Any:
 
 
 def versions_to_runs(versions: Versions) -> list[list[int]]:
-    arr = versions.to_array()
-    if arr.size == 0:
-        return []
-    starts = np.concatenate([[0], np.flatnonzero(np.diff(arr)) + 1])
-    counts = np.diff(np.append(starts, arr.size))
-    return [[int(arr[s]), int(c)] for s, c in zip(starts, counts, strict=True)]
+    return [[value, count] for value, count in versions.runs()]
 
 
 def runs_to_versions(runs: list[list[int]]) -> Versions:
