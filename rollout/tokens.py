@@ -42,16 +42,21 @@ CHOICE_FIELDS = set(Choice.model_fields)
 
 
 def get(obj: Any, key: str, default: Any = None) -> Any:
-    """Attribute or key access, so SDK objects, extras and plain dicts all work."""
+    """Attribute or key access, so SDK objects, their extras and plain dicts all work.
+
+    Runs a dozen times per recorded call, so pydantic objects are read from
+    their field and extra dicts directly, without a raising `getattr`.
+    """
     if obj is None:
         return default
     if isinstance(obj, dict):
-        return obj.get(key, default)
-    value = getattr(obj, key, None)
-    if value is None:
-        extra = getattr(obj, "model_extra", None)
-        if extra:
-            value = extra.get(key)
+        value = obj.get(key)
+    elif hasattr(obj, "__pydantic_extra__"):
+        value = obj.__dict__.get(key)
+        if value is None and obj.__pydantic_extra__:
+            value = obj.__pydantic_extra__.get(key)
+    else:
+        value = getattr(obj, key, None)
     return default if value is None else value
 
 
