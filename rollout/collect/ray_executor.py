@@ -166,6 +166,13 @@ class RayExecutor:
                 ray.get(ref)
 
     async def run(self, jobs: list[Job]) -> AsyncIterator[Episode]:
+        """Episodes for `jobs` as they finish; each job's episode is yielded exactly once.
+
+        A worker that loses episodes (its process or node died) is marked down:
+        new work goes to the others while a `pid` probe waits for Ray to restart
+        it; one that is dead for good, or not back within REVIVE_WAIT_S, is
+        replaced. Lost episodes are re-submitted ahead of new ones.
+        """
         ray = _ray()
         cfg = self.config
         lost_errors = _lost_errors(ray)
@@ -175,11 +182,14 @@ class RayExecutor:
         load = [0] * len(self.workers)
         server_load = [0] * len(self.urls)
         attempts: dict[str, int] = {}
+        down: set[int] = set()  # workers not given new work until their probe answers
+        probes: dict[Any, tuple[int, float]] = {}  # pid ref -> (worker index, down since)
         limit = (cfg.episode_timeout_s or 0) * (cfg.episode_retries + 1) + TIMEOUT_GRACE_S
 
         def submit() -> None:
-            while queue:
-                w = min(range(len(self.workers)), key=load.__getitem__)
+            live = [i for i in range(len(self.workers)) if i not in down]
+            while queue and live:
+                w = min(live, key=load.__getitem__)
                 if load[w] >= per_worker:
                     return
                 job = queue.pop()
@@ -197,13 +207,31 @@ class RayExecutor:
                 server_load[job.server] -= 1
             return job, w
 
+        def probe(w: int, since: float) -> None:
+            down.add(w)
+            probes[self.workers[w].pid.remote()] = (w, since)
+
+        def check_probe(ref: Any) -> None:
+            w, since = probes.pop(ref)
+            try:
+                ray.get(ref)
+                down.discard(w)  # alive, possibly restarted by Ray: back in the pool
+            except ray.exceptions.ActorUnavailableError:  # restarting: ask again
+                probe(w, since)
+            except Exception as exc:  # dead for good: restarts used up, or killed for good
+                self._replace(w, exc)
+                probe(w, time.monotonic())
+
         submit()
         try:
-            while in_flight:
-                ready = await asyncio.to_thread(_wait_ready, ray, list(in_flight), 0.5)
+            while in_flight or (queue and probes):  # a worker still restarting at the end waits for the next batch
+                refs = [*in_flight, *probes]
+                ready = await asyncio.to_thread(_wait_ready, ray, refs, 0.5)
                 done: list[Episode] = []
-                lost: set[int] = set()
                 for ref in ready:
+                    if ref in probes:
+                        check_probe(ref)
+                        continue
                     job, w = settle(ref)
                     try:
                         done.append(ray.get(ref))
@@ -213,13 +241,19 @@ class RayExecutor:
                         if tries > cfg.ray.max_restarts + 3:
                             done.append(_failed(job, f"worker lost {tries} times: {type(exc).__name__}"))
                             continue
-                        lost.add(w)
+                        if w not in down:
+                            probe(w, time.monotonic())
                         queue.append(job)  # popped first: lost episodes go before new ones
                         self.resubmitted += 1
                     except Exception as exc:  # the worker's own code failed
                         done.append(_failed(job, f"{type(exc).__name__}: {exc}"))
+                now = time.monotonic()
+                for ref, (w, since) in list(probes.items()):
+                    if now - since > REVIVE_WAIT_S:  # e.g. no resources left to restart it on
+                        del probes[ref]
+                        self._replace(w, TimeoutError(f"not back after {REVIVE_WAIT_S:.0f} s"))
+                        probe(w, now)
                 if cfg.episode_timeout_s is not None:
-                    now = time.monotonic()
                     for ref, (job, _, started) in list(in_flight.items()):
                         if now - started > limit:
                             ray.cancel(ref)
@@ -227,43 +261,23 @@ class RayExecutor:
                             done.append(
                                 _failed(job, f"episode exceeded {limit:.0f} s on its worker", EpisodeStatus.TIMEOUT)
                             )
-                if lost:  # once per worker, not once per lost episode
-                    await asyncio.to_thread(self._revive_all, sorted(lost))
                 submit()  # refill before handing results out: workers stay busy meanwhile
                 for episode in done:
                     yield episode
+                if not in_flight and not probes and queue:  # pragma: no cover - defensive
+                    raise RuntimeError("Ray executor has queued episodes but no worker to run them")
         finally:
             for ref in in_flight:
                 ray.cancel(ref)
 
-    def _revive_all(self, workers: list[int]) -> None:
-        for w in workers:
-            self._revive(w)
-
-    def _revive(self, w: int) -> None:
-        """Wait for a worker Ray is restarting; replace one that is dead for good."""
+    def _replace(self, w: int, reason: BaseException) -> None:
+        """Start a new actor for worker slot `w`; the old one is killed for good."""
         ray = _ray()
-        ex = ray.exceptions
-        deadline = time.monotonic() + REVIVE_WAIT_S
-        while True:
-            try:
-                ray.get(self.workers[w].pid.remote(), timeout=max(0.1, deadline - time.monotonic()))
-                return  # alive (possibly restarted by Ray): keep it
-            except ex.ActorUnavailableError:  # restarting, or briefly unreachable: ask again
-                if time.monotonic() >= deadline:
-                    break
-                time.sleep(0.2)
-            except ex.GetTimeoutError:  # still restarting (e.g. waiting for resources)
-                break
-            except ex.RayActorError:  # dead for good: restarts used up, or killed with no_restart
-                break
-        logger.warning("worker %d is gone; starting a replacement", w)
+        logger.warning("worker %d is gone (%s); starting a replacement", w, str(reason)[:300])
         with contextlib.suppress(Exception):  # never leave a half-restarted actor holding resources
             ray.kill(self.workers[w], no_restart=True)
         self.workers[w] = self._spawn(w)
         self.replaced += 1
-        if self.policy_version is not None:
-            self.workers[w].set_policy_version.remote(self.policy_version)
 
     def close(self) -> None:
         ray = _ray()
