@@ -148,6 +148,8 @@ class Collector:
         self.executor: Any = None
 
     def start(self) -> Collector:
+        if self.executor is not None:  # already started: a second start would leak servers and workers
+            return self
         self.urls = self._stack.enter_context(backend_urls(self.config))
         if self.config.executor == "ray":
             from rollout.collect.ray_executor import RayExecutor
