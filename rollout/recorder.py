@@ -47,8 +47,15 @@ class UnscopedCallError(RuntimeError):
     """A call was made outside any episode while the recorder refuses those."""
 
 
-def scrub(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """The request as it may be stored: no headers, keys or transport objects."""
+def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The request as it may be stored: no headers, keys or transport objects.
+
+    Messages are copied, so later edits by the agent cannot change the record.
+    With `memo` (one per episode), a message already copied for an earlier call
+    and still equal is shared instead of copied again: a multi-turn episode
+    resends its whole history every turn, which would otherwise cost memory
+    quadratic in its length.
+    """
     out: dict[str, Any] = {}
     for k, v in kwargs.items():
         if k in _DROP_KEYS or type(v).__name__ in ("NotGiven", "Omit"):
@@ -58,9 +65,22 @@ def scrub(kwargs: dict[str, Any]) -> dict[str, Any]:
         if k == "extra_body" and isinstance(v, dict):
             v = {ek: ev for ek, ev in v.items() if not any(m in ek.lower() for m in _SECRET_MARKERS)}
         if k == "messages":
-            v = [dict(m) if isinstance(m, dict) else m for m in v]
+            v = [_copy_message(m, memo) for m in v]
         out[k] = v
     return out
+
+
+def _copy_message(m: Any, memo: dict[int, dict[str, Any]] | None) -> Any:
+    if not isinstance(m, dict):
+        return m
+    if memo is not None:
+        seen = memo.get(id(m))
+        if seen is not None and seen == m:
+            return seen
+    copied = dict(m)
+    if memo is not None:
+        memo[id(m)] = copied
+    return copied
 
 
 def _message_key(m: Any) -> tuple[Any, ...]:
@@ -121,6 +141,8 @@ class Recorder:
         self._finished: list[Episode] = []
         # Per open episode: messages + reply of each call -> its index (parent lookup).
         self._prefixes: dict[str, dict[tuple[Any, ...], int]] = {}
+        # Per open episode: id of an agent's message dict -> our stored copy of it.
+        self._copies: dict[str, dict[int, dict[str, Any]]] = {}
         # Per open episode: how to record its streams that are still open.
         self._open: dict[str, list[Callable[[], Any]]] = {}
         self._lock = threading.Lock()
@@ -163,9 +185,16 @@ class Recorder:
 
     # --- used by the wrapper ---------------------------------------------------------
 
+    def _message_copies(self, episode: Episode) -> dict[int, dict[str, Any]] | None:
+        if episode is self.unscoped:  # never finishes: no memo that would only grow
+            return None
+        with self._lock:
+            return self._copies.setdefault(episode.id, {})
+
     def _finish(self, episode: Episode) -> None:
         with self._lock:
             self._prefixes.pop(episode.id, None)
+            self._copies.pop(episode.id, None)
             leftovers = self._open.pop(episode.id, [])
         for record_partial in leftovers:  # streams nobody read to the end or closed
             record_partial()
@@ -242,7 +271,7 @@ class PendingCall:
             prompt_ids=prompt,
             prompt_source=prompt_source,
             choices=choices,
-            request=scrub(self.kwargs),
+            request=scrub(self.kwargs, rec._message_copies(self.episode)),
             usage=usage,
             latency_s=time.perf_counter() - self._t0,
             started_at=self.started,
