@@ -135,6 +135,16 @@ class OpenAICompatibleModel(BaseModelBackend):
     def model_name(self) -> str:
         return model_name(self.model_type)
 
+    @property
+    def client(self) -> Any | None:
+        """The sync client calls go through (injected or built), or None."""
+        return self._client
+
+    @property
+    def async_client(self) -> Any | None:
+        """The async client calls go through (injected or built), or None."""
+        return self._async_client
+
     # --- request building (shared by both paths) ------------------------------
 
     def _chat_kwargs(

@@ -5,9 +5,12 @@ The episode function is what `rollout collect` runs for every task:
 already wrapped and scoped to this episode, so every call is recorded with
 its exact token ids. The reward is an exact match of the final answer.
 
-Bring your own agent the same way: any code that calls `model.run` /
-`model.arun` works; so does a CAMEL `ChatAgent(model=model)`, or a plain
-openai client taken from `model._async_client` (already recording).
+Bring your own agent the same way. Any code that calls `model.run` /
+`model.arun` works unchanged. Plain openai code can use `model.async_client`
+(or `model.client`): an `AsyncOpenAI` that already records into this episode.
+A CAMEL agent takes the same clients:
+`ChatAgent(model=camel.models.OpenAICompatibleModel(name, client=model.client,
+async_client=model.async_client))` (see examples/camel_agent.py).
 """
 
 from __future__ import annotations
