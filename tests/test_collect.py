@@ -200,6 +200,27 @@ def test_multi_turn_example_agent_and_dict_result() -> None:
         assert len(second.prompt_ids) > len(head) - 1
 
 
+async def plain_openai_agent(task: dict[str, Any], model: Any) -> float:
+    """Agent code written against the bare openai SDK, not the compat model."""
+    from openai import AsyncOpenAI
+
+    client = model.async_client
+    assert isinstance(client, AsyncOpenAI)
+    reply = await client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": f"{task['id']}?"}], max_tokens=3
+    )
+    return float(len(reply.choices[0].message.content or "") > 0)
+
+
+def test_plain_openai_agent_is_recorded_through_model_async_client() -> None:
+    summary, seen = run(plain_openai_agent, tasks(3))
+    assert summary.finished == 3
+    for episode in seen:
+        assert len(episode.calls) == 1
+        assert_exact(episode)
+        assert episode.calls[0].request["max_tokens"] == 3
+
+
 def test_agent_returning_nothing_or_bad_type() -> None:
     async def none_agent(task: Any, model: Any) -> None:
         await model.arun([{"role": "user", "content": "hi"}])
