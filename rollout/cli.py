@@ -30,6 +30,10 @@ def _cmd_collect(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"rollout collect: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # Every finished episode is already a complete line in the journal.
+        print("rollout collect: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
     print(summary.table())
     return 0
 
