@@ -190,6 +190,44 @@ def test_kill_and_resume(tmp_path: Path) -> None:
     assert done_uids(out) == set(uids)
 
 
+def test_ctrl_c_exits_cleanly_and_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "eps.jsonl"
+    n = 12
+    args = [
+        "collect", "--config", "configs/local.yaml", f"output.path={out}", f"limit={n}",
+        "samples_per_task=1", "concurrency=2", "backend.embedded.latency_ms=150", "progress=false",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollout.cli", *args],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while complete_lines(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+        assert proc.stderr is not None
+        err = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert proc.returncode == 130, err
+    assert "interrupted" in err and "Traceback" not in err, err
+    done = complete_lines(out)
+    assert 2 <= done < n
+    assert out.read_bytes().endswith(b"\n")  # no torn line: only finished episodes were written
+
+    resumed = rollout(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    uids = [e.uid for e in read_jsonl(out)]
+    assert sorted(uids) == sorted({f"{t}:0" for t in TASK_IDS[:n]})
+
+
 # ------------------------------------------------------------------ bad configs
 
 
