@@ -142,7 +142,7 @@ class WireServer:
 
     def _sse(self, body: dict[str, Any]) -> bytes:
         full = self.completion(body)
-        events = []
+        events: list[dict[str, Any]] = []
         for c in full["choices"]:
             ids = c.get("token_ids") or self._choice_tokens(body, c["index"])
             lps = (c.get("logprobs") or {}).get("content")
@@ -288,7 +288,7 @@ class FakeArealOpenAI(AsyncOpenAI):
         self.calls = 0
         self.hang_s = 0.0
         self.cache: dict[str, FakeInteraction] = {}
-        self.chat.completions = _FakeArealCompletions(self, self)  # as ArealOpenAI does
+        self.chat.completions = _FakeArealCompletions(self, self)  # as ArealOpenAI does  # type: ignore[misc]
 
     def get_interaction(self, id: str) -> FakeInteraction | None:
         return self.cache.get(id)
