@@ -288,7 +288,7 @@ class FakeArealOpenAI(AsyncOpenAI):
         self.calls = 0
         self.hang_s = 0.0
         self.cache: dict[str, FakeInteraction] = {}
-        self.chat.completions = _FakeArealCompletions(self, self)  # as ArealOpenAI does  # type: ignore[misc]
+        self.chat.completions = _FakeArealCompletions(self, self)  # type: ignore[misc]  # as ArealOpenAI does
 
     def get_interaction(self, id: str) -> FakeInteraction | None:
         return self.cache.get(id)
