@@ -71,6 +71,11 @@ def _connection_error(exc: BaseException) -> ConnectionError | None:
     return None
 
 
+def _advance(plan: Generator[Attempt, Any, Any], reply: Any, error: Exception | None) -> Attempt:
+    """Hand a plan the outcome of its last attempt; returns its next attempt."""
+    return plan.throw(error) if error is not None else plan.send(reply)
+
+
 def backoff_s(attempt: int) -> float:
     """Exponential backoff with jitter: ~0.25 s, 0.5 s, 1 s, ... capped at 8 s."""
     return float(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
@@ -261,13 +266,11 @@ class OpenAICompatibleModel(BaseModelBackend):
         attempt = next(plan)
         while True:
             try:
-                reply = self._execute(attempt)
+                outcome: tuple[Any, Exception | None] = (self._execute(attempt), None)
             except Exception as exc:
-                step = lambda exc=exc: plan.throw(exc)  # noqa: E731
-            else:
-                step = lambda reply=reply: plan.send(reply)  # noqa: E731
+                outcome = (None, exc)
             try:
-                attempt = step()
+                attempt = _advance(plan, *outcome)
             except StopIteration as done:
                 return done.value
 
@@ -322,13 +325,11 @@ class OpenAICompatibleModel(BaseModelBackend):
         attempt = next(plan)
         while True:
             try:
-                reply = await self._aexecute(attempt)
+                outcome: tuple[Any, Exception | None] = (await self._aexecute(attempt), None)
             except Exception as exc:
-                step = lambda exc=exc: plan.throw(exc)  # noqa: E731
-            else:
-                step = lambda reply=reply: plan.send(reply)  # noqa: E731
+                outcome = (None, exc)
             try:
-                attempt = step()
+                attempt = _advance(plan, *outcome)
             except StopIteration as done:
                 return done.value
 

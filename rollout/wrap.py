@@ -140,12 +140,13 @@ async def _finish_async(awaitable: Any, sent: dict[str, Any], pending: PendingCa
     return result
 
 
-class RecordingStream:
-    """Yields the inner stream's chunks unchanged and records the call at its end.
+class _StreamTap:
+    """What the sync and async recording streams share.
 
-    The end is the last chunk, a usage chunk after every choice finished, or
-    `close()`; a stream still open when its episode ends is recorded then, as
-    partial, so a call is never lost.
+    Chunks pass through unchanged and are folded into one reply; the call is
+    recorded at the last chunk, at a usage chunk after every choice finished
+    (callers may stop reading there), or at `close()`. A stream still open
+    when its episode ends is recorded then, as partial, so a call is never lost.
     """
 
     def __init__(self, inner: Any, pending: PendingCall, root: Any) -> None:
@@ -154,10 +155,27 @@ class RecordingStream:
         self._root = root
         self._acc = StreamAccumulator()
         self._it: Any = None
-        pending.on_episode_end(lambda: pending.record_stream(self._acc, root, complete=False))
+        pending.on_episode_end(lambda: self._record(complete=False))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
+
+    def _record(self, *, complete: bool) -> None:
+        self._pending.record_stream(self._acc, self._root, complete=complete)
+
+    def _chunk(self, chunk: Any) -> Any:
+        self._acc.add(chunk)
+        if self._acc.finished:
+            self._record(complete=True)
+        return chunk
+
+    def _failed(self, exc: BaseException) -> None:
+        if not self._pending.done:
+            self._pending.fail(exc)
+
+
+class RecordingStream(_StreamTap):
+    """A sync stream that records its call (see `_StreamTap`)."""
 
     def __iter__(self) -> RecordingStream:
         return self
@@ -168,19 +186,15 @@ class RecordingStream:
         try:
             chunk = next(self._it)
         except StopIteration:
-            self._pending.record_stream(self._acc, self._root, complete=True)
+            self._record(complete=True)
             raise
         except BaseException as exc:
-            if not self._pending.done:
-                self._pending.fail(exc)
+            self._failed(exc)
             raise
-        self._acc.add(chunk)
-        if self._acc.finished:  # callers may stop reading at the usage chunk
-            self._pending.record_stream(self._acc, self._root, complete=True)
-        return chunk
+        return self._chunk(chunk)
 
     def close(self) -> None:
-        self._pending.record_stream(self._acc, self._root, complete=False)
+        self._record(complete=False)
         close = getattr(self._inner, "close", None)
         if close is not None:
             close()
@@ -192,19 +206,8 @@ class RecordingStream:
         self.close()
 
 
-class RecordingAsyncStream:
+class RecordingAsyncStream(_StreamTap):
     """The async twin of `RecordingStream`."""
-
-    def __init__(self, inner: Any, pending: PendingCall, root: Any) -> None:
-        self._inner = inner
-        self._pending = pending
-        self._root = root
-        self._acc = StreamAccumulator()
-        self._it: Any = None
-        pending.on_episode_end(lambda: pending.record_stream(self._acc, root, complete=False))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
 
     def __aiter__(self) -> RecordingAsyncStream:
         return self
@@ -215,19 +218,15 @@ class RecordingAsyncStream:
         try:
             chunk = await self._it.__anext__()
         except StopAsyncIteration:
-            self._pending.record_stream(self._acc, self._root, complete=True)
+            self._record(complete=True)
             raise
         except BaseException as exc:
-            if not self._pending.done:
-                self._pending.fail(exc)
+            self._failed(exc)
             raise
-        self._acc.add(chunk)
-        if self._acc.finished:  # callers may stop reading at the usage chunk
-            self._pending.record_stream(self._acc, self._root, complete=True)
-        return chunk
+        return self._chunk(chunk)
 
     async def close(self) -> None:
-        self._pending.record_stream(self._acc, self._root, complete=False)
+        self._record(complete=False)
         for name in ("close", "aclose"):
             fn = getattr(self._inner, name, None)
             if fn is not None:
