@@ -1,4 +1,4 @@
-"""Collection efficiency of `rollout.collect` against ideal and a hand-written asyncio.gather.
+"""Collection efficiency of `rollout.collection` against ideal and a hand-written asyncio.gather.
 
 Prints ONE JSON line. The workload: N episodes of a deterministic agent that
 always makes exactly 3 chat calls (max_tokens small), C at once, against the
@@ -75,7 +75,7 @@ def make_tasks(n: int) -> list[dict[str, Any]]:
 
 
 def run_collect(url: str, tasks: list[dict[str, Any]], concurrency: int, max_tokens: int) -> float:
-    from rollout.collect import collect
+    from rollout.collection import collect
 
     t0 = time.perf_counter()
     summary = collect(

@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import ray
 
-    from rollout.collect import Collector
+    from rollout.collection import Collector
 
     agent = "benchmarks.bench_ray:three_turns"
     n = args.episodes

@@ -22,7 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from rollout.collect import collect
+from rollout.collection import collect
 from rollout.export import to_rllm
 
 TASKS = Path(__file__).with_name("arithmetic.jsonl")

@@ -2,9 +2,18 @@
 
 The data path, one module each:
 client wrapper (`wrap`) -> call record (`record`, `tokens`) -> episode
-(`episode`, `recorder`) -> sample (`sample`) -> export (`export`).
+(`episode`, `recorder`) -> sample (`sample`) -> export (`export`);
+`collection` runs many episodes in parallel (asyncio or Ray) and writes them out.
 """
 
+from rollout.collection import (
+    CollectConfig,
+    Collector,
+    CollectSummary,
+    acollect,
+    collect,
+    load_config,
+)
 from rollout.episode import Episode, EpisodeStatus, RewardError
 from rollout.record import CallRecord, Choice, TokenRecordError, TokenSource, Versions
 from rollout.recorder import EpisodeScope, Recorder, UnscopedCallError
@@ -15,6 +24,9 @@ __all__ = [
     "AssemblyResult",
     "CallRecord",
     "Choice",
+    "CollectConfig",
+    "CollectSummary",
+    "Collector",
     "Drift",
     "Episode",
     "EpisodeScope",
@@ -28,5 +40,8 @@ __all__ = [
     "Tokenizer",
     "UnscopedCallError",
     "Versions",
+    "acollect",
     "assemble",
+    "collect",
+    "load_config",
 ]

@@ -22,7 +22,7 @@ import numpy as np
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from rollout.collect import ConfigError, collect
+    from rollout.collection import ConfigError, collect
 
     sys.path.insert(0, os.getcwd())  # agents such as examples.arithmetic live in the project
     try:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from rollout.cli import main
-from rollout.collect import done_uids
+from rollout.collection import done_uids
 from rollout.episode import EpisodeStatus
 from rollout.export import read_jsonl
 from rollout.export.jsonl import CorruptLineWarning

@@ -1,4 +1,4 @@
-"""`rollout.collect` through its Python API: real embedded server, real openai SDK, loopback only.
+"""`rollout.collection` through its Python API: real embedded server, real openai SDK, loopback only.
 
 Covers in-memory and journal outputs, streaming with `acollect`, GRPO groups,
 sync and dict-returning agents, determinism across runs and concurrency,
@@ -21,7 +21,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from rollout.collect import (
+from rollout.collection import (
     CollectSummary,
     ConfigError,
     acollect,

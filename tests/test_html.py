@@ -380,7 +380,7 @@ def test_index_is_checked_and_write_html(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def collected() -> list[Episode]:
-    from rollout.collect import collect
+    from rollout.collection import collect
 
     sys.path.insert(0, str(REPO))  # the agent, examples.arithmetic, lives in the project
     summary = collect(

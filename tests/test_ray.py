@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from rollout.collect import Collector
+from rollout.collection import Collector
 from rollout.embedded import EmbeddedServer, Policy, push_weights
 from rollout.episode import Episode, EpisodeStatus
 

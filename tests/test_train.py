@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from rollout.collect import Collector, load_tasks
+from rollout.collection import Collector, load_tasks
 from rollout.embedded import Policy
 from rollout.embedded.trainer import (
     LOGPROB_TOLERANCE,

@@ -108,7 +108,7 @@ def train(
     **settings: Any,
 ) -> list[dict[str, Any]]:
     """Collect, check, update, push; repeat. Returns one stats dict per iteration."""
-    from rollout.collect import Collector
+    from rollout.collection import Collector
     from rollout.embedded.server import push_weights
 
     settings.setdefault("output", {"path": None})

@@ -23,8 +23,8 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from rollout.collect.config import CollectConfig
-from rollout.collect.runner import Agent, Job
+from rollout.collection.config import CollectConfig
+from rollout.collection.runner import Agent, Job
 from rollout.episode import Episode, EpisodeStatus
 
 logger = logging.getLogger(__name__)
@@ -45,7 +45,7 @@ class RolloutWorker:
     """Runs episodes inside a Ray actor. Decorated with `ray.remote` at start-up."""
 
     def __init__(self, config: dict[str, Any], agent: Agent | str, urls: list[str], worker_id: int) -> None:
-        from rollout.collect.backend import Backend, import_object
+        from rollout.collection.backend import Backend, import_object
         from rollout.recorder import Recorder
 
         self.config = CollectConfig.model_validate(config)
@@ -59,7 +59,7 @@ class RolloutWorker:
         self.backend = Backend(self.config.backend, urls, self.recorder)
 
     async def run(self, job: Job, policy_version: int | None = None) -> Episode:
-        from rollout.collect.runner import run_episode
+        from rollout.collection.runner import run_episode
 
         # The version travels with every job: an actor that Ray restarted re-ran
         # __init__ and would otherwise stamp new calls with no version at all.

@@ -1,7 +1,7 @@
 """Parallel episode collection: the local asyncio executor and the Ray executor."""
 
-from rollout.collect.backend import Backend, import_object
-from rollout.collect.config import (
+from rollout.collection.backend import Backend, import_object
+from rollout.collection.config import (
     BackendSpec,
     CollectConfig,
     ConfigError,
@@ -10,10 +10,10 @@ from rollout.collect.config import (
     RaySpec,
     load_config,
 )
-from rollout.collect.output import EpisodeSink, done_uids
-from rollout.collect.progress import CollectSummary
-from rollout.collect.run import Collector, acollect, collect, load_tasks
-from rollout.collect.runner import Job, apply_result, episode_seed, run_episode
+from rollout.collection.output import EpisodeSink, done_uids
+from rollout.collection.progress import CollectSummary
+from rollout.collection.run import Collector, acollect, collect, load_tasks
+from rollout.collection.runner import Job, apply_result, episode_seed, run_episode
 
 __all__ = [
     "Backend",

@@ -17,17 +17,17 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, I
 from pathlib import Path
 from typing import Any
 
-from rollout.collect.backend import EmbeddedHandle, import_object
-from rollout.collect.config import (
+from rollout.collection.backend import EmbeddedHandle, import_object
+from rollout.collection.config import (
     CollectConfig,
     ConfigError,
     apply_overrides,
     load_config,
     validate_config,
 )
-from rollout.collect.output import EpisodeSink, done_uids
-from rollout.collect.progress import CollectSummary, Progress
-from rollout.collect.runner import Agent, Job, episode_seed
+from rollout.collection.output import EpisodeSink, done_uids
+from rollout.collection.progress import CollectSummary, Progress
+from rollout.collection.runner import Agent, Job, episode_seed
 from rollout.episode import Episode
 
 
@@ -152,11 +152,11 @@ class Collector:
             return self
         self.urls = self._stack.enter_context(backend_urls(self.config))
         if self.config.executor == "ray":
-            from rollout.collect.ray_executor import RayExecutor
+            from rollout.collection.ray_executor import RayExecutor
 
             self.executor = RayExecutor(self.config, self._agent_spec, self.urls)
         else:
-            from rollout.collect.local import LocalExecutor
+            from rollout.collection.local import LocalExecutor
 
             self.executor = LocalExecutor(self.config, self.agent, self.urls)
         self._stack.callback(self.executor.close)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compat import OpenAICompatibleModel
-from rollout.collect.config import BackendSpec
+from rollout.collection.config import BackendSpec
 from rollout.recorder import Recorder
 
 logger = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollout.collect.backend import Backend
+from rollout.collection.backend import Backend
 from rollout.episode import Episode, EpisodeStatus
 
 Agent = Callable[[Any, Any], Any]

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable
 
-from rollout.collect.backend import Backend
-from rollout.collect.config import CollectConfig
-from rollout.collect.runner import Agent, Job, run_episode
+from rollout.collection.backend import Backend
+from rollout.collection.config import CollectConfig
+from rollout.collection.runner import Agent, Job, run_episode
 from rollout.episode import Episode
 from rollout.recorder import Recorder
 

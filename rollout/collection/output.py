@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from rollout.collect.config import OutputSpec
+from rollout.collection.config import OutputSpec
 from rollout.episode import Episode
 from rollout.export import JsonlWriter, write_parquet
 
