@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -112,9 +113,14 @@ async def _async_iter(stream: Any) -> AsyncIterator[Any]:
 
 
 async def _with_timeout(awaitable: Awaitable[Any], timeout: float | None) -> Any:
+    """Await with a deadline. On 3.11+ `asyncio.timeout` runs it in the caller's
+    task; `wait_for` (3.10) would start a task per call on this hot path."""
     if timeout is None:
         return await awaitable
     try:
+        if sys.version_info >= (3, 11):
+            async with asyncio.timeout(timeout):
+                return await awaitable
         return await asyncio.wait_for(awaitable, timeout)
     except asyncio.TimeoutError:
         raise ModelTimeoutError(f"call timed out after {timeout} s", attempts=1) from None
