@@ -22,13 +22,16 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from rollout.episode import Episode, EpisodeStatus
-from rollout.record import CallRecord, TokenRecordError
+from rollout.record import CallRecord, TokenRecordError, build
 from rollout.tokens import (
     StreamAccumulator,
     Tokenizer,
     extract_call,
     responses_api_as_chat,
     responses_input_as_messages,
+)
+from rollout.tokens import (
+    get as _get,
 )
 
 _current: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
@@ -261,24 +264,27 @@ class PendingCall:
         except TokenRecordError as exc:  # the reply reached the caller's code path: leave a trace
             self.fail(exc)
             raise
-        usage = getattr(response, "usage", None) if not isinstance(response, dict) else response.get("usage")
+        usage = _get(response, "usage")
         if usage is not None and hasattr(usage, "model_dump"):
             usage = usage.model_dump(exclude_none=True)
-        call = CallRecord.model_construct(
-            _fields_set=CALL_FIELDS,
-            id=str((response.get("id") if isinstance(response, dict) else getattr(response, "id", "")) or ""),
-            endpoint=self.endpoint,
-            prompt_ids=prompt,
-            prompt_source=prompt_source,
-            choices=choices,
-            request=scrub(self.kwargs, rec._message_copies(self.episode)),
-            usage=usage,
-            latency_s=time.perf_counter() - self._t0,
-            started_at=self.started,
-            reward=None,
-            parent=None,
-            index=0,
-            notes=notes,
+        call = build(
+            CallRecord,
+            CALL_FIELDS,
+            {
+                "id": str(_get(response, "id") or ""),
+                "index": 0,
+                "endpoint": self.endpoint,
+                "prompt_ids": prompt,
+                "prompt_source": prompt_source,
+                "choices": choices,
+                "request": scrub(self.kwargs, rec._message_copies(self.episode)),
+                "usage": usage,
+                "latency_s": time.perf_counter() - self._t0,
+                "started_at": self.started,
+                "reward": None,
+                "parent": None,
+                "notes": notes,
+            },
         )
         self._append(call, messages)
         return call

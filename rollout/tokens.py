@@ -32,6 +32,7 @@ from rollout.record import (
     Versions,
     as_ids,
     as_logprobs,
+    build,
 )
 
 VERSION_FIELDS = ("weight_version", "policy_version")
@@ -224,15 +225,18 @@ def extract_call(
             versions = Versions.from_array(versions)
         # Fields are already converted and checked above: skip re-validation.
         choices_out.append(
-            Choice.model_construct(
-                _fields_set=CHOICE_FIELDS,
-                index=index,
-                ids=ids_arr,
-                logprobs=None if logprobs is None else as_logprobs(logprobs),
-                versions=versions,
-                finish_reason=get(raw, "finish_reason"),
-                message=message,
-                source=source,
+            build(
+                Choice,
+                CHOICE_FIELDS,
+                {
+                    "index": index,
+                    "ids": ids_arr,
+                    "logprobs": None if logprobs is None else as_logprobs(logprobs),
+                    "versions": versions,
+                    "finish_reason": get(raw, "finish_reason"),
+                    "message": message,
+                    "source": source,
+                },
             )
         )
 
