@@ -29,26 +29,29 @@ async def run_bounded(
 
     it = iter(jobs)
     running: set[asyncio.Task[Episode]] = set()
+    finished: asyncio.Queue[asyncio.Task[Episode]] = asyncio.Queue()
+
+    def done(task: asyncio.Task[Episode]) -> None:
+        running.discard(task)
+        finished.put_nowait(task)
 
     def refill() -> None:
         while len(running) < concurrency:
             job = next(it, None)
             if job is None:
                 return
-            running.add(
-                asyncio.ensure_future(
-                    run_episode(job, agent, backend, timeout_s=timeout_s, retries=retries)
-                )
+            task = asyncio.ensure_future(
+                run_episode(job, agent, backend, timeout_s=timeout_s, retries=retries)
             )
+            task.add_done_callback(done)  # O(1) per episode, unlike asyncio.wait over all
+            running.add(task)
 
     refill()
     try:
-        while running:
-            done, _ = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-            running.difference_update(done)
+        while running or not finished.empty():
+            task = await finished.get()
             refill()
-            for task in done:
-                yield task.result()
+            yield task.result()
     finally:
         for task in running:
             task.cancel()
