@@ -128,12 +128,17 @@ def _finish(result: Any, sent: dict[str, Any], pending: PendingCall, root: Any) 
     return result
 
 
-async def _finish_async(awaitable: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
+async def _settle(awaitable: Any, pending: PendingCall) -> Any:
+    """Await a call's reply; a failure leaves its trace in the episode and propagates."""
     try:
-        result = await awaitable
+        return await awaitable
     except BaseException as exc:
         pending.fail(exc)
         raise
+
+
+async def _finish_async(awaitable: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
+    result = await _settle(awaitable, pending)
     if _is_stream(sent, result):
         return RecordingAsyncStream(result, pending, root)
     pending.record(result, root)
@@ -272,12 +277,7 @@ def _finish_responses(result: Any, sent: dict[str, Any], pending: PendingCall, r
 
 
 async def _finish_responses_async(awaitable: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
-    try:
-        result = await awaitable
-    except BaseException as exc:
-        pending.fail(exc)
-        raise
-    return _finish_responses(result, sent, pending, root)
+    return _finish_responses(await _settle(awaitable, pending), sent, pending, root)
 
 
 def _completions_proxy(inner: Any, recorder: Recorder, root: Any, endpoint: str) -> _Completions:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Iterable
 
 from rollout.collection.backend import Backend
@@ -25,8 +26,6 @@ async def run_bounded(
     Jobs are started lazily, so a million-task iterable costs nothing up
     front, and closing the generator cancels the episodes in flight.
     """
-    import asyncio
-
     it = iter(jobs)
     running: set[asyncio.Task[Episode]] = set()
     finished: asyncio.Queue[asyncio.Task[Episode]] = asyncio.Queue()
