@@ -12,11 +12,8 @@ treated as first-class:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import os
-import random
-import time
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -31,6 +28,7 @@ from compat.errors import (
     ModelTimeoutError,
     UnsupportedResponseFormatError,
 )
+from compat.retry import CALL_RETRY, in_chain, is_transient
 from compat.structured import (
     CREATE,
     Attempt,
@@ -44,41 +42,11 @@ from compat.token_counter import BaseTokenCounter
 logger = logging.getLogger(__name__)
 
 NATIVE_STREAM_PATHS = ("chat.completions.stream", "beta.chat.completions.stream")
-_TRANSIENT_NAMES = frozenset(
-    {"APIConnectionError", "APITimeoutError", "RateLimitError", "InternalServerError"}
-)
-
-
-def is_transient(exc: BaseException) -> bool:
-    """Worth retrying: connection trouble, timeouts, 429 and 5xx replies."""
-    if isinstance(exc, (ConnectionError, TimeoutError, asyncio.TimeoutError)):
-        return True
-    if any(cls.__name__ in _TRANSIENT_NAMES for cls in type(exc).__mro__):
-        return True
-    status = getattr(exc, "status_code", None)
-    return isinstance(status, int) and (status == 429 or status >= 500)
-
-
-def _connection_error(exc: BaseException) -> ConnectionError | None:
-    """The OS-level connection failure behind `exc`, if there is one."""
-    seen = 0
-    cur: BaseException | None = exc
-    while cur is not None and seen < 10:
-        if isinstance(cur, ConnectionError):
-            return cur
-        cur = cur.__cause__ or cur.__context__
-        seen += 1
-    return None
 
 
 def _advance(plan: Generator[Attempt, Any, Any], reply: Any, error: Exception | None) -> Attempt:
     """Hand a plan the outcome of its last attempt; returns its next attempt."""
     return plan.throw(error) if error is not None else plan.send(reply)
-
-
-def backoff_s(attempt: int) -> float:
-    """Exponential backoff with jitter: ~0.25 s, 0.5 s, 1 s, ... capped at 8 s."""
-    return float(min(8.0, 0.25 * 2**attempt) * (0.5 + random.random() / 2))
 
 
 class OpenAICompatibleModel(BaseModelBackend):
@@ -219,7 +187,7 @@ class OpenAICompatibleModel(BaseModelBackend):
             ) from exc
 
     def _give_up(self, exc: BaseException, attempts: int) -> ModelCallError:
-        refused = _connection_error(exc)
+        refused = in_chain(exc, ConnectionError)
         timed_out = refused is None and (
             isinstance(exc, TimeoutError) or any(c.__name__ == "APITimeoutError" for c in type(exc).__mro__)
         )
@@ -291,7 +259,7 @@ class OpenAICompatibleModel(BaseModelBackend):
                     raise
                 if i == self._retries:
                     raise self._give_up(exc, i + 1) from exc
-                time.sleep(backoff_s(i))
+                CALL_RETRY.sleep(i, exc)
         raise AssertionError("unreachable")
 
     # --- async path (the twin of the above) ------------------------------------
@@ -351,5 +319,5 @@ class OpenAICompatibleModel(BaseModelBackend):
                     raise
                 if i == self._retries:
                     raise self._give_up(exc, i + 1) from exc
-                await asyncio.sleep(backoff_s(i))
+                await CALL_RETRY.asleep(i, exc)
         raise AssertionError("unreachable")

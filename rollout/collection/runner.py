@@ -12,12 +12,12 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from compat.retry import EPISODE_RETRY, is_transient
 from rollout.collection.backend import Backend
 from rollout.episode import Episode, EpisodeStatus
 
@@ -63,17 +63,15 @@ def apply_result(episode: Episode, result: Any) -> None:
     )
 
 
-def is_transport_error(exc: BaseException | None) -> bool:
-    """Connection trouble or a 5xx/429 anywhere in the cause chain."""
-    from compat.openai_compatible import is_transient
-
+def transport_error(exc: BaseException | None) -> BaseException | None:
+    """The connection trouble or 5xx/429 anywhere in the cause chain, if any."""
     seen = 0
-    while exc is not None and seen < 8:
+    while exc is not None and seen < 10:
         if is_transient(exc):  # includes a single call's timeout (and refused connections)
-            return True
+            return exc
         exc = exc.__cause__ or exc.__context__
         seen += 1
-    return False
+    return None
 
 
 async def _call_agent(agent: Agent, task: Any, model: Any) -> Any:
@@ -93,7 +91,6 @@ async def run_episode(
     *,
     timeout_s: float | None,
     retries: int,
-    backoff_s: float = 0.5,
 ) -> Episode:
     """Run `job` to a finished episode; never raises for agent or server failures."""
     failures: list[str] = []
@@ -121,12 +118,12 @@ async def run_episode(
             if episode.status == EpisodeStatus.COMPLETED:
                 episode.status = EpisodeStatus.ERROR
                 episode.error = f"{type(exc).__name__}: {exc}"
-        transport = is_transport_error(error)
-        backend.release(slot, failed_transport=transport)
+        transport = transport_error(error)
+        backend.release(slot, failed_transport=transport is not None)
         episode.metadata["server"] = slot.url
-        if transport and attempt < retries:
+        if transport is not None and attempt < retries:
             failures.append(episode.error or "transport error")
-            await asyncio.sleep(backoff_s * 2**attempt * (0.5 + random.random() / 2))
+            await EPISODE_RETRY.asleep(attempt, transport)
             continue
         if failures:
             episode.metadata["failed_attempts"] = failures

@@ -39,12 +39,7 @@ def messages() -> list[dict[str, Any]]:
     ]
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("OPENAI_API_KEY", "OPENAI_COMPATIBILITY_API_KEY", "OPENAI_COMPATIBILITY_API_BASE_URL",
-                 "MODEL_TIMEOUT"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setattr(oc, "backoff_s", lambda attempt: 0.0)
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def fmt_type(kwargs: dict[str, Any]) -> str | None:

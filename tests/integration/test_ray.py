@@ -32,7 +32,7 @@ ray = pytest.importorskip("ray")
 
 pytestmark = pytest.mark.ray
 
-ROOT = str(Path(__file__).resolve().parents[1])
+ROOT = str(Path(__file__).resolve().parents[2])
 MB = 2**20
 FINISHED = (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED)
 

@@ -16,7 +16,6 @@ import asyncio
 import itertools
 import json
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import httpx2
@@ -30,12 +29,6 @@ from rollout.embedded import END_ID, ChatTemplate, EmbeddedServer
 from tests.fakes import ENC, FakeArealOpenAI
 
 # --- shared -------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(seed=0) as srv:
-        yield srv
 
 
 def check_exact_vllm_call(call: Any, template: ChatTemplate) -> None:

@@ -20,7 +20,6 @@ import pytest
 from openai import AsyncOpenAI, AsyncStream, OpenAI, Stream
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 
-import compat.openai_compatible as oc
 from compat import (
     BaseModelBackend,
     MessageFormatError,
@@ -50,22 +49,7 @@ TOOL_B = {
 }
 
 
-@pytest.fixture(autouse=True)
-def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No key, URL or timeout from the environment unless a test sets one; no slow backoff."""
-    for name in (
-        "OPENAI_API_KEY",
-        "OPENAI_BASE_URL",
-        "OPENAI_COMPATIBILITY_API_KEY",
-        "OPENAI_COMPATIBILITY_API_BASE_URL",
-        "MODEL_TIMEOUT",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    # Retry pacing only: our backoff and the SDK's are made instant, the retry logic is real.
-    monkeypatch.setattr(oc, "backoff_s", lambda attempt: 0.0)
-    monkeypatch.setattr(
-        openai._base_client.BaseClient, "_calculate_retry_timeout", lambda *a, **k: 0.0
-    )
+pytestmark = pytest.mark.usefixtures("clean_env")
 
 
 def text_of(reply: Any) -> str:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -17,17 +16,6 @@ from rollout.embedded import END_ID, ChatTemplate, EmbeddedServer, Policy, get_e
 ENC = get_encoding()
 T = ChatTemplate()
 USER = [{"role": "user", "content": "What is 2+3?"}]
-
-
-@pytest.fixture(scope="module")
-def srv() -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(policy=Policy(seed=1), model_name="tiny", seed=0) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def client(srv: EmbeddedServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
 
 
 def post(url: str, body: dict[str, Any]) -> Any:
@@ -46,24 +34,24 @@ def chat(client: openai.OpenAI, **kw: Any) -> Any:
 # ----------------------------------------------------------------- small routes
 
 
-def test_models_health_tokenize(srv: EmbeddedServer, client: openai.OpenAI) -> None:
+def test_models_health_tokenize(server: EmbeddedServer, client: openai.OpenAI) -> None:
     models = client.models.list()
     assert [m.id for m in models.data] == ["tiny"]
-    with urllib.request.urlopen(srv.url + "/health", timeout=10) as resp:
+    with urllib.request.urlopen(server.url + "/health", timeout=10) as resp:
         assert json.loads(resp.read()) == {"status": "ok", "weight_version": 0}
     tools = [{"type": "function", "function": {"name": "calc"}}]
-    out = post(srv.url + "/tokenize", {"model": "tiny", "messages": USER, "tools": tools})
+    out = post(server.url + "/tokenize", {"model": "tiny", "messages": USER, "tools": tools})
     assert out["tokens"] == T.render(USER, tools)
     assert out["count"] == len(out["tokens"]) and out["max_model_len"] == 2048
-    out = post(srv.url + "/tokenize", {"prompt": "hello world"})
+    out = post(server.url + "/tokenize", {"prompt": "hello world"})
     assert out["tokens"] == ENC.encode("hello world")
-    assert post(srv.url + "/detokenize", {"tokens": ENC.encode("hi there")})["prompt"] == "hi there"
+    assert post(server.url + "/detokenize", {"tokens": ENC.encode("hi there")})["prompt"] == "hi there"
 
 
 # --------------------------------------------------------------------- chat
 
 
-def test_chat_non_stream_fields(srv: EmbeddedServer, client: openai.OpenAI) -> None:
+def test_chat_non_stream_fields(server: EmbeddedServer, client: openai.OpenAI) -> None:
     r = chat(client, temperature=0.7, top_p=0.9, logprobs=True, top_logprobs=3, n=2,
              extra_body={"return_token_ids": True})  # fmt: skip
     prompt = T.render(USER)
@@ -82,17 +70,17 @@ def test_chat_non_stream_fields(srv: EmbeddedServer, client: openai.OpenAI) -> N
             ENC.decode_single_token_bytes(t).decode() for t in ids
         ]
         assert [bytes(e.bytes) for e in content] == [ENC.decode_single_token_bytes(t) for t in ids]
-        recomputed = srv.policy.logprobs(prompt, ids, 0.7, 0.9)
+        recomputed = server.policy.logprobs(prompt, ids, 0.7, 0.9)
         assert np.max(np.abs(recomputed - [e.logprob for e in content])) <= 1e-6
         for e, t, step in zip(content, ids, range(len(ids)), strict=True):
-            dist = srv.policy.distribution(prompt + ids[:step], 0.7, 0.9)
+            dist = server.policy.distribution(prompt + ids[:step], 0.7, 0.9)
             assert [x.logprob for x in e.top_logprobs] == pytest.approx(
                 list(dist.logprobs[:3]), abs=1e-12
             )
             assert e.logprob == pytest.approx(dist.logprob_of(t), abs=1e-12)
 
 
-def test_top_logprobs_cover_the_whole_nucleus(srv: EmbeddedServer, client: openai.OpenAI) -> None:
+def test_top_logprobs_cover_the_whole_nucleus(server: EmbeddedServer, client: openai.OpenAI) -> None:
     r = chat(client, top_p=0.02, logprobs=True, top_logprobs=20, max_tokens=6,
              extra_body={"return_tokens_as_token_ids": True, "return_token_ids": True})  # fmt: skip
     content = r.choices[0].logprobs.content
@@ -126,7 +114,7 @@ def test_seed_determinism(client: openai.OpenAI) -> None:
     assert greedy[0] == greedy[1]
 
 
-def test_stream_matches_non_stream(srv: EmbeddedServer, client: openai.OpenAI) -> None:
+def test_stream_matches_non_stream(server: EmbeddedServer, client: openai.OpenAI) -> None:
     kw: dict[str, Any] = {"n": 2, "max_tokens": 15, "logprobs": True, "top_logprobs": 2,
                           "extra_body": {"return_token_ids": True}}  # fmt: skip
     full = chat(client, **kw)
@@ -164,7 +152,7 @@ def test_stop_strings(client: openai.OpenAI) -> None:
 # ---------------------------------------------------------------- completions
 
 
-def test_completions_with_token_prompt(srv: EmbeddedServer, client: openai.OpenAI) -> None:
+def test_completions_with_token_prompt(server: EmbeddedServer, client: openai.OpenAI) -> None:
     prompts = [[9906, 1917, END_ID], ENC.encode("count: 1 2 3")]
     kw: dict[str, Any] = {"model": "tiny", "prompt": prompts, "max_tokens": 10, "seed": 3, "n": 2,
                           "temperature": 0.8, "logprobs": 2, "extra_body": {"return_token_ids": True}}  # fmt: skip
@@ -176,7 +164,7 @@ def test_completions_with_token_prompt(srv: EmbeddedServer, client: openai.OpenA
         p = prompts[c.index // 2]
         assert c.prompt_token_ids == p
         assert c.text == ENC.decode([t for t in c.token_ids if t != END_ID])
-        lps = srv.policy.logprobs(p, c.token_ids, 0.8, 1.0)
+        lps = server.policy.logprobs(p, c.token_ids, 0.8, 1.0)
         assert np.max(np.abs(lps - c.logprobs.token_logprobs)) <= 1e-6
         assert len(c.logprobs.top_logprobs) == len(c.token_ids)
     stream = list(client.completions.create(stream=True, **kw))

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,17 +21,6 @@ import pytest
 from rollout.embedded import END_ID, ChatTemplate, EmbeddedServer, Policy, push_weights
 
 USER = [{"role": "user", "content": "hi"}]
-
-
-@pytest.fixture(scope="module")
-def srv() -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(seed=0) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def client(srv: EmbeddedServer) -> openai.OpenAI:
-    return openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
 
 
 def raw(
@@ -106,18 +94,18 @@ def test_too_long_prompts_are_400(client: openai.OpenAI) -> None:
         client.completions.create(model="tiny", prompt=[15] * 2048)
 
 
-def test_bad_json_and_bad_routes(srv: EmbeddedServer) -> None:
-    status, body = raw(srv.base_url + "/chat/completions", b"{not json")
+def test_bad_json_and_bad_routes(server: EmbeddedServer) -> None:
+    status, body = raw(server.base_url + "/chat/completions", b"{not json")
     assert status == 400 and body["error"]["code"] == "invalid_json"
-    status, body = raw(srv.base_url + "/chat/completions", b"[1, 2]")
+    status, body = raw(server.base_url + "/chat/completions", b"[1, 2]")
     assert status == 400 and body["error"]["type"] == "invalid_request_error"
     status, body = raw(
-        srv.base_url + "/completions", json.dumps({"model": "tiny", "prompt": [1, 100256]}).encode()
+        server.base_url + "/completions", json.dumps({"model": "tiny", "prompt": [1, 100256]}).encode()
     )
     assert status == 400 and body["error"]["param"] == "prompt"
-    status, body = raw(srv.base_url + "/nothing-here", b"{}")
+    status, body = raw(server.base_url + "/nothing-here", b"{}")
     assert status == 404 and set(body["error"]) == {"message", "type", "param", "code"}
-    status, body = raw(srv.base_url + "/chat/completions", None, method="GET")
+    status, body = raw(server.base_url + "/chat/completions", None, method="GET")
     assert status == 405 and "error" in body
 
 
@@ -224,14 +212,14 @@ async def _many(base_url: str, count: int) -> list[Any]:
         return await asyncio.gather(*(one(i) for i in range(count)))
 
 
-def test_500_simultaneous_requests(srv: EmbeddedServer) -> None:
-    results = asyncio.run(_many(srv.base_url, 500))
+def test_500_simultaneous_requests(server: EmbeddedServer) -> None:
+    results = asyncio.run(_many(server.base_url, 500))
     assert len(results) == 500
     assert all(1 <= len(r) <= 4 for r in results)
     template = ChatTemplate()
     for i in (0, 1, 5, 499):  # each reply is what its seed gives, despite interleaving
         prompt = template.render([{"role": "user", "content": f"q{i % 7}"}])
-        want, _ = srv.policy.generate(prompt, 4, np.random.default_rng([i, 0]))
+        want, _ = server.policy.generate(prompt, 4, np.random.default_rng([i, 0]))
         assert results[i] == want
 
 

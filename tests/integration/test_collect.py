@@ -29,7 +29,7 @@ from rollout.collection import (
     done_uids,
     load_config,
 )
-from rollout.embedded import EmbeddedServer, Policy
+from rollout.embedded import EmbeddedServer
 from rollout.episode import Episode, EpisodeStatus
 from rollout.export import read_jsonl
 from rollout.record import TokenSource
@@ -283,8 +283,8 @@ class FaultProxy:
     `hang` never answers. Everything else is forwarded unchanged.
     """
 
-    def __init__(self, upstream: str) -> None:
-        self.upstream = upstream
+    def __init__(self, server: str) -> None:
+        self.server = server
         self.hits: Counter[str] = Counter()
         self.port = 0
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -319,7 +319,7 @@ class FaultProxy:
             await asyncio.sleep(60)
         assert self._session is not None
         async with self._session.post(
-            f"{self.upstream}/chat/completions",
+            f"{self.server}/chat/completions",
             data=raw,
             headers={"Content-Type": "application/json"},
         ) as up:
@@ -366,15 +366,9 @@ class FaultProxy:
         self._thread.join(timeout=5)
 
 
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[EmbeddedServer]:
-    with EmbeddedServer(policy=Policy(seed=0), model_name="tiny", seed=0) as srv:
-        yield srv
-
-
 @pytest.fixture
-def proxy(upstream: EmbeddedServer) -> Iterator[FaultProxy]:
-    with FaultProxy(upstream.base_url) as p:
+def proxy(server: EmbeddedServer) -> Iterator[FaultProxy]:
+    with FaultProxy(server.base_url) as p:
         yield p
 
 
@@ -385,11 +379,11 @@ def remote(url: str, **backend: Any) -> dict[str, Any]:
     return spec
 
 
-def test_remote_backend_on_an_embedded_server(upstream: EmbeddedServer) -> None:
-    summary, seen = run(two_turns, tasks(4), samples_per_task=2, backend=remote(upstream.base_url))
+def test_remote_backend_on_an_embedded_server(server: EmbeddedServer) -> None:
+    summary, seen = run(two_turns, tasks(4), samples_per_task=2, backend=remote(server.base_url))
     assert summary.finished == 8 and summary.failed == 0
     for e in seen:
-        assert e.metadata["server"] == upstream.base_url
+        assert e.metadata["server"] == server.base_url
         assert_exact(e)
 
 

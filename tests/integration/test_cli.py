@@ -26,7 +26,7 @@ from rollout.export import read_jsonl
 from rollout.export.jsonl import CorruptLineWarning
 from rollout.record import TokenSource
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TASK_IDS = [
     json.loads(line)["id"]
     for line in (REPO / "examples/arithmetic.jsonl").read_text().splitlines()

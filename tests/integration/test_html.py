@@ -28,7 +28,7 @@ from rollout.html import BUCKETS, probability_bucket, render_html, write_html
 from rollout.record import CallRecord, Choice, TokenSource
 from rollout.sample import Sample, assemble
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 ENC = load_encoding("cl100k_base")
 
 
