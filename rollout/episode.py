@@ -15,6 +15,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rollout.errors import RewardError
 from rollout.record import CallRecord
 
 
@@ -23,10 +24,6 @@ class EpisodeStatus(str, Enum):
     TRUNCATED = "truncated"
     TIMEOUT = "timeout"
     ERROR = "error"
-
-
-class RewardError(RuntimeError):
-    """Rewards were changed in a way that would double-count them."""
 
 
 def new_episode_id() -> str:

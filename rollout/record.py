@@ -19,6 +19,8 @@ from typing import Any, TypeVar
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from rollout.errors import TokenRecordError
+
 NO_VERSION = -1
 """Version used for tokens whose policy version is unknown, and for prompt tokens."""
 
@@ -57,10 +59,6 @@ class TokenSource(str, Enum):
     @property
     def exact(self) -> bool:
         return self not in (TokenSource.TOKENIZER, TokenSource.NONE)
-
-
-class TokenRecordError(ValueError):
-    """A reply's token data is inconsistent (e.g. logprobs and ids differ in length)."""
 
 
 def as_ids(values: Any) -> np.ndarray:

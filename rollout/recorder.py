@@ -22,7 +22,9 @@ from collections.abc import Callable
 from typing import Any, Literal
 
 from rollout.episode import Episode, EpisodeStatus
+from rollout.errors import UnscopedCallError
 from rollout.record import CallRecord, TokenRecordError, build
+from rollout.redact import redact, register_secret
 from rollout.tokens import (
     StreamAccumulator,
     Tokenizer,
@@ -33,21 +35,18 @@ from rollout.tokens import (
 from rollout.tokens import (
     get as _get,
 )
+from rollout.wrap import wrap_client
 
 _current: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "rollout_episode", default=None
 )
 
-# Never stored: credentials, transport objects, per-call plumbing.
+CALL_FIELDS = set(CallRecord.model_fields)  # shared fields-set, see rollout.tokens
+
+# Never stored: credentials and per-call transport plumbing.
 _DROP_KEYS = frozenset(
     {"extra_headers", "extra_query", "api_key", "authorization", "headers", "timeout", "http_client"}
 )
-_SECRET_MARKERS = ("key", "auth", "secret", "password", "bearer")
-CALL_FIELDS = set(CallRecord.model_fields)  # shared fields-set, see rollout.tokens
-
-
-class UnscopedCallError(RuntimeError):
-    """A call was made outside any episode while the recorder refuses those."""
 
 
 def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -57,7 +56,7 @@ def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None)
     With `memo` (one per episode), a message already copied for an earlier call
     and still equal is shared instead of copied again: a multi-turn episode
     resends its whole history every turn, which would otherwise cost memory
-    quadratic in its length.
+    quadratic in its length. `extra_body` goes through the one redactor.
     """
     out: dict[str, Any] = {}
     for k, v in kwargs.items():
@@ -65,9 +64,9 @@ def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None)
             continue
         if k == "response_format" and isinstance(v, type):
             v = {"type": "pydantic", "name": v.__name__}
-        if k == "extra_body" and isinstance(v, dict):
-            v = {ek: ev for ek, ev in v.items() if not any(m in ek.lower() for m in _SECRET_MARKERS)}
-        if k == "messages":
+        elif k == "extra_body" and isinstance(v, dict):
+            v = redact(v)
+        elif k == "messages":
             v = [_copy_message(m, memo) for m in v]
         out[k] = v
     return out
@@ -101,6 +100,58 @@ def _message_key(m: Any) -> tuple[Any, ...]:
     if isinstance(content, list):
         content = repr(content)
     return (m.get("role"), content or None, calls, m.get("tool_call_id"))
+
+
+class EpisodeLog:
+    """What the recorder keeps for one open episode while its calls arrive.
+
+    - the prefix table: each call's messages + reply -> its index, so a new
+      call finds its parent (AReaL's interaction tree) with one hash per
+      assistant message;
+    - the message copies shared between calls (see `scrub`);
+    - how to record the episode's streams that are still open when it ends.
+    """
+
+    def __init__(self, episode: Episode, *, closes: bool = True) -> None:
+        self.episode = episode
+        self.closes = closes  # the unscoped bucket never ends: no memo that would only grow
+        self._lock = threading.Lock()
+        self._prefixes: dict[tuple[Any, ...], int] = {}
+        self.copies: dict[int, dict[str, Any]] | None = {} if closes else None
+        self._open: list[Callable[[], Any]] = []
+
+    def append(self, call: CallRecord, messages: list[Any]) -> None:
+        """Add `call` to the episode, with its index and parent."""
+        keys = tuple(_message_key(m) for m in messages)
+        with self._lock:
+            call.index = len(self.episode.calls)
+            call.parent = self._find_parent(keys)
+            self.episode.calls.append(call)
+            for choice in call.choices:  # children will look this call up by prefix
+                with_reply = (*keys, _message_key(choice.message))
+                self._prefixes[with_reply] = call.index
+
+    def _find_parent(self, keys: tuple[Any, ...]) -> int | None:
+        """The call whose messages + reply are the longest prefix of `keys`."""
+        for end in range(len(keys), 0, -1):
+            if keys[end - 1][0] == "assistant":
+                parent = self._prefixes.get(keys[:end])
+                if parent is not None:
+                    return parent
+        return None
+
+    def on_end(self, finalize: Callable[[], Any]) -> None:
+        """Run `finalize` when the episode ends (the unscoped bucket never does)."""
+        if self.closes:
+            with self._lock:
+                self._open.append(finalize)
+
+    def close(self) -> None:
+        """Record what is still open; called once, when the episode ends."""
+        with self._lock:
+            leftovers, self._open = self._open, []
+        for finalize in leftovers:  # streams nobody read to the end or closed
+            finalize()
 
 
 class Recorder:
@@ -142,20 +193,14 @@ class Recorder:
         self.keep_finished = keep_finished
         self.unscoped = Episode(task_id="__unscoped__")
         self._finished: list[Episode] = []
-        # Per open episode: messages + reply of each call -> its index (parent lookup).
-        self._prefixes: dict[str, dict[tuple[Any, ...], int]] = {}
-        # Per open episode: id of an agent's message dict -> our stored copy of it.
-        self._copies: dict[str, dict[int, dict[str, Any]]] = {}
-        # Per open episode: how to record its streams that are still open.
-        self._open: dict[str, list[Callable[[], Any]]] = {}
+        self._logs: dict[str, EpisodeLog] = {self.unscoped.id: EpisodeLog(self.unscoped, closes=False)}
         self._lock = threading.Lock()
 
     # --- public API ---------------------------------------------------------------
 
     def wrap(self, client: Any) -> Any:
-        """A recording client of the same type as `client`."""
-        from rollout.wrap import wrap_client
-
+        """A recording client of the same type as `client`; its API key is never written."""
+        register_secret(getattr(client, "api_key", None))
         return wrap_client(client, self)
 
     def episode(
@@ -188,23 +233,22 @@ class Recorder:
 
     # --- used by the wrapper ---------------------------------------------------------
 
-    def _message_copies(self, episode: Episode) -> dict[int, dict[str, Any]] | None:
-        if episode is self.unscoped:  # never finishes: no memo that would only grow
-            return None
+    def _log(self, episode: Episode) -> EpisodeLog:
         with self._lock:
-            return self._copies.setdefault(episode.id, {})
+            log = self._logs.get(episode.id)
+            if log is None:
+                log = self._logs[episode.id] = EpisodeLog(episode)
+            return log
 
-    def _finish(self, episode: Episode) -> None:
+    def finish(self, episode: Episode) -> None:
+        """The episode ended: record its open streams, forget its state, keep it if asked."""
         with self._lock:
-            self._prefixes.pop(episode.id, None)
-            self._copies.pop(episode.id, None)
-            leftovers = self._open.pop(episode.id, [])
-        for record_partial in leftovers:  # streams nobody read to the end or closed
-            record_partial()
-        if not self.keep_finished:
-            return
-        with self._lock:
-            self._finished.append(episode)
+            log = self._logs.pop(episode.id, None)
+        if log is not None:
+            log.close()
+        if self.keep_finished:
+            with self._lock:
+                self._finished.append(episode)
 
     def start_call(self, kwargs: dict[str, Any], *, endpoint: str) -> tuple[dict[str, Any], PendingCall]:
         """Check scope, add requested fields, start the clock. Shared by sync and async."""
@@ -223,15 +267,16 @@ class Recorder:
                 sent["extra_body"] = extra
             if self.request_logprobs and "logprobs" not in sent:
                 sent["logprobs"] = True
-        return sent, PendingCall(self, episode, endpoint, sent)
+        return sent, PendingCall(self, self._log(episode), endpoint, sent)
 
 
 class PendingCall:
     """One call in flight: turns its reply (or stream, or failure) into a record."""
 
-    def __init__(self, recorder: Recorder, episode: Episode, endpoint: str, kwargs: dict[str, Any]) -> None:
+    def __init__(self, recorder: Recorder, log: EpisodeLog, endpoint: str, kwargs: dict[str, Any]) -> None:
         self.recorder = recorder
-        self.episode = episode
+        self.log = log
+        self.episode = log.episode
         self.endpoint = endpoint
         self.kwargs = kwargs
         self.started = time.time()
@@ -277,7 +322,7 @@ class PendingCall:
                 "prompt_ids": prompt,
                 "prompt_source": prompt_source,
                 "choices": choices,
-                "request": scrub(self.kwargs, rec._message_copies(self.episode)),
+                "request": scrub(self.kwargs, self.log.copies),
                 "usage": usage,
                 "latency_s": time.perf_counter() - self._t0,
                 "started_at": self.started,
@@ -286,7 +331,7 @@ class PendingCall:
                 "notes": notes,
             },
         )
-        self._append(call, messages)
+        self.log.append(call, messages)
         return call
 
     def record_stream(self, acc: StreamAccumulator, client: Any, *, complete: bool) -> CallRecord | None:
@@ -301,50 +346,14 @@ class PendingCall:
         return call
 
     def on_episode_end(self, finalize: Callable[[], Any]) -> None:
-        """Run `finalize` when the episode ends, unless this call was recorded by then.
-
-        (The unscoped bucket never ends: its abandoned streams stay unrecorded
-        until closed, and are not tracked, so it cannot grow without bound.)
-        """
-        if self.episode is self.recorder.unscoped:
-            return
-        with self.recorder._lock:
-            self.recorder._open.setdefault(self.episode.id, []).append(
-                lambda: None if self.done else finalize()
-            )
+        """Run `finalize` when the episode ends, unless this call was recorded by then."""
+        self.log.on_end(lambda: None if self.done else finalize())
 
     def fail(self, exc: BaseException) -> None:
         """A failed call leaves a trace in the episode; the exception still propagates."""
         self.done = True
         failures = self.episode.metadata.setdefault("failed_calls", [])
         failures.append({"endpoint": self.endpoint, "error": f"{type(exc).__name__}: {exc}"})
-
-    def _append(self, call: CallRecord, messages: list[dict[str, Any]]) -> None:
-        keys = tuple(_message_key(m) for m in messages)
-        episode = self.episode
-        recorder = self.recorder
-        with recorder._lock:
-            table = recorder._prefixes.setdefault(episode.id, {})
-            call.index = len(episode.calls)
-            call.parent = _find_parent(table, keys)
-            episode.calls.append(call)
-            for choice in call.choices:  # children will look this call up by prefix
-                with_reply = (*keys, _message_key(choice.message))
-                table[with_reply] = call.index
-
-
-def _find_parent(table: dict[tuple[Any, ...], int], keys: tuple[Any, ...]) -> int | None:
-    """The call whose messages + reply are the longest prefix of `keys` (AReaL's tree).
-
-    `table` maps each recorded call's messages + reply to its index, so the
-    lookup costs one hash per assistant message, not a scan of the episode.
-    """
-    for end in range(len(keys), 0, -1):
-        if keys[end - 1][0] == "assistant":
-            parent = table.get(keys[:end])
-            if parent is not None:
-                return parent
-    return None
 
 
 class EpisodeScope:
@@ -367,7 +376,7 @@ class EpisodeScope:
         if self._token is not None:
             _current.reset(self._token)
         finish_episode(self.episode, exc)
-        self.recorder._finish(self.episode)
+        self.recorder.finish(self.episode)
         return False
 
     async def __aenter__(self) -> Episode:

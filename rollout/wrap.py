@@ -17,14 +17,34 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
-from rollout.recorder import PendingCall, Recorder
 from rollout.tokens import StreamAccumulator
 
 logger = logging.getLogger(__name__)
 
 _OVERRIDDEN = ("chat", "beta", "responses")
+
+
+class PendingCall(Protocol):
+    """One call in flight, as the recorder sees it (see `rollout.recorder.PendingCall`)."""
+
+    done: bool
+
+    def record(self, response: Any, client: Any) -> Any: ...
+
+    def record_stream(self, acc: StreamAccumulator, client: Any, *, complete: bool) -> Any: ...
+
+    def fail(self, exc: BaseException) -> None: ...
+
+    def on_episode_end(self, finalize: Callable[[], Any]) -> None: ...
+
+
+class CallSink(Protocol):
+    """Where wrapped clients report their calls: a `Recorder`."""
+
+    def start_call(self, kwargs: dict[str, Any], *, endpoint: str) -> tuple[dict[str, Any], PendingCall]: ...
 _SUBCLASSES: dict[type, type] = {}
 
 
@@ -52,7 +72,7 @@ def _is_stream(kwargs: dict[str, Any], result: Any) -> bool:
 class _Completions(_Namespace):
     """`chat.completions` of a sync client."""
 
-    def __init__(self, inner: Any, recorder: Recorder, root: Any, endpoint: str) -> None:
+    def __init__(self, inner: Any, recorder: CallSink, root: Any, endpoint: str) -> None:
         super().__init__(inner)
         self._recorder = recorder
         self._root = root
@@ -251,7 +271,7 @@ class RecordingAsyncStream(_StreamTap):
 
 
 class _Responses(_Namespace):
-    def __init__(self, inner: Any, recorder: Recorder, root: Any) -> None:
+    def __init__(self, inner: Any, recorder: CallSink, root: Any) -> None:
         super().__init__(inner)
         self._recorder = recorder
         self._root = root
@@ -280,7 +300,7 @@ async def _finish_responses_async(awaitable: Any, sent: dict[str, Any], pending:
     return _finish_responses(await _settle(awaitable, pending), sent, pending, root)
 
 
-def _completions_proxy(inner: Any, recorder: Recorder, root: Any, endpoint: str) -> _Completions:
+def _completions_proxy(inner: Any, recorder: CallSink, root: Any, endpoint: str) -> _Completions:
     cls = _AsyncCompletions if _is_async(getattr(inner, "create", None)) else _Completions
     return cls(inner, recorder, root, endpoint)
 
@@ -294,7 +314,7 @@ def _attr(obj: Any, path: str) -> Any:
     return obj
 
 
-def _proxies(client: Any, recorder: Recorder) -> dict[str, Any]:
+def _proxies(client: Any, recorder: CallSink) -> dict[str, Any]:
     out: dict[str, Any] = {}
     completions = _attr(client, "chat.completions")
     if completions is not None and hasattr(completions, "create"):
@@ -353,7 +373,7 @@ class _PlainProxy(_Namespace):
     """Last resort for objects that cannot be copied: attributes pass through."""
 
 
-def wrap_client(client: Any, recorder: Recorder) -> Any:
+def wrap_client(client: Any, recorder: CallSink) -> Any:
     """A client of the same type that records through `recorder`."""
     if getattr(client, "_rollout_recorder", None) is not None:
         raise ValueError("client is already wrapped by a Recorder")

@@ -13,9 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-class ConfigError(ValueError):
-    """A config file or override is invalid; the message names the key."""
+from rollout.errors import ConfigError
 
 
 class _Strict(BaseModel):

@@ -31,6 +31,8 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from rollout.errors import TemplateError
+
 from .policy import END_ID, get_encoding
 
 FIM_PREFIX = 100258
@@ -44,10 +46,6 @@ END_OF_PROMPT = 100276
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 TOOL_CALL_PREFIX = "CALL"
-
-
-class TemplateError(ValueError):
-    """Messages that cannot be rendered (reported as HTTP 400 by the server)."""
 
 
 def encode_text(text: str) -> list[int]:

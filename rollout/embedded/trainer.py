@@ -20,13 +20,10 @@ import numpy as np
 
 from rollout.embedded.policy import Policy
 from rollout.episode import Episode
+from rollout.errors import OffPolicyError
 from rollout.export import to_verl
 
 LOGPROB_TOLERANCE = 1e-5
-
-
-class OffPolicyError(AssertionError):
-    """Recorded logprobs or versions do not match the policy that was pushed."""
 
 
 def _rows(batch: dict[str, Any]) -> Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:

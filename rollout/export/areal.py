@@ -16,12 +16,9 @@ from collections.abc import Iterable
 import numpy as np
 
 from rollout.episode import Episode
+from rollout.errors import MissingLogprobsError
 from rollout.record import NO_VERSION
 from rollout.sample import AssemblyResult, Sample, as_samples
-
-
-class MissingLogprobsError(ValueError):
-    """Some samples have no behaviour logprobs (the server sent none)."""
 
 
 def to_areal(

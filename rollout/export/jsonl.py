@@ -18,11 +18,8 @@ from types import TracebackType
 from typing import IO, Literal
 
 from rollout.episode import Episode
+from rollout.errors import CorruptLineWarning
 from rollout.export.rows import SchemaVersionError, dumps, episode_from_row, episode_to_row
-
-
-class CorruptLineWarning(UserWarning):
-    """A JSONL line could not be parsed (typically the last line of a killed run) and was skipped."""
 
 
 class JsonlWriter:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from rollout.episode import Episode, EpisodeStatus
+from rollout.errors import SchemaVersionError
 from rollout.record import CallRecord, Choice, TokenSource, Versions
 
 SCHEMA_VERSION = 1
@@ -35,10 +36,6 @@ _OPAQUE = frozenset({"messages", "tools", "functions", "response_format", "input
 # User data (chat content, tool JSON schemas) may legitimately contain a
 # property called "headers"; credentials are never passed there, so those
 # subtrees are kept as sent.
-
-
-class SchemaVersionError(ValueError):
-    """Data was written with a schema this library version does not understand."""
 
 
 def check_schema_version(version: Any, where: str = "record") -> None:

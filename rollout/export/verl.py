@@ -25,11 +25,8 @@ from typing import Any
 import numpy as np
 
 from rollout.episode import Episode
+from rollout.errors import TruncationError
 from rollout.sample import AssemblyResult, Sample, as_samples
-
-
-class TruncationError(ValueError):
-    """A sample does not fit max_prompt_len / max_response_len and truncate=False."""
 
 
 def _check_fit(lens: np.ndarray, limit: int | None, what: str, truncate: bool) -> None:
