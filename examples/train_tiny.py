@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from rollout.embedded.trainer import train
+from rollout.training import train
 
 
 def main(argv: list[str] | None = None) -> int:

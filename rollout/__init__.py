@@ -2,23 +2,52 @@
 
 The data path, one module each:
 client wrapper (`wrap`) -> call record (`record`, `tokens`) -> episode
-(`episode`, `recorder`) -> sample (`sample`) -> export (`export`);
-`collection` runs many episodes in parallel (asyncio or Ray) and writes them out.
+(`episode`, `recorder`) -> sample (`sample`) -> export (`export`).
+`collection` runs many episodes in parallel (asyncio or Ray) and writes them
+out; it is imported on first use, so `from rollout import Recorder` stays light.
 """
 
-from rollout.collection import (
-    CollectConfig,
-    Collector,
-    CollectSummary,
-    acollect,
-    collect,
-    load_config,
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from rollout.episode import Episode, EpisodeStatus
+from rollout.errors import (
+    ConfigError,
+    NoTrainableDataError,
+    OutputLockedError,
+    RewardError,
+    RolloutError,
+    TokenRecordError,
+    UnscopedCallError,
 )
-from rollout.episode import Episode, EpisodeStatus, RewardError
-from rollout.record import CallRecord, Choice, TokenRecordError, TokenSource, Versions
-from rollout.recorder import EpisodeScope, Recorder, UnscopedCallError
+from rollout.record import CallRecord, Choice, TokenSource, Versions
+from rollout.recorder import EpisodeScope, Recorder
+from rollout.redact import register_secret
 from rollout.sample import AssemblyResult, Drift, Sample, assemble
 from rollout.tokens import TiktokenTokenizer, Tokenizer
+
+if TYPE_CHECKING:
+    from rollout.collection import (
+        CollectConfig,
+        Collector,
+        CollectSummary,
+        acollect,
+        collect,
+        load_config,
+    )
+
+_LAZY = frozenset({"CollectConfig", "CollectSummary", "Collector", "acollect", "collect", "load_config"})
+
+
+def __getattr__(name: str) -> Any:
+    """The collection stack (configs, executors, aiohttp, YAML) loads on first use."""
+    if name in _LAZY:
+        import rollout.collection
+
+        return getattr(rollout.collection, name)
+    raise AttributeError(f"module 'rollout' has no attribute {name!r}")
+
 
 __all__ = [
     "AssemblyResult",
@@ -27,12 +56,16 @@ __all__ = [
     "CollectConfig",
     "CollectSummary",
     "Collector",
+    "ConfigError",
     "Drift",
     "Episode",
     "EpisodeScope",
     "EpisodeStatus",
+    "NoTrainableDataError",
+    "OutputLockedError",
     "Recorder",
     "RewardError",
+    "RolloutError",
     "Sample",
     "TiktokenTokenizer",
     "TokenRecordError",
@@ -44,4 +77,5 @@ __all__ = [
     "assemble",
     "collect",
     "load_config",
+    "register_secret",
 ]

@@ -14,7 +14,6 @@ import json
 import os
 import sys
 import warnings
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -45,7 +44,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rollout.embedded.trainer import train
+    from rollout.training import train
 
     sys.path.insert(0, os.getcwd())
     history = train(args.config, iterations=args.iterations, lr=args.lr, target=args.target, plot=args.plot)
@@ -66,67 +65,9 @@ def _load(path: str) -> list[Any]:
     return read_jsonl(p)
 
 
-def _decoder() -> Any:
-    try:
-        from compat.token_counter import load_encoding
-
-        enc = load_encoding("cl100k_base")
-        return lambda i: enc.decode_single_token_bytes(int(i)).decode("utf-8", "replace")
-    except Exception:
-        return lambda i: ""
-
-
-def summarize(episodes: list[Any]) -> str:
-    from rollout.sample import assemble
-
-    statuses = Counter(e.status.value for e in episodes)
-    rewards = [e.reward for e in episodes if e.reward is not None]
-    calls = sum(len(e.calls) for e in episodes)
-    inexact = sum(1 for e in episodes if not e.exact)
-    result = assemble(episodes, mode="concat")
-    lines = [
-        f"episodes        {len(episodes)}",
-        f"statuses        {dict(statuses)}",
-        f"calls           {calls}",
-        f"tokens          {sum(e.num_tokens for e in episodes)}",
-        f"mean reward     {np.mean(rewards):.4f}" if rewards else "mean reward     -",
-        f"inexact eps     {inexact}",
-        f"samples         {len(result)} (concat), merged turns {result.num_merged}, drift {result.num_drift}",
-    ]
-    return "\n".join(lines)
-
-
-def show_episode(episode: Any, limit: int = 64) -> str:
-    from rollout.sample import assemble
-
-    decode = _decoder()
-    out = [
-        f"episode {episode.id} task={episode.task_id} sample={episode.sample} "
-        f"status={episode.status.value} reward={episode.reward}"
-    ]
-    if episode.error:
-        out.append(f"error: {episode.error}")
-    for call in episode.calls:
-        out.append(
-            f"-- call {call.index} (parent {call.parent}) prompt {len(call.prompt_ids)} tokens "
-            f"[{call.prompt_source.value}] latency {call.latency_s * 1000:.1f} ms"
-        )
-        for ch in call.choices:
-            out.append(f"   choice {ch.index} finish={ch.finish_reason} [{ch.source.value}] {ch.message.get('content')!r}")
-    for k, s in enumerate(assemble([episode], mode="concat")):
-        out.append(f"== sample {k}: {len(s)} tokens, prompt {s.prompt_len}, sampled {s.num_sampled}, reward {s.reward}")
-        out.append(f"   {'pos':>5} {'id':>7} {'mask':>4} {'logprob':>9} {'ver':>4}  text")
-        for i in range(min(len(s), limit)):
-            out.append(
-                f"   {i:>5} {int(s.tokens[i]):>7} {int(s.loss_mask[i]):>4} "
-                f"{float(s.logprobs[i]):>9.4f} {int(s.versions[i]):>4}  {decode(s.tokens[i])!r}"
-            )
-        if len(s) > limit:
-            out.append(f"   ... {len(s) - limit} more")
-    return "\n".join(out)
-
-
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    from rollout.inspect import show_episode, summarize
+
     episodes = _load(args.file)
     print(summarize(episodes))
     if episodes and args.episode is not None:
@@ -136,7 +77,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
         print()
         print(show_episode(episodes[args.episode], args.tokens))
     if args.html:
-        from rollout.html import write_html
+        from rollout.inspect import write_html
 
         write_html(episodes, args.html, index=args.episode or 0)
         print(f"wrote {args.html}")

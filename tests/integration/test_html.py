@@ -24,7 +24,7 @@ import pytest
 from compat.token_counter import load_encoding
 from rollout.episode import Episode, EpisodeStatus
 from rollout.export import write_jsonl
-from rollout.html import BUCKETS, probability_bucket, render_html, write_html
+from rollout.inspect.html import BUCKETS, probability_bucket, render_html, write_html
 from rollout.record import CallRecord, Choice, TokenSource
 from rollout.sample import Sample, assemble
 
@@ -344,7 +344,7 @@ def test_decode_fallback_shows_ids(monkeypatch: pytest.MonkeyPatch) -> None:
     assert spans[0]["text"] == decoded(int(s.tokens[0]))
 
     # Without any decoder every token shows its id, and the page says why.
-    monkeypatch.setattr("rollout.html.default_decoder", lambda: None)
+    monkeypatch.setattr("rollout.inspect.html.default_decoder", lambda: None)
     text = render_html([ep])
     spans = Page(text).samples[0]["tokens"]
     assert [sp["text"] for sp in spans] == [f"#{int(t)}" for t in s.tokens]

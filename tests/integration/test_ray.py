@@ -38,7 +38,7 @@ FINISHED = (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED)
 
 
 # ------------------------------------------------------------------ agents
-# Imported by the Ray workers as `tests.test_ray:<name>` (PYTHONPATH = repo root).
+# Imported by the Ray workers as `tests.integration.test_ray:<name>` (PYTHONPATH = repo root).
 
 _running = 0
 _peak = 0
@@ -239,7 +239,7 @@ def test_episode_timeout_and_per_worker_concurrency_cap(cluster: Any, server: Em
         t["sleep"] = 600  # far past the episode timeout
     with collector(
         [server.base_url],
-        agent="tests.test_ray:sleepy",
+        agent="tests.integration.test_ray:sleepy",
         episode_timeout_s=3,
         ray={"num_workers": 2, "concurrency_per_worker": 3, "num_cpus_per_worker": 0.5},
     ) as c:

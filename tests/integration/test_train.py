@@ -7,14 +7,14 @@ import pytest
 
 from rollout.collection import Collector, load_tasks
 from rollout.embedded import Policy
-from rollout.embedded.trainer import (
+from rollout.errors import OffPolicyError
+from rollout.export import to_verl
+from rollout.training import (
     LOGPROB_TOLERANCE,
-    OffPolicyError,
     check_on_policy,
     check_versions,
     train,
 )
-from rollout.export import to_verl
 
 TASKS = [task for _, task in load_tasks("examples/arithmetic.jsonl")][:8]
 

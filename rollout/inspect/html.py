@@ -30,17 +30,16 @@ import math
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from rollout.episode import Episode, EpisodeStatus
+from rollout.inspect.decode import Decoder, default_decoder, token_text
 from rollout.record import NO_VERSION, CallRecord, Choice
 from rollout.sample import FAILED_STATUSES, AssemblyResult, Sample, assemble
-
-Decoder = Callable[[int], str]
 
 BUCKETS = 20
 """Probability colour steps: class ``b{k}`` with k = round(exp(logprob) * BUCKETS)."""
@@ -61,22 +60,6 @@ def probability_bucket(logprob: float) -> int:
     return round(p * BUCKETS)
 
 
-def default_decoder() -> Decoder | None:
-    """Single-token decoder on the offline cl100k encoding, or None if unavailable."""
-    try:
-        from compat.token_counter import load_encoding
-
-        enc = load_encoding("cl100k_base")
-    except Exception:
-        return None
-
-    def decode(token: int) -> str:
-        # Partial UTF-8 sequences (one token of a multi-byte character) show as \xNN.
-        return enc.decode_single_token_bytes(int(token)).decode("utf-8", "backslashreplace")
-
-    return decode
-
-
 # -- small helpers -----------------------------------------------------------------
 
 
@@ -87,19 +70,6 @@ def _e(value: Any) -> str:
 
 def _fmt(x: float | None, digits: int = 4) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
-
-
-def _token_text(decode: Decoder | None, token: int) -> tuple[str, bool]:
-    """(text, decoded) for one token; falls back to ``#id``."""
-    if decode is None:
-        return f"#{token}", False
-    try:
-        text = decode(token)
-    except Exception:
-        return f"#{token}", False
-    if not isinstance(text, str):
-        return f"#{token}", False
-    return text, True
 
 
 def _visible_html(text: str) -> str:
@@ -384,7 +354,7 @@ def _token_span(s: Sample, i: int, decode: Decoder | None) -> str:
     token = int(s.tokens[i])
     mask = bool(s.loss_mask[i])
     version = int(s.versions[i])
-    text, decoded = _token_text(decode, token)
+    text, decoded = token_text(decode, token)
     classes = ["t"]
     attrs = [f'data-pos="{i}"', f'data-id="{token}"', f'data-mask="{int(mask)}"']
     lines = [f"pos {i} · id {token} · mask {int(mask)}"]
