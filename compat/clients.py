@@ -147,9 +147,6 @@ class ClientPair:
         self.async_ = async_
         self._timeout = timeout if enforce_timeout else None
 
-    def has(self, path: str) -> bool:
-        return resolve(self.sync, path) is not None or resolve(self.async_, path) is not None
-
     def call(self, path: str, **kwargs: Any) -> Any:
         """Call `path` from sync code; a returned async stream becomes a sync iterator."""
         fn = resolve(self.sync, path)

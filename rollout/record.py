@@ -53,6 +53,7 @@ class TokenSource(str, Enum):
     SGLANG = "sglang"  # per-choice prompt_token_ids + token_ids
     LOGPROB_TOKENS = "logprob_tokens"  # logprobs.content[j].token == "token_id:N"
     AREAL = "areal"  # client.get_interaction(id): input/output tokens
+    TOKEN_IN = "token_in"  # the prompt ids we sent (token mode): exactly what the server saw
     TOKENIZER = "tokenizer"  # re-encoded text: NOT the sampled ids
     NONE = "none"  # nothing available
 
@@ -213,6 +214,8 @@ class CallRecord(BaseModel):
     reward: float | None = None
     parent: int | None = None
     notes: list[str] = Field(default_factory=list)  # why a record is inexact, drift found, ...
+    sent_as: str = "messages"  # "messages", or "tokens" (token mode: parent ids + bridge)
+    fallback: str | None = None  # why token mode could not be used for this call, if it was on
 
     @field_validator("prompt_ids", mode="before")
     @classmethod

@@ -329,6 +329,8 @@ class PendingCall:
                 "reward": None,
                 "parent": None,
                 "notes": notes,
+                "sent_as": "messages",
+                "fallback": None,
             },
         )
         self.log.append(call, messages)

@@ -37,6 +37,14 @@ class BackendSpec(_Strict):
     sampling: dict[str, Any] = Field(default_factory=lambda: {"temperature": 1.0, "max_tokens": 16})
     request_token_ids: bool = True
     request_logprobs: bool = True
+    # Token mode: an episode's later calls go to the server as token ids (parent prompt +
+    # sampled ids + bridge), so a whole episode is one exact row. "auto" uses it where the
+    # server has a token route; "off" sends every call as messages.
+    token_mode: Literal["auto", "off"] = "auto"
+    # How to get ids from servers that return logprobs but no ids: None (record none),
+    # "server" (its /tokenize), "tiktoken:<encoding>", or "hf:<name or path>" (needs the
+    # `hf` extra). Ids from a tokenizer are flagged inexact.
+    tokenizer: str | None = None
     client_factory: str | None = None  # "module:function(url=..., model=..., api_key=...)"
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
@@ -62,10 +70,12 @@ class OutputSpec(_Strict):
     parquet: str | None = None  # optional directory of Parquet parts
     parquet_batch: int = Field(default=256, ge=1)
     resume: bool = True
+    retry_failed: bool = False  # on resume, run again the episodes that ended in error/timeout
 
 
 class RaySpec(_Strict):
-    address: str | None = None  # None starts a local cluster
+    address: str | None = None  # None starts a new local cluster; "auto" or "ray://..." joins one
+    connect_timeout_s: float = Field(default=30.0, gt=0)  # joining a cluster that does not answer
     num_workers: int = Field(default=2, ge=1)
     concurrency_per_worker: int = Field(default=32, ge=1)
     max_restarts: int = Field(default=2, ge=0)
@@ -90,6 +100,8 @@ class CollectConfig(_Strict):
     output: OutputSpec = Field(default_factory=lambda: OutputSpec())
     ray: RaySpec = Field(default_factory=lambda: RaySpec())
     progress: bool = True
+    # A run with no trainable token (no sampled id with exact provenance) exits non-zero.
+    allow_untrainable: bool = False
 
 
 def _describe(err: ValidationError) -> str:
