@@ -39,6 +39,16 @@ def resolve(obj: Any, path: str) -> Callable[..., Any] | None:
     return cur if callable(cur) else None
 
 
+def is_async_callable(fn: Any) -> bool:
+    """A coroutine function, or an object whose `__call__` is one."""
+    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+
+
+def is_async_client(client: Any) -> bool:
+    """Whether `client.chat.completions.create` is async (AsyncOpenAI, ArealOpenAI, ...)."""
+    return is_async_callable(resolve(client, "chat.completions.create"))
+
+
 class _BackgroundLoop:
     """One daemon thread running an event loop, shared by all sync-over-async calls.
 

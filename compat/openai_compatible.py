@@ -137,7 +137,15 @@ class OpenAICompatibleModel(BaseModelBackend):
                 config.pop("tool_choice", None)
         if response_format is not None:
             config["response_format"] = response_format
-        return {**config, "messages": messages, "model": self.model_name}
+        return self.prepare_request({**config, "messages": messages, "model": self.model_name})
+
+    def prepare_request(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Adjust one logical request before it is sent (retries reuse the result).
+
+        The extension point for subclasses, e.g. a per-call seed; the default
+        returns `kwargs` unchanged. `kwargs` is a fresh dict, safe to modify.
+        """
+        return kwargs
 
     def _response_format(self, response_format: Any) -> Any:
         fmt = response_format or self.model_config_dict.get("response_format")
