@@ -40,8 +40,15 @@ def resolve(obj: Any, path: str) -> Callable[..., Any] | None:
 
 
 def is_async_callable(fn: Any) -> bool:
-    """A coroutine function, or an object whose `__call__` is one."""
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
+    """A coroutine function (seen through decorators, as the SDK's `create` needs), or an
+    object whose `__call__` is one."""
+    if fn is None:
+        return False
+    try:
+        target = inspect.unwrap(fn)
+    except ValueError:  # a __wrapped__ cycle
+        target = fn
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def is_async_client(client: Any) -> bool:
