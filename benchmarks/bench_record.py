@@ -1,6 +1,6 @@
 """Recording cost: time overhead vs the bare openai client, and bytes per recorded token.
 
-    python benchmarks/bench_record.py [--calls 300] [--repeats 9] [--mem-calls 4000]
+    python benchmarks/bench_record.py [--calls 200] [--repeats 15] [--mem-calls 4000]
 
 Prints ONE JSON line.
 
@@ -9,7 +9,9 @@ handler returns PRE-BUILT bytes (a vLLM-format reply: `prompt_token_ids`,
 `choices[0].token_ids`, 256 completion tokens with logprobs), so the server
 side costs ~nothing and the ratio measures SDK + recorder vs SDK alone. Bare and
 wrapped clients run in the same process, repeats interleaved (bare, wrapped,
-bare, ...), per-call medians compared; wrapped calls run in episodes of `--per-episode`
+bare, ...); `ratio` is the median over adjacent (bare, wrapped) pairs of their
+wall-time ratio, `cpu_ratio` the same in process CPU time (blind to other
+processes on a shared machine). Wrapped calls run in episodes of `--per-episode`
 calls (8, a typical multi-turn agent). A third figure puts all calls of a repeat
 in ONE episode, to expose per-call costs that grow with episode length.
 Target: ratio <= 1.05 (sync and async).
@@ -94,9 +96,13 @@ def clients() -> tuple[OpenAI, AsyncOpenAI]:
 # ---------------------------------------------------------------- overhead
 
 
-def time_sync(client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8) -> float:
-    """Seconds per call; with `rec`, calls are made inside episodes of `per_episode` calls."""
-    t0 = time.perf_counter()
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def time_sync(client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8) -> tuple[float, float]:
+    """(wall, CPU) seconds per call; with `rec`, calls run inside episodes of `per_episode` calls."""
+    t0, c0 = _clock()
     if rec is None:
         for _ in range(calls):
             client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
@@ -105,11 +111,14 @@ def time_sync(client: Any, calls: int, rec: Recorder | None = None, per_episode:
             with rec.episode(f"task-{start}"):
                 for _ in range(min(per_episode, calls - start)):
                     client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
-    return (time.perf_counter() - t0) / calls
+    t1, c1 = _clock()
+    return (t1 - t0) / calls, (c1 - c0) / calls
 
 
-async def time_async(client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8) -> float:
-    t0 = time.perf_counter()
+async def time_async(
+    client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8
+) -> tuple[float, float]:
+    t0, c0 = _clock()
     if rec is None:
         for _ in range(calls):
             await client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
@@ -118,7 +127,22 @@ async def time_async(client: Any, calls: int, rec: Recorder | None = None, per_e
             async with rec.episode(f"task-{start}"):
                 for _ in range(min(per_episode, calls - start)):
                     await client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
-    return (time.perf_counter() - t0) / calls
+    t1, c1 = _clock()
+    return (t1 - t0) / calls, (c1 - c0) / calls
+
+
+def summary(bare: list[tuple[float, float]], wrapped: list[tuple[float, float]]) -> dict[str, Any]:
+    """Per-call medians, and the median of the ratios of adjacent (bare, wrapped) repeats.
+
+    Pairing adjacent repeats cancels most of a shared machine's load drift;
+    `cpu_ratio` (process CPU time) is also blind to other processes' load.
+    """
+    return {
+        "bare_us": round(statistics.median(b[0] for b in bare) * 1e6, 1),
+        "wrapped_us": round(statistics.median(w[0] for w in wrapped) * 1e6, 1),
+        "ratio": round(statistics.median(w[0] / b[0] for b, w in zip(bare, wrapped, strict=True)), 4),
+        "cpu_ratio": round(statistics.median(w[1] / b[1] for b, w in zip(bare, wrapped, strict=True)), 4),
+    }
 
 
 def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
@@ -137,10 +161,10 @@ def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
         gc.collect()
         wrap_t.append(time_sync(wsync, calls, rec, per_episode))
         rec.drain()
-    out["sync"] = {"bare_us": statistics.median(bare_t) * 1e6, "wrapped_us": statistics.median(wrap_t) * 1e6}
+    out["sync"] = summary(bare_t, wrap_t)
 
     # async (one loop for both, so loop start-up is in neither number)
-    async def run_async() -> tuple[list[float], list[float]]:
+    async def run_async() -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
         b, w = [], []
         await time_async(async_, 20)
         await time_async(wasync, 24, rec, per_episode)
@@ -152,8 +176,7 @@ def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
             rec.drain()
         return b, w
 
-    bare_a, wrap_a = asyncio.run(run_async())
-    out["async"] = {"bare_us": statistics.median(bare_a) * 1e6, "wrapped_us": statistics.median(wrap_a) * 1e6}
+    out["async"] = summary(*asyncio.run(run_async()))
 
     # One long episode (all calls in it): exposes per-call costs that grow with episode length.
     bare_l, long_t = [], []
@@ -163,13 +186,7 @@ def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
         gc.collect()
         long_t.append(time_sync(wsync, calls, rec, per_episode=calls))
         rec.drain()
-    out["sync_one_episode_of_all_calls"] = {
-        "bare_us": statistics.median(bare_l) * 1e6, "wrapped_us": statistics.median(long_t) * 1e6,
-    }
-    for v in out.values():
-        v["ratio"] = round(v["wrapped_us"] / v["bare_us"], 4)
-        v["bare_us"] = round(v["bare_us"], 1)
-        v["wrapped_us"] = round(v["wrapped_us"], 1)
+    out["sync_one_episode_of_all_calls"] = summary(bare_l, long_t)
     return out
 
 
@@ -224,8 +241,8 @@ def retained_by_lists(calls: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--calls", type=int, default=300, help="calls per timing repeat")
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--calls", type=int, default=200, help="calls per timing repeat")
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--mem-calls", type=int, default=4000)
     ap.add_argument("--per-episode", type=int, default=8, help="calls per episode (wrapped runs)")
     args = ap.parse_args()

@@ -10,10 +10,9 @@ parallel branches do not leak rewards into each other.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.errors import RewardError
 from rollout.record import CallRecord
@@ -30,21 +29,24 @@ def new_episode_id() -> str:
     return uuid.uuid4().hex
 
 
-class Episode(BaseModel):
+@dataclass(slots=True, eq=False)
+class Episode:
     """One rollout: task id, GRPO sample index, calls, status and rewards."""
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    id: str = Field(default_factory=new_episode_id)
+    id: str = field(default_factory=new_episode_id)
     task_id: str = ""
     sample: int = 0
     task: Any = None
-    calls: list[CallRecord] = Field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
     status: EpisodeStatus = EpisodeStatus.COMPLETED
     error: str | None = None
     reward: float | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
     discounted: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, EpisodeStatus):
+            self.status = EpisodeStatus(self.status)
 
     @property
     def uid(self) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import UnscopedCallError
-from rollout.record import CallRecord, TokenRecordError, build
+from rollout.record import CallRecord, TokenRecordError
 from rollout.redact import redact, register_secret
 from rollout.tokens import (
     StreamAccumulator,
@@ -40,8 +40,6 @@ from rollout.wrap import wrap_client
 _current: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "rollout_episode", default=None
 )
-
-CALL_FIELDS = set(CallRecord.model_fields)  # shared fields-set, see rollout.tokens
 
 # Never stored: credentials and per-call transport plumbing.
 _DROP_KEYS = frozenset(
@@ -312,26 +310,17 @@ class PendingCall:
         usage = _get(response, "usage")
         if usage is not None and hasattr(usage, "model_dump"):
             usage = usage.model_dump(exclude_none=True)
-        call = build(
-            CallRecord,
-            CALL_FIELDS,
-            {
-                "id": str(_get(response, "id") or ""),
-                "index": 0,
-                "endpoint": self.endpoint,
-                "prompt_ids": prompt,
-                "prompt_source": prompt_source,
-                "choices": choices,
-                "request": scrub(self.kwargs, self.log.copies),
-                "usage": usage,
-                "latency_s": time.perf_counter() - self._t0,
-                "started_at": self.started,
-                "reward": None,
-                "parent": None,
-                "notes": notes,
-                "sent_as": "messages",
-                "fallback": None,
-            },
+        call = CallRecord(
+            id=str(_get(response, "id") or ""),
+            endpoint=self.endpoint,
+            prompt_ids=prompt,
+            prompt_source=prompt_source,
+            choices=choices,
+            request=scrub(self.kwargs, self.log.copies),
+            usage=usage,
+            latency_s=time.perf_counter() - self._t0,
+            started_at=self.started,
+            notes=notes,
         )
         self.log.append(call, messages)
         return call

@@ -2,7 +2,7 @@
 
 `extract_call` turns one chat-completion reply (an SDK object, a dict, or a
 stream folded into one by `StreamAccumulator`) into prompt ids and per-choice
-`Choice`s. Sources are tried in order of trust (interop.md §4):
+`Choice`s. Sources are tried in order of trust (the wire formats: docs/wire.md):
 
 1. vLLM `return_token_ids`: top-level `prompt_token_ids`, `choices[i].token_ids`;
 2. SGLang: `prompt_token_ids` and `token_ids` on each choice;
@@ -32,14 +32,9 @@ from rollout.record import (
     Versions,
     as_ids,
     as_logprobs,
-    build,
 )
 
 VERSION_FIELDS = ("weight_version", "policy_version")
-# One shared fields-set for constructed records: pydantic would otherwise keep
-# a fresh set per object (~700 bytes each), a real cost at millions of calls.
-# It already holds every field, so pydantic's `add` on assignment never grows it.
-CHOICE_FIELDS = set(Choice.model_fields)
 
 
 def get(obj: Any, key: str, default: Any = None) -> Any:
@@ -221,22 +216,15 @@ def extract_call(
             logprobs = None
         if versions is None or not _check(len(ids_arr), "versions", len(versions), notes, strict, index):
             versions = Versions.constant(version, len(ids_arr))
-        else:
-            versions = Versions.from_array(versions)
-        # Fields are already converted and checked above: skip re-validation.
         choices_out.append(
-            build(
-                Choice,
-                CHOICE_FIELDS,
-                {
-                    "index": index,
-                    "ids": ids_arr,
-                    "logprobs": None if logprobs is None else as_logprobs(logprobs),
-                    "versions": versions,
-                    "finish_reason": get(raw, "finish_reason"),
-                    "message": message,
-                    "source": source,
-                },
+            Choice(
+                index=index,
+                ids=ids_arr,
+                logprobs=logprobs,
+                versions=versions,
+                finish_reason=get(raw, "finish_reason"),
+                message=message,
+                source=source,
             )
         )
 

@@ -6,6 +6,7 @@ All calls go through the REAL openai SDK over `tests.fakes.WireServer`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -393,7 +394,7 @@ def test_credentials_never_stored_or_exported(tmp_path: Path) -> None:
     assert episodes[0] is ep and ep.metadata["failed_calls"]
     # ... but never the record nor the export.
     for e in episodes:
-        dumped = repr(e.model_dump())
+        dumped = repr(dataclasses.asdict(e))
         assert not SECRET_PATTERN.search(dumped), dumped
     path = tmp_path / "eps.jsonl"
     assert write_jsonl(episodes, path, append=False) == 2

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -201,7 +202,7 @@ def test_drift_by_hand_reports_first_difference() -> None:
     )
     result = assemble(ep)
     assert len(result) == 2 and result.num_merged == 0
-    d = result.drift[0].model_dump()
+    d = dataclasses.asdict(result.drift[0])
     assert d == {
         "episode_id": ep.id,
         "call": 1,
