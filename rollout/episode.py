@@ -9,6 +9,7 @@ parallel branches do not leak rewards into each other.
 
 from __future__ import annotations
 
+import math
 import uuid
 from dataclasses import dataclass, field
 from enum import Enum
@@ -29,9 +30,27 @@ def new_episode_id() -> str:
     return uuid.uuid4().hex
 
 
+def as_reward(value: Any) -> float:
+    """`value` as a finite float. numpy / torch scalars are accepted; NaN, inf and
+    non-numbers raise `RewardError` naming the value (a NaN reward would poison
+    every advantage in its group)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        raise RewardError(f"reward must be a number, got {type(value).__name__} {value!r}")
+    try:
+        reward = float(value)
+    except (TypeError, ValueError) as exc:
+        raise RewardError(f"reward must be a single number, got {value!r} ({exc})") from None
+    if not math.isfinite(reward):
+        raise RewardError(f"reward must be finite, got {value!r}")
+    return reward
+
+
 @dataclass(slots=True, eq=False)
 class Episode:
-    """One rollout: task id, GRPO sample index, calls, status and rewards."""
+    """One rollout: task id, GRPO sample index, calls, status and rewards.
+
+    `reward` is checked on every assignment (see `as_reward`); None means unset.
+    """
 
     id: str = field(default_factory=new_episode_id)
     task_id: str = ""
@@ -48,6 +67,11 @@ class Episode:
         if not isinstance(self.status, EpisodeStatus):
             self.status = EpisodeStatus(self.status)
 
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "reward" and value is not None:
+            value = as_reward(value)
+        object.__setattr__(self, name, value)
+
     @property
     def uid(self) -> str:
         """rLLM-style `task_id:sample` key, unique per requested rollout."""
@@ -63,12 +87,12 @@ class Episode:
 
     def set_reward(self, call: int | str, reward: float) -> None:
         """Set one call's reward, by position in the episode or by completion id."""
-        self._call(call).reward = float(reward)
+        self._call(call).reward = as_reward(reward)
 
     def set_last_reward(self, reward: float) -> None:
         if not self.calls:
             raise RewardError("episode has no calls to reward")
-        self.calls[-1].reward = float(reward)
+        self.calls[-1].reward = as_reward(reward)
 
     def _call(self, key: int | str) -> CallRecord:
         if isinstance(key, int):

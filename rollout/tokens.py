@@ -106,11 +106,24 @@ def _logprob_entries(choice: Any) -> list[Any] | None:
 
 
 def _logprob_values(entries: list[Any]) -> np.ndarray:
-    """float32 logprobs of the entries; one C-level pass (this runs per token)."""
+    """float32 logprobs of the entries; one C-level pass (this runs per token).
+
+    A missing, null or non-numeric entry reads as NaN, which the caller flags.
+    """
     if not entries:
         return np.zeros(0, np.float32)
     pick = itemgetter("logprob") if isinstance(entries[0], dict) else attrgetter("logprob")
-    return np.fromiter(map(pick, entries), dtype=np.float32, count=len(entries))
+    try:
+        return np.fromiter(map(pick, entries), dtype=np.float32, count=len(entries))
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return np.array([_float_or_nan(get(e, "logprob")) for e in entries], dtype=np.float32)
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _token_ids_from_logprobs(entries: Sequence[Any]) -> list[int] | None:
@@ -121,6 +134,21 @@ def _token_ids_from_logprobs(entries: Sequence[Any]) -> list[int] | None:
             return None
         ids.append(int(tok[len("token_id:") :]))
     return ids
+
+
+def _no_nan(logprobs: np.ndarray, notes: list[str], strict: bool, index: int) -> bool:
+    """False (with a note) when some logprob is null or NaN: never pass NaN off as a logprob.
+
+    A JSON null reads as NaN in a float array. -inf stays: it is a real logprob.
+    """
+    bad = np.isnan(logprobs)
+    if not bad.any():
+        return True
+    msg = f"choice {index}: {int(bad.sum())} of {len(logprobs)} logprobs are null or NaN; logprobs dropped"
+    if strict:
+        raise TokenRecordError(msg)
+    notes.append(msg)
+    return False
 
 
 def _version(response: Any, default: int | None) -> int:
@@ -213,6 +241,8 @@ def extract_call(
                 notes.append(f"choice {index}: reply has no token ids and no tokenizer was given")
         ids_arr = as_ids(ids)
         if logprobs is not None and not _check(len(ids_arr), "logprobs", len(logprobs), notes, strict, index):
+            logprobs = None
+        if logprobs is not None and not _no_nan(logprobs, notes, strict, index):
             logprobs = None
         if versions is None or not _check(len(ids_arr), "versions", len(versions), notes, strict, index):
             versions = Versions.constant(version, len(ids_arr))

@@ -85,7 +85,9 @@ class WireServer:
             return httpx2.Response(
                 200, headers={"content-type": "text/event-stream"}, content=self._sse(body)
             )
-        return httpx2.Response(200, json=self.completion(body))
+        # json.dumps writes NaN / -Infinity as Python's json (and vLLM's replies) do.
+        return httpx2.Response(200, content=json.dumps(self.completion(body)).encode(),
+                               headers={"content-type": "application/json"})
 
     # --- reply building ----------------------------------------------------------
 

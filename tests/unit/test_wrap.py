@@ -221,7 +221,7 @@ def test_sdk_dialects_record_exact_tokens(dialect: str, mode: str, stream: bool,
         assert choice.exact
         want = {"vllm": TokenSource.VLLM, "token_id": TokenSource.LOGPROB_TOKENS}.get(dialect)
         if dialect == "sglang":
-            # SGLang sends per-choice prompt ids only when not streaming (interop §4).
+            # SGLang sends per-choice prompt ids only when not streaming (docs/wire.md).
             want = TokenSource.VLLM if stream else TokenSource.SGLANG
         assert choice.source == want
     # Prompt ids: whenever the server sent them, they are the server's rendering.
@@ -620,3 +620,62 @@ def test_api_key_is_sent_but_not_stored() -> None:
     request = ep.calls[0].request
     assert "extra_headers" not in request
     assert request["extra_body"] == {"top_k": 2, "return_token_ids": True}
+
+
+# ---------------------------------------------------------------- null / NaN logprobs
+
+
+class BadLogprobServer(WireServer):
+    """vLLM reply whose second logprob entry is `bad` (JSON null, or NaN)."""
+
+    bad: Any = None
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = super().completion(body)
+        for c in out["choices"]:
+            if c["logprobs"]:
+                c["logprobs"]["content"][1]["logprob"] = self.bad
+        return out
+
+
+@pytest.mark.parametrize("bad", [None, float("nan")], ids=["null", "nan"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_null_logprob_is_flagged_never_recorded_as_nan(mode: str, stream: bool, bad: Any) -> None:
+    server = BadLogprobServer(dialect="vllm")
+    server.bad = bad
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, mode, rec)
+    ep = run_in_episode(rec, client, mode, model="m", messages=M, stream=stream)
+    (call,) = ep.calls
+    choice = call.choices[0]
+    n = len(expected_ids(M))
+    assert choice.logprobs is None  # missing for this choice, not NaN passed off as a logprob
+    assert choice.ids.tolist() == expected_ids(M)  # the ids are still the exact ones
+    assert choice.exact and call.exact
+    assert f"choice 0: 1 of {n} logprobs are null or NaN; logprobs dropped" in call.notes
+    # Assembly then reports the sample as lacking logprobs instead of training on NaN.
+    from rollout import assemble
+
+    (sample,) = assemble(ep)
+    assert not sample.has_logprobs and not np.isnan(sample.logprobs).any()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_null_logprob_raises_when_strict(mode: str) -> None:
+    server = BadLogprobServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True, request_logprobs=True, strict=True)
+    client = wrapped(server, mode, rec)
+    with pytest.raises(TokenRecordError, match="null or NaN"):
+        run_in_episode(rec, client, mode, model="m", messages=M)
+
+
+def test_minus_inf_logprob_is_kept() -> None:
+    """-inf is a real logprob (a token with probability 0 under the reported distribution)."""
+    server = BadLogprobServer(dialect="vllm")
+    server.bad = float("-inf")
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    ep = run_in_episode(rec, wrapped(server, "sync", rec), "sync", model="m", messages=M)
+    lps = ep.calls[0].choices[0].logprobs
+    assert lps is not None and lps[1] == -np.inf and ep.calls[0].notes == []
+
