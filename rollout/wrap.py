@@ -59,10 +59,6 @@ class _Namespace:
         return getattr(self.__wrapped__, name)
 
 
-def _is_async(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
-
-
 def _is_stream(kwargs: dict[str, Any], result: Any) -> bool:
     if not kwargs.get("stream"):
         return False
@@ -91,12 +87,7 @@ class _Completions(_Namespace):
 
     def _recording(self, fn: Any, endpoint: str) -> Any:
         def call(**kwargs: Any) -> Any:
-            sent, pending = self._recorder.start_call(kwargs, endpoint=_helper(kwargs, endpoint))
-            try:
-                result = fn(**sent)
-            except BaseException as exc:
-                pending.fail(exc)
-                raise
+            result, sent, pending = _send(self._recorder, fn, kwargs, _helper(kwargs, endpoint))
             if inspect.isawaitable(result):  # a sync-looking function of an async client
                 return _finish_async(result, sent, pending, self._root)
             return _finish(result, sent, pending, self._root)
@@ -128,10 +119,22 @@ class _AsyncCompletions(_Completions):
 
     def _recording(self, fn: Any, endpoint: str) -> Any:
         async def call(**kwargs: Any) -> Any:
-            sent, pending = self._recorder.start_call(kwargs, endpoint=_helper(kwargs, endpoint))
-            return await _finish_async(fn(**sent), sent, pending, self._root)
+            result, sent, pending = _send(self._recorder, fn, kwargs, _helper(kwargs, endpoint))
+            if inspect.isawaitable(result):
+                return await _finish_async(result, sent, pending, self._root)
+            return _finish(result, sent, pending, self._root)
 
         return call
+
+
+def _send(recorder: CallSink, fn: Any, kwargs: dict[str, Any], endpoint: str) -> tuple[Any, dict[str, Any], PendingCall]:
+    """Start recording and make the call; a call that fails at once leaves its trace."""
+    sent, pending = recorder.start_call(kwargs, endpoint=endpoint)
+    try:
+        return fn(**sent), sent, pending
+    except BaseException as exc:
+        pending.fail(exc)
+        raise
 
 
 def _helper(kwargs: dict[str, Any], endpoint: str) -> str:
@@ -277,12 +280,7 @@ class _Responses(_Namespace):
         self._root = root
 
     def create(self, **kwargs: Any) -> Any:
-        sent, pending = self._recorder.start_call(kwargs, endpoint="responses")
-        try:
-            result = self.__wrapped__.create(**sent)
-        except BaseException as exc:
-            pending.fail(exc)
-            raise
+        result, sent, pending = _send(self._recorder, self.__wrapped__.create, kwargs, "responses")
         if inspect.isawaitable(result):
             return _finish_responses_async(result, sent, pending, self._root)
         return _finish_responses(result, sent, pending, self._root)
@@ -301,39 +299,32 @@ async def _finish_responses_async(awaitable: Any, sent: dict[str, Any], pending:
 
 
 def _completions_proxy(inner: Any, recorder: CallSink, root: Any, endpoint: str) -> _Completions:
-    cls = _AsyncCompletions if _is_async(getattr(inner, "create", None)) else _Completions
+    from compat.clients import is_async_callable  # at wrap time: `import rollout` stays light
+
+    cls = _AsyncCompletions if is_async_callable(getattr(inner, "create", None)) else _Completions
     return cls(inner, recorder, root, endpoint)
 
 
-def _attr(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except Exception:
-            return None
-    return obj
-
-
 def _proxies(client: Any, recorder: CallSink) -> dict[str, Any]:
+    from compat.clients import resolve
+
     out: dict[str, Any] = {}
-    completions = _attr(client, "chat.completions")
-    if completions is not None and hasattr(completions, "create"):
+    if resolve(client, "chat.completions.create") is not None:
         out["chat"] = _Namespace(
             client.chat,
-            completions=_completions_proxy(completions, recorder, client, "chat.completions"),
+            completions=_completions_proxy(client.chat.completions, recorder, client, "chat.completions"),
         )
-    beta_completions = _attr(client, "beta.chat.completions")
-    if beta_completions is not None:
+    if resolve(client, "beta.chat.completions.parse") or resolve(client, "beta.chat.completions.create"):
+        beta_chat = client.beta.chat
         out["beta"] = _Namespace(
             client.beta,
             chat=_Namespace(
-                client.beta.chat,
-                completions=_completions_proxy(beta_completions, recorder, client, "beta.chat.completions"),
+                beta_chat,
+                completions=_completions_proxy(beta_chat.completions, recorder, client, "beta.chat.completions"),
             ),
         )
-    responses = _attr(client, "responses")
-    if responses is not None and hasattr(responses, "create"):
-        out["responses"] = _Responses(responses, recorder, client)
+    if resolve(client, "responses.create") is not None:
+        out["responses"] = _Responses(client.responses, recorder, client)
     return out
 
 
@@ -370,16 +361,18 @@ def _recording_type(cls: type) -> type:
 
 
 class _PlainProxy(_Namespace):
-    """Last resort for objects that cannot be copied: attributes pass through."""
+    """Last resort for clients that cannot be copied or re-classed (e.g. a fixed
+    `__slots__` layout): calls are recorded and attributes pass through, but
+    `isinstance` against the client's type no longer holds (a warning says so)."""
 
 
 def wrap_client(client: Any, recorder: CallSink) -> Any:
     """A client of the same type that records through `recorder`."""
     if getattr(client, "_rollout_recorder", None) is not None:
         raise ValueError("client is already wrapped by a Recorder")
-    if _attr(client, "chat.completions.create") is None and _attr(client, "responses.create") is None:
-        raise TypeError(f"{type(client).__name__} has neither chat.completions.create nor responses.create")
     proxies = _proxies(client, recorder)
+    if "chat" not in proxies and "responses" not in proxies:
+        raise TypeError(f"{type(client).__name__} has neither chat.completions.create nor responses.create")
     try:
         wrapped = copy.copy(client)
         wrapped.__class__ = _recording_type(type(client))

@@ -679,3 +679,165 @@ def test_minus_inf_logprob_is_kept() -> None:
     lps = ep.calls[0].choices[0].logprobs
     assert lps is not None and lps[1] == -np.inf and ep.calls[0].notes == []
 
+
+# ---------------------------------------------------------------- async detection, failures at call time
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "areal"])
+def test_wrapped_client_keeps_its_sync_or_async_nature(kind: str) -> None:
+    import inspect
+
+    from compat.clients import is_async_client
+
+    sync, async_ = openai_clients(WireServer())
+    client: Any = {"sync": sync, "async": async_, "areal": FakeArealOpenAI()}[kind]
+    w = Recorder().wrap(client)
+    assert is_async_client(w) == is_async_client(client) == (kind != "sync")
+    assert inspect.iscoroutinefunction(w.chat.completions.create) == (kind != "sync")
+
+
+def test_async_call_rejected_before_sending_leaves_a_trace() -> None:
+    """The client raises at call time (a bad argument), before any coroutine exists."""
+    fake = FakeArealOpenAI()
+    rec = Recorder()
+    client = rec.wrap(fake)
+
+    async def go() -> Any:
+        async with rec.episode("t") as ep:
+            with pytest.raises(TypeError):
+                await client.chat.completions.create(model="m")  # no messages
+        return ep
+
+    ep = asyncio.run(go())
+    assert ep.calls == []
+    (failure,) = ep.metadata["failed_calls"]
+    assert failure["endpoint"] == "chat.completions" and "TypeError" in failure["error"]
+
+
+# ---------------------------------------------------------------- clients that cannot keep their type
+
+
+class SlottedClient:
+    """A client whose instances cannot be re-classed (fixed __slots__ layout)."""
+
+    __slots__ = ("chat", "name")
+
+    def __init__(self) -> None:
+        self.chat = SimpleNamespace(completions=DuckCompletions())
+        self.name = "slotted"
+
+
+def test_client_that_cannot_be_reclassed_gets_a_recording_proxy(caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    client = SlottedClient()
+    with caplog.at_level("WARNING", logger="rollout.wrap"):
+        w = rec.wrap(client)
+    assert "plain proxy" in caplog.text
+    assert not isinstance(w, SlottedClient)  # the type could not be kept, and the log said so
+    assert w.name == "slotted"  # other attributes pass through
+    with rec.episode("t") as ep:
+        reply = w.chat.completions.create(model="m", messages=M)
+    assert reply["id"] == "duck-1"
+    (call,) = ep.calls
+    assert call.prompt_ids.tolist() == [1, 2, 3, 4] and call.choices[0].ids.tolist() == [7, 8, 9]
+    with pytest.raises(ValueError, match="already wrapped"):
+        rec.wrap(w)
+
+
+# ---------------------------------------------------------------- streams: tool calls, close
+
+
+TOOL_CALLS = [{"name": "add", "arguments": '{"a": 1, "b": 2}'},
+              {"name": "mul", "arguments": '{"a": 3, "b": 40}'}]
+
+
+def tool_call_ids() -> list[int]:
+    return ENC.encode("".join(f"<tool_call>{json.dumps(c)}</tool_call>" for c in TOOL_CALLS))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_streamed_tool_call_deltas_are_folded_into_the_record(mode: str) -> None:
+    server = WireServer(dialect="vllm", tool_calls=TOOL_CALLS)
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, mode, rec)
+    ep = run_in_episode(rec, client, mode, model="m", messages=M, stream=True)
+    plain = run_in_episode(rec, client, mode, model="m", messages=M)
+    (call,) = ep.calls
+    choice = call.choices[0]
+    want = [{"id": f"call_{k}", "type": "function", "function": c} for k, c in enumerate(TOOL_CALLS)]
+    assert choice.message == {"role": "assistant", "tool_calls": want}
+    assert choice.message == plain.calls[0].choices[0].message  # streamed == not streamed
+    assert choice.finish_reason == "tool_calls"
+    ids = tool_call_ids()
+    assert choice.ids.tolist() == ids and call.exact
+    assert np.array_equal(choice.logprobs, expected_logprobs(ids))
+    # The arguments really arrived in pieces over several chunks.
+    sse = server._sse({"messages": M, "return_token_ids": True})
+    assert sse.count(b'"arguments"') >= 2 * 4
+
+
+def test_sync_stream_close_records_a_partial_call_at_once() -> None:
+    server = WireServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, "sync", rec)
+    with rec.episode("t") as ep:
+        stream = client.chat.completions.create(model="m", messages=M, stream=True)
+        it = iter(stream)
+        next(it), next(it)
+        stream.close()
+        assert len(ep.calls) == 1  # recorded by close(), not left to the episode's end
+        assert stream.response.is_closed  # and the SDK stream itself was closed
+    (call,) = ep.calls
+    ids = expected_ids(M)
+    assert call.choices[0].ids.tolist() == ids[:2]
+    assert np.array_equal(call.choices[0].logprobs, expected_logprobs(ids)[:2])
+    assert any("partial" in note for note in call.notes)
+
+
+@pytest.mark.parametrize("how", ["close", "aclose", "async with"])
+def test_async_stream_close_records_a_partial_call_at_once(how: str) -> None:
+    server = WireServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, "async", rec)
+
+    async def go() -> Any:
+        async with rec.episode("t") as ep:
+            stream = await client.chat.completions.create(model="m", messages=M, stream=True)
+            if how == "async with":
+                async with stream:
+                    await stream.__anext__()
+            else:
+                await stream.__anext__()
+                await getattr(stream, how)()
+            assert len(ep.calls) == 1
+            assert stream.response.is_closed
+        return ep
+
+    (call,) = asyncio.run(go()).calls
+    assert call.choices[0].ids.tolist() == expected_ids(M)[:1]
+    assert any("partial" in note for note in call.notes)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_stream_left_open_is_recorded_when_its_episode_ends(mode: str) -> None:
+    server = WireServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True)
+    client = wrapped(server, mode, rec)
+    if mode == "sync":
+        with rec.episode("t") as ep:
+            stream = client.chat.completions.create(model="m", messages=M, stream=True)
+            next(iter(stream))
+            assert ep.calls == []
+    else:
+
+        async def go() -> Any:
+            async with rec.episode("t") as ep:
+                stream = await client.chat.completions.create(model="m", messages=M, stream=True)
+                await stream.__anext__()
+                assert ep.calls == []
+            return ep
+
+        ep = asyncio.run(go())
+    (call,) = ep.calls
+    assert call.choices[0].ids.tolist() == expected_ids(M)[:1]
+    assert any("partial" in note for note in call.notes)
