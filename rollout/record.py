@@ -47,7 +47,10 @@ def as_ids(values: Any) -> np.ndarray:
         arr = np.ascontiguousarray(values)
     else:
         try:
-            arr = np.array(values if values is not None else [], dtype=np.int32)
+            if isinstance(values, list):  # a reply's JSON list: fromiter is the fastest reader
+                arr = np.fromiter(values, dtype=np.int32, count=len(values))
+            else:
+                arr = np.array(values if values is not None else [], dtype=np.int32)
         except (OverflowError, ValueError, TypeError) as exc:
             raise TokenRecordError(f"token ids must be int32 values: {exc}") from None
         if arr.ndim != 1:

@@ -14,8 +14,8 @@ it is sent (`unscoped="refuse"`); it is never dropped.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -380,7 +380,7 @@ class EpisodeScope:
 def finish_episode(episode: Episode, exc: BaseException | None) -> None:
     """Set the final status from how the episode ended."""
     if exc is not None:
-        timed_out = isinstance(exc, (TimeoutError, asyncio.TimeoutError))
+        timed_out = isinstance(exc, TimeoutError) or _is_asyncio_timeout(exc)
         episode.status = EpisodeStatus.TIMEOUT if timed_out else EpisodeStatus.ERROR
         episode.error = f"{type(exc).__name__}: {exc}"
     elif (
@@ -389,3 +389,11 @@ def finish_episode(episode: Episode, exc: BaseException | None) -> None:
         and any(c.finish_reason == "length" for c in episode.calls[-1].choices)
     ):
         episode.status = EpisodeStatus.TRUNCATED
+
+
+def _is_asyncio_timeout(exc: BaseException) -> bool:
+    """asyncio's own TimeoutError (a separate class before Python 3.11). Looked up
+    only if asyncio is loaded: nothing else can raise it, and a sync user's
+    `import rollout` then does not pay for importing asyncio."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.TimeoutError)

@@ -102,7 +102,9 @@ def message_dict(message: Any) -> dict[str, Any]:
 def _logprob_entries(choice: Any) -> list[Any] | None:
     lp = get(choice, "logprobs")
     content = get(lp, "content") if lp is not None else None
-    return list(content) if content is not None else None
+    if content is None or isinstance(content, list):
+        return content
+    return list(content)
 
 
 def _logprob_values(entries: list[Any]) -> np.ndarray:

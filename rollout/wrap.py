@@ -299,33 +299,32 @@ async def _finish_responses_async(awaitable: Any, sent: dict[str, Any], pending:
 
 
 def _completions_proxy(inner: Any, recorder: CallSink, root: Any, endpoint: str) -> _Completions:
-    from compat.clients import is_async_callable  # at wrap time: `import rollout` stays light
+    from compat.clients import is_async_callable
 
     cls = _AsyncCompletions if is_async_callable(getattr(inner, "create", None)) else _Completions
     return cls(inner, recorder, root, endpoint)
 
 
-def _proxies(client: Any, recorder: CallSink) -> dict[str, Any]:
-    from compat.clients import resolve
+def _proxy(name: str, inner: Any, recorder: CallSink, root: Any) -> Any | None:
+    """The recording stand-in for `root.<name>` (which is `inner`), or None when
+    `inner` has no endpoint to record.
 
-    out: dict[str, Any] = {}
-    if resolve(client, "chat.completions.create") is not None:
-        out["chat"] = _Namespace(
-            client.chat,
-            completions=_completions_proxy(client.chat.completions, recorder, client, "chat.completions"),
+    Built on first access, not at wrap time: reaching `client.beta` or
+    `client.responses` makes the openai SDK import large type modules, which
+    an agent that never calls them should not pay for (nor its GC scan).
+    """
+    from compat.clients import resolve  # at wrap time: `import rollout` stays light
+
+    if name == "chat" and resolve(inner, "completions.create"):
+        return _Namespace(
+            inner, completions=_completions_proxy(inner.completions, recorder, root, "chat.completions")
         )
-    if resolve(client, "beta.chat.completions.parse") or resolve(client, "beta.chat.completions.create"):
-        beta_chat = client.beta.chat
-        out["beta"] = _Namespace(
-            client.beta,
-            chat=_Namespace(
-                beta_chat,
-                completions=_completions_proxy(beta_chat.completions, recorder, client, "beta.chat.completions"),
-            ),
-        )
-    if resolve(client, "responses.create") is not None:
-        out["responses"] = _Responses(client.responses, recorder, client)
-    return out
+    if name == "beta" and (resolve(inner, "chat.completions.parse") or resolve(inner, "chat.completions.create")):
+        completions = _completions_proxy(inner.chat.completions, recorder, root, "beta.chat.completions")
+        return _Namespace(inner, chat=_Namespace(inner.chat, completions=completions))
+    if name == "responses" and resolve(inner, "create"):
+        return _Responses(inner, recorder, root)
+    return None
 
 
 def _recording_type(cls: type) -> type:
@@ -334,10 +333,18 @@ def _recording_type(cls: type) -> type:
 
         def make(name: str) -> property:
             def fget(self: Any) -> Any:
-                proxies = self.__dict__.get("_rollout_proxies", {})
-                if name in proxies:
+                state = self.__dict__
+                proxies = state.get("_rollout_proxies")
+                if proxies is not None and name in proxies:
                     return proxies[name]
-                return getattr(super(sub, self), name)
+                # The client's own attribute: an instance attribute (duck clients, an
+                # SDK's cached_property value) or the class's.
+                inner = state[name] if name in state else getattr(super(sub, self), name)
+                if proxies is None:  # an instance the SDK made itself, not (yet) recording
+                    return inner
+                proxy = _proxy(name, inner, state["_rollout_recorder"], self)
+                proxies[name] = inner if proxy is None else proxy
+                return proxies[name]
 
             return property(fget)
 
@@ -347,9 +354,8 @@ def _recording_type(cls: type) -> type:
             def copy_(self: Any, *args: Any, **kwargs: Any) -> Any:
                 """`copy` / `with_options` give a client that records to the same recorder."""
                 new = getattr(cls, "copy")(self, *args, **kwargs)  # noqa: B009 (cls is any client type)
-                recorder = self.__dict__["_rollout_recorder"]
-                new.__dict__["_rollout_proxies"] = _proxies(new, recorder)
-                new.__dict__["_rollout_recorder"] = recorder
+                new.__dict__["_rollout_proxies"] = {}
+                new.__dict__["_rollout_recorder"] = self.__dict__["_rollout_recorder"]
                 return new
 
             namespace["copy"] = copy_
@@ -365,20 +371,32 @@ class _PlainProxy(_Namespace):
     `__slots__` layout): calls are recorded and attributes pass through, but
     `isinstance` against the client's type no longer holds (a warning says so)."""
 
+    def __init__(self, inner: Any, recorder: CallSink) -> None:
+        super().__init__(inner, _rollout_recorder=recorder)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.__wrapped__, name)
+        proxy = _proxy(name, attr, self._rollout_recorder, self.__wrapped__) if name in _OVERRIDDEN else None
+        if proxy is None:
+            return attr
+        self.__dict__[name] = proxy  # found directly from now on
+        return proxy
+
 
 def wrap_client(client: Any, recorder: CallSink) -> Any:
     """A client of the same type that records through `recorder`."""
+    from compat.clients import resolve
+
     if getattr(client, "_rollout_recorder", None) is not None:
         raise ValueError("client is already wrapped by a Recorder")
-    proxies = _proxies(client, recorder)
-    if "chat" not in proxies and "responses" not in proxies:
+    if resolve(client, "chat.completions.create") is None and resolve(client, "responses.create") is None:
         raise TypeError(f"{type(client).__name__} has neither chat.completions.create nor responses.create")
     try:
         wrapped = copy.copy(client)
         wrapped.__class__ = _recording_type(type(client))
-        wrapped.__dict__["_rollout_proxies"] = proxies
+        wrapped.__dict__["_rollout_proxies"] = {}
         wrapped.__dict__["_rollout_recorder"] = recorder
         return wrapped
     except (TypeError, AttributeError) as exc:
         logger.warning("cannot keep the type of %s (%s); returning a plain proxy", type(client).__name__, exc)
-        return _PlainProxy(client, _rollout_recorder=recorder, **proxies)
+        return _PlainProxy(client, recorder)

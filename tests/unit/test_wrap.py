@@ -142,6 +142,33 @@ def test_wrap_keeps_type_and_passes_attributes_through(kind: str) -> None:
         assert w.ping() == "pong"
 
 
+def test_wrap_builds_proxies_on_first_use_only() -> None:
+    """Reaching `client.beta` / `client.responses` imports large SDK modules; wrapping
+    must not, so an agent that only uses chat never pays for them (run in a fresh
+    interpreter: other tests may have imported them here)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's rollout, not an installed one
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    code = (
+        "import sys\n"
+        "from openai import OpenAI\n"
+        "from rollout import Recorder\n"
+        "rec = Recorder()\n"
+        "w = rec.wrap(OpenAI(api_key='k', base_url='http://127.0.0.1:9/v1'))\n"
+        "w.chat.completions.create\n"
+        "loaded = lambda p: any(m.startswith(p) for m in sys.modules)\n"
+        "print(loaded('openai.resources.beta'), loaded('openai.resources.responses'))\n"
+        "w.beta.chat.completions.parse\n"
+        "print(loaded('openai.resources.beta'), type(w.beta.chat.completions).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split("\n")[:2] == ["False False", "True _Completions"]
+
+
 def test_wrapping_twice_raises_and_original_is_untouched() -> None:
     server = WireServer(dialect="vllm")
     sync, _ = openai_clients(server)
