@@ -314,12 +314,14 @@ class StreamAccumulator:
                 slot["arguments"] += get(fn, "arguments", "") or ""
             ids = get(raw, "token_ids")
             if ids is not None:
-                c["token_ids"] = (c["token_ids"] or []) + list(ids)
+                c["token_ids"] = c["token_ids"] or []
+                c["token_ids"].extend(ids)  # in place: a long stream stays linear
             if get(raw, "prompt_token_ids") is not None:
                 c["prompt_token_ids"] = list(get(raw, "prompt_token_ids"))
             entries = _logprob_entries(raw)
             if entries is not None:
-                c["logprobs"] = (c["logprobs"] or []) + entries
+                c["logprobs"] = c["logprobs"] or []
+                c["logprobs"].extend(entries)
             if get(raw, "finish_reason") is not None:
                 c["finish_reason"] = get(raw, "finish_reason")
 
