@@ -271,6 +271,8 @@ class Recorder:
 class PendingCall:
     """One call in flight: turns its reply (or stream, or failure) into a record."""
 
+    __slots__ = ("_t0", "done", "endpoint", "episode", "kwargs", "log", "recorder", "started")
+
     def __init__(self, recorder: Recorder, log: EpisodeLog, endpoint: str, kwargs: dict[str, Any]) -> None:
         self.recorder = recorder
         self.log = log

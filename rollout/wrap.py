@@ -83,16 +83,20 @@ class _Completions(_Namespace):
         return attr
 
     def create(self, **kwargs: Any) -> Any:
-        return self._recording(self.__wrapped__.create, self._endpoint)(**kwargs)
+        return self._call(self.__wrapped__.create, self._endpoint, kwargs)
 
     def _recording(self, fn: Any, endpoint: str) -> Any:
         def call(**kwargs: Any) -> Any:
-            result, sent, pending = _send(self._recorder, fn, kwargs, _helper(kwargs, endpoint))
-            if inspect.isawaitable(result):  # a sync-looking function of an async client
-                return _finish_async(result, sent, pending, self._root)
-            return _finish(result, sent, pending, self._root)
+            return self._call(fn, endpoint, kwargs)
 
         return call
+
+    def _call(self, fn: Any, endpoint: str, kwargs: dict[str, Any]) -> Any:
+        """Record one call: the reply, a stream wrapped to record, or an awaitable of either."""
+        result, sent, pending = _send(self._recorder, fn, kwargs, _helper(kwargs, endpoint))
+        if inspect.isawaitable(result):  # an async client's call (or a sync-looking function of one)
+            return _finish_async(result, sent, pending, self._root)
+        return _finish(result, sent, pending, self._root)
 
     def _recording_manager(self, fn: Any) -> Any:
         """The SDK's `.stream(...)` helper, run with this proxy as its resource.
@@ -115,14 +119,13 @@ class _AsyncCompletions(_Completions):
     """`chat.completions` of an async client: the twin of `_Completions`."""
 
     async def create(self, **kwargs: Any) -> Any:
-        return await self._recording(self.__wrapped__.create, self._endpoint)(**kwargs)
+        result = self._call(self.__wrapped__.create, self._endpoint, kwargs)
+        return await result if inspect.isawaitable(result) else result
 
     def _recording(self, fn: Any, endpoint: str) -> Any:
         async def call(**kwargs: Any) -> Any:
-            result, sent, pending = _send(self._recorder, fn, kwargs, _helper(kwargs, endpoint))
-            if inspect.isawaitable(result):
-                return await _finish_async(result, sent, pending, self._root)
-            return _finish(result, sent, pending, self._root)
+            result = self._call(fn, endpoint, kwargs)
+            return await result if inspect.isawaitable(result) else result
 
         return call
 
