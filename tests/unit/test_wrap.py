@@ -422,19 +422,31 @@ def test_parse_is_recorded_with_ids(path: str, mode: str) -> None:
     assert server.requests[-1]["response_format"]["type"] == "json_schema"
 
 
-def test_sdk_stream_manager_records_all_token_ids() -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sdk_stream_manager_records_all_token_ids(mode: str) -> None:
     server = WireServer(dialect="vllm")
     rec = Recorder(request_token_ids=True, request_logprobs=True)
-    client = wrapped(server, "sync", rec)
-    with rec.episode("t") as ep, client.chat.completions.stream(model="m", messages=M) as stream:
-        for _ in stream:
-            pass
+    client = wrapped(server, mode, rec)
+    if mode == "sync":
+        with rec.episode("t") as ep, client.chat.completions.stream(model="m", messages=M) as stream:
+            for _ in stream:
+                pass
+    else:
+
+        async def go() -> Any:
+            async with rec.episode("t") as ep, client.chat.completions.stream(model="m", messages=M) as s:
+                async for _ in s:
+                    pass
+            return ep
+
+        ep = asyncio.run(go())
     (call,) = ep.calls
     assert call.endpoint == "chat.completions.stream"
     ids = expected_ids(M)
     assert len(ids) > 1
-    # Either the ids are right, or the record must not claim to be exact.
-    assert call.choices[0].ids.tolist() == ids or not call.exact
+    # The helper streams through the recording create: every chunk's ids, exact.
+    assert call.choices[0].ids.tolist() == ids and call.exact
+    assert np.array_equal(call.choices[0].logprobs, expected_logprobs(ids))
 
 
 class DuckResponses:
