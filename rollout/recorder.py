@@ -47,6 +47,11 @@ _DROP_KEYS = frozenset(
 )
 
 
+def _unset(value: Any) -> bool:
+    """The openai SDK's "argument not given" sentinels (its helpers pass them explicitly)."""
+    return type(value).__name__ in ("NotGiven", "Omit")
+
+
 def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
     """The request as it may be stored: no headers, keys or transport objects.
 
@@ -58,7 +63,7 @@ def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None)
     """
     out: dict[str, Any] = {}
     for k, v in kwargs.items():
-        if k in _DROP_KEYS or type(v).__name__ in ("NotGiven", "Omit"):
+        if k in _DROP_KEYS or _unset(v):
             continue
         if k == "response_format" and isinstance(v, type):
             v = {"type": "pydantic", "name": v.__name__}
@@ -160,7 +165,8 @@ class Recorder:
             "refuse" raises `UnscopedCallError` before the request is sent.
         request_token_ids: ask servers for exact ids (vLLM/SGLang
             `return_token_ids`) by adding it to `extra_body`.
-        request_logprobs: add `logprobs=True` unless the caller set it.
+        request_logprobs: add `logprobs=True` unless the caller set it (the SDK's
+            "not given" sentinels count as unset).
         tokenizer: fallback for replies without ids; such records are inexact.
         policy_version: version stamped on tokens when the reply reports none.
         strict: raise `TokenRecordError` on inconsistent token data instead of
@@ -263,7 +269,7 @@ class Recorder:
                 extra = dict(sent.get("extra_body") or {})
                 extra.setdefault("return_token_ids", True)
                 sent["extra_body"] = extra
-            if self.request_logprobs and "logprobs" not in sent:
+            if self.request_logprobs and ("logprobs" not in sent or _unset(sent["logprobs"])):
                 sent["logprobs"] = True
         return sent, PendingCall(self, self._log(episode), endpoint, sent)
 

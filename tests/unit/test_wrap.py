@@ -310,6 +310,20 @@ def test_requested_fields_are_added_to_the_wire_request(mode: str) -> None:
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sdk_not_given_sentinels_do_not_stop_requested_logprobs(mode: str) -> None:
+    """The SDK's own helpers (e.g. `.stream()`) pass `logprobs=omit` explicitly."""
+    import openai
+
+    server = WireServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, mode, rec)
+    for unset in (openai.NOT_GIVEN, openai.omit):
+        ep = run_in_episode(rec, client, mode, model="m", messages=M, logprobs=unset)
+        assert server.requests[-1]["logprobs"] is True
+        assert np.array_equal(ep.calls[0].choices[0].logprobs, expected_logprobs(expected_ids(M)))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
 def test_default_recorder_does_not_change_the_request(mode: str) -> None:
     server = WireServer(dialect="vllm")
     rec = Recorder()
