@@ -1,6 +1,6 @@
 """Recording cost: time overhead vs the bare openai client, and bytes per recorded token.
 
-    python benchmarks/bench_record.py [--calls 200] [--repeats 15] [--mem-calls 4000]
+    python benchmarks/bench_record.py [--calls 120] [--repeats 24] [--mem-calls 4000]
 
 Prints ONE JSON line.
 
@@ -8,10 +8,10 @@ Overhead: the real openai SDK over an in-process httpx2 `MockTransport` whose
 handler returns PRE-BUILT bytes (a vLLM-format reply: `prompt_token_ids`,
 `choices[0].token_ids`, 256 completion tokens with logprobs), so the server
 side costs ~nothing and the ratio measures SDK + recorder vs SDK alone. Bare and
-wrapped clients run in the same process, repeats interleaved (bare, wrapped,
-bare, ...); `ratio` is the median over adjacent (bare, wrapped) pairs of their
-wall-time ratio, `cpu_ratio` the same in process CPU time (blind to other
-processes on a shared machine). Wrapped calls run in episodes of `--per-episode`
+wrapped clients run in the same process, in short interleaved repeats whose
+order alternates (bare first, then wrapped first); `ratio` is the median over
+the (bare, wrapped) pairs of their wall-time ratio, `cpu_ratio` the same in
+process CPU time (blind to other processes' load). Wrapped calls run in episodes of `--per-episode`
 calls (8, a typical multi-turn agent). A third figure puts all calls of a repeat
 in ONE episode, to expose per-call costs that grow with episode length.
 Target: ratio <= 1.05 (sync and async).
@@ -155,12 +155,14 @@ def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
     bare_t, wrap_t = [], []
     time_sync(sync, 20)
     time_sync(wsync, 24, rec, per_episode)
-    for _ in range(repeats):
-        gc.collect()
-        bare_t.append(time_sync(sync, calls))
-        gc.collect()
-        wrap_t.append(time_sync(wsync, calls, rec, per_episode))
-        rec.drain()
+    for i in range(repeats):
+        for wrapped in (False, True) if i % 2 == 0 else (True, False):  # alternate who goes first
+            gc.collect()
+            if wrapped:
+                wrap_t.append(time_sync(wsync, calls, rec, per_episode))
+                rec.drain()
+            else:
+                bare_t.append(time_sync(sync, calls))
     out["sync"] = summary(bare_t, wrap_t)
 
     # async (one loop for both, so loop start-up is in neither number)
@@ -168,12 +170,14 @@ def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
         b, w = [], []
         await time_async(async_, 20)
         await time_async(wasync, 24, rec, per_episode)
-        for _ in range(repeats):
-            gc.collect()
-            b.append(await time_async(async_, calls))
-            gc.collect()
-            w.append(await time_async(wasync, calls, rec, per_episode))
-            rec.drain()
+        for i in range(repeats):
+            for wrapped in (False, True) if i % 2 == 0 else (True, False):
+                gc.collect()
+                if wrapped:
+                    w.append(await time_async(wasync, calls, rec, per_episode))
+                    rec.drain()
+                else:
+                    b.append(await time_async(async_, calls))
         return b, w
 
     out["async"] = summary(*asyncio.run(run_async()))
@@ -241,8 +245,8 @@ def retained_by_lists(calls: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--calls", type=int, default=200, help="calls per timing repeat")
-    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--calls", type=int, default=120, help="calls per timing repeat")
+    ap.add_argument("--repeats", type=int, default=24)
     ap.add_argument("--mem-calls", type=int, default=4000)
     ap.add_argument("--per-episode", type=int, default=8, help="calls per episode (wrapped runs)")
     args = ap.parse_args()
