@@ -2,8 +2,9 @@
 
 Frameworks check `isinstance(client, AsyncOpenAI)`, so `wrap_client` returns a
 shallow copy of the client whose class is a cached subclass of the original
-that overrides just `chat`, `beta` and `responses`. Everything else (base URL,
-`get_interaction`, the HTTP pool) is the original's.
+that overrides just `chat`, `beta` and `responses` (each proxied on first
+access). Everything else (base URL, `get_interaction`, the HTTP pool) is the
+original's.
 
 Intercepted: `chat.completions.create` (plain and streamed),
 `chat.completions.parse`, `beta.chat.completions.parse`,
