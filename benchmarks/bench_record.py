@@ -14,6 +14,11 @@ the (bare, wrapped) pairs of their wall-time ratio, `cpu_ratio` the same in
 process CPU time (blind to other processes' load). Wrapped calls run in episodes of `--per-episode`
 calls (8, a typical multi-turn agent). A third figure puts all calls of a repeat
 in ONE episode, to expose per-call costs that grow with episode length.
+Each figure is measured twice: as a user runs (`ratio`, the garbage collector
+on) and with automatic collection paused inside the timed repeats
+(`gc_paused.ratio`). On this SDK call a full collection of the process heap
+costs tens of milliseconds and falls into a repeat or not by chance, so the
+paused figure is the steady one; the difference between the two is GC.
 Target: ratio <= 1.05 (sync and async).
 
 Memory: `mem_calls` wrapped calls (default 4000 x 256 completion tokens, ~1 M
@@ -36,6 +41,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,52 +151,59 @@ def summary(bare: list[tuple[float, float]], wrapped: list[tuple[float, float]])
     }
 
 
+Timer = Callable[[], tuple[float, float]]
+
+
+def interleaved(bare: Timer, wrapped: Timer, repeats: int, *, gc_paused: bool = False) -> dict[str, Any]:
+    """Bare and wrapped repeats, alternating which goes first; with `gc_paused`,
+    automatic garbage collection is off inside each timed repeat (each starts
+    from a full collection either way)."""
+    bare_t: list[tuple[float, float]] = []
+    wrap_t: list[tuple[float, float]] = []
+    for i in range(repeats):
+        for is_wrapped in (False, True) if i % 2 == 0 else (True, False):
+            gc.collect()
+            if gc_paused:
+                gc.disable()
+            try:
+                (wrap_t if is_wrapped else bare_t).append(wrapped() if is_wrapped else bare())
+            finally:
+                gc.enable()
+    return summary(bare_t, wrap_t)
+
+
 def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
     sync, async_ = clients()
     rec = Recorder()
     wsync, wasync = rec.wrap(sync), rec.wrap(async_)
-    out: dict[str, Any] = {}
+    loop = asyncio.new_event_loop()  # one loop for every async repeat: start-up is in no figure
 
-    # sync: bare and wrapped repeats interleaved
-    bare_t, wrap_t = [], []
-    time_sync(sync, 20)
-    time_sync(wsync, 24, rec, per_episode)
-    for i in range(repeats):
-        for wrapped in (False, True) if i % 2 == 0 else (True, False):  # alternate who goes first
-            gc.collect()
-            if wrapped:
-                wrap_t.append(time_sync(wsync, calls, rec, per_episode))
-                rec.drain()
-            else:
-                bare_t.append(time_sync(sync, calls))
-    out["sync"] = summary(bare_t, wrap_t)
-
-    # async (one loop for both, so loop start-up is in neither number)
-    async def run_async() -> tuple[list[tuple[float, float]], list[tuple[float, float]]]:
-        b, w = [], []
-        await time_async(async_, 20)
-        await time_async(wasync, 24, rec, per_episode)
-        for i in range(repeats):
-            for wrapped in (False, True) if i % 2 == 0 else (True, False):
-                gc.collect()
-                if wrapped:
-                    w.append(await time_async(wasync, calls, rec, per_episode))
-                    rec.drain()
-                else:
-                    b.append(await time_async(async_, calls))
-        return b, w
-
-    out["async"] = summary(*asyncio.run(run_async()))
-
-    # One long episode (all calls in it): exposes per-call costs that grow with episode length.
-    bare_l, long_t = [], []
-    for _ in range(max(3, repeats // 3)):
-        gc.collect()
-        bare_l.append(time_sync(sync, calls))
-        gc.collect()
-        long_t.append(time_sync(wsync, calls, rec, per_episode=calls))
+    def drained(timing: tuple[float, float]) -> tuple[float, float]:
         rec.drain()
-    out["sync_one_episode_of_all_calls"] = summary(bare_l, long_t)
+        return timing
+
+    timers: dict[str, tuple[Timer, Timer]] = {
+        "sync": (
+            lambda: time_sync(sync, calls),
+            lambda: drained(time_sync(wsync, calls, rec, per_episode)),
+        ),
+        "async": (
+            lambda: loop.run_until_complete(time_async(async_, calls)),
+            lambda: drained(loop.run_until_complete(time_async(wasync, calls, rec, per_episode))),
+        ),
+        # One long episode (all calls in it): exposes per-call costs that grow with episode length.
+        "sync_one_episode_of_all_calls": (
+            lambda: time_sync(sync, calls),
+            lambda: drained(time_sync(wsync, calls, rec, per_episode=calls)),
+        ),
+    }
+    out: dict[str, Any] = {}
+    for name, (bare, wrapped) in timers.items():
+        bare(), wrapped()  # warm up
+        n = repeats if name in ("sync", "async") else max(4, repeats // 3)
+        out[name] = interleaved(bare, wrapped, n)
+        out[name]["gc_paused"] = interleaved(bare, wrapped, n, gc_paused=True)
+    loop.close()
     return out
 
 
