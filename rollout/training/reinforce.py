@@ -163,7 +163,7 @@ def plot_rewards(history: list[dict[str, Any]], path: str | Path, log: Callable[
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log("matplotlib is not installed: no plot written")
+        log("no plot written: matplotlib is missing (pip install 'rollout-compat[plot]')")
         return False
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([h["iteration"] for h in history], [h["mean_reward"] for h in history], marker="o")
