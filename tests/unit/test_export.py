@@ -65,6 +65,8 @@ def assert_same_episode(a: Episode, b: Episode) -> None:
             "reward",
             "parent",
             "notes",
+            "sent_as",
+            "fallback",
         ):
             assert getattr(ca, name) == getattr(cb, name), name
         assert ca.prompt_ids.dtype == cb.prompt_ids.dtype == np.int32
@@ -136,6 +138,8 @@ def rich_episode(task_id: str = "task-1", sample: int = 0) -> Episode:
         reward=0.25,
         parent=0,
         notes=["drift: retokenized", "second"],
+        sent_as="tokens",
+        fallback="bridge not found: sent as messages",
     )
     return Episode(
         id=f"ep-{task_id}-{sample}",
@@ -188,6 +192,8 @@ def episodes(draw: Any) -> Episode:
                 reward=draw(st.none() | st.floats(-10, 10)),
                 parent=draw(st.none() | st.integers(0, 3)),
                 notes=draw(st.lists(text, max_size=2)),
+                sent_as=draw(st.sampled_from(["messages", "tokens"])),
+                fallback=draw(st.none() | text),
             )
         )
     return Episode(
@@ -215,7 +221,7 @@ def test_jsonl_round_trip_exact(tmp_path: Path) -> None:
     assert math.isinf(back[0].calls[0].choices[0].logprobs[1])  # type: ignore[index]
     assert back[0].calls[0].choices[1].logprobs is None
     line = json.loads(path.read_text().splitlines()[0])
-    assert line["schema_version"] == 1
+    assert line["schema_version"] == 2
 
 
 @settings(
@@ -310,7 +316,7 @@ def test_parquet_token_columns_are_native_lists(tmp_path: Path) -> None:
     assert choice.field("ids").type == pa.list_(pa.int32())
     assert choice.field("logprobs").type == pa.list_(pa.float32())
     assert choice.field("versions").type == pa.list_(pa.int32())
-    assert schema.metadata[b"rollout.schema_version"] == b"1"
+    assert schema.metadata[b"rollout.schema_version"] == b"2"
 
 
 def test_parquet_append_across_sessions(tmp_path: Path) -> None:
@@ -363,6 +369,78 @@ def test_parquet_without_pyarrow_says_how_to_install(
     monkeypatch.setitem(sys.modules, "pyarrow.parquet", None)
     with pytest.raises(ImportError, match=r"pip install rollout-compat\[parquet\]"):
         write_parquet([rich_episode()], tmp_path / "x.parquet")
+
+
+def test_token_mode_fields_round_trip(tmp_path: Path) -> None:
+    ep = rich_episode()
+    jp, pp = tmp_path / "t.jsonl", tmp_path / "t.parquet"
+    write_jsonl(ep, jp)
+    write_parquet(ep, pp)
+    for back in (read_jsonl(jp)[0], read_parquet(pp)[0]):
+        assert [(c.sent_as, c.fallback) for c in back.calls] == [
+            ("messages", None),
+            ("tokens", "bridge not found: sent as messages"),
+        ]
+
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def _as_version_1(ep: Episode) -> Episode:
+    """What a version-1 file holds of `ep`: the token-mode fields at their defaults."""
+    for call in ep.calls:
+        call.sent_as, call.fallback = "messages", None
+    return ep
+
+
+def test_version_1_files_still_read() -> None:
+    # Written by the schema-1 code (commit ca8d1f7) from rich_episode("a", 0),
+    # rich_episode("b", 1) and Episode(id="empty-ep", task_id="empty").
+    expected = [
+        _as_version_1(rich_episode("a", 0)),
+        _as_version_1(rich_episode("b", 1)),
+        Episode(id="empty-ep", task_id="empty"),
+    ]
+    for back in (read_jsonl(DATA / "episodes_v1.jsonl"), read_parquet(DATA / "episodes_v1.parquet")):
+        assert len(back) == 3
+        for a, b in zip(expected, back, strict=True):
+            assert_same_episode(a, b)
+
+
+def test_parquet_append_to_a_version_1_file_rewrites_it_in_version_2(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "old.parquet"
+    path.write_bytes((DATA / "episodes_v1.parquet").read_bytes())
+    with ParquetWriter(path) as w:
+        w.write(rich_episode("c"))
+        assert w.count == 4
+    assert pq.read_schema(path).metadata[b"rollout.schema_version"] == b"2"
+    back = read_parquet(path)
+    assert [e.task_id for e in back] == ["a", "b", "empty", "c"]
+    assert_same_episode(back[0], _as_version_1(rich_episode("a", 0)))
+    assert_same_episode(back[3], rich_episode("c"))
+
+
+def test_one_field_table_names_the_jsonl_keys_and_the_parquet_columns(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from rollout.export.rows import CALL, CHOICE, EPISODE
+
+    path = tmp_path / "e.parquet"
+    write_parquet(rich_episode(), path)
+    schema = pq.read_schema(path)
+    call_t = schema.field("calls").type.value_type
+    choice_t = call_t.field("choices").type.value_type
+    row = episode_to_row(rich_episode())
+    for table, arrow, keys in (
+        (EPISODE, schema, row),
+        (CALL, call_t, row["calls"][0]),
+        (CHOICE, choice_t, row["calls"][0]["choices"][0]),
+    ):
+        names = [f.name for f in table.fields]
+        assert [f.name for f in arrow if f.name != "schema_version"] == names
+        assert [k for k in keys if k != "schema_version"] == names
 
 
 # ---------------------------------------------------------------- secrets
