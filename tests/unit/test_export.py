@@ -479,6 +479,61 @@ def test_secrets_never_written(tmp_path: Path) -> None:
     assert "api_key" in ep.calls[0].request  # the in-memory record is not mutated
 
 
+def test_a_registered_key_leaves_no_trace_in_any_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    import rollout.redact
+
+    monkeypatch.setattr(rollout.redact, "_secrets", rollout.redact._secrets)  # undo after
+    key = "zq7-" + uuid.uuid4().hex
+    rollout.redact.register_secret(key)
+    ep = rich_episode()
+    ep.error = f'openai.AuthenticationError: 401 {{"error": "invalid api key {key}"}}'
+    ep.metadata = {
+        "server": f"http://user:{key}@host:8000/v1",
+        "proxy": "https://bob:hunter2hunter2@proxy.local/",  # unregistered, caught by shape
+        "log": [f"retrying with {key}"],
+    }
+    ep.task = {"question": f"echo {key}"}
+    call = ep.calls[0]
+    call.request = {
+        "messages": [{"role": "user", "content": f"my key is {key}"}],
+        "extra_body": {
+            "session_token": key,
+            "credentials": {"password": key},
+            "options": {"deep": [{"x": f"k={key}"}]},
+            "top_k": 5,
+        },
+    }
+    call.notes = [f"server echoed {key}"]
+    call.fallback = f"token route refused {key}"
+    call.choices[0].message = {"role": "assistant", "content": f"your key: {key}"}
+
+    jp, pp = tmp_path / "k.jsonl", tmp_path / "k.parquet"
+    write_jsonl(ep, jp)
+    write_parquet(ep, pp, compression="none")
+    outputs = {
+        "jsonl": jp.read_bytes().decode(),
+        "parquet": pp.read_bytes().decode("latin-1"),
+        "rllm": json.dumps(to_rllm(ep), ensure_ascii=False),
+    }
+    for name, text in outputs.items():
+        for i in range(len(key) - 8):
+            assert key[i : i + 8] not in text, f"{name} holds part of the key"
+        assert "hunter2" not in text, name
+    back = read_jsonl(jp)[0]
+    assert back.metadata["server"] == "http://user:[REDACTED]@host:8000/v1"
+    assert back.calls[0].request["extra_body"] == {
+        "options": {"deep": [{"x": "k=[REDACTED]"}]},
+        "top_k": 5,
+    }
+    assert back.error is not None and "401" in back.error and "[REDACTED]" in back.error
+    assert_same_episode(read_parquet(pp)[0], back)
+    assert key in ep.error  # the in-memory episode is not changed
+
+
 # ---------------------------------------------------------------- AReaL
 
 
