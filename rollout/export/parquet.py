@@ -302,3 +302,24 @@ def read_parquet(path: str | os.PathLike[str]) -> list[Episode]:
     f = pq.ParquetFile(path)
     _file_version(f.schema_arrow, str(path))
     return table_to_episodes(f.read(), str(path))
+
+
+def episode_ids(path: str | os.PathLike[str]) -> list[str]:
+    """The episode ids in a Parquet file, in row order (reads only that column)."""
+    _, pq = _pyarrow()
+    ids: list[str] = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    return ids
+
+
+def keep_rows(path: str | os.PathLike[str], keep: list[bool]) -> None:
+    """Rewrite a Parquet file with only the rows `keep` marks, atomically; remove it if none."""
+    pa, pq = _pyarrow()
+    path = Path(path)
+    if not any(keep):
+        path.unlink()
+        return
+    f = pq.ParquetFile(path)
+    table = f.read().filter(pa.array(keep, pa.bool_()))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)

@@ -223,6 +223,11 @@ def dumps(obj: Any) -> str:
     return json.dumps(obj, default=json_default, ensure_ascii=False, separators=(",", ":"))
 
 
+MAX_DEPTH = 256
+"""Deepest nesting `jsonable` accepts: well inside Python's recursion limit, so the
+redactor and `json.dumps` that walk the result again cannot hit it."""
+
+
 class _Unwritable(Exception):
     def __init__(self, reason: str, where: str = "") -> None:
         self.reason, self.where = reason, where
@@ -234,14 +239,13 @@ def jsonable(obj: Any, where: str = "value") -> Any:
     Non-string keys that JSON allows (int, float, bool, None) become strings
     as `json` writes them; other objects go through `json_default`. Raises
     `SerializationError` naming the place for a key JSON cannot hold (a
-    tuple) or a cycle, instead of recursing forever.
+    tuple), a cycle or nesting deeper than `MAX_DEPTH`, instead of recursing
+    forever.
     """
     try:
         return _plain(obj, set())
     except _Unwritable as e:
         raise SerializationError(f"{where}{e.where}: {e.reason}") from None
-    except RecursionError:
-        raise SerializationError(f"{where}: nested too deeply to write") from None
 
 
 def _plain(obj: Any, active: set[int]) -> Any:
@@ -250,6 +254,8 @@ def _plain(obj: Any, active: set[int]) -> Any:
     if isinstance(obj, (dict, list, tuple)):
         if id(obj) in active:
             raise _Unwritable("refers to itself (a cycle)")
+        if len(active) >= MAX_DEPTH:
+            raise _Unwritable(f"nested deeper than {MAX_DEPTH} levels")
         active.add(id(obj))
         try:
             if isinstance(obj, dict):
