@@ -278,6 +278,35 @@ def test_jsonl_writer_flushes_each_line(tmp_path: Path) -> None:
         w.write(rich_episode("b"))
 
 
+def test_jsonl_readers_keep_the_latest_attempt_of_a_retried_episode(tmp_path: Path) -> None:
+    from rollout.export import iter_jsonl
+
+    path = tmp_path / "retried.jsonl"
+    first, other = rich_episode("a"), rich_episode("b")
+    first.id, other.id = "attempt-1", "other"
+    rerun = rich_episode("a")
+    rerun.id, rerun.metadata = "attempt-2", {"retry_of": "attempt-1"}
+    write_jsonl([first, other, rerun], path)
+    assert [e.id for e in read_jsonl(path)] == ["other", "attempt-2"]
+    assert [e.id for e in iter_jsonl(path)] == ["other", "attempt-2"]
+    assert [e.id for e in read_jsonl(path, latest_only=False)] == ["attempt-1", "other", "attempt-2"]
+    # a rerun whose line was torn replaces nothing
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 30])
+    with pytest.warns(CorruptLineWarning, match=":3: skipped truncated last line"):
+        assert [e.id for e in read_jsonl(path)] == ["attempt-1", "other"]
+
+
+def test_jsonl_non_utf8_line_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    write_jsonl([rich_episode("a"), rich_episode("b")], path)
+    path.write_bytes(path.read_bytes().replace(b'"task_id":"b"', b'"task_id":"\xc3b"'))
+    with pytest.warns(CorruptLineWarning, match=r"bad\.jsonl:2: skipped corrupt line \(not UTF-8: byte 0xc3"):
+        assert [e.task_id for e in read_jsonl(path)] == ["a"]
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: corrupt JSONL line \(not UTF-8"):
+        read_jsonl(path, errors="raise")
+
+
 def test_jsonl_future_schema_raises(tmp_path: Path) -> None:
     path = tmp_path / "future.jsonl"
     row = episode_to_row(rich_episode())
