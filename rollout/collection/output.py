@@ -64,7 +64,7 @@ class JournalIndex:
             return index
         # A complete last line that lost only its newline still counts: the next
         # writer terminates it, and running it again would write the episode twice.
-        for _, _, row in iter_lines(path):
+        for _, row in iter_lines(path):
             if "task_id" not in row or not isinstance(row.get("id"), str):
                 continue
             uid = f"{row['task_id']}:{row.get('sample', 0)}"
@@ -203,7 +203,7 @@ class EpisodeSink:
         missing = wanted - have
         if missing:
             logger.info("writing %d journaled episodes missing from %s", len(missing), self.parquet_dir)
-            for _, _, row in iter_lines(journal):
+            for _, row in iter_lines(journal):
                 if row.get("id") in missing:
                     missing.discard(row["id"])
                     self._add_to_parquet(episode_from_row(row))

@@ -109,8 +109,8 @@ def write_jsonl(
 
 def iter_lines(
     path: str | os.PathLike[str], *, errors: Literal["skip", "raise"] = "skip"
-) -> Iterator[tuple[str, bytes, dict[str, Any]]]:
-    """(`path:line`, raw line, parsed row) for each line holding a JSON object.
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(`path:line`, parsed row) for each line holding a JSON object.
 
     A line that is not UTF-8 or not valid JSON (a killed writer's last line,
     a damaged disk) is skipped with a `CorruptLineWarning` naming it, or
@@ -137,7 +137,7 @@ def iter_lines(
                 raise SchemaVersionError(
                     f"{where}: expected a JSON object, got {type(row).__name__}"
                 )
-            yield where, raw, row
+            yield where, row
 
 
 def replaced_ids(path: str | os.PathLike[str]) -> set[str]:
@@ -174,7 +174,7 @@ def iter_jsonl(
     appears once; `latest_only=False` gives every attempt.
     """
     replaced = replaced_ids(path) if latest_only else set()
-    for where, _, row in iter_lines(path, errors=errors):
+    for where, row in iter_lines(path, errors=errors):
         if replaced and row.get("id") in replaced:
             continue
         try:
