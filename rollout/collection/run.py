@@ -229,7 +229,7 @@ async def acollect(
     collector = Collector(config, agent=agent, overrides=overrides, **settings)
     cfg = collector.config
     task_list = load_tasks(tasks if tasks is not None else cfg.tasks, cfg.limit)
-    skip = done_uids(cfg.output.path) if cfg.output.path and cfg.output.resume else set()
+    skip = done_uids(cfg.output.path, retry_failed=cfg.output.retry_failed) if cfg.output.path and cfg.output.resume else set()
     jobs = _jobs(cfg, task_list, skip)
     requested = len(task_list) * cfg.samples_per_task
     progress = Progress(len(jobs), requested - len(jobs), cfg.progress, cfg.output.path)

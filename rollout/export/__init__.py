@@ -4,17 +4,18 @@
 optional pyarrow extra and imports it only when used.
 """
 
+from rollout.errors import CorruptLineWarning, SchemaVersionError, SerializationError
 from rollout.export.areal import MissingLogprobsError, to_areal
-from rollout.export.jsonl import (
-    CorruptLineWarning,
-    JsonlWriter,
-    iter_jsonl,
-    read_jsonl,
-    write_jsonl,
-)
+from rollout.export.jsonl import JsonlWriter, iter_jsonl, read_jsonl, write_jsonl
 from rollout.export.parquet import ParquetWriter, iter_parquet, read_parquet, write_parquet
 from rollout.export.rllm import to_rllm
-from rollout.export.rows import SCHEMA_VERSION, SchemaVersionError, episode_from_row, episode_to_row
+from rollout.export.rows import (
+    SCHEMA_VERSION,
+    episode_from_row,
+    episode_to_row,
+    json_default,
+    jsonable,
+)
 from rollout.export.verl import TruncationError, to_verl
 
 __all__ = [
@@ -24,11 +25,14 @@ __all__ = [
     "MissingLogprobsError",
     "ParquetWriter",
     "SchemaVersionError",
+    "SerializationError",
     "TruncationError",
     "episode_from_row",
     "episode_to_row",
     "iter_jsonl",
     "iter_parquet",
+    "json_default",
+    "jsonable",
     "read_jsonl",
     "read_parquet",
     "to_areal",

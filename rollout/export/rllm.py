@@ -8,6 +8,9 @@ id/input/output/action/reward/done/metadata) and `rllm/agents/agent.py`
 model_response/weight_version/advantage/mc_return); termination reasons from
 `rllm/workflows/workflow.py` (TerminationReason values).
 
+Every string in the output goes through the one redactor (`rollout.redact`):
+requests and metadata by key name and value, everything else by value.
+
 Each episode becomes one rLLM Episode with one trajectory (name "agent")
 holding one step per (call, choice), in call order; rLLM's verl transform
 re-merges steps whose prompt ids extend the previous row, so branches (n > 1)
@@ -24,8 +27,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from rollout.episode import Episode, EpisodeStatus
-from rollout.export.rows import jsonable, scrub
+from rollout.export.rows import jsonable
 from rollout.record import NO_VERSION, CallRecord, Choice
+from rollout.redact import redact
 
 EPISODE_FIELDS = (
     "id",
@@ -90,12 +94,12 @@ def _content(message: dict[str, Any]) -> str:
 def _step(
     episode: Episode, pos: int, call: CallRecord, choice: Choice, done: bool
 ) -> dict[str, Any]:
-    messages = jsonable(scrub(call.request).get("messages", []))
-    reply = jsonable(choice.message)
+    messages = redact(jsonable(call.request, "request")).get("messages", [])
+    reply = jsonable(choice.message, "message")
     versions = choice.versions.to_array()
     known = versions[versions != NO_VERSION]
     reward = 0.0 if call.reward is None else float(call.reward)
-    return {
+    step = {
         "id": f"{episode.id}:{pos}:{choice.index}",
         "input": messages,
         "output": reply,
@@ -112,20 +116,27 @@ def _step(
             "exact": call.prompt_source.exact and choice.exact,
             "has_logprobs": choice.logprobs is not None,
             "parent": call.parent,
-            "usage": jsonable(call.usage),
+            "usage": jsonable(call.usage, "usage"),
             "latency_s": call.latency_s,
             "notes": list(call.notes),
+            "sent_as": call.sent_as,
+            "fallback": call.fallback,
         },
-        "prompt_ids": call.prompt_ids.tolist(),
-        "response_ids": choice.ids.tolist(),
-        # rLLM treats an empty list as "no logprobs"; zeros would be read as p=1.
-        "logprobs": [] if choice.logprobs is None else [float(x) for x in choice.logprobs.tolist()],
+        "prompt_ids": None,  # token lists: set after redaction, which need not walk them
+        "response_ids": None,
+        "logprobs": None,
         "chat_completions": [*messages, reply] if reply else list(messages),
         "model_response": _content(reply),
         "weight_version": int(known.max()) if known.size else None,
         "advantage": None,
         "mc_return": reward if episode.discounted else 0.0,
     }
+    out: dict[str, Any] = redact(step, names=False)
+    out["prompt_ids"] = call.prompt_ids.tolist()
+    out["response_ids"] = choice.ids.tolist()
+    # rLLM treats an empty list as "no logprobs"; zeros would be read as p=1.
+    out["logprobs"] = [] if choice.logprobs is None else choice.logprobs.tolist()
+    return out
 
 
 def episode_to_rllm(episode: Episode) -> dict[str, Any]:
@@ -137,18 +148,19 @@ def episode_to_rllm(episode: Episode) -> dict[str, Any]:
     reward = episode.reward
     if reward is None and episode.calls and episode.calls[-1].reward is not None:
         reward = episode.calls[-1].reward
-    task = jsonable(episode.task)
-    is_correct = episode.metadata.get("is_correct")
+    task = jsonable(episode.task, "task")
+    metadata = redact(jsonable(episode.metadata, "metadata"))
+    is_correct = metadata.get("is_correct")
     trajectory = {
         "uid": episode.id,
         "name": "agent",
         "task": task,
-        "steps": steps,
+        "steps": [],
         "reward": reward,
         "signals": {},
         "metadata": {"episode_id": episode.id, "exact": episode.exact},
     }
-    return {
+    out = {
         "id": episode.uid,
         "task": task,
         "termination_reason": termination_reason(episode),
@@ -161,7 +173,7 @@ def episode_to_rllm(episode: Episode) -> dict[str, Any]:
             "exact": float(episode.exact),
         },
         "metadata": {
-            **jsonable(episode.metadata),
+            **metadata,
             "episode_id": episode.id,
             "task_id": episode.task_id,
             "sample": episode.sample,
@@ -169,6 +181,9 @@ def episode_to_rllm(episode: Episode) -> dict[str, Any]:
             "error": episode.error,
         },
     }
+    out = redact(out, names=False)
+    out["trajectories"][0]["steps"] = steps  # already redacted, token lists unwalked
+    return out
 
 
 def to_rllm(episodes: Episode | Iterable[Episode]) -> list[dict[str, Any]]:

@@ -65,6 +65,8 @@ def assert_same_episode(a: Episode, b: Episode) -> None:
             "reward",
             "parent",
             "notes",
+            "sent_as",
+            "fallback",
         ):
             assert getattr(ca, name) == getattr(cb, name), name
         assert ca.prompt_ids.dtype == cb.prompt_ids.dtype == np.int32
@@ -136,6 +138,8 @@ def rich_episode(task_id: str = "task-1", sample: int = 0) -> Episode:
         reward=0.25,
         parent=0,
         notes=["drift: retokenized", "second"],
+        sent_as="tokens",
+        fallback="bridge not found: sent as messages",
     )
     return Episode(
         id=f"ep-{task_id}-{sample}",
@@ -188,6 +192,8 @@ def episodes(draw: Any) -> Episode:
                 reward=draw(st.none() | st.floats(-10, 10)),
                 parent=draw(st.none() | st.integers(0, 3)),
                 notes=draw(st.lists(text, max_size=2)),
+                sent_as=draw(st.sampled_from(["messages", "tokens"])),
+                fallback=draw(st.none() | text),
             )
         )
     return Episode(
@@ -215,7 +221,7 @@ def test_jsonl_round_trip_exact(tmp_path: Path) -> None:
     assert math.isinf(back[0].calls[0].choices[0].logprobs[1])  # type: ignore[index]
     assert back[0].calls[0].choices[1].logprobs is None
     line = json.loads(path.read_text().splitlines()[0])
-    assert line["schema_version"] == 1
+    assert line["schema_version"] == 2
 
 
 @settings(
@@ -272,6 +278,35 @@ def test_jsonl_writer_flushes_each_line(tmp_path: Path) -> None:
         w.write(rich_episode("b"))
 
 
+def test_jsonl_readers_keep_the_latest_attempt_of_a_retried_episode(tmp_path: Path) -> None:
+    from rollout.export import iter_jsonl
+
+    path = tmp_path / "retried.jsonl"
+    first, other = rich_episode("a"), rich_episode("b")
+    first.id, other.id = "attempt-1", "other"
+    rerun = rich_episode("a")
+    rerun.id, rerun.metadata = "attempt-2", {"retry_of": "attempt-1"}
+    write_jsonl([first, other, rerun], path)
+    assert [e.id for e in read_jsonl(path)] == ["other", "attempt-2"]
+    assert [e.id for e in iter_jsonl(path)] == ["other", "attempt-2"]
+    assert [e.id for e in read_jsonl(path, latest_only=False)] == ["attempt-1", "other", "attempt-2"]
+    # a rerun whose line was torn replaces nothing
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 30])
+    with pytest.warns(CorruptLineWarning, match=":3: skipped truncated last line"):
+        assert [e.id for e in read_jsonl(path)] == ["attempt-1", "other"]
+
+
+def test_jsonl_non_utf8_line_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    write_jsonl([rich_episode("a"), rich_episode("b")], path)
+    path.write_bytes(path.read_bytes().replace(b'"task_id":"b"', b'"task_id":"\xc3b"'))
+    with pytest.warns(CorruptLineWarning, match=r"bad\.jsonl:2: skipped corrupt line \(not UTF-8: byte 0xc3"):
+        assert [e.task_id for e in read_jsonl(path)] == ["a"]
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: corrupt JSONL line \(not UTF-8"):
+        read_jsonl(path, errors="raise")
+
+
 def test_jsonl_future_schema_raises(tmp_path: Path) -> None:
     path = tmp_path / "future.jsonl"
     row = episode_to_row(rich_episode())
@@ -310,7 +345,7 @@ def test_parquet_token_columns_are_native_lists(tmp_path: Path) -> None:
     assert choice.field("ids").type == pa.list_(pa.int32())
     assert choice.field("logprobs").type == pa.list_(pa.float32())
     assert choice.field("versions").type == pa.list_(pa.int32())
-    assert schema.metadata[b"rollout.schema_version"] == b"1"
+    assert schema.metadata[b"rollout.schema_version"] == b"2"
 
 
 def test_parquet_append_across_sessions(tmp_path: Path) -> None:
@@ -365,6 +400,78 @@ def test_parquet_without_pyarrow_says_how_to_install(
         write_parquet([rich_episode()], tmp_path / "x.parquet")
 
 
+def test_token_mode_fields_round_trip(tmp_path: Path) -> None:
+    ep = rich_episode()
+    jp, pp = tmp_path / "t.jsonl", tmp_path / "t.parquet"
+    write_jsonl(ep, jp)
+    write_parquet(ep, pp)
+    for back in (read_jsonl(jp)[0], read_parquet(pp)[0]):
+        assert [(c.sent_as, c.fallback) for c in back.calls] == [
+            ("messages", None),
+            ("tokens", "bridge not found: sent as messages"),
+        ]
+
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def _as_version_1(ep: Episode) -> Episode:
+    """What a version-1 file holds of `ep`: the token-mode fields at their defaults."""
+    for call in ep.calls:
+        call.sent_as, call.fallback = "messages", None
+    return ep
+
+
+def test_version_1_files_still_read() -> None:
+    # Written by the schema-1 code (commit ca8d1f7) from rich_episode("a", 0),
+    # rich_episode("b", 1) and Episode(id="empty-ep", task_id="empty").
+    expected = [
+        _as_version_1(rich_episode("a", 0)),
+        _as_version_1(rich_episode("b", 1)),
+        Episode(id="empty-ep", task_id="empty"),
+    ]
+    for back in (read_jsonl(DATA / "episodes_v1.jsonl"), read_parquet(DATA / "episodes_v1.parquet")):
+        assert len(back) == 3
+        for a, b in zip(expected, back, strict=True):
+            assert_same_episode(a, b)
+
+
+def test_parquet_append_to_a_version_1_file_rewrites_it_in_version_2(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "old.parquet"
+    path.write_bytes((DATA / "episodes_v1.parquet").read_bytes())
+    with ParquetWriter(path) as w:
+        w.write(rich_episode("c"))
+        assert w.count == 4
+    assert pq.read_schema(path).metadata[b"rollout.schema_version"] == b"2"
+    back = read_parquet(path)
+    assert [e.task_id for e in back] == ["a", "b", "empty", "c"]
+    assert_same_episode(back[0], _as_version_1(rich_episode("a", 0)))
+    assert_same_episode(back[3], rich_episode("c"))
+
+
+def test_one_field_table_names_the_jsonl_keys_and_the_parquet_columns(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from rollout.export.rows import CALL, CHOICE, EPISODE
+
+    path = tmp_path / "e.parquet"
+    write_parquet(rich_episode(), path)
+    schema = pq.read_schema(path)
+    call_t = schema.field("calls").type.value_type
+    choice_t = call_t.field("choices").type.value_type
+    row = episode_to_row(rich_episode())
+    for table, arrow, keys in (
+        (EPISODE, schema, row),
+        (CALL, call_t, row["calls"][0]),
+        (CHOICE, choice_t, row["calls"][0]["choices"][0]),
+    ):
+        names = [f.name for f in table.fields]
+        assert [f.name for f in arrow if f.name != "schema_version"] == names
+        assert [k for k in keys if k != "schema_version"] == names
+
+
 # ---------------------------------------------------------------- secrets
 
 
@@ -399,6 +506,61 @@ def test_secrets_never_written(tmp_path: Path) -> None:
     assert read_parquet(pp)[0].calls[0].request == expected
     assert "SECRET" not in json.dumps(to_rllm(ep))
     assert "api_key" in ep.calls[0].request  # the in-memory record is not mutated
+
+
+def test_a_registered_key_leaves_no_trace_in_any_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    import rollout.redact
+
+    monkeypatch.setattr(rollout.redact, "_secrets", rollout.redact._secrets)  # undo after
+    key = "zq7-" + uuid.uuid4().hex
+    rollout.redact.register_secret(key)
+    ep = rich_episode()
+    ep.error = f'openai.AuthenticationError: 401 {{"error": "invalid api key {key}"}}'
+    ep.metadata = {
+        "server": f"http://user:{key}@host:8000/v1",
+        "proxy": "https://bob:hunter2hunter2@proxy.local/",  # unregistered, caught by shape
+        "log": [f"retrying with {key}"],
+    }
+    ep.task = {"question": f"echo {key}"}
+    call = ep.calls[0]
+    call.request = {
+        "messages": [{"role": "user", "content": f"my key is {key}"}],
+        "extra_body": {
+            "session_token": key,
+            "credentials": {"password": key},
+            "options": {"deep": [{"x": f"k={key}"}]},
+            "top_k": 5,
+        },
+    }
+    call.notes = [f"server echoed {key}"]
+    call.fallback = f"token route refused {key}"
+    call.choices[0].message = {"role": "assistant", "content": f"your key: {key}"}
+
+    jp, pp = tmp_path / "k.jsonl", tmp_path / "k.parquet"
+    write_jsonl(ep, jp)
+    write_parquet(ep, pp, compression="none")
+    outputs = {
+        "jsonl": jp.read_bytes().decode(),
+        "parquet": pp.read_bytes().decode("latin-1"),
+        "rllm": json.dumps(to_rllm(ep), ensure_ascii=False),
+    }
+    for name, text in outputs.items():
+        for i in range(len(key) - 8):
+            assert key[i : i + 8] not in text, f"{name} holds part of the key"
+        assert "hunter2" not in text, name
+    back = read_jsonl(jp)[0]
+    assert back.metadata["server"] == "http://user:[REDACTED]@host:8000/v1"
+    assert back.calls[0].request["extra_body"] == {
+        "options": {"deep": [{"x": "k=[REDACTED]"}]},
+        "top_k": 5,
+    }
+    assert back.error is not None and "401" in back.error and "[REDACTED]" in back.error
+    assert_same_episode(read_parquet(pp)[0], back)
+    assert key in ep.error  # the in-memory episode is not changed
 
 
 # ---------------------------------------------------------------- AReaL
