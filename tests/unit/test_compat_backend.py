@@ -2,7 +2,9 @@
 
 Everything runs offline: the real openai SDK talks to `WireServer` through an
 in-process httpx2 transport, `FakeArealOpenAI` stands in for AReaL's client,
-and `WireDuck` is a hand-written duck-typed client.
+and `WireDuck` is a hand-written duck-typed client. The class under test is
+`compat.openai_compatible.OpenAICompatibleModel`, which `compat` exports when
+camel is not installed; its CAMEL subclass is tested in tests/peers/camel.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from compat import (
     MessageFormatError,
     ModelCallError,
     ModelTimeoutError,
-    OpenAICompatibleModel,
     OpenAITokenCounter,
 )
+from compat.openai_compatible import OpenAICompatibleModel
 from tests.fakes import (
     API_KEY,
     DuckHTTPError,
@@ -775,3 +777,17 @@ def test_valid_message_shapes_accepted() -> None:
     ]
     model.run(messages)
     assert server.requests[-1]["messages"] == messages
+
+
+def test_without_camel_compat_exports_the_plain_class_and_imports_no_camel() -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("camel") is not None:
+        pytest.skip("camel is installed: tests/peers/camel covers compat's export there")
+    code = (
+        "import sys, compat; assert 'camel' not in sys.modules; "
+        "import compat.openai_compatible as oc; assert compat.OpenAICompatibleModel is oc.OpenAICompatibleModel"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

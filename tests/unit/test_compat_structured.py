@@ -18,10 +18,10 @@ from pydantic import BaseModel
 
 import compat.openai_compatible as oc
 from compat import (
-    OpenAICompatibleModel,
     StructuredOutputError,
     UnsupportedResponseFormatError,
 )
+from compat.openai_compatible import OpenAICompatibleModel
 from tests.fakes import DuckHTTPError, FakeArealOpenAI, WireDuck, WireServer, openai_clients
 
 

