@@ -82,6 +82,11 @@ class OpenAICompatibleModel(CamelModelBackend, _Plain):
     methods camel leaves abstract, and `stream`, are taken from compat below.
     Client errors reach the caller as the client raised them, as from
     camel's class: `ChatAgent` backs off on `openai.RateLimitError` only.
+
+    `extract_thinking_from_response=False` (camel's base-class option, which
+    its OpenAICompatibleModel does not expose) keeps `<think>` blocks in the
+    history and the reply as sampled: for training on exact tokens, where a
+    stripped history no longer extends the previous prompt + completion.
     """
 
     typed_errors = False
@@ -99,6 +104,7 @@ class OpenAICompatibleModel(CamelModelBackend, _Plain):
         async_client: Any | None = None,
         *,
         strict: bool = False,
+        extract_thinking_from_response: bool = True,
         **kwargs: Any,
     ) -> None:
         _Plain.__init__(
@@ -110,7 +116,7 @@ class OpenAICompatibleModel(CamelModelBackend, _Plain):
         # key, URL and timeout.
         CamelModelBackend.__init__(
             self, model_type, self.model_config_dict, self._api_key, self._url, token_counter,
-            self._timeout, max_retries,
+            self._timeout, max_retries, extract_thinking_from_response,
         )
 
     _run = _Plain._run

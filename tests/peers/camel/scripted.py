@@ -46,7 +46,7 @@ def render(messages: list[dict[str, Any]], tools: Any) -> list[int]:
         text = m.get("content") if isinstance(m.get("content"), str) else ""
         for call in m.get("tool_calls") or []:
             text += f"CALL {call['function']['name']} {call['function']['arguments']}"
-        ids += [*ENC.encode(f"<{m['role']}>{text}"), END_ID]
+        ids += [*ENC.encode(f"<{m['role']}>"), *ENC.encode(text), END_ID]
     return ids + ENC.encode("<assistant>")
 
 

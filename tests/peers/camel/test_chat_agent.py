@@ -261,6 +261,28 @@ def test_embedded_server_stream_and_plain_steps_recorded_exactly(mode: str, serv
     assert streamed.calls[0].choices[0].ids.tolist() == plain.calls[0].choices[0].ids.tolist()
 
 
+@pytest.mark.parametrize("extract", [True, False])
+def test_think_blocks_stripped_as_camel_does_unless_turned_off(extract: bool) -> None:
+    """camel's default strips `<think>` from the history and moves it out of the reply;
+    off, the next prompt extends the last prompt + completion exactly (what a trainer needs)."""
+    server = ScriptedServer(Reply("<think>2 and 2</think>4"), Reply("Yes."))
+    recorder, sync, async_ = recorded_clients(server)
+    chat = agent(model_on((sync, async_), extract_thinking_from_response=extract))
+    with recorder.episode(task_id="think") as episode:
+        first = chat.step("2 + 2?")
+        chat.step("Sure?")
+    history = server.requests[1]["messages"]
+    if extract:
+        assert first.msgs[0].content == "4" and first.msgs[0].reasoning_content == "2 and 2"
+        assert history[2] == {"role": "assistant", "content": "4"}
+    else:
+        assert first.msgs[0].content == "<think>2 and 2</think>4"
+        assert history[2] == {"role": "assistant", "content": "<think>2 and 2</think>4"}
+        first_call, second_call = episode.calls
+        sampled = [*first_call.prompt_ids.tolist(), *first_call.choices[0].ids.tolist()]
+        assert second_call.prompt_ids.tolist()[: len(sampled)] == sampled
+
+
 # --- response_format ----------------------------------------------------------------------
 
 
