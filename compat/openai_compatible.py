@@ -201,11 +201,15 @@ class OpenAICompatibleModel(BaseModelBackend):
     def _stream_parse_attempt(
         self, messages: list[dict[str, Any]], response_format: ResponseFormat, tools: Any, asynchronous: bool
     ) -> Attempt:
-        """The SDK's stream manager beside a native parse (CAMEL's path), else a create stream."""
+        """The SDK's stream manager beside a native parse (CAMEL's path), else a create stream.
+
+        A manager is used only from a client of the caller's own kind: `ClientPair`
+        bridges chunk streams across the sync/async divide, not managers."""
         kwargs = self._chat_kwargs(messages, tools)
         kwargs.pop("stream", None)
-        path = native_parse_path(self._side(asynchronous))
-        if path is not None and resolve(self._side(asynchronous), native_stream_path(path)) is not None:
+        client = self._async_client if asynchronous else self._client
+        path = native_parse_path(client)
+        if path is not None and resolve(client, native_stream_path(path)) is not None:
             return Attempt("native_stream", native_stream_path(path), {**kwargs, "response_format": response_format})
         fmt = response_format if isinstance(response_format, dict) else json_schema_format(response_format)
         return Attempt("json_schema_stream", CREATE, {**kwargs, "stream": True, "response_format": fmt})

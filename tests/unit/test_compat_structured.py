@@ -510,6 +510,23 @@ def _reassemble_json(chunks: list[Any]) -> City:
     return City.model_validate_json(text)
 
 
+def test_stream_parse_across_sides_is_a_stream_the_caller_can_read() -> None:
+    """A stream manager cannot cross the sync/async divide (ClientPair bridges chunk
+    streams only): `run` over an async-only SDK client, and `arun` over a sync-only
+    one, stream json_schema chunks instead."""
+    server = WireServer(responder=lambda m, r: GOOD)
+    sync, async_ = openai_clients(server)
+    over_async = OpenAICompatibleModel("m", {"stream": True}, async_client=async_)
+    assert _reassemble_json(list(over_async.run(messages(), response_format=City))).name == "Oslo"
+    over_sync = OpenAICompatibleModel("m", {"stream": True}, client=sync)
+
+    async def scenario() -> list[Any]:
+        return [c async for c in await over_sync.arun(messages(), response_format=City)]
+
+    assert _reassemble_json(asyncio.run(scenario())).population == 709000
+    assert [r["response_format"]["type"] for r in server.requests] == ["json_schema", "json_schema"]
+
+
 def test_stream_parse_fake_areal_async_is_json_schema_stream() -> None:
     rec = Recorder(lambda m, k: True)
     fake = FakeArealOpenAI(responder=rec)
