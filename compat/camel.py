@@ -91,32 +91,14 @@ class OpenAICompatibleModel(CamelModelBackend, _Plain):
 
     typed_errors = False
 
-    def __init__(
-        self,
-        model_type: Any,
-        model_config_dict: dict[str, Any] | None = None,
-        api_key: str | None = None,
-        url: str | None = None,
-        token_counter: Any = None,
-        timeout: float | None = None,
-        max_retries: int = 3,
-        client: Any | None = None,
-        async_client: Any | None = None,
-        *,
-        strict: bool = False,
-        extract_thinking_from_response: bool = True,
-        **kwargs: Any,
-    ) -> None:
-        _Plain.__init__(
-            self, model_type, model_config_dict, api_key, url, token_counter, timeout, max_retries,
-            client, async_client, strict=strict, **kwargs,
-        )
-        # camel's own state (request logging, <think> handling, model_type as
-        # camel's UnifiedModelType), on compat's copied config and resolved
-        # key, URL and timeout.
+    def __init__(self, *args: Any, extract_thinking_from_response: bool = True, **kwargs: Any) -> None:
+        """compat's constructor (CAMEL's signature, plus `strict`), then camel's own state
+        (request logging, `<think>` handling, `model_type` as camel's UnifiedModelType)
+        on compat's copied config and resolved key, URL, timeout and counter."""
+        _Plain.__init__(self, *args, **kwargs)
         CamelModelBackend.__init__(
-            self, model_type, self.model_config_dict, self._api_key, self._url, token_counter,
-            self._timeout, max_retries, extract_thinking_from_response,
+            self, self.model_type, self.model_config_dict, self._api_key, self._url, self._token_counter,
+            self._timeout, self._max_retries, extract_thinking_from_response,
         )
 
     _run = _Plain._run

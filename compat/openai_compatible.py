@@ -36,6 +36,7 @@ from compat.retry import CALL_RETRY, in_chain, is_transient
 from compat.structured import (
     CREATE,
     Attempt,
+    StructuredRequest,
     check_response_format,
     default_instruct,
     fallback_plan,
@@ -192,11 +193,8 @@ class OpenAICompatibleModel(BaseModelBackend):
         if isinstance(response_format, dict):
             request.pop("stream", None)
             return one_attempt(Attempt("format", path or CREATE, {**request, "response_format": response_format}))
-        common: dict[str, Any] = {"messages": messages, "response_format": response_format, "request": request,
-                  "instruct": self._instruct, "strict": self._strict}
-        if path is not None:
-            return native_plan(path=path, **common)
-        return fallback_plan(**common)
+        req = StructuredRequest(messages, response_format, request, self._instruct, self._strict)
+        return native_plan(req, path) if path is not None else fallback_plan(req)
 
     def _stream_parse_attempt(
         self, messages: list[dict[str, Any]], response_format: ResponseFormat, tools: Any, asynchronous: bool

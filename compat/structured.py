@@ -206,21 +206,22 @@ def as_parsed(reply: Any, parsed: BaseModel | None) -> Any:
 
 
 @dataclass
-class Outcome:
-    """How a plan ends when no reply validated."""
+class StructuredRequest:
+    """One structured-output request, as both plans share it: what to send, how
+    to ask again for JSON, and how to end when no reply validates."""
 
+    messages: list[dict[str, Any]]
     response_format: type[BaseModel]
-    strict: bool
+    request: dict[str, Any]
+    instruct: Instruct
+    strict: bool = False
     tried: list[str] = field(default_factory=list)
 
-    def give_up(self, reply: Any) -> Any:
-        if self.strict or reply is None:
-            raise StructuredOutputError(
-                f"no reply validated against {self.response_format.__name__}",
-                None if reply is None else reply_text(reply),
-                self.tried,
-            )
-        return as_parsed(reply, None)
+    def kwargs(self, messages: list[dict[str, Any]], response_format: Any) -> dict[str, Any]:
+        """The request's kwargs with these messages and format (None: no format)."""
+        base = {k: v for k, v in self.request.items() if k not in ("messages", "response_format", "stream")}
+        fmt = {} if response_format is None else {"response_format": response_format}
+        return {"messages": messages, **base, **fmt}
 
     def answer(self, reply: Any) -> Any:
         """The reply, parsed; or as is when it is a tool call or a refusal; else None."""
@@ -230,72 +231,61 @@ class Outcome:
         parsed = validated(reply, self.response_format)
         return None if parsed is None else as_parsed(reply, parsed)
 
+    def give_up(self, reply: Any) -> Any:
+        """No reply validated: the last one with `parsed=None`, or with `strict` an error."""
+        if self.strict or reply is None:
+            raise StructuredOutputError(
+                f"no reply validated against {self.response_format.__name__}",
+                None if reply is None else reply_text(reply),
+                self.tried,
+            )
+        return as_parsed(reply, None)
 
-def native_plan(
-    *,
-    path: str,
-    messages: list[dict[str, Any]],
-    response_format: type[BaseModel],
-    request: dict[str, Any],
-    instruct: Instruct,
-    strict: bool = False,
-) -> Generator[Attempt, Any, Any]:
+
+def native_plan(req: StructuredRequest, path: str) -> Generator[Attempt, Any, Any]:
     """CAMEL's two parse requests; the second's reply is final."""
-    outcome = Outcome(response_format, strict, ["native parse"])
-    base = {k: v for k, v in request.items() if k not in ("messages", "response_format", "stream")}
+    req.tried.append("native parse")
     try:
-        reply = yield Attempt("native", path, {"messages": messages, **base, "response_format": response_format})
+        reply = yield Attempt("native", path, req.kwargs(req.messages, req.response_format))
     except Exception as exc:
         if not any(cls.__name__ in _PARSE_RETRY_NAMES for cls in type(exc).__mro__):
             raise
         logger.info("native parse failed (%s); retrying with json_object", type(exc).__name__)
     else:
-        answer = outcome.answer(reply)
+        answer = req.answer(reply)
         if answer is not None:
             return answer
-    outcome.tried.append("native parse json_object")
-    kwargs = {"messages": instruct(messages, response_format), **base, "response_format": {"type": "json_object"}}
-    reply = yield Attempt("native_json_object", path, kwargs)
-    answer = outcome.answer(reply)
-    return answer if answer is not None else outcome.give_up(reply)
+    req.tried.append("native parse json_object")
+    instructed = req.instruct(req.messages, req.response_format)
+    reply = yield Attempt("native_json_object", path, req.kwargs(instructed, {"type": "json_object"}))
+    answer = req.answer(reply)
+    return answer if answer is not None else req.give_up(reply)
 
 
-def fallback_plan(
-    *,
-    messages: list[dict[str, Any]],
-    response_format: type[BaseModel],
-    request: dict[str, Any],
-    instruct: Instruct,
-    strict: bool = False,
-) -> Generator[Attempt, Any, Any]:
+def fallback_plan(req: StructuredRequest) -> Generator[Attempt, Any, Any]:
     """`create` with json_schema, then json_object + schema prompt, then the prompt alone."""
-    outcome = Outcome(response_format, strict)
-    base = {k: v for k, v in request.items() if k not in ("messages", "response_format", "stream")}
-    instructed = instruct(messages, response_format)
+    instructed = req.instruct(req.messages, req.response_format)
     strategies = [
-        ("json_schema", messages, json_schema_format(response_format)),
+        ("json_schema", req.messages, json_schema_format(req.response_format)),
         ("json_object", instructed, {"type": "json_object"}),
         ("instruction", instructed, None),
     ]
     last = None
     for strategy, msgs, fmt in strategies:
-        outcome.tried.append(strategy)
-        kwargs = {"messages": msgs, **base}
-        if fmt is not None:
-            kwargs["response_format"] = fmt
+        req.tried.append(strategy)
         try:
-            reply = yield Attempt(strategy, CREATE, kwargs)
+            reply = yield Attempt(strategy, CREATE, req.kwargs(msgs, fmt))
         except Exception as exc:
             if not is_rejection(exc):
                 raise
             logger.info("%s rejected (%s); falling back", strategy, type(exc).__name__)
             continue
-        answer = outcome.answer(reply)
+        answer = req.answer(reply)
         if answer is not None:
             return answer
         last = reply
         logger.info("%s reply did not validate; falling back", strategy)
-    return outcome.give_up(last)
+    return req.give_up(last)
 
 
 def one_attempt(attempt: Attempt) -> Generator[Attempt, Any, Any]:

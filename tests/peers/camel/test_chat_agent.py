@@ -26,6 +26,7 @@ from pydantic import BaseModel
 import compat.openai_compatible
 from compat import OpenAICompatibleModel, StructuredOutputError, TokenizerUnavailableError
 from compat.camel import CamelTokenCounter
+from examples.camel_agent import add
 from rollout import Recorder, TokenSource
 from rollout.embedded import ChatTemplate, EmbeddedServer
 from tests.peers.camel.scripted import Reply, ScriptedServer
@@ -42,19 +43,6 @@ class City(BaseModel):
 
 
 GOOD = json.dumps({"name": "Oslo", "population": 709000})
-
-
-def add(a: int, b: int) -> int:
-    r"""Add two integers.
-
-    Args:
-        a (int): The first number.
-        b (int): The second number.
-
-    Returns:
-        int: The sum of a and b.
-    """
-    return a + b
 
 
 def lookup(topic: str) -> str:
