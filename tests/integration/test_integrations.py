@@ -273,8 +273,9 @@ def test_camel_model_run_arun_and_stream_with_wrapped_clients(
 
 def test_stream_abandoned_after_usage_chunk_is_recorded(server: EmbeddedServer) -> None:
     """CAMEL's `_process_stream_chunks_with_accumulator` breaks out of the chunk
-    loop on the usage chunk and never closes the stream; the call must still
-    land in the episode (or at least leave a failure trace)."""
+    loop on the usage chunk and never closes the stream (chat_agent.py L4802,
+    v0.2.90). The call must be recorded, complete, at that chunk: not lost, not
+    failed, not left to the episode's end as a partial record."""
     recorder = Recorder(request_token_ids=True, request_logprobs=True)
     client = recorder.wrap(OpenAI(base_url=server.base_url, api_key="unused", max_retries=0))
     with recorder.episode(task_id="usage") as ep:
@@ -282,10 +283,48 @@ def test_stream_abandoned_after_usage_chunk_is_recorded(server: EmbeddedServer) 
             model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3, seed=1,
             stream=True, stream_options={"include_usage": True},
         )
+        text = ""
         for chunk in stream:
             if chunk.usage:
+                usage = chunk.usage
                 break
-    assert len(ep.calls) + len(ep.metadata.get("failed_calls", [])) == 1
+            text += "".join(c.delta.content or "" for c in chunk.choices)
+        assert len(ep.calls) == 1  # recorded at the usage chunk, with the stream still open
+    check_complete_stream_call(ep, text, usage)
+    assert stream is not None  # held open to the end, as CAMEL holds it
+
+
+def test_async_stream_abandoned_after_usage_chunk_is_recorded(server: EmbeddedServer) -> None:
+    """The async twin (chat_agent.py L5914, v0.2.90: `break`, no `aclose()`)."""
+    recorder = Recorder(request_token_ids=True, request_logprobs=True)
+    client = recorder.wrap(AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0))
+
+    async def scenario() -> tuple[Episode, str, Any]:
+        async with recorder.episode(task_id="usage") as ep:
+            stream = await client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=3, seed=1,
+                stream=True, stream_options={"include_usage": True},
+            )
+            text = ""
+            async for chunk in stream:
+                if chunk.usage:
+                    usage = chunk.usage
+                    break
+                text += "".join(c.delta.content or "" for c in chunk.choices)
+            assert len(ep.calls) == 1
+        return ep, text, usage
+
+    check_complete_stream_call(*asyncio.run(scenario()))
+
+
+def check_complete_stream_call(ep: Episode, text: str, usage: Any) -> None:
+    assert not ep.metadata.get("failed_calls")
+    (call,) = ep.calls
+    assert not any("partial" in note for note in call.notes), call.notes
+    check_exact_vllm_call(call, ChatTemplate())
+    ids = [t for t in call.choices[0].ids.tolist() if t != END_ID]
+    assert ENC.decode(ids) == text
+    assert call.usage is not None and call.usage["completion_tokens"] == usage.completion_tokens
 
 
 # --- AReaL ------------------------------------------------------------------------------
