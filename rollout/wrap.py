@@ -58,6 +58,10 @@ class _Namespace:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__wrapped__, name)
 
+    def compat_forwards_to(self) -> Any:
+        """`compat.Forwarding`: compat judges the resource this proxy forwards to."""
+        return self.__wrapped__
+
 
 def _is_async(fn: Any) -> bool:
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
