@@ -24,16 +24,17 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
+from rollout import Episode
 from rollout.collection import collect
 from rollout.export import to_rllm
 
 TASKS = Path(__file__).with_name("arithmetic.jsonl")
 
 
-def rllm_episodes(
+def collect_episodes(
     limit: int = 4, samples_per_task: int = 2, seed: int = 0, **settings: Any
-) -> list[dict[str, Any]]:
-    """Collect the arithmetic agent on the embedded server; return rLLM Episode dicts."""
+) -> list[Episode]:
+    """Collect the arithmetic agent on the embedded server, episodes sorted by (task, sample)."""
     options: dict[str, Any] = {
         "agent": "examples.arithmetic:episode",
         "tasks": str(TASKS),
@@ -46,8 +47,12 @@ def rllm_episodes(
     }
     options.update(settings)
     summary = collect(**options)
-    episodes = sorted(summary.episodes or [], key=lambda ep: (ep.task_id, ep.sample))
-    return to_rllm(episodes)
+    return sorted(summary.episodes or [], key=lambda ep: (ep.task_id, ep.sample))
+
+
+def rllm_episodes(**options: Any) -> list[dict[str, Any]]:
+    """rLLM Episode dicts of `collect_episodes(**options)`."""
+    return to_rllm(collect_episodes(**options))
 
 
 def trajectory_groups(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
