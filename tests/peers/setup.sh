@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# Build (or reuse) one virtualenv per peer for the peer test tier, and print how long each took.
+#
+#   bash tests/peers/setup.sh              # every peer: each tests/peers/<peer>/ with an install.sh
+#   bash tests/peers/setup.sh verl areal   # just these
+#
+# A peer's venv is <home>/venvs/<peer>, home = $ROLLOUT_PEERS_HOME (default
+# ~/.cache/rollout-compat/peers). It is reused while the peer's install.sh and
+# requirements files, and this script, are unchanged (their sha256 is the stamp) and
+# the venv still imports the peer (`import <peer>`); otherwise it is rebuilt from scratch. Peers' data
+# (AReaL's tokenizer) is made by an optional prepare.sh into <home>/cache, once.
+#
+# Each venv gets the peer's packages from the package registries (install.sh), then
+# this project's runtime dependencies (read from pyproject.toml) and pytest; the
+# project itself is not installed: run.sh puts the checkout on PYTHONPATH.
+# torch: install.sh scripts may only ask for `torch==2.13.0` (the CPU wheel on disk);
+# any other spec downloads several GB of CUDA wheels.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+REPO=$PWD
+HOME_DIR=${ROLLOUT_PEERS_HOME:-$HOME/.cache/rollout-compat/peers}
+mkdir -p "$HOME_DIR/venvs" "$HOME_DIR/cache"
+export ROLLOUT_PEERS_HOME=$HOME_DIR
+
+peers=("$@")
+if [ ${#peers[@]} -eq 0 ]; then
+  for f in tests/peers/*/install.sh; do peers+=("$(basename "$(dirname "$f")")"); done
+fi
+
+project_requirements() {
+  python3 - <<'PY'
+import tomllib
+with open("pyproject.toml", "rb") as f:
+    print("\n".join(tomllib.load(f)["project"]["dependencies"]))
+print("pytest>=8")
+PY
+}
+
+total_start=$(date +%s)
+for peer in "${peers[@]}"; do
+  dir=tests/peers/$peer
+  venv=$HOME_DIR/venvs/$peer
+  [ -f "$dir/install.sh" ] || { echo "no $dir/install.sh" >&2; exit 2; }
+  stamp=$(cat tests/peers/setup.sh "$dir"/install.sh "$dir"/requirements*.txt 2>/dev/null \
+          | sha256sum | cut -d' ' -f1)
+  start=$(date +%s)
+  if [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp")" = "$stamp" ] \
+     && "$venv/bin/python" -c "import $peer" 2>/dev/null; then
+    state=reused
+  else
+    rm -rf "$venv"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip >/dev/null
+    bash "$dir/install.sh" "$venv" "$HOME_DIR/cache"
+    project_requirements > "$venv/project-requirements.txt"
+    "$venv/bin/pip" install -q -r "$venv/project-requirements.txt" 2>&1 \
+      | { grep -v "requires .*, which is not installed\|dependency resolver\|incompatible" || true; }
+    "$venv/bin/python" -c "import $peer"
+    echo "$stamp" > "$venv/.stamp"
+    state=built
+  fi
+  if [ -f "$dir/prepare.sh" ]; then  # peer data (idempotent, cached in <home>/cache)
+    bash "$dir/prepare.sh" "$venv" "$HOME_DIR/cache"
+  fi
+  echo "peers setup: $peer venv $state in $(( $(date +%s) - start )) s ($venv)"
+done
+echo "peers setup: total $(( $(date +%s) - total_start )) s"
