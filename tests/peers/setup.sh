@@ -6,8 +6,9 @@
 #
 # A peer's venv is <home>/venvs/<peer>, home = $ROLLOUT_PEERS_HOME (default
 # ~/.cache/rollout-compat/peers). It is reused while the peer's install.sh and
-# requirements files, and this script, are unchanged (their sha256 is the stamp) and
-# the venv still imports the peer (`import <peer>`); otherwise it is rebuilt from scratch. Peers' data
+# requirements files, this script and the project's dependencies are unchanged (their
+# sha256 is the stamp) and
+# the peer is still installed; otherwise it is rebuilt from scratch. Peers' data
 # (AReaL's tokenizer) is made by an optional prepare.sh into <home>/cache, once.
 #
 # Each venv gets the peer's packages from the package registries (install.sh), then
@@ -17,7 +18,6 @@
 # any other spec downloads several GB of CUDA wheels.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-REPO=$PWD
 HOME_DIR=${ROLLOUT_PEERS_HOME:-$HOME/.cache/rollout-compat/peers}
 mkdir -p "$HOME_DIR/venvs" "$HOME_DIR/cache"
 export ROLLOUT_PEERS_HOME=$HOME_DIR
@@ -41,11 +41,13 @@ for peer in "${peers[@]}"; do
   dir=tests/peers/$peer
   venv=$HOME_DIR/venvs/$peer
   [ -f "$dir/install.sh" ] || { echo "no $dir/install.sh" >&2; exit 2; }
-  stamp=$(cat tests/peers/setup.sh "$dir"/install.sh "$dir"/requirements*.txt 2>/dev/null \
-          | sha256sum | cut -d' ' -f1)
+  stamp=$({ cat tests/peers/setup.sh "$dir"/install.sh "$dir"/requirements*.txt 2>/dev/null;
+            project_requirements; } | sha256sum | cut -d' ' -f1)
   start=$(date +%s)
+  # Reuse check: the stamp, and the peer still installed (find_spec: importing verl or areal
+  # takes 15-20 s; the full import is checked once, when the venv is built).
   if [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp")" = "$stamp" ] \
-     && "$venv/bin/python" -c "import $peer" 2>/dev/null; then
+     && "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$peer') is None)" 2>/dev/null; then
     state=reused
   else
     rm -rf "$venv"
