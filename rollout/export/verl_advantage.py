@@ -65,37 +65,29 @@ def _per_episode(
     return out, out
 
 
-@register_adv_est("episode_grpo")
-def episode_grpo(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    config: Any = None,
-    **_: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """verl's GRPO over episodes (std-normalised unless `algorithm.norm_adv_by_std_in_grpo=False`)."""
-    norm = True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
-    return _per_episode(
-        compute_grpo_outcome_advantage,
-        token_level_rewards,
-        response_mask,
-        index,
-        epsilon=epsilon,
-        norm_adv_by_std_in_grpo=norm,
-    )
+def _over_episodes(estimator: Callable[..., Any], grpo: bool) -> Callable[..., Any]:
+    """`estimator` run over episodes, with the keywords verl passes (ray_trainer.py:248-279)."""
+
+    def estimate(
+        token_level_rewards: torch.Tensor,
+        response_mask: torch.Tensor,
+        index: Any,
+        epsilon: float = 1e-6,
+        config: Any = None,
+        **_: Any,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        options: dict[str, Any] = {"epsilon": epsilon}
+        if grpo:  # verl's GRPO reads this from algorithm config (Dr.GRPO when False)
+            options["norm_adv_by_std_in_grpo"] = (
+                True if config is None else bool(config.get("norm_adv_by_std_in_grpo", True))
+            )
+        return _per_episode(estimator, token_level_rewards, response_mask, index, **options)
+
+    return estimate
 
 
-@register_adv_est("episode_rloo")
-def episode_rloo(
-    token_level_rewards: torch.Tensor,
-    response_mask: torch.Tensor,
-    index: Any,
-    epsilon: float = 1e-6,
-    config: Any = None,
-    **_: Any,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """verl's RLOO over episodes: n/(n-1) * (score - group mean) per episode."""
-    return _per_episode(
-        compute_rloo_outcome_advantage, token_level_rewards, response_mask, index, epsilon=epsilon
-    )
+episode_grpo = register_adv_est("episode_grpo")(_over_episodes(compute_grpo_outcome_advantage, True))
+"""verl's GRPO over episodes: (score - mean) / (std + eps) per task, or score - mean."""
+
+episode_rloo = register_adv_est("episode_rloo")(_over_episodes(compute_rloo_outcome_advantage, False))
+"""verl's RLOO over episodes: n / (n - 1) * (score - group mean) per task."""

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run each peer's tests (tests/peers/<peer>, marked `peers`) in that peer's venv; print timings.
 #
-#   bash tests/peers/run.sh              # every peer with an install.sh (setup.sh builds the venvs)
+#   bash tests/peers/run.sh              # every peer with a requirements.txt (setup.sh builds the venvs)
 #   bash tests/peers/run.sh verl         # just this one
 #
 # The checkout is put first on PYTHONPATH, so the venvs test this tree's code.
@@ -14,7 +14,7 @@ export ROLLOUT_PEERS_HOME=$HOME_DIR
 
 peers=("$@")
 if [ ${#peers[@]} -eq 0 ]; then
-  for f in tests/peers/*/install.sh; do peers+=("$(basename "$(dirname "$f")")"); done
+  for f in tests/peers/*/requirements.txt; do peers+=("$(basename "$(dirname "$f")")"); done
 fi
 
 status=0

@@ -173,12 +173,14 @@ def test_episode_estimators_keep_split_episodes_whole(estimator: str, norm: bool
 
 
 def test_episode_estimators_register_through_verls_external_modules() -> None:
-    code = (
+    code = (  # registered by `import verl` alone, before anything of ours is imported
         "import verl\n"
         "from verl.trainer.ppo.core_algos import get_adv_estimator_fn\n"
-        "print(get_adv_estimator_fn('episode_grpo').__module__, get_adv_estimator_fn('episode_rloo').__name__)\n"
+        "grpo, rloo = get_adv_estimator_fn('episode_grpo'), get_adv_estimator_fn('episode_rloo')\n"
+        "import rollout.export.verl_advantage as ours\n"
+        "print(grpo is ours.episode_grpo, rloo is ours.episode_rloo)\n"
     )
     env = {**os.environ, "VERL_USE_EXTERNAL_MODULES": "rollout.export.verl_advantage"}
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert proc.stdout.split() == ["rollout.export.verl_advantage", "episode_rloo"]
+    assert proc.stdout.split() == ["True", "True"]
