@@ -85,7 +85,7 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from rollout.export import to_areal, to_rllm, to_verl
+    from rollout.export import to_areal, to_rllm, to_verl, write_verl
 
     episodes = _load(args.file)
     out = Path(args.out)
@@ -96,10 +96,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
         areal: dict[str, Any] = to_areal(episodes)
         np.savez(out, **areal)
     else:
-        batch = to_verl(episodes)
-        arrays: dict[str, Any] = {f"batch.{k}": v for k, v in batch["batch"].items()}
-        arrays.update({f"non_tensor.{k}": np.asarray(v) for k, v in batch["non_tensor_batch"].items()})
-        np.savez(out, **arrays)
+        write_verl(to_verl(episodes), out)  # DataProto.from_dict(**read_verl(out)) loads it
     print(f"wrote {out} ({args.to}, {len(episodes)} episodes)")
     return 0
 

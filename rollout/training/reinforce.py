@@ -28,9 +28,9 @@ LOGPROB_TOLERANCE = 1e-5
 
 def _rows(batch: dict[str, Any]) -> Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
     """(uid, prompt ids, response ids, response mask, recorded logprobs, reward) per row."""
-    b = batch["batch"]
+    b = batch["tensors"]
     width_p = b["prompts"].shape[1]
-    for i, uid in enumerate(batch["non_tensor_batch"]["uid"]):
+    for i, uid in enumerate(batch["non_tensors"]["uid"]):
         att = b["attention_mask"][i].astype(bool)
         prompt = b["prompts"][i][att[:width_p]]
         rlen = int(att[width_p:].sum())
@@ -40,7 +40,7 @@ def _rows(batch: dict[str, Any]) -> Iterable[tuple[str, np.ndarray, np.ndarray, 
             b["responses"][i, :rlen],
             b["response_mask"][i, :rlen].astype(bool),
             b["rollout_log_probs"][i, :rlen],
-            float(b["token_level_scores"][i].sum()),
+            float(b["rm_scores"][i].sum()),
         )
 
 
@@ -136,7 +136,7 @@ def train(
                 "mean_reward": float(np.mean(rewards)),
                 "sample_mean_reward": mean_reward,
                 "max_logprob_diff": max_diff,
-                "drift_rows": int(batch["batch"]["prompts"].shape[0]) - len(episodes),
+                "drift_rows": int(batch["tensors"]["prompts"].shape[0]) - len(episodes),
             }
             history.append(stats)
             log(

@@ -22,7 +22,7 @@ import pytest
 from rollout.cli import main
 from rollout.collection import done_uids
 from rollout.episode import EpisodeStatus
-from rollout.export import read_jsonl
+from rollout.export import read_jsonl, read_verl
 from rollout.export.jsonl import CorruptLineWarning
 from rollout.record import TokenSource
 
@@ -127,15 +127,13 @@ def test_export_areal_rllm_verl(collected: Path, tmp_path: Path) -> None:
     assert len(data) == 8
     assert {d["id"] for d in data} == {f"{t}:{s}" for t in TASK_IDS[:4] for s in range(2)}
     assert all(d["trajectories"] and d["trajectories"][0]["steps"] for d in data)
-    with np.load(verl, allow_pickle=True) as v:
-        rows = v["batch.input_ids"].shape[0]
-        assert rows >= 8
-        assert v["batch.responses"].shape == v["batch.response_mask"].shape
-        assert (
-            v["batch.prompts"].shape[1] + v["batch.responses"].shape[1]
-            == v["batch.input_ids"].shape[1]
-        )
-        assert len(v["non_tensor.uid"]) == rows
+    v = read_verl(verl)  # DataProto.from_dict(**v) in verl (tests/peers/verl)
+    t = v["tensors"]
+    rows = t["input_ids"].shape[0]
+    assert rows >= 8
+    assert t["responses"].shape == t["response_mask"].shape == t["rm_scores"].shape
+    assert t["prompts"].shape[1] + t["responses"].shape[1] == t["input_ids"].shape[1]
+    assert len(v["non_tensors"]["uid"]) == rows and v["meta_info"]["num_truncated"] == 0
 
 
 def test_kill_and_resume(tmp_path: Path) -> None:

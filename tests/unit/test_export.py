@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import sys
@@ -19,13 +20,16 @@ from rollout.export import (
     ParquetWriter,
     SchemaVersionError,
     TruncationError,
+    areal_tensors,
     read_jsonl,
     read_parquet,
+    read_verl,
     to_areal,
     to_rllm,
     to_verl,
     write_jsonl,
     write_parquet,
+    write_verl,
 )
 from rollout.export.areal import MissingLogprobsError
 from rollout.export.jsonl import CorruptLineWarning
@@ -628,11 +632,15 @@ def test_to_areal_hand_computed() -> None:
 def test_to_areal_accepts_episodes_and_empty() -> None:
     eps = [rich_episode("a"), rich_episode("b")]
     eps[0].status = eps[1].status = EpisodeStatus.COMPLETED
-    direct = to_areal(eps)
+    direct = to_areal(eps, rewards="episode")
     via = to_areal(assemble(eps, mode="concat"))
     for k in direct:
         np.testing.assert_array_equal(direct[k], via[k])
     assert direct["input_ids"].shape[0] == len(assemble(eps))
+    # AReaL's rule: the side branch (call 0's second choice) ends at a call without a
+    # reward while another call has one, so it gets 0.0; the other leaf ends at call 1 (0.25).
+    assert to_areal(eps)["rewards"].tolist() == [0.0, 0.25, 0.0, 0.25]
+    assert via["rewards"].tolist() == [1.0, 0.25, 1.0, 0.25]
     empty = to_areal([])
     assert empty["input_ids"].shape == (0, 0) and empty["rewards"].shape == (0,)
 
@@ -644,12 +652,52 @@ def test_to_areal_require_logprobs() -> None:
         to_areal([s], require_logprobs=True)
 
 
+def _rewarded(calls: int, *, reward: float | None, own: dict[int, float] | None = None) -> Episode:
+    """A linear episode of `calls` turns, each extending the last exactly."""
+    records, prompt = [], [1, 2]
+    for i in range(calls):
+        records.append(
+            CallRecord(prompt_ids=prompt, choices=[_choice([10 + i], [-0.5], [2])], parent=i - 1 if i else None)
+        )
+        prompt = [*prompt, 10 + i, 5]
+    for i, r in (own or {}).items():
+        records[i].reward = r
+    return Episode(task_id="t", reward=reward, calls=records)
+
+
+def test_to_areal_individual_rewards_follow_areal() -> None:
+    # AReaL: an interaction without a reward exports 0.0; set_last_reward rewards the last one.
+    ep = _rewarded(3, reward=1.0)
+    assert to_areal(ep, mode="individual")["rewards"].tolist() == [0.0, 0.0, 1.0]
+    assert to_areal(ep, mode="individual", rewards="episode")["rewards"].tolist() == [1.0] * 3
+    assert to_areal(ep)["rewards"].tolist() == [1.0]  # concat: one row, ending at the last call
+    # Calls with their own rewards keep them, and the episode reward is not added on top.
+    mixed = _rewarded(3, reward=1.0, own={0: 0.5})
+    assert to_areal(mixed, mode="individual")["rewards"].tolist() == [0.5, 0.0, 0.0]
+    # Discounting (AReaL's apply_reward_discount) gives every call its return.
+    discounted = _rewarded(3, reward=1.0)
+    discounted.discount(0.5)
+    assert to_areal(discounted, mode="individual")["rewards"].tolist() == [0.25, 0.5, 1.0]
+    # Samples keep the rewards assemble gave them.
+    samples = assemble(_rewarded(3, reward=1.0), mode="individual")
+    assert to_areal(samples)["rewards"].tolist() == [s.reward for s in samples]
+    with pytest.raises(ValueError, match="rewards"):
+        to_areal(ep, rewards="last")  # type: ignore[arg-type]
+
+
+def test_areal_tensors_names_the_extra_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    with pytest.raises(ImportError, match=r"rollout-compat\[torch\]"):
+        areal_tensors(to_areal(_samples()))
+
+
 # ---------------------------------------------------------------- verl
 
 
 def test_to_verl_hand_computed() -> None:
     out = to_verl(_samples(), pad_id=0)
-    b, nt = out["batch"], out["non_tensor_batch"]
+    assert set(out) == {"tensors", "non_tensors", "meta_info"}  # DataProto.from_dict's parameters
+    b, nt = out["tensors"], out["non_tensors"]
     # P = 3 (longest prompt), R = 4 (longest response)
     np.testing.assert_array_equal(b["prompts"], [[1, 2, 3], [0, 0, 9]])  # left-padded
     np.testing.assert_array_equal(b["responses"], [[4, 5, 0, 6], [8, 7, 0, 0]])  # right-padded
@@ -661,26 +709,32 @@ def test_to_verl_hand_computed() -> None:
     np.testing.assert_array_equal(
         b["rollout_log_probs"], [[-0.5, -0.25, 0, -1.0], [-0.125, -2.0, 0, 0]]
     )
-    np.testing.assert_array_equal(b["token_level_scores"], [[0, 0, 0, 1.5], [0, -1.0, 0, 0]])
-    assert nt["uid"].tolist() == ["t1", "t2"]
+    # verl's agent loop hands rewards over as rm_scores: the score on the last response token
+    np.testing.assert_array_equal(b["rm_scores"], [[0, 0, 0, 1.5], [0, -1.0, 0, 0]])
+    assert "token_level_scores" not in b  # the trainer overwrites that one
+    assert nt["uid"].tolist() == ["t1", "t2"] and nt["uid"].dtype == object
     assert nt["episode_ids"].tolist() == ["t1:0", "t2:1"]
-    assert out["meta_info"] == {"num_truncated": 0, "num_missing_logprobs": 0}
-    assert b["input_ids"].dtype == np.int64 and b["token_level_scores"].dtype == np.float32
+    assert out["meta_info"] == {
+        "num_truncated": 0,
+        "num_missing_logprobs": 0,
+        "num_multi_row_episodes": 0,
+    }
+    assert b["input_ids"].dtype == np.int64 and b["rm_scores"].dtype == np.float32
 
 
 def test_to_verl_max_lengths_pad_and_truncate() -> None:
     out = to_verl(_samples(), max_prompt_len=5, max_response_len=6)
-    assert out["batch"]["prompts"].shape == (2, 5) and out["batch"]["responses"].shape == (2, 6)
-    np.testing.assert_array_equal(out["batch"]["prompts"][1], [0, 0, 0, 0, 9])
+    assert out["tensors"]["prompts"].shape == (2, 5) and out["tensors"]["responses"].shape == (2, 6)
+    np.testing.assert_array_equal(out["tensors"]["prompts"][1], [0, 0, 0, 0, 9])
     with pytest.raises(TruncationError, match="1 of 2 samples have a response longer"):
         to_verl(_samples(), max_response_len=3)
     with pytest.raises(TruncationError, match="prompt"):
         to_verl(_samples(), max_prompt_len=2)
     out = to_verl(_samples(), max_prompt_len=2, max_response_len=3, truncate=True)
-    b = out["batch"]
+    b = out["tensors"]
     np.testing.assert_array_equal(b["prompts"], [[2, 3], [0, 9]])  # keeps the end of the prompt
     np.testing.assert_array_equal(b["responses"], [[4, 5, 0], [8, 7, 0]])  # keeps the start
-    np.testing.assert_array_equal(b["token_level_scores"], [[0, 0, 1.5], [0, -1.0, 0]])
+    np.testing.assert_array_equal(b["rm_scores"], [[0, 0, 1.5], [0, -1.0, 0]])
     assert out["meta_info"]["num_truncated"] == 1
 
 
@@ -688,62 +742,101 @@ def test_to_verl_omits_rollout_logprobs_when_missing() -> None:
     samples = _samples()
     samples[1] = samples[1].model_copy(update={"has_logprobs": False})
     out = to_verl(samples)
-    assert "rollout_log_probs" not in out["batch"]
+    assert "rollout_log_probs" not in out["tensors"]
     assert out["meta_info"]["num_missing_logprobs"] == 1
 
 
-def test_to_verl_multi_turn_episode() -> None:
-    ep = Episode(
-        task_id="q",
-        reward=1.0,
+def _two_turns(task_id: str, sample: int, reward: float, *, drift: bool = False) -> Episode:
+    second = [1, 2, 3, 4, 4] if not drift else [1, 2, 7]  # drift: does not extend turn 1
+    return Episode(
+        task_id=task_id,
+        sample=sample,
+        reward=reward,
         calls=[
             CallRecord(prompt_ids=[1, 2], choices=[_choice([3], [-0.5], [1])]),
-            CallRecord(
-                prompt_ids=[1, 2, 3, 4, 4], choices=[_choice([5, 6], [-1, -2], [1, 1])], parent=0
-            ),
+            CallRecord(prompt_ids=second, choices=[_choice([5, 6], [-1, -2], [1, 1])], parent=0),
         ],
     )
-    b = to_verl([ep])["batch"]
+
+
+def test_to_verl_multi_turn_episode() -> None:
+    b = to_verl([_two_turns("q", 0, 1.0)])["tensors"]
     np.testing.assert_array_equal(b["prompts"], [[1, 2]])
     np.testing.assert_array_equal(b["responses"], [[3, 4, 4, 5, 6]])
     np.testing.assert_array_equal(b["response_mask"], [[1, 0, 0, 1, 1]])
     np.testing.assert_array_equal(b["rollout_log_probs"], [[-0.5, 0, 0, -1, -2]])
-    np.testing.assert_array_equal(b["token_level_scores"], [[0, 0, 0, 0, 1.0]])
+    np.testing.assert_array_equal(b["rm_scores"], [[0, 0, 0, 0, 1.0]])
+
+
+def test_to_verl_episode_uids_for_episodes_split_over_rows() -> None:
+    eps = [_two_turns("q", 0, 1.0, drift=True), _two_turns("q", 1, 0.0)]
+    with pytest.warns(UserWarning, match="1 episodes span several rows"):
+        by_task = to_verl(eps)
+    assert by_task["non_tensors"]["uid"].tolist() == ["q", "q", "q"]
+    assert by_task["meta_info"]["num_multi_row_episodes"] == 1
+    by_episode = to_verl(eps, uid="episode")  # no warning: the pairs keep episodes apart
+    uids = by_episode["non_tensors"]["uid"]
+    assert uids.shape == (3,) and uids.dtype == object  # pairs, not a [3, 2] array
+    assert uids.tolist() == [("q", "q:0"), ("q", "q:0"), ("q", "q:1")]
+    with pytest.raises(ValueError, match="uid"):
+        to_verl(eps, uid="row")  # type: ignore[arg-type]
+
+
+def test_write_verl_round_trips_without_pickle(tmp_path: Path) -> None:
+    eps = [_two_turns("q", 0, 1.0, drift=True), _two_turns("q", 1, 0.0)]
+    for uid in ("task", "episode"):
+        with pytest.warns(UserWarning) if uid == "task" else contextlib.nullcontext():
+            batch = to_verl(eps, uid=uid)  # type: ignore[arg-type]
+        write_verl(batch, tmp_path / "b.npz")
+        with np.load(tmp_path / "b.npz", allow_pickle=False) as f:  # loads without pickle
+            assert "meta_info" in f.files
+        back = read_verl(tmp_path / "b.npz")
+        assert back["meta_info"] == batch["meta_info"]
+        assert set(back["tensors"]) == set(batch["tensors"])
+        for key, value in batch["tensors"].items():
+            np.testing.assert_array_equal(back["tensors"][key], value)
+            assert back["tensors"][key].dtype == value.dtype
+        for key, value in batch["non_tensors"].items():
+            assert back["non_tensors"][key].tolist() == value.tolist(), key
+            assert back["non_tensors"][key].dtype == value.dtype, key
 
 
 # ---------------------------------------------------------------- rLLM
+# The full contract (rLLM's from_dict / to_dict and its verl transform) is in
+# test_rllm_contract.py; these check what the formats must keep.
 
-# interop.md section 3, verbatim
-RLLM_EPISODE = [
+RLLM_EPISODE = [  # rllm/types.py:349-366 @9beb6e0f (Episode.to_dict)
     "id",
     "task",
     "termination_reason",
     "is_correct",
+    "session_id",
     "trajectories",
     "metrics",
-    "metadata",
+    "info",
 ]
-RLLM_TRAJECTORY = ["uid", "name", "task", "steps", "reward", "signals", "metadata"]
-RLLM_STEP = [
-    "id",
-    "input",
-    "output",
-    "action",
-    "reward",
-    "done",
-    "metadata",
+RLLM_TRAJECTORY = ["uid", "name", "task", "steps", "reward", "info"]  # types.py:281-287
+RLLM_STEP = [  # types.py:183-200
     "prompt_ids",
     "response_ids",
     "logprobs",
+    "routing_matrices",
     "chat_completions",
+    "observation",
+    "thought",
+    "action",
     "model_response",
-    "weight_version",
-    "advantage",
+    "model_output",
+    "info",
+    "reward",
+    "done",
     "mc_return",
+    "advantage",
+    "weight_version",
 ]
 
 
-def test_to_rllm_fields_match_interop() -> None:
+def test_to_rllm_fields_match_rllm() -> None:
     ep = rich_episode("task-7", 3)
     (out,) = to_rllm([ep])
     assert list(out) == RLLM_EPISODE
@@ -752,20 +845,26 @@ def test_to_rllm_fields_match_interop() -> None:
     assert [list(s) for s in traj["steps"]] == [RLLM_STEP] * 3  # (call, choice) pairs
     assert out["id"] == "task-7:3"
     assert out["termination_reason"] == "max_response_length_exceeded"  # truncated on length
-    assert out["is_correct"] is True
+    assert out["is_correct"] is True and out["session_id"] is None
     s0, s1, s2 = traj["steps"]
     for s in traj["steps"]:
         assert s["logprobs"] == [] or len(s["logprobs"]) == len(s["response_ids"])
+        assert s["model_output"]["prompt_ids"] == s["prompt_ids"]
+        assert s["model_output"]["completion_ids"] == s["response_ids"]
+        assert s["model_output"]["logprobs"] == s["logprobs"]
     assert s0["prompt_ids"] == [1, 2, 3] and s0["response_ids"] == [4, 5, 2**31 - 1]
     assert s1["logprobs"] == []  # server sent none: empty, never fake zeros
     assert (
-        s0["chat_completions"][-1] == s0["output"] and s0["chat_completions"][0]["role"] == "user"
+        s0["chat_completions"][-1]["tool_calls"][0]["id"] == "t1"
+        and s0["chat_completions"][0]["role"] == "user"
     )
-    assert s0["action"][0]["id"] == "t1"  # tool calls are the action
-    assert s1["model_response"] == "ünï ✓"
+    assert s0["model_output"]["tool_calls"] == [{"name": "f", "arguments": {}}]  # rLLM's ToolCall
+    assert s0["model_output"]["finish_reason"] == "tool_calls"
+    assert s1["model_response"] == s1["model_output"]["content"] == "ünï ✓"
     assert s0["weight_version"] == 4 and s2["weight_version"] == 4
     assert s2["reward"] == 0.25 and s2["done"] and not s0["done"]
     assert (s0["advantage"], s0["mc_return"]) == (None, 0.0)
+    assert s2["info"]["exact"] is False and s2["info"]["token_source"] == "vllm"
     json.dumps(out)  # JSON-ready
 
 
@@ -783,6 +882,13 @@ def test_to_rllm_termination_reasons() -> None:
     assert to_rllm(ep)[0]["termination_reason"] == "max_turns_exceeded"
     ep.metadata["termination_reason"] = "unknown"
     assert to_rllm(ep)[0]["termination_reason"] == "unknown"
+
+
+def test_to_rllm_episode_id_keeps_tasks_apart() -> None:
+    # rLLM's task_id is Episode.id.split(":")[0] (types.py:332-334).
+    ids = [to_rllm(rich_episode(t, 1))[0]["id"] for t in ("a:b", "a", "a%3Ab")]
+    assert ids == ["a%3Ab:1", "a:1", "a%253Ab:1"]
+    assert len({i.split(":")[0] for i in ids}) == 3
 
 
 def test_flat_api() -> None:
