@@ -34,14 +34,22 @@ TASK_IDS = [
 ]
 
 
-def rollout(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def rollout(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rollout.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
+
+
+def summary_rows(stdout: str) -> dict[str, str]:
+    """The summary table as {row name: value}."""
+    return dict(line.rsplit(None, 1) for line in stdout.splitlines() if line.strip())
 
 
 def complete_lines(path: Path) -> int:
@@ -226,6 +234,47 @@ def test_ctrl_c_exits_cleanly_and_resumes(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     uids = [e.uid for e in read_jsonl(out)]
     assert sorted(uids) == sorted({f"{t}:0" for t in TASK_IDS[:n]})
+
+
+HUNG_AGENT = """
+import time
+
+def episode(task, model):
+    if task["hang"]:
+        time.sleep(3600)  # a sync call that never returns (no timeout of its own)
+    reply = model.run([{"role": "user", "content": "What is 1 + 1?"}])
+    return float(reply.choices[0].message.content.strip() == "2")
+"""
+
+
+def test_hung_sync_agents_time_out_and_the_command_exits(tmp_path: Path) -> None:
+    """More hung sync agents than the default thread pool has threads (min(32, cpus + 4)).
+
+    Each hung episode times out, the others still run, and the process exits
+    although the hung threads can never be stopped.
+    """
+    hung = min(32, (os.cpu_count() or 1) + 4)
+    (tmp_path / "hung_agent.py").write_text(HUNG_AGENT)
+    task_file = tmp_path / "tasks.jsonl"
+    rows = [{"id": f"h{i}", "hang": True} for i in range(hung)]
+    rows += [{"id": f"ok{i}", "hang": False} for i in range(4)]
+    task_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = rollout(
+        "collect", "--config", "configs/local.yaml", "agent=hung_agent:episode",
+        f"tasks={task_file}", "samples_per_task=1", f"concurrency={hung + 4}",
+        "episode_timeout_s=3", f"output.path={tmp_path}/o.jsonl", "progress=false",
+        env=env, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    by = {e.task_id: e for e in read_jsonl(tmp_path / "o.jsonl")}
+    assert len(by) == hung + 4
+    for i in range(hung):
+        assert by[f"h{i}"].status == EpisodeStatus.TIMEOUT, by[f"h{i}"].error
+    for i in range(4):
+        ok = by[f"ok{i}"]
+        assert ok.status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED), ok.error
+        assert len(ok.calls) == 1
 
 
 # ------------------------------------------------------------------ bad configs
