@@ -21,11 +21,14 @@ import numpy as np
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    """Exit 0; 2 for a bad config or no tasks; 1 for a run with nothing to train; 130 on Ctrl-C."""
     from rollout.collection import ConfigError, collect
+    from rollout.errors import NoTrainableDataError
 
     sys.path.insert(0, os.getcwd())  # agents such as examples.arithmetic live in the project
+    overrides = [*args.overrides, *(["output.retry_failed=true"] if args.retry_failed else [])]
     try:
-        summary = collect(args.config, overrides=args.overrides)
+        summary = collect(args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"rollout collect: {exc}", file=sys.stderr)
         return 2
@@ -34,6 +37,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         print("rollout collect: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     print(summary.table())
+    try:
+        summary.check()
+    except NoTrainableDataError as exc:
+        print(f"rollout collect: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -119,6 +127,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("collect", help="collect episodes (the main job)")
     p.add_argument("--config", help="YAML config (see configs/)")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. concurrency=8")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on resume, run again the episodes that failed (output.retry_failed=true)",
+    )
     p.set_defaults(fn=_cmd_collect)
 
     p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server", add_help=False)

@@ -20,8 +20,11 @@ from rollout.export import JsonlWriter, write_parquet
 logger = logging.getLogger(__name__)
 
 
-def done_uids(path: str | Path) -> set[str]:
-    """`task_id:sample` of every complete episode line in a JSONL journal."""
+def done_uids(path: str | Path, *, retry_failed: bool = False) -> set[str]:
+    """`task_id:sample` of every complete episode line in a JSONL journal.
+
+    With `retry_failed`, lines of failed episodes (error, timeout) do not count.
+    """
     p = Path(path)
     if not p.exists():
         return set()
@@ -33,6 +36,8 @@ def done_uids(path: str | Path) -> set[str]:
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:
+                continue
+            if retry_failed and isinstance(row, dict) and row.get("status") in ("error", "timeout"):
                 continue
             if isinstance(row, dict) and "task_id" in row:
                 out.add(f"{row['task_id']}:{row.get('sample', 0)}")

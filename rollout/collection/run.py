@@ -47,6 +47,9 @@ def load_tasks(tasks: str | Path | Iterable[Any], limit: int | None = None) -> l
                         raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
     else:
         items = list(tasks)
+    if not items:  # a run of nothing would "succeed" and hide a wrong path or an empty export
+        where = f"tasks file {tasks}" if isinstance(tasks, str | Path) else "the task list"
+        raise ConfigError(f"no tasks to run: {where} holds no tasks")
     if limit is not None:
         items = items[:limit]
     out: list[tuple[str, Any]] = []
@@ -229,10 +232,11 @@ async def acollect(
     collector = Collector(config, agent=agent, overrides=overrides, **settings)
     cfg = collector.config
     task_list = load_tasks(tasks if tasks is not None else cfg.tasks, cfg.limit)
-    skip = done_uids(cfg.output.path) if cfg.output.path and cfg.output.resume else set()
+    out = cfg.output
+    skip = done_uids(out.path, retry_failed=out.retry_failed) if out.path and out.resume else set()
     jobs = _jobs(cfg, task_list, skip)
     requested = len(task_list) * cfg.samples_per_task
-    progress = Progress(len(jobs), requested - len(jobs), cfg.progress, cfg.output.path)
+    progress = Progress(len(jobs), requested - len(jobs), cfg.progress, out.path, cfg.allow_untrainable)
     with collector, EpisodeSink(cfg.output) as sink:
         stream = collector.arun(jobs)
         try:

@@ -70,6 +70,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = dict(line.rsplit(None, 1) for line in proc.stdout.splitlines() if line.strip())
     assert rows["episodes requested"] == "8" and rows["finished"] == "8"
     assert rows["skipped (already on disk)"] == "0"
+    assert rows["trainable tokens"] == rows["sampled tokens"] != "0"  # all exact
     return out
 
 
@@ -275,6 +276,65 @@ def test_hung_sync_agents_time_out_and_the_command_exits(tmp_path: Path) -> None
         ok = by[f"ok{i}"]
         assert ok.status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED), ok.error
         assert len(ok.calls) == 1
+
+
+# ------------------------------------------------------- runs with nothing to train
+
+
+def test_an_empty_tasks_file_exits_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    proc = rollout(
+        "collect", "--config", "configs/local.yaml", f"tasks={empty}",
+        f"output.path={tmp_path}/o.jsonl", "progress=false",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout
+    assert "no tasks" in proc.stderr and str(empty) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+UNREACHABLE = ["backend.kind=remote", "backend.urls=[http://127.0.0.1:9/v1]", "episode_retries=0"]
+
+
+def test_a_run_where_every_episode_failed_exits_1_and_can_be_retried(tmp_path: Path) -> None:
+    out = tmp_path / "o.jsonl"
+    args = ["collect", "--config", "configs/local.yaml", f"output.path={out}", "limit=3",
+            "samples_per_task=1", "progress=false"]  # fmt: skip
+    failed = rollout(*args, *UNREACHABLE)
+    assert failed.returncode == 1, failed.stderr
+    assert "every one of the 3 episodes failed" in failed.stderr, failed.stderr
+    assert "connect" in failed.stderr  # the first failure's reason
+    assert summary_rows(failed.stdout)["finished"] == "3"  # the table is still printed
+    assert {e.status for e in read_jsonl(out)} == {EpisodeStatus.ERROR}
+
+    # A plain resume counts failed episodes as done ...
+    resumed = rollout(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert summary_rows(resumed.stdout)["skipped (already on disk)"] == "3"
+    # ... and --retry-failed runs them again (the journal keeps both attempts).
+    retried = rollout(*args, "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    rows = summary_rows(retried.stdout)
+    assert rows["skipped (already on disk)"] == "0" and rows["finished"] == "3"
+    latest = {e.uid: e for e in read_jsonl(out)}
+    assert len(latest) == 3
+    assert all(e.status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED) for e in latest.values())
+    # nothing left to retry: a further retry run skips all
+    again = rollout(*args, "output.retry_failed=true")
+    assert again.returncode == 0 and summary_rows(again.stdout)["finished"] == "0"
+
+
+def test_a_run_without_exact_token_ids_exits_1_unless_allowed(tmp_path: Path) -> None:
+    args = ["collect", "--config", "configs/local.yaml", "limit=2", "samples_per_task=1",
+            "progress=false", "backend.request_token_ids=false", "backend.request_logprobs=false"]  # fmt: skip
+    proc = rollout(*args, f"output.path={tmp_path}/a.jsonl")
+    assert proc.returncode == 1, proc.stderr
+    assert "no trainable" in proc.stderr.lower() and "allow_untrainable" in proc.stderr
+    table = proc.stdout.lower()
+    assert "trainable tokens" in table and "no sampled token has exact ids" in table
+    allowed = rollout(*args, f"output.path={tmp_path}/b.jsonl", "allow_untrainable=true")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "no sampled token has exact ids" in allowed.stdout.lower()  # still said
 
 
 # ------------------------------------------------------------------ bad configs

@@ -632,6 +632,11 @@ def test_collect_reports_config_errors_before_running(tmp_path: Path) -> None:
         collect(agent=one_turn, tasks=str(tmp_path / "missing.jsonl"), **FAST)
     with pytest.raises(ConfigError, match="duplicate task id"):
         collect(agent=one_turn, tasks=[{"id": 1}, {"id": 1}], **FAST)
+    with pytest.raises(ConfigError, match="no tasks"):
+        collect(agent=one_turn, tasks=[], **FAST)
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(ConfigError, match="no tasks"):
+        collect(agent=one_turn, tasks=str(tmp_path / "blank.jsonl"), **FAST)
 
 
 def test_bad_agent_path_is_a_config_error() -> None:
