@@ -8,6 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rollout.collection.config import CollectConfig
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import NoTrainableDataError
 
@@ -86,20 +87,19 @@ class CollectSummary(BaseModel):
 
 
 class Progress:
-    """Accumulates the summary; draws a bar when `show` is set."""
+    """Fills in a run's summary episode by episode; draws a bar when `config.progress` is set."""
 
-    def __init__(
-        self, total: int, skipped: int, show: bool, output: str | None, allow_untrainable: bool = False
-    ) -> None:
-        self.summary = CollectSummary(
-            requested=total + skipped, skipped=skipped, output=output, allow_untrainable=allow_untrainable
-        )
+    def __init__(self, summary: CollectSummary, config: CollectConfig, *, total: int, skipped: int) -> None:
+        self.summary = summary
+        summary.requested, summary.skipped = total + skipped, skipped
+        summary.output = config.output.path
+        summary.allow_untrainable = config.allow_untrainable
         self._statuses: Counter[str] = Counter()
         self._reward_sum = 0.0
         self._rewarded = 0
         self._t0 = time.perf_counter()
         self._bar: Any = None
-        if show:
+        if config.progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit="ep", dynamic_ncols=True)
@@ -130,7 +130,7 @@ class Progress:
                 refresh=False,
             )
 
-    def close(self) -> CollectSummary:
+    def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
         s = self.summary
@@ -139,4 +139,3 @@ class Progress:
         s.mean_reward = self._reward_sum / self._rewarded if self._rewarded else None
         s.episodes_per_s = s.finished / s.wall_s if s.wall_s else 0.0
         s.tokens_per_s = s.sampled_tokens / s.wall_s if s.wall_s else 0.0
-        return s

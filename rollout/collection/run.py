@@ -25,6 +25,7 @@ from rollout.collection.config import (
     load_config,
     validate_config,
 )
+from rollout.collection.executor import Executor
 from rollout.collection.output import EpisodeSink, done_uids
 from rollout.collection.progress import CollectSummary, Progress
 from rollout.collection.runner import Agent, Job, episode_seed
@@ -148,22 +149,31 @@ class Collector:
         self.batches = 0  # batches run so far; each gets fresh sampling seeds
         self._stack = contextlib.ExitStack()
         self.urls: list[str] = []
-        self.executor: Any = None
+        self.executor: Executor | None = None
 
     def start(self) -> Collector:
         if self.executor is not None:  # already started: a second start would leak servers and workers
             return self
-        self.urls = self._stack.enter_context(backend_urls(self.config))
+        try:
+            self.urls = self._stack.enter_context(backend_urls(self.config))
+            executor = self._executor()
+        except BaseException:  # e.g. no Ray cluster: stop the server started for it
+            self._stack.close()
+            raise
+        self._stack.callback(executor.close)
+        if self.policy_version is not None:  # set before start
+            executor.set_policy_version(self.policy_version)
+        self.executor = executor
+        return self
+
+    def _executor(self) -> Executor:
         if self.config.executor == "ray":
             from rollout.collection.ray_executor import RayExecutor
 
-            self.executor = RayExecutor(self.config, self._agent_spec, self.urls)
-        else:
-            from rollout.collection.local import LocalExecutor
+            return RayExecutor(self.config, self._agent_spec, self.urls)
+        from rollout.collection.local import LocalExecutor
 
-            self.executor = LocalExecutor(self.config, self.agent, self.urls)
-        self._stack.callback(self.executor.close)
-        return self
+        return LocalExecutor(self.config, self.agent, self.urls)
 
     def close(self) -> None:
         self._stack.close()
@@ -185,9 +195,10 @@ class Collector:
         if hook is not None:
             hook()
         self.policy_version = version
-        self.executor.set_policy_version(version)
+        if self.executor is not None:  # else `start` hands it over
+            self.executor.set_policy_version(version)
 
-    async def arun(self, jobs: list[Job]) -> AsyncGenerator[Episode, None]:
+    async def arun(self, jobs: Iterable[Job]) -> AsyncGenerator[Episode, None]:
         """Episodes for `jobs` as they finish, staleness-checked."""
         if self.executor is None:
             raise RuntimeError("Collector is not started: use `with Collector(...)` or .start()")
@@ -228,7 +239,11 @@ async def acollect(
     summary: CollectSummary | None = None,
     **settings: Any,
 ) -> AsyncIterator[Episode]:
-    """Yield each finished episode (already written to the output) as it completes."""
+    """Yield each finished episode (already written to the output) as it completes.
+
+    `summary`, if given, is filled in as the run goes and complete when the
+    stream ends. Nothing here keeps an episode once it is yielded.
+    """
     collector = Collector(config, agent=agent, overrides=overrides, **settings)
     cfg = collector.config
     task_list = load_tasks(tasks if tasks is not None else cfg.tasks, cfg.limit)
@@ -236,8 +251,8 @@ async def acollect(
     skip = done_uids(out.path, retry_failed=out.retry_failed) if out.path and out.resume else set()
     jobs = _jobs(cfg, task_list, skip)
     requested = len(task_list) * cfg.samples_per_task
-    progress = Progress(len(jobs), requested - len(jobs), cfg.progress, out.path, cfg.allow_untrainable)
-    with collector, EpisodeSink(cfg.output) as sink:
+    progress = Progress(summary or CollectSummary(), cfg, total=len(jobs), skipped=requested - len(jobs))
+    with collector, EpisodeSink(out) as sink:
         stream = collector.arun(jobs)
         try:
             async for episode in stream:
@@ -246,9 +261,7 @@ async def acollect(
                 yield episode
         finally:
             await stream.aclose()
-            result = progress.close()
-            if summary is not None:
-                summary.__dict__.update(result.__dict__)
+            progress.close()
 
 
 def collect(
@@ -260,19 +273,22 @@ def collect(
     on_episode: Callable[[Episode], None] | None = None,
     **settings: Any,
 ) -> CollectSummary:
-    """Run a whole collection; returns its summary (with `.episodes` when kept in memory)."""
+    """Run a whole collection; returns its summary.
+
+    Episodes stream to `output.path`; only a run without one keeps them, in
+    `summary.episodes`, so memory stays flat however long the run. Call
+    `summary.check()` to fail on a run that produced nothing to train on.
+    """
+    cfg = resolve_config(config, overrides, settings)
     summary = CollectSummary()
-    kept: list[Episode] = []
+    keep = summary.episodes if cfg.output.path is None else None
 
     async def main() -> None:
-        async for episode in acollect(
-            config, agent=agent, tasks=tasks, overrides=overrides, summary=summary, **settings
-        ):
+        async for episode in acollect(cfg, agent=agent, tasks=tasks, summary=summary):
             if on_episode is not None:
                 on_episode(episode)
-            kept.append(episode)
+            if keep is not None:
+                keep.append(episode)
 
     asyncio.run(main())
-    if summary.output is None:
-        summary.episodes = kept
     return summary
