@@ -473,6 +473,23 @@ def test_remote_backend_on_an_embedded_server(server: EmbeddedServer) -> None:
         assert_exact(e)
 
 
+def async_client_factory(url: str, model: str, api_key: str | None) -> Any:
+    """A `backend.client_factory`: the user's own AsyncOpenAI (its create is decorated)."""
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url=url, api_key=api_key or "unused", max_retries=0)
+
+
+def test_an_async_client_from_a_factory_is_used_as_async(server: EmbeddedServer) -> None:
+    """It is `model.async_client` (not mistaken for a sync client), so plain SDK code works."""
+    factory = "tests.integration.test_collect:async_client_factory"
+    for agent in (one_turn, plain_openai_agent):
+        summary, seen = run(agent, tasks(2), backend=remote(server.base_url, client_factory=factory))
+        assert summary.finished == 2 and summary.failed == 0, summary.first_error
+        for e in seen:
+            assert_exact(e)
+
+
 def test_faults_are_recorded_and_nothing_is_lost(proxy: FaultProxy) -> None:
     task_list = [
         {"id": name, "a": 1, "b": 1, "answer": 2}
