@@ -14,12 +14,14 @@ per-worker concurrency cap. No timing assertions.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import socket
 import subprocess
 import sys
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -27,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from rollout.collection import Collector
+from rollout.collection import Collector, collect
 from rollout.embedded import EmbeddedServer, Policy, push_weights
 from rollout.episode import Episode, EpisodeStatus
 
@@ -282,6 +284,29 @@ def test_killed_workers_lose_no_episode(cluster: Any) -> None:
         # and the next batch runs normally on the revived pool
         again = c.run_batch(tasks(6))
         assert_exactly_once(again, tasks(6))
+
+
+def test_streamed_episodes_are_not_kept_in_the_driver(
+    cluster: Any, server: EmbeddedServer, tmp_path: Path
+) -> None:
+    refs: list[weakref.ref[Episode]] = []
+    alive: list[int] = []
+    n = 40
+
+    def note(episode: Episode) -> None:
+        refs.append(weakref.ref(episode))
+        if len(refs) == n:
+            gc.collect()
+            alive.append(sum(r() is not None for r in refs[:-1]))
+
+    summary = collect(
+        agent="examples.arithmetic:episode",
+        tasks=tasks(n),
+        on_episode=note,
+        **{**settings([server.base_url]), "output": {"path": str(tmp_path / "eps.jsonl")}},
+    )
+    assert summary.finished == n and summary.failed == 0
+    assert alive == [0]
 
 
 # ------------------------------------------------------------------ connecting
