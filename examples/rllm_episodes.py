@@ -19,13 +19,11 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from rollout.collection import collect
+from rollout.demo import AGENT, TASKS
 from rollout.export import to_rllm
-
-TASKS = Path(__file__).with_name("arithmetic.jsonl")
 
 
 def rllm_episodes(
@@ -33,7 +31,7 @@ def rllm_episodes(
 ) -> list[dict[str, Any]]:
     """Collect the arithmetic agent on the embedded server; return rLLM Episode dicts."""
     options: dict[str, Any] = {
-        "agent": "examples.arithmetic:episode",
+        "agent": AGENT,
         "tasks": str(TASKS),
         "limit": limit,
         "samples_per_task": samples_per_task,

@@ -119,10 +119,14 @@ def _wait_ready(ray: Any, refs: list[Any], timeout: float) -> list[Any]:
 
 
 def _init_ray(ray: Any, spec: RaySpec) -> None:
-    """Start a new local cluster (`address` None), or join `address` within `connect_timeout_s`."""
-    env = {"PYTHONPATH": os.pathsep.join(p for p in [os.getcwd(), os.environ.get("PYTHONPATH", "")] if p)}
+    """Start a new local cluster (`address` None), or join `address` within `connect_timeout_s`.
+
+    Workers find the agent's module as the driver did: Ray itself puts the
+    driver's working directory on their sys.path (first, so there a user's
+    compat.py would shadow the library: ray 2.x, ray/_private/worker.py,
+    `py_driver_sys_path`).
+    """
     options: dict[str, Any] = {
-        "runtime_env": {"env_vars": env},
         "include_dashboard": False,
         "logging_level": logging.WARNING,
         "log_to_driver": False,

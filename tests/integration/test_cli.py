@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +22,7 @@ import pytest
 
 from rollout.cli import main
 from rollout.collection import done_uids
+from rollout.demo import TASKS as DEMO_TASKS
 from rollout.episode import EpisodeStatus
 from rollout.export import read_jsonl
 from rollout.export.jsonl import CorruptLineWarning
@@ -29,7 +31,7 @@ from rollout.record import TokenSource
 REPO = Path(__file__).resolve().parents[2]
 TASK_IDS = [
     json.loads(line)["id"]
-    for line in (REPO / "examples/arithmetic.jsonl").read_text().splitlines()
+    for line in DEMO_TASKS.read_text().splitlines()
     if line.strip()
 ]
 
@@ -335,6 +337,90 @@ def test_a_run_without_exact_token_ids_exits_1_unless_allowed(tmp_path: Path) ->
     allowed = rollout(*args, f"output.path={tmp_path}/b.jsonl", "allow_untrainable=true")
     assert allowed.returncode == 0, allowed.stderr
     assert "no sampled token has exact ids" in allowed.stdout.lower()  # still said
+
+
+# ------------------------------------------------------- outside the repository
+
+
+SHADOW = "raise ImportError('the working directory shadowed the library')\n"
+MY_AGENT = """
+async def episode(task, model):
+    reply = await model.arun([{"role": "user", "content": task["q"]}])
+    return float(bool(reply.choices[0].message.content))
+"""
+
+
+def shadowing_project(root: Path) -> None:
+    """A user's project whose modules share names with the library and its dependencies."""
+    for name in ("compat", "rollout", "tqdm", "aiohttp", "yaml"):
+        (root / f"{name}.py").write_text(SHADOW)
+    (root / "my_agent.py").write_text(MY_AGENT)
+    (root / "tasks.jsonl").write_text('{"q": "hi"}\n{"q": "ho"}\n')
+
+
+def cli_in(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI as the `rollout` script runs it: the working directory is not on sys.path
+    (-I keeps `python -c` from putting it first), this checkout's code is."""
+    code = f"import sys; sys.path[:0] = [{str(REPO)!r}]; from rollout.cli import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-I", "-c", code, *args],
+        cwd=cwd, capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+
+
+def test_a_users_own_compat_py_does_not_shadow_the_library(tmp_path: Path) -> None:
+    """The agent is found in the working directory, which is appended to sys.path, not put first."""
+    shadowing_project(tmp_path)
+    proc = cli_in(tmp_path, "collect", "agent=my_agent:episode", "tasks=tasks.jsonl",
+                  "output.path=o.jsonl", "progress=true")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary_rows(proc.stdout)["finished"] == "2"
+
+
+def test_collect_and_train_from_an_installed_wheel_with_no_checkout(tmp_path: Path) -> None:
+    """Build a wheel of this tree, install it alone in a venv, run the defaults from elsewhere."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO, src, symlinks=True,
+        ignore=shutil.ignore_patterns(".git", "runs", "build", "*.egg-info", ".*_cache", "__pycache__"),
+    )  # fmt: skip
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-w", str(wheels), "-q"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if built.returncode != 0:  # no setuptools/wheel reachable for the isolated build
+        pytest.skip(f"cannot build a wheel here: {built.stderr[-500:]}")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "-q", *map(str, wheels.glob("*.whl"))],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run(
+        [str(python), "-c", "import rollout, compat; print(rollout.__file__, compat.__file__)"],
+        cwd=elsewhere, capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    assert where.stdout.count(str(venv)) == 2, where.stdout  # the wheel's code, not a checkout's
+    rollout_cli = venv / "bin" / "rollout"
+    proc = subprocess.run(
+        [str(rollout_cli), "collect", "limit=2", "samples_per_task=1", "progress=false"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = summary_rows(proc.stdout)
+    assert rows["finished"] == "2" and rows["trainable tokens"] != "0"
+    assert [e.task_id for e in read_jsonl(elsewhere / "runs/episodes.jsonl")] != []
+    trained = subprocess.run(
+        [str(rollout_cli), "train", "--iterations", "1", "--target", "0", "--plot", "none.png"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "mean reward" in trained.stdout
 
 
 # ------------------------------------------------------------------ bad configs
