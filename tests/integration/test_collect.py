@@ -276,7 +276,7 @@ def test_agent_exception_and_timeout_are_recorded_the_rest_complete() -> None:
             await asyncio.sleep(30)
         return await one_turn(task, model)
 
-    summary, seen = run(agent, tasks(4), episode_timeout_s=0.5, concurrency=4)
+    summary, seen = run(agent, tasks(4), episode_timeout_s=5, concurrency=4)  # ample on a loaded box
     by = {e.task_id: e for e in seen}
     assert summary.finished == summary.requested == 4
     assert by["t1"].status == EpisodeStatus.ERROR and "missing-field" in (by["t1"].error or "")
@@ -593,16 +593,23 @@ def test_unreachable_server_is_an_error_not_a_crash() -> None:
         assert e.status == EpisodeStatus.ERROR and "connect" in (e.error or "").lower()
 
 
-def test_a_call_timeout_is_not_reported_as_the_episode_timeout(proxy: FaultProxy) -> None:
+def faulty_episode(
+    proxy: FaultProxy, agent: Any, marker: str, *, call_timeout_s: float, episode_timeout_s: float
+) -> tuple[EpisodeStatus, str]:
+    """Status and error of one episode whose calls meet the proxy's `marker` fault."""
     _, seen = run(
-        one_turn,
-        [{"id": "hang", "a": 1, "b": 1, "answer": 2}],
-        backend=remote(proxy.base_url, timeout_s=0.5),
-        episode_timeout_s=30,
+        agent,
+        [{"id": marker, "a": 1, "b": 1, "answer": 2}],
+        backend=remote(proxy.base_url, timeout_s=call_timeout_s),
+        episode_timeout_s=episode_timeout_s,
         episode_retries=0,
     )
-    error = seen[0].error or ""
-    assert seen[0].status in (EpisodeStatus.TIMEOUT, EpisodeStatus.ERROR)
+    return seen[0].status, seen[0].error or ""
+
+
+def test_a_call_timeout_is_not_reported_as_the_episode_timeout(proxy: FaultProxy) -> None:
+    status, error = faulty_episode(proxy, one_turn, "hang", call_timeout_s=0.5, episode_timeout_s=30)
+    assert status == EpisodeStatus.TIMEOUT
     assert "30" not in error and "timed out" in error.lower(), error
 
 
@@ -616,15 +623,8 @@ def test_a_dropped_connection_is_recorded_as_such_not_as_a_timeout(
     proxy: FaultProxy, agent: Any
 ) -> None:
     """The SDK's aiohttp transport reports a closed connection as a connect *timeout*."""
-    _, seen = run(
-        agent,
-        [{"id": "reset", "a": 1, "b": 1, "answer": 2}],
-        backend=remote(proxy.base_url, timeout_s=30),
-        episode_timeout_s=60,
-        episode_retries=0,
-    )
-    error = seen[0].error or ""
-    assert seen[0].status == EpisodeStatus.ERROR, error
+    status, error = faulty_episode(proxy, agent, "reset", call_timeout_s=30, episode_timeout_s=60)
+    assert status == EpisodeStatus.ERROR, error
     assert "timed out" not in error.lower() and "timeout" not in error.lower(), error
     assert "connection" in error.lower() or "disconnect" in error.lower(), error
 
