@@ -21,6 +21,7 @@ import logging
 import os
 import threading
 import time
+from collections import deque
 from collections.abc import AsyncGenerator, Iterable
 from typing import Any
 
@@ -212,11 +213,11 @@ class RayExecutor:
         try:
             while sched.busy():
                 ready = await asyncio.to_thread(_wait_ready, ray, sched.refs(), 0.5)
-                done = [ep for ref in ready if (ep := sched.settle(ref)) is not None]
-                done += sched.expire(time.monotonic())
+                done = deque(sched.settle_all(ready))
+                done.extend(sched.expire(time.monotonic()))
                 sched.submit()  # refill before handing results out: workers stay busy meanwhile
-                for episode in done:
-                    yield episode
+                while done:  # popped, so the driver holds no episode it has handed out
+                    yield done.popleft()
                 if sched.stuck():  # pragma: no cover - defensive
                     raise RuntimeError("Ray executor has queued episodes but no worker to run them")
         finally:
@@ -324,6 +325,11 @@ class _Scheduler:
         except Exception as exc:  # dead for good: restarts used up, or killed for good
             self.ex._replace(w, exc)
             self._probe(w, time.monotonic())
+
+    def settle_all(self, ready: list[Any]) -> list[Episode]:
+        """The finished episodes among `ready` refs (probes and lost episodes give none)."""
+        episodes = (self.settle(ref) for ref in ready)
+        return [episode for episode in episodes if episode is not None]
 
     def settle(self, ref: Any) -> Episode | None:
         """A ready ref: the finished episode, or None (a probe, or a lost episode queued again)."""
