@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 from camel.agents import ChatAgent
@@ -32,10 +31,10 @@ from openai import AsyncOpenAI, OpenAI
 
 from compat import OpenAICompatibleModel
 from compat.camel import CamelTokenCounter
-from examples.arithmetic import MAX_TURNS, SYSTEM, check, question
 from rollout import Episode, Recorder, assemble
+from rollout.demo import TASKS
+from rollout.demo.arithmetic import MAX_TURNS, SYSTEM, check, question
 
-TASKS = Path(__file__).with_name("arithmetic.jsonl")
 TOOL_SYSTEM = "Use the add tool when it helps, then answer with the number only."
 
 

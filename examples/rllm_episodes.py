@@ -21,14 +21,12 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
 from rollout import Episode
 from rollout.collection import collect
+from rollout.demo import AGENT, TASKS
 from rollout.export import to_rllm
-
-TASKS = Path(__file__).with_name("arithmetic.jsonl")
 
 
 def collect_episodes(
@@ -36,7 +34,7 @@ def collect_episodes(
 ) -> list[Episode]:
     """Collect the arithmetic agent on the embedded server, episodes sorted by (task, sample)."""
     options: dict[str, Any] = {
-        "agent": "examples.arithmetic:episode",
+        "agent": AGENT,
         "tasks": str(TASKS),
         "limit": limit,
         "samples_per_task": samples_per_task,

@@ -1,6 +1,6 @@
 """The `rollout` command: collect, serve, inspect, export.
 
-    rollout collect --config configs/local.yaml [key=value ...]
+    rollout collect [--config configs/local.yaml] [key=value ...]
     rollout train [--iterations 40]
     rollout serve [--port 8000 ...]
     rollout inspect runs/local.jsonl [--episode 0]
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import warnings
 from pathlib import Path
@@ -19,13 +18,17 @@ from typing import Any
 
 import numpy as np
 
+from rollout.demo import TRAIN_CONFIG
+
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    """Exit 0; 2 for a bad config or no tasks; 1 for a run with nothing to train; 130 on Ctrl-C."""
     from rollout.collection import ConfigError, collect
+    from rollout.errors import NoTrainableDataError
 
-    sys.path.insert(0, os.getcwd())  # agents such as examples.arithmetic live in the project
+    overrides = [*args.overrides, *(["output.retry_failed=true"] if args.retry_failed else [])]
     try:
-        summary = collect(args.config, overrides=args.overrides)
+        summary = collect(args.config, overrides=overrides)
     except ConfigError as exc:
         print(f"rollout collect: {exc}", file=sys.stderr)
         return 2
@@ -34,6 +37,11 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         print("rollout collect: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     print(summary.table())
+    try:
+        summary.check()
+    except NoTrainableDataError as exc:
+        print(f"rollout collect: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
@@ -46,7 +54,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 def _cmd_train(args: argparse.Namespace) -> int:
     from rollout.training import train
 
-    sys.path.insert(0, os.getcwd())
     history = train(args.config, iterations=args.iterations, lr=args.lr, target=args.target, plot=args.plot)
     first, last = history[0]["mean_reward"], history[-1]["mean_reward"]
     print(f"mean reward {first:.3f} -> {last:.3f} in {len(history)} iterations")
@@ -114,8 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="collect episodes (the main job)")
-    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--config", help="YAML config (see configs/); default: the arithmetic demo")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. concurrency=8")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on resume, run again the episodes that failed (output.retry_failed=true)",
+    )
     p.set_defaults(fn=_cmd_collect)
 
     p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server", add_help=False)
@@ -123,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("train", help="train the embedded policy from recorded data (proof it trains)")
-    p.add_argument("--config", default="configs/train_tiny.yaml")
+    p.add_argument("--config", default=str(TRAIN_CONFIG), help="default: the shipped train_tiny.yaml")
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--lr", type=float, default=12.5)
     p.add_argument("--target", type=float, default=0.8)

@@ -10,9 +10,10 @@ from rollout.collection.config import (
     RaySpec,
     load_config,
 )
+from rollout.collection.executor import Executor
 from rollout.collection.output import EpisodeSink, done_uids
 from rollout.collection.progress import CollectSummary
-from rollout.collection.run import Collector, acollect, collect, load_tasks
+from rollout.collection.run import Collector, acollect, collect, iter_tasks, load_tasks
 from rollout.collection.runner import Job, apply_result, episode_seed, run_episode
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "ConfigError",
     "EmbeddedSettings",
     "EpisodeSink",
+    "Executor",
     "Job",
     "OutputSpec",
     "RaySpec",
@@ -33,6 +35,7 @@ __all__ = [
     "done_uids",
     "episode_seed",
     "import_object",
+    "iter_tasks",
     "load_config",
     "load_tasks",
     "run_episode",

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from rollout.demo import TRAIN_CONFIG
 from rollout.embedded.policy import Policy
 from rollout.episode import Episode
 from rollout.errors import OffPolicyError
@@ -94,7 +95,7 @@ def grpo_gradient(
 
 
 def train(
-    config: Any = "configs/local.yaml",
+    config: Any = TRAIN_CONFIG,
     *,
     iterations: int = 30,
     lr: float = 12.5,
