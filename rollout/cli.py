@@ -24,12 +24,12 @@ from rollout.demo import TRAIN_CONFIG
 def _cmd_collect(args: argparse.Namespace) -> int:
     """Exit 0; 2 for a bad config or no tasks; 1 for a run with nothing to train; 130 on Ctrl-C."""
     from rollout.collection import ConfigError, collect
-    from rollout.errors import NoTrainableDataError
+    from rollout.errors import NoTrainableDataError, OutputLockedError
 
     overrides = [*args.overrides, *(["output.retry_failed=true"] if args.retry_failed else [])]
     try:
         summary = collect(args.config, overrides=overrides)
-    except ConfigError as exc:
+    except (ConfigError, OutputLockedError) as exc:
         print(f"rollout collect: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -92,13 +92,13 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from rollout.export import to_areal, to_rllm, to_verl, write_verl
+    from rollout.export import json_default, to_areal, to_rllm, to_verl, write_verl
 
     episodes = _load(args.file)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.to == "rllm":
-        out.write_text(json.dumps(to_rllm(episodes), default=_json_default))
+        out.write_text(json.dumps(to_rllm(episodes), default=json_default))
     elif args.to == "areal":
         areal: dict[str, Any] = to_areal(episodes)
         np.savez(out, **areal)
@@ -107,13 +107,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"wrote {out} ({args.to}, {len(episodes)} episodes)")
     return 0
 
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)
 
 
 def build_parser() -> argparse.ArgumentParser:
