@@ -126,7 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.baseline_server:
         asyncio.run(_serve_baseline(args.max_tokens))
         return 0
-    embedded_cmd = ["-c", "from rollout.embedded import serve_main; serve_main()", "--port", "0"]
+    embedded_cmd = ["-m", "rollout.cli", "serve", "--port", "0"]
     emb_proc, emb_url = _spawn(embedded_cmd)
     base_proc, base_url = _spawn(
         [__file__, "--baseline-server", "--max-tokens", str(args.max_tokens)]

@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Any
@@ -38,9 +39,39 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from rollout.embedded import serve_main
+    """The embedded server in the foreground until Ctrl-C; prints its base URL once it listens."""
+    from rollout.embedded import EmbeddedServer, Policy
 
-    return serve_main(args.rest)
+    try:
+        policy = Policy.load(args.weights) if args.weights else Policy(seed=args.seed)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"rollout serve: cannot load --weights {args.weights}: {exc}", file=sys.stderr)
+        return 2
+    server = EmbeddedServer(
+        policy,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        model_name=args.model,
+        latency_s=args.latency_ms / 1000,
+        latency_per_token_s=args.latency_per_token_ms / 1000,
+        seed=args.seed,
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"rollout serve: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    auth = "on" if args.api_key else "off"
+    print(f"embedded server listening on {server.base_url} (model {args.model!r}, auth {auth})",
+          flush=True)  # fmt: skip
+    try:
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -121,8 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. concurrency=8")
     p.set_defaults(fn=_cmd_collect)
 
-    p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server",
+                       description="Serve the embedded policy in vLLM's wire format.")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one")
+    p.add_argument("--api-key", default=os.environ.get("ROLLOUT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $ROLLOUT_API_KEY)")  # fmt: skip
+    p.add_argument("--model", default="tiny", help="served model name (default tiny)")
+    p.add_argument("--weights", help="policy .npz written by Policy.save")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="fixed delay per request")
+    p.add_argument("--latency-per-token-ms", type=float, default=0.0,
+                   help="delay per decode step")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="policy init and default sampling seed")
     p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("train", help="train the embedded policy from recorded data (proof it trains)")

@@ -1,11 +1,18 @@
 """The embedded default: a tiny numpy policy behind a local vLLM-style server.
 
 ``Policy`` samples and differentiates; ``ChatTemplate`` renders messages to
-cl100k ids; ``EmbeddedServer`` serves both over OpenAI-compatible HTTP.
+cl100k ids; ``EmbeddedServer`` serves both over OpenAI-compatible HTTP
+(``rollout serve`` in the foreground); ``push_weights`` updates a running one.
+
+Modules by job: ``policy``, ``template`` and ``engine`` (token-by-token
+generation) are the model; ``protocol`` validates requests, ``payloads``
+builds replies, ``handlers`` and ``app`` are the HTTP side, ``server`` runs
+it on a thread, ``client`` talks to it.
 """
 
+from .client import push_weights
 from .policy import ENCODING_NAME, END_ID, Distribution, Policy, PolicyConfig, get_encoding
-from .server import EmbeddedServer, push_weights, serve_main
+from .server import EmbeddedServer
 from .template import ChatTemplate, TemplateError
 
 __all__ = [
@@ -19,5 +26,4 @@ __all__ = [
     "TemplateError",
     "get_encoding",
     "push_weights",
-    "serve_main",
 ]

@@ -7,7 +7,8 @@ request advance in lockstep, like one batched decode step of a real server.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,12 +17,15 @@ from .policy import Distribution, Policy
 from .protocol import SamplingRequest, token_bytes
 from .template import TOOL_CALL_PREFIX, parse_tool_call
 
+YIELD_EVERY_STEPS = 32
+
 
 @dataclass
 class ChoiceState:
     """Progress of one choice; ``text`` is the visible (stop-trimmed) text."""
 
     index: int
+    prompt: list[int]
     context: list[int]
     rng: np.random.Generator
     token_ids: list[int] = field(default_factory=list)
@@ -34,15 +38,18 @@ class ChoiceState:
     tool_arg: str | None = None
 
 
-@dataclass
-class StepOutput:
-    """What one step produced for one choice; ``delta`` is releasable text."""
+@dataclass(frozen=True)
+class Piece:
+    """A run of one choice's tokens, ``choice.token_ids[start:]``, and the text it releases.
+
+    Streaming sends one piece per step (the newest token and its releasable
+    text); a whole reply is one piece per choice from ``start=0`` with the
+    full visible text. The payload builders take either.
+    """
 
     choice: ChoiceState
-    token_id: int
-    logprob: float
-    dist: Distribution
-    delta: str
+    start: int
+    text: str
 
 
 def choice_rng(seed: int, index: int) -> np.random.Generator:
@@ -67,8 +74,9 @@ class Generation:
         self.params = params
         self.max_tokens = max_tokens
         self.tool_mode = tool_mode
+        prompt = list(prompt_ids)
         self.choices = [
-            ChoiceState(first_index + i, list(prompt_ids), choice_rng(seed, i))
+            ChoiceState(first_index + i, prompt, list(prompt), choice_rng(seed, i))
             for i in range(params.n)
         ]
         self._max_stop = max((len(s) for s in params.stop), default=0)
@@ -77,10 +85,10 @@ class Generation:
     def done(self) -> bool:
         return all(c.finish_reason is not None for c in self.choices)
 
-    def step(self) -> list[StepOutput]:
+    def step(self) -> list[Piece]:
         """Sample one token for every unfinished choice."""
         p = self.params
-        out: list[StepOutput] = []
+        out: list[Piece] = []
         for c in self.choices:
             if c.finish_reason is not None:
                 continue
@@ -100,7 +108,7 @@ class Generation:
                 c.tool_arg = parse_tool_call(c.text)
                 if c.tool_arg is not None:
                     c.finish_reason = "tool_calls"
-            out.append(StepOutput(c, tok, lp, dist, self._release(c)))
+            out.append(Piece(c, len(c.token_ids) - 1, self._release(c)))
         return out
 
     def _extend_text(self, c: ChoiceState, tok: int) -> None:
@@ -133,3 +141,28 @@ class Generation:
         delta = c.text[c.emitted : end]
         c.emitted = max(c.emitted, end)
         return delta
+
+
+async def drive(
+    gen: Generation,
+    latency_s: float,
+    latency_per_token_s: float,
+    on_step: Callable[[list[Piece]], Awaitable[None]] | None = None,
+) -> None:
+    """Run a generation to the end on the event loop, with artificial latency.
+
+    Without per-token latency it still yields every few steps, so hundreds of
+    concurrent requests interleave instead of running one after another.
+    """
+    if latency_s > 0:
+        await asyncio.sleep(latency_s)
+    steps = 0
+    while not gen.done:
+        pieces = gen.step()
+        steps += 1
+        if latency_per_token_s > 0:
+            await asyncio.sleep(latency_per_token_s)
+        elif steps % YIELD_EVERY_STEPS == 0:
+            await asyncio.sleep(0)
+        if on_step is not None:
+            await on_step(pieces)

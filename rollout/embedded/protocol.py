@@ -11,13 +11,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from rollout.errors import RolloutError
+
 from .policy import Distribution, get_encoding
+from .template import encode_text
 
 MAX_TOP_LOGPROBS = 20
 MAX_N = 128
 
 
-class ApiError(Exception):
+class ApiError(RolloutError):
     """An OpenAI-style error reply: ``{"error": {message, type, param, code}}``."""
 
     def __init__(
@@ -153,6 +156,59 @@ def parse_sampling(body: Mapping[str, Any], chat: bool) -> SamplingRequest:
     )
 
 
+def check_model(body: Mapping[str, Any], served: str) -> None:
+    """404 for a model name other than the served one (no name is fine)."""
+    model = body.get("model")
+    if model is not None and model != served:
+        raise ApiError(
+            404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
+        )
+
+
+def completion_budget(
+    prompt_len: int, max_model_len: int, params: SamplingRequest, param: str
+) -> int:
+    """max_tokens to use; 400 when the prompt (plus max_tokens) exceeds the context."""
+    limit = max_model_len
+    if prompt_len >= limit or (params.max_tokens and prompt_len + params.max_tokens > limit):
+        asked = prompt_len + (params.max_tokens or 0)
+        raise ApiError(
+            400,
+            f"This model's maximum context length is {limit} tokens; the request has "
+            f"{prompt_len} prompt tokens and {asked} tokens with the completion.",
+            param=param,
+            code="context_length_exceeded",
+        )
+    return params.max_tokens or (limit - prompt_len)
+
+
+def parse_tools(body: Mapping[str, Any]) -> tuple[list[Any], bool]:
+    """``tools`` and whether replies may become tool calls (not with tool_choice "none")."""
+    tools = body.get("tools")
+    if tools is None:
+        return [], False
+    if not isinstance(tools, list) or not all(
+        isinstance(t, Mapping) and isinstance(t.get("function"), Mapping) for t in tools
+    ):
+        raise bad("tools", "'tools' must be a list of {type: function, function: {...}}")
+    choice = body.get("tool_choice")
+    return tools, bool(tools) and choice != "none"
+
+
+def parse_prompts(body: Mapping[str, Any]) -> list[list[int]]:
+    """``prompt`` as str, [str], [int] or [[int]] -> list of token-id prompts."""
+    raw = body.get("prompt")
+    if isinstance(raw, str):
+        return [encode_text(raw)]
+    if isinstance(raw, list) and raw:
+        if all(isinstance(p, str) for p in raw):
+            return [encode_text(p) for p in raw]
+        if all(isinstance(p, list) for p in raw):
+            return [parse_token_ids(p, "prompt") for p in raw]
+        return [parse_token_ids(raw, "prompt")]
+    raise bad("prompt", "'prompt' must be a string, a list of strings, or token ids")
+
+
 def parse_token_ids(value: Any, param: str) -> list[int]:
     """A list of valid cl100k token ids (400 on unknown ids)."""
     enc = get_encoding()
@@ -228,12 +284,4 @@ def completion_logprobs(
         "token_logprobs": list(logprobs),
         "top_logprobs": tops,
         "text_offset": offsets,
-    }
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
     }

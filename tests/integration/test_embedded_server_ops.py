@@ -226,12 +226,13 @@ def test_500_simultaneous_requests(server: EmbeddedServer) -> None:
 # ----------------------------------------------------------------- the CLI
 
 
-def test_serve_main_runs_until_interrupted(tmp_path: Path) -> None:
+def test_rollout_serve_runs_until_interrupted(tmp_path: Path) -> None:
     path = tmp_path / "p.npz"
     Policy(seed=2).save(path)
-    code = "import sys; from rollout.embedded import serve_main; sys.exit(serve_main(sys.argv[1:]))"
     args = ["--port", "0", "--model", "m2", "--weights", str(path), "--api-key", "k1"]
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollout.cli", "serve", *args], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
