@@ -40,13 +40,20 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 def _cmd_serve(args: argparse.Namespace) -> int:
     """The embedded server in the foreground until Ctrl-C; prints its base URL once it listens."""
-    from rollout.embedded import EmbeddedServer, Policy
+    from rollout.embedded import EmbeddedServer, Limits, Policy
 
     try:
         policy = Policy.load(args.weights) if args.weights else Policy(seed=args.seed)
     except (OSError, ValueError, KeyError) as exc:
         print(f"rollout serve: cannot load --weights {args.weights}: {exc}", file=sys.stderr)
         return 2
+    given = {
+        "max_body_bytes": args.max_body_mb and int(args.max_body_mb * 2**20),
+        "max_generated_tokens": args.max_generated_tokens,
+        "max_reply_bytes": args.max_reply_mb and int(args.max_reply_mb * 2**20),
+        "read_timeout_s": args.read_timeout_s,
+    }
+    limits = Limits(**{k: v for k, v in given.items() if v is not None})
     server = EmbeddedServer(
         policy,
         host=args.host,
@@ -56,6 +63,7 @@ def _cmd_serve(args: argparse.Namespace) -> int:
         latency_s=args.latency_ms / 1000,
         latency_per_token_s=args.latency_per_token_ms / 1000,
         seed=args.seed,
+        limits=limits,
     )
     try:
         server.start()
@@ -143,6 +151,19 @@ def _json_default(obj: Any) -> Any:
     return str(obj)
 
 
+def _positive(kind: type[float] | type[int]) -> Any:
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str) -> float | int:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollout", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,6 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-per-token-ms", type=float, default=0.0,
                    help="delay per decode step")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="policy init and default sampling seed")
+    # Limits (rollout.embedded.Limits; None keeps its default).
+    p.add_argument("--max-body-mb", type=_positive(float),
+                   help="largest JSON request body, MiB (default 24; 413 above)")  # fmt: skip
+    p.add_argument("--max-generated-tokens", type=_positive(int),
+                   help="n x max_tokens over a request's prompts (default 65536; 400 above)")  # fmt: skip
+    p.add_argument("--max-reply-mb", type=_positive(float),
+                   help="largest reply, bounded before sampling, MiB (default 16; 400 above)")  # fmt: skip
+    p.add_argument("--read-timeout-s", type=_positive(float),
+                   help="for a request to arrive and a stream's reader to keep up (default 30)")  # fmt: skip
     p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("train", help="train the embedded policy from recorded data (proof it trains)")

@@ -13,6 +13,7 @@ it on a thread, ``client`` talks to it.
 from .client import push_weights
 from .policy import ENCODING_NAME, END_ID, Distribution, Policy, PolicyConfig, get_encoding
 from .server import EmbeddedServer
+from .state import Limits
 from .template import ChatTemplate, TemplateError
 
 __all__ = [
@@ -21,6 +22,7 @@ __all__ = [
     "ChatTemplate",
     "Distribution",
     "EmbeddedServer",
+    "Limits",
     "Policy",
     "PolicyConfig",
     "TemplateError",

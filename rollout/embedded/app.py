@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -13,26 +14,30 @@ from .httpio import json_response
 from .protocol import ApiError
 from .state import STATE_KEY, ServerState
 
-MAX_BODY_BYTES = 512 * 1024 * 1024
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+log = logging.getLogger(__name__)
 
 
 @web.middleware
 async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Every error as OpenAI's ``{"error": {...}}`` body."""
+    """Every error as OpenAI's ``{"error": {...}}`` body; never a traceback."""
     try:
         return await handler(request)
     except ApiError as e:
         return json_response(e.body(), status=e.status)
     except web.HTTPException as e:
-        if e.status == 413:
-            err = ApiError(413, "Request body too large.", code="payload_too_large")
-            return json_response(err.body(), 413)
         if e.status < 400:
             raise
         kind = "not_found" if e.status == 404 else "method_not_allowed" if e.status == 405 else None
         return json_response(ApiError(e.status, e.reason, code=kind).body(), status=e.status)
+    except RecursionError:  # a structure that parsed but is too deep to walk (issue 12.15)
+        err = ApiError(400, "Request is nested too deeply.", code="invalid_value")
+        return json_response(err.body(), status=400)
+    except Exception:
+        log.exception("embedded server: unhandled error on %s %s", request.method, request.path)
+        err = ApiError(500, "Internal server error.", code="internal_error", type_="server_error")
+        return json_response(err.body(), status=500)
 
 
 def _auth_middleware(api_key: str) -> Callable[..., Awaitable[web.StreamResponse]]:
@@ -41,7 +46,10 @@ def _auth_middleware(api_key: str) -> Callable[..., Awaitable[web.StreamResponse
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path != "/health":
-            given = request.headers.get("Authorization", "").encode()
+            try:  # raw non-UTF-8 header bytes arrive as surrogates: a wrong key, not a 500
+                given = request.headers.get("Authorization", "").encode()
+            except UnicodeEncodeError:
+                given = b""
             if not hmac.compare_digest(given, expected):
                 err = ApiError(401, "Incorrect or missing API key.", code="invalid_api_key")
                 return json_response(err.body(), status=401)
@@ -55,7 +63,8 @@ def build_app(state: ServerState) -> web.Application:
     middlewares: list[Any] = [_errors]
     if state.api_key:
         middlewares.insert(0, _auth_middleware(state.api_key))
-    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
+    # Bodies are read through httpio.read_body, which applies the limits per route.
+    app = web.Application(middlewares=middlewares, client_max_size=state.limits.max_body_bytes)
     app[STATE_KEY] = state
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)

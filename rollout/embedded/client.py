@@ -10,7 +10,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from .policy import weights_to_npz
+from .weights import weights_to_npz
 
 
 def push_weights(

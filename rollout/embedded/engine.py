@@ -8,6 +8,7 @@ request advance in lockstep, like one batched decode step of a real server.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -17,7 +18,8 @@ from .policy import Distribution, Policy
 from .protocol import SamplingRequest, token_bytes
 from .template import TOOL_CALL_PREFIX, parse_tool_call
 
-YIELD_EVERY_STEPS = 32
+YIELD_EVERY_S = 0.002
+"""Longest a generation runs before letting other requests (and /health) in."""
 
 
 @dataclass
@@ -147,22 +149,24 @@ async def drive(
     gen: Generation,
     latency_s: float,
     latency_per_token_s: float,
-    on_step: Callable[[list[Piece]], Awaitable[None]] | None = None,
+    on_step: Callable[[list[Piece]], Awaitable[bool]] | None = None,
 ) -> None:
-    """Run a generation to the end on the event loop, with artificial latency.
+    """Run a generation on the event loop, with artificial latency.
 
-    Without per-token latency it still yields every few steps, so hundreds of
-    concurrent requests interleave instead of running one after another.
+    Without per-token latency it still yields every couple of milliseconds,
+    so concurrent requests interleave and none stalls the loop. ``on_step``
+    gets each step's pieces; it returns False to stop (the client is gone).
     """
     if latency_s > 0:
         await asyncio.sleep(latency_s)
-    steps = 0
+    clock = time.perf_counter
+    next_yield = clock() + YIELD_EVERY_S
     while not gen.done:
         pieces = gen.step()
-        steps += 1
         if latency_per_token_s > 0:
             await asyncio.sleep(latency_per_token_s)
-        elif steps % YIELD_EVERY_STEPS == 0:
+        elif clock() >= next_yield:
             await asyncio.sleep(0)
-        if on_step is not None:
-            await on_step(pieces)
+            next_yield = clock() + YIELD_EVERY_S
+        if on_step is not None and not await on_step(pieces):
+            return

@@ -1,9 +1,9 @@
 """Route handlers: OpenAI's chat and text completions with vLLM's extras, and small routes.
 
-Each generating handler validates, builds its :class:`Generation` s on the
-current weight snapshot, and hands them to :func:`respond`, which runs them
-and writes the reply whole or as server-sent events with the endpoint's
-payload builder.
+Each generating handler validates, checks the request's size against the
+server's limits, builds its :class:`Generation` s on the current weight
+snapshot, and hands them to :func:`respond`, which runs them and writes the
+reply whole or as server-sent events with the endpoint's payload builder.
 """
 
 from __future__ import annotations
@@ -18,22 +18,31 @@ from aiohttp import web
 
 from . import payloads
 from .engine import ChoiceState, Generation, Piece, drive
-from .httpio import SSEWriter, json_response, read_json
-from .policy import get_encoding, load_weights_npz
+from .httpio import SSEWriter, encode, json_response, read_body, read_json, unsupported_type
+from .policy import get_encoding
 from .protocol import (
     SamplingRequest,
     bad,
     check_model,
+    check_request_size,
     completion_budget,
-    parse_prompts,
+    context_error,
     parse_sampling,
     parse_token_ids,
     parse_tools,
+    prompt_ids,
+    raw_prompts,
 )
-from .state import STATE_KEY, ServerState
-from .template import TemplateError, encode_text
+from .state import STATE_KEY, ServerState, Snapshot
+from .template import PromptTooLongError, TemplateError
+from .weights import npz_size_limit, read_weights_npz
 
 Builder = Callable[..., dict[str, Any]]
+
+OFFLOAD_REPLY_BYTES = 256 * 1024
+"""Replies that may be larger are built and encoded on a worker thread, off the event loop."""
+
+WEIGHTS_TYPES = frozenset({"application/octet-stream", "application/x-npz"})
 
 
 async def respond(
@@ -41,6 +50,7 @@ async def respond(
     gens: Sequence[Generation],
     ctx: payloads.ReplyContext,
     build: Builder,
+    size_bound: int,
     opening: Sequence[ChoiceState] = (),
 ) -> web.StreamResponse:
     """Run the generations and reply with ``build``'s payloads, whole or streamed."""
@@ -54,15 +64,23 @@ async def respond(
         for g in gens:
             await drive(g, state.latency_s, state.latency_per_token_s)
         pieces = [Piece(c, 0, c.text) for g in gens for c in g.choices]
-        return json_response(build(ctx, pieces, False, used()), version=ctx.version)
 
-    sse = SSEWriter(request)
+        def whole() -> bytes:
+            return encode(build(ctx, pieces, False, used()))
+
+        if size_bound > OFFLOAD_REPLY_BYTES:
+            body = await asyncio.get_running_loop().run_in_executor(None, whole)
+        else:
+            body = whole()
+        return json_response(None, version=ctx.version, encoded=body)
+
+    sse = SSEWriter(request, state.limits.read_timeout_s)
     await sse.start()
     if opening:
         await sse.send([build(ctx, [], True, opening=opening)])
 
-    async def on_step(pieces: list[Piece]) -> None:
-        await sse.send([build(ctx, [piece], True) for piece in pieces])
+    async def on_step(pieces: list[Piece]) -> bool:
+        return await sse.send([build(ctx, [piece], True) for piece in pieces])
 
     for g in gens:
         await drive(g, state.latency_s, state.latency_per_token_s, on_step)
@@ -72,19 +90,41 @@ async def respond(
 
 
 def _context(
-    state: ServerState, version: int, prefix: str, params: SamplingRequest, prompt: list[int],
-    prompt_tokens: int, tools: Sequence[Any] = (),
+    state: ServerState, snap: Snapshot, prefix: str, params: SamplingRequest,
+    prompt: list[int], prompt_tokens: int, tools: Sequence[Any] = (),
 ) -> payloads.ReplyContext:  # fmt: skip
     return payloads.ReplyContext(
         id=f"{prefix}-{uuid.uuid4().hex}",
         created=int(time.time()),
         model=state.model_name,
-        version=version,
+        version=snap.version,
         params=params,
         prompt_ids=prompt,
         prompt_tokens=prompt_tokens,
         tools=tools,
     )
+
+
+def render_prompt(
+    state: ServerState, messages: Any, tools: Sequence[Any], **options: bool
+) -> list[int]:
+    """The chat template's ids, refused early (400) when they cannot fit the context."""
+    limit = state.max_model_len
+    try:
+        return state.template.render(messages, tools or None, limit=limit, **options)
+    except PromptTooLongError as e:
+        raise context_error(e.at_least, limit, "messages", at_least=True) from None
+    except TemplateError as e:
+        raise bad("messages", str(e)) from None
+
+
+def checked_size(
+    state: ServerState, ctx: payloads.ReplyContext, budgets: Sequence[int], echoed_ids: int
+) -> int:
+    """The reply's size bound, after refusing a request that is too large (400)."""
+    bound = payloads.size_bound(ctx, budgets, echoed_ids, state.token_bytes)
+    check_request_size(sum(budgets) * ctx.params.n, bound, state.limits)
+    return bound
 
 
 async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -93,16 +133,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     check_model(body, state.model_name)
     params = parse_sampling(body, chat=True)
     tools, tool_mode = parse_tools(body)
-    try:
-        prompt = state.template.render(body.get("messages"), tools or None)
-    except TemplateError as e:
-        raise bad("messages", str(e)) from None
+    prompt = render_prompt(state, body.get("messages"), tools)
     max_tokens = completion_budget(len(prompt), state.max_model_len, params, "messages")
     snap = state.snapshot  # one read: a weight update may swap it from another thread
-    ctx = _context(state, snap.version, "chatcmpl", params, prompt, len(prompt), tools)
+    ctx = _context(state, snap, "chatcmpl", params, prompt, len(prompt), tools)
+    bound = checked_size(state, ctx, [max_tokens], len(prompt))
     seed = state.seed_for(params.seed)
     gen = Generation(snap.policy, prompt, params, max_tokens, seed, tool_mode)
-    return await respond(request, [gen], ctx, payloads.chat, opening=gen.choices)
+    return await respond(request, [gen], ctx, payloads.chat, bound, opening=gen.choices)
 
 
 async def completions(request: web.Request) -> web.StreamResponse:
@@ -112,18 +150,22 @@ async def completions(request: web.Request) -> web.StreamResponse:
     params = parse_sampling(body, chat=False)
     if body.get("echo"):
         raise bad("echo", "'echo' is not supported", code="unsupported_parameter")
-    prompts = parse_prompts(body)
+    raw = raw_prompts(body)
+    check_request_size(len(raw) * params.n, 0, state.limits)  # >= 1 token each, before any work
+    prompts = [prompt_ids(p, state.max_model_len) for p in raw]
     if any(not p for p in prompts):
         raise bad("prompt", "'prompt' must not be empty")
     budgets = [completion_budget(len(p), state.max_model_len, params, "prompt") for p in prompts]
     snap = state.snapshot
-    ctx = _context(state, snap.version, "cmpl", params, [], sum(len(p) for p in prompts))
+    ctx = _context(state, snap, "cmpl", params, [], sum(len(p) for p in prompts))
+    echoed = params.n * ctx.prompt_tokens if params.return_token_ids else 0
+    bound = checked_size(state, ctx, budgets, echoed)
     base_seed = state.seed_for(params.seed)
     gens = [
         Generation(snap.policy, p, params, mt, base_seed + 7919 * k, first_index=k * params.n)
         for k, (p, mt) in enumerate(zip(prompts, budgets, strict=True))
     ]
-    return await respond(request, gens, ctx, payloads.completion)
+    return await respond(request, gens, ctx, payloads.completion, bound)
 
 
 # ------------------------------------------------------------------ small routes
@@ -158,12 +200,9 @@ async def tokenize(request: web.Request) -> web.StreamResponse:
         if not isinstance(add_gen, bool):
             raise bad("add_generation_prompt", "'add_generation_prompt' must be a boolean")
         tools, _ = parse_tools(body)
-        try:
-            tokens = state.template.render(body["messages"], tools or None, add_gen)
-        except TemplateError as e:
-            raise bad("messages", str(e)) from None
+        tokens = render_prompt(state, body["messages"], tools, add_generation_prompt=add_gen)
     elif isinstance(body.get("prompt"), str):
-        tokens = encode_text(body["prompt"])
+        tokens = prompt_ids(body["prompt"], state.max_model_len + 1)
     else:
         raise bad("prompt", "give 'messages' or a string 'prompt'")
     return json_response(
@@ -193,31 +232,28 @@ async def health(request: web.Request) -> web.StreamResponse:
 
 
 async def update_weights(request: web.Request) -> web.StreamResponse:
-    """``.npz`` body + ``?version=N``, or JSON ``{"version": N, "path": ...}``."""
+    """``np.savez`` bytes (``application/octet-stream``) + ``?version=N`` (default: current + 1).
+
+    There is no server-side path form: it let any client probe which files
+    exist (issue 12.13). The upload is checked against the served shapes
+    before it is inflated (see weights.py).
+    """
     state = request.app[STATE_KEY]
-    loop = asyncio.get_running_loop()
-    version_raw: Any = request.query.get("version")
-    if request.content_type == "application/json":
-        body = await read_json(request)
-        version_raw = body.get("version", version_raw)
-        path = body.get("path")
-        if not isinstance(path, str):
-            raise bad("path", "'path' must name a server-side .npz file")
-        source: bytes | str = path
-    else:
-        source = await request.read()
-        if not source:
-            raise bad("body", "empty body; send the .npz bytes")
-    if version_raw is None:
-        version = state.snapshot.version + 1
-    else:
-        try:
-            version = int(version_raw)
-        except (TypeError, ValueError):
-            raise bad("version", "'version' must be an integer") from None
+    if request.content_type not in WEIGHTS_TYPES:
+        raise unsupported_type("application/octet-stream (the np.savez bytes)")
+    version_raw = request.query.get("version")
     try:
-        weights = await loop.run_in_executor(None, load_weights_npz, source)
+        version = state.snapshot.version + 1 if version_raw is None else int(version_raw)
+    except ValueError:
+        raise bad("version", "'version' must be an integer") from None
+    shapes = state.snapshot.policy.weight_shapes()
+    data = await read_body(request, npz_size_limit(shapes), state.limits.read_timeout_s)
+    if not data:
+        raise bad("body", "empty body; send the .npz bytes")
+    loop = asyncio.get_running_loop()
+    try:
+        weights = await loop.run_in_executor(None, read_weights_npz, data, shapes)
         await loop.run_in_executor(None, state.set_weights, weights, version)
-    except (OSError, ValueError, KeyError) as e:
+    except ValueError as e:
         raise bad("weights", f"could not load weights: {e}") from None
     return json_response({"status": "ok", "weight_version": version}, version=version)

@@ -32,6 +32,30 @@ class ReplyContext:
     tools: Sequence[Any] = ()
 
 
+def size_bound(
+    ctx: ReplyContext, budgets: Sequence[int], echoed_ids: int, token_bytes: int
+) -> int:
+    """An upper bound of the reply's bytes (every chunk, when streaming), before sampling.
+
+    ``budgets``: max_tokens of each prompt (each gets ``n`` choices);
+    ``echoed_ids``: prompt ids the reply repeats; ``token_bytes``: the
+    longest token the policy can emit. Every string is counted at 6-7 JSON
+    bytes per byte (``\\uXXXX``, escaped again inside tool-call arguments),
+    every number at its longest; tests check real replies stay below it.
+    """
+    p = ctx.params
+    choices = len(budgets) * p.n
+    tokens = sum(budgets) * p.n
+    names = sum(len(str(t.get("function", {}).get("name", ""))) for t in ctx.tools[:1])
+    chunk = 400 + 6 * (len(ctx.model) + len(ctx.id))  # one stream chunk's envelope
+    per_token = 8 + 7 * token_bytes
+    if p.logprobs:  # the token, its top-k (and the sampled token again, in generate's layout)
+        per_token += (p.top_logprobs + 2) * (96 + 11 * token_bytes)
+    if p.stream:
+        per_token += chunk
+    return 1024 + chunk + 8 * echoed_ids + choices * (chunk + 6 * names) + tokens * per_token
+
+
 def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,

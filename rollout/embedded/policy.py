@@ -49,6 +49,11 @@ OUTPUT_WORDS: tuple[str, ...] = (
 )
 """Strings the policy can emit; each must be one cl100k token."""
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this sample greedily, as vLLM does (``_SAMPLING_EPS`` in
+vllm/sampling_params.py, v0.33.0): dividing logits by 1e-320 overflows to
+inf and the distribution to NaN (issue 12.16)."""
+
 _MASK64 = (1 << 64) - 1
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
@@ -183,12 +188,12 @@ class Policy:
     ) -> tuple[int, float, Distribution]:
         """Draw one token; returns (token id, its sampling logprob, distribution).
 
-        Exactly one ``rng.random()`` draw per step (none at temperature 0), so
+        Exactly one ``rng.random()`` draw per step (none when greedy), so
         a seeded generator reproduces the same tokens.
         """
         dist = self.distribution(context_ids, temperature, top_p)
         if dist.token_ids.size == 1:
-            if temperature > 0:
+            if temperature >= GREEDY_BELOW:
                 rng.random()
             return int(dist.token_ids[0]), float(dist.logprobs[0]), dist
         cdf = np.cumsum(np.exp(dist.logprobs))
@@ -283,7 +288,7 @@ class Policy:
     ) -> None:
         """Add d(sum w_t log q)/d(theta) into ``grads`` in place (sparse rows)."""
         w = np.broadcast_to(np.asarray(weights_per_token, dtype=np.float64), (len(completion_ids),))
-        if temperature == 0:
+        if temperature < GREEDY_BELOW:
             return  # a point mass has no useful gradient
         dW, db = grads["W"], grads["b"]
         context = [int(t) for t in context_ids]
@@ -310,6 +315,10 @@ class Policy:
         self.b += lr * grads["b"]
 
     # ---------------------------------------------------------- persistence
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the trainable arrays (what a weight upload must match)."""
+        return {"W": self.W.shape, "b": self.b.shape}
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Copies of the trainable arrays (safe to mutate or ship elsewhere)."""
@@ -356,31 +365,12 @@ class Policy:
         return policy
 
 
-def load_weights_npz(data: bytes | str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read the W/b arrays of an ``.npz`` (bytes or path), without pickles."""
-    import io
-
-    source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
-    with np.load(source, allow_pickle=False) as npz:
-        return {k: np.array(npz[k]) for k in ("W", "b") if k in npz}
-
-
-def weights_to_npz(weights: Mapping[str, np.ndarray]) -> bytes:
-    """Serialise weight arrays to ``.npz`` bytes (the update wire format)."""
-    import io
-
-    buf = io.BytesIO()
-    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in weights.items()}
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
 def _sampling_distribution(
     logits: np.ndarray, vocab_ids: np.ndarray, temperature: float, top_p: float
 ) -> Distribution:
     """Temperature, then top-p truncation and renormalisation, in float64."""
     order = np.argsort(-logits, kind="stable")
-    if temperature == 0:
+    if temperature < GREEDY_BELOW:
         # Greedy: a point mass on the (first) argmax.
         k = order[:1]
         return Distribution(vocab_ids[k], np.zeros(1), k)

@@ -9,12 +9,14 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 from rollout.errors import RolloutError
 
 from .policy import Distribution, get_encoding
-from .template import encode_text
+from .state import Limits
+from .template import PromptTooLongError, encode_text
 
 MAX_TOP_LOGPROBS = 20
 MAX_N = 128
@@ -165,6 +167,20 @@ def check_model(body: Mapping[str, Any], served: str) -> None:
         )
 
 
+def context_error(prompt_tokens: int, limit: int, param: str, asked: int | None = None,
+                  at_least: bool = False) -> ApiError:  # fmt: skip
+    """vLLM's 400 for a prompt (plus completion) over the context length."""
+    has = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
+    tail = f" and {asked} tokens with the completion" if asked is not None else ""
+    return ApiError(
+        400,
+        f"This model's maximum context length is {limit} tokens; the request has "
+        f"{has} prompt tokens{tail}.",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
 def completion_budget(
     prompt_len: int, max_model_len: int, params: SamplingRequest, param: str
 ) -> int:
@@ -172,14 +188,33 @@ def completion_budget(
     limit = max_model_len
     if prompt_len >= limit or (params.max_tokens and prompt_len + params.max_tokens > limit):
         asked = prompt_len + (params.max_tokens or 0)
+        raise context_error(prompt_len, limit, param, asked=asked)
+    return params.max_tokens or (limit - prompt_len)
+
+
+def check_request_size(tokens: int, reply_bytes: int, limits: Limits) -> None:
+    """400 when a request may generate, or reply, more than this server allows.
+
+    Checked from the parameters before any sampling, so a request that would
+    build a 400 MB reply costs nothing (issue 12.11); vLLM answers its own
+    limits (``max_logprobs``, the context length) the same way.
+    """
+    if tokens > limits.max_generated_tokens:
         raise ApiError(
             400,
-            f"This model's maximum context length is {limit} tokens; the request has "
-            f"{prompt_len} prompt tokens and {asked} tokens with the completion.",
-            param=param,
-            code="context_length_exceeded",
+            f"The request may generate {tokens} tokens (n x max_tokens over its prompts); "
+            f"this server allows {limits.max_generated_tokens}. Lower n or max_tokens.",
+            param="max_tokens",
+            code="request_too_large",
         )
-    return params.max_tokens or (limit - prompt_len)
+    if reply_bytes > limits.max_reply_bytes:
+        raise ApiError(
+            400,
+            f"The reply could reach {reply_bytes} bytes; this server allows "
+            f"{limits.max_reply_bytes}. Lower n, max_tokens or top_logprobs.",
+            param="max_tokens",
+            code="request_too_large",
+        )
 
 
 def parse_tools(body: Mapping[str, Any]) -> tuple[list[Any], bool]:
@@ -195,33 +230,52 @@ def parse_tools(body: Mapping[str, Any]) -> tuple[list[Any], bool]:
     return tools, bool(tools) and choice != "none"
 
 
-def parse_prompts(body: Mapping[str, Any]) -> list[list[int]]:
-    """``prompt`` as str, [str], [int] or [[int]] -> list of token-id prompts."""
+def raw_prompts(body: Mapping[str, Any]) -> list[str | list[Any]]:
+    """``prompt`` as str, [str], [int] or [[int]] -> one entry per prompt (not yet checked)."""
     raw = body.get("prompt")
     if isinstance(raw, str):
-        return [encode_text(raw)]
+        return [raw]
     if isinstance(raw, list) and raw:
-        if all(isinstance(p, str) for p in raw):
-            return [encode_text(p) for p in raw]
-        if all(isinstance(p, list) for p in raw):
-            return [parse_token_ids(p, "prompt") for p in raw]
-        return [parse_token_ids(raw, "prompt")]
+        if all(isinstance(p, (str, list)) for p in raw):
+            return list(raw)
+        return [raw]
     raise bad("prompt", "'prompt' must be a string, a list of strings, or token ids")
 
 
-def parse_token_ids(value: Any, param: str) -> list[int]:
-    """A list of valid cl100k token ids (400 on unknown ids)."""
+def prompt_ids(raw: str | list[Any], max_model_len: int) -> list[int]:
+    """One prompt's ids; a prompt that cannot fit is refused before tokenizing or checking it."""
+    if isinstance(raw, str):
+        try:
+            return encode_text(raw, max_model_len)
+        except PromptTooLongError as e:
+            raise context_error(e.at_least, max_model_len, "prompt", at_least=True) from None
+    if len(raw) >= max_model_len:
+        raise context_error(len(raw), max_model_len, "prompt")
+    return parse_token_ids(raw, "prompt")
+
+
+@cache
+def _invalid_ids() -> tuple[int, frozenset[int]]:
+    """The largest id and the ids below it that are no token (cl100k has gaps)."""
     enc = get_encoding()
-    if not isinstance(value, list) or not all(
-        isinstance(t, int) and not isinstance(t, bool) for t in value
-    ):
-        raise bad(param, f"'{param}' must be a list of integers")
-    for t in value:
+    invalid = set()
+    for t in range(enc.max_token_value + 1):
         try:
             enc.decode_single_token_bytes(t)
-        except (KeyError, ValueError, OverflowError):
-            raise bad(param, f"'{param}' contains unknown token id {t}") from None
-    return list(value)
+        except KeyError:
+            invalid.add(t)
+    return enc.max_token_value, frozenset(invalid)
+
+
+def parse_token_ids(value: Any, param: str) -> list[int]:
+    """A list of valid cl100k token ids (400 on unknown ids); C-speed checks, no per-id decode."""
+    if not isinstance(value, list) or not all(type(t) is int for t in value):
+        raise bad(param, f"'{param}' must be a list of integers")
+    top, invalid = _invalid_ids()
+    if value and (min(value) < 0 or max(value) > top or not invalid.isdisjoint(value)):
+        unknown = next(t for t in value if t < 0 or t > top or t in invalid)
+        raise bad(param, f"'{param}' contains unknown token id {unknown}")
+    return value
 
 
 def token_bytes(token_id: int) -> bytes:

@@ -18,13 +18,24 @@ from aiohttp import web
 
 from .app import build_app
 from .policy import Policy
-from .state import ServerState
+from .state import Limits, ServerState
 
 BACKLOG = 4096
 
 
 async def _start_site(state: ServerState, host: str, port: int) -> tuple[web.AppRunner, int]:
-    runner = web.AppRunner(build_app(state), access_log=None, shutdown_timeout=1.0)
+    timeout = state.limits.read_timeout_s
+    runner = web.AppRunner(
+        build_app(state),
+        access_log=None,
+        shutdown_timeout=1.0,
+        # A connection that has not delivered a whole request line and headers
+        # within the read timeout is closed, as is an idle keep-alive one
+        # (aiohttp's own default is an hour).
+        keepalive_timeout=timeout,
+        # After refusing a body, read and drop the rest for at most this long.
+        lingering_time=min(timeout, 2.0),
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=BACKLOG)
     await site.start()
@@ -49,12 +60,14 @@ class EmbeddedServer:
         latency_s: float = 0.0,
         latency_per_token_s: float = 0.0,
         seed: int = 0,
+        limits: Limits | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.state = ServerState(
-            policy or Policy(seed=seed), model_name, api_key, latency_s, latency_per_token_s, seed
-        )
+            policy or Policy(seed=seed), model_name, api_key, latency_s, latency_per_token_s,
+            seed, limits,
+        )  # fmt: skip
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread: threading.Thread | None = None

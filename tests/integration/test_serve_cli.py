@@ -73,7 +73,8 @@ def test_help_exits_0_and_lists_every_flag(capsys: pytest.CaptureFixture[str]) -
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     for flag in ("--host", "--port", "--api-key", "--model", "--weights", "--latency-ms",
-                 "--latency-per-token-ms", "--seed"):  # fmt: skip
+                 "--latency-per-token-ms", "--seed", "--max-body-mb", "--max-generated-tokens",
+                 "--max-reply-mb", "--read-timeout-s"):  # fmt: skip
         assert flag in out
 
 
@@ -82,18 +83,38 @@ def test_every_flag_parses(monkeypatch: pytest.MonkeyPatch) -> None:
     args = build_parser().parse_args([
         "serve", "--host", "0.0.0.0", "--port", "9123", "--api-key", "k", "--model", "m",
         "--weights", "w.npz", "--latency-ms", "20", "--latency-per-token-ms", "0.5", "--seed", "4",
+        "--max-body-mb", "1.5", "--max-generated-tokens", "99", "--max-reply-mb", "2",
+        "--read-timeout-s", "7",
     ])  # fmt: skip
     assert (args.host, args.port, args.api_key, args.model, args.weights) == (
         "0.0.0.0", 9123, "k", "m", "w.npz"
     )
     assert (args.latency_ms, args.latency_per_token_ms, args.seed) == (20.0, 0.5, 4)
+    assert (args.max_body_mb, args.max_generated_tokens, args.max_reply_mb,
+            args.read_timeout_s) == (1.5, 99, 2.0, 7.0)  # fmt: skip
     defaults = build_parser().parse_args(["serve"])
     assert (defaults.host, defaults.port, defaults.api_key, defaults.model) == (
         "127.0.0.1", 8000, None, "tiny"
     )
-    with pytest.raises(SystemExit) as exit_:
-        build_parser().parse_args(["serve", "--port", "eighty"])
-    assert exit_.value.code == 2
+    for wrong in (["--port", "eighty"], ["--max-body-mb", "0"], ["--max-generated-tokens", "-1"],
+                  ["--read-timeout-s", "soon"]):  # fmt: skip
+        with pytest.raises(SystemExit) as exit_:
+            build_parser().parse_args(["serve", *wrong])
+        assert exit_.value.code == 2
+
+
+def test_limit_flags_take_effect() -> None:
+    args = ("--port", "0", "--max-body-mb", "0.01", "--max-generated-tokens", "10",
+            "--max-reply-mb", "0.05")  # fmt: skip
+    with serving(*args) as url:
+        ok = {"prompt": [1, 2], "max_tokens": 10}
+        assert post(url + "/completions", ok)[0] == 200
+        status, reply = post(url + "/completions", {**ok, "max_tokens": 11})
+        assert status == 400 and "10" in reply["error"]["message"]
+        status, reply = post(url + "/completions", {**ok, "logprobs": 20})  # 50 KiB reply bound
+        assert status == 400 and reply["error"]["code"] == "request_too_large"
+        status, reply = post(url + "/completions", {**ok, "user": "x" * 20000})  # 10 KiB body
+        assert status == 413
 
 
 def test_port_model_seed_and_api_key_take_effect() -> None:
