@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import threading
 import warnings
@@ -70,6 +71,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         print(f"rollout serve: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
         return 1
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops it like Ctrl-C
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     auth = "on" if args.api_key else "off"
     print(f"embedded server listening on {server.base_url} (model {args.model!r}, auth {auth})",
           flush=True)  # fmt: skip

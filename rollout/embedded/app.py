@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from . import handlers
+from . import handlers, token_routes
 from .httpio import json_response
 from .protocol import ApiError
 from .state import STATE_KEY, ServerState
@@ -68,6 +68,9 @@ def build_app(state: ServerState) -> web.Application:
     app[STATE_KEY] = state
     app.router.add_post("/v1/chat/completions", handlers.chat_completions)
     app.router.add_post("/v1/completions", handlers.completions)
+    app.router.add_post("/inference/v1/generate", token_routes.generate)
+    app.router.add_post("/v1/chat/completions/render", token_routes.render)
+    app.router.add_post("/v1/chat/completions/derender", token_routes.derender)
     app.router.add_get("/v1/models", handlers.models)
     for prefix in ("", "/v1"):
         app.router.add_post(f"{prefix}/tokenize", handlers.tokenize)

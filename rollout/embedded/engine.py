@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .policy import Distribution, Policy
-from .protocol import SamplingRequest, token_bytes
-from .template import TOOL_CALL_PREFIX, parse_tool_call
+from .protocol import SamplingRequest
+from .template import TOOL_CALL_PREFIX, parse_tool_call, token_bytes
 
 YIELD_EVERY_S = 0.002
 """Longest a generation runs before letting other requests (and /health) in."""
@@ -29,7 +29,8 @@ class ChoiceState:
     index: int
     prompt: list[int]
     context: list[int]
-    rng: np.random.Generator
+    rng: np.random.Generator | None
+    """None for a choice rebuilt from a reply (derender), which samples nothing."""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[float] = field(default_factory=list)
     dists: list[Distribution] = field(default_factory=list)
@@ -37,6 +38,8 @@ class ChoiceState:
     text: str = ""
     emitted: int = 0
     finish_reason: str | None = None
+    stop_reason: int | str | None = None
+    """What stopped it, as vLLM reports it: the stop token id or stop string; None for EOS."""
     tool_arg: str | None = None
 
 
@@ -94,15 +97,19 @@ class Generation:
         for c in self.choices:
             if c.finish_reason is not None:
                 continue
+            assert c.rng is not None
             tok, lp, dist = self.policy.sample_next(c.context, c.rng, p.temperature, p.top_p)
             c.context.append(tok)
             c.token_ids.append(tok)
             c.logprobs.append(lp)
             if p.logprobs:
                 c.dists.append(dist)
+            # As vLLM: EOS stops unless ignored, then a stop token (its text left out).
             if tok == self.policy.end_id and not p.ignore_eos:
                 c.finish_reason = "stop"
-            elif tok != self.policy.end_id:
+            elif tok in p.stop_token_ids:
+                c.finish_reason, c.stop_reason = "stop", tok
+            elif tok != self.policy.end_id or not p.skip_special_tokens:
                 self._extend_text(c, tok)
             if c.finish_reason is None and len(c.token_ids) >= self.max_tokens:
                 c.finish_reason = "length"
@@ -120,10 +127,11 @@ class Generation:
         if not self.params.stop:
             return
         start = max(0, before - self._max_stop + 1)
-        hits = [i for i in (c.text.find(s, start) for s in self.params.stop) if i >= 0]
+        hits = [(i, s) for s in self.params.stop if (i := c.text.find(s, start)) >= 0]
         if hits:
-            c.text = c.text[: min(hits)]
-            c.finish_reason = "stop"
+            at, stop = min(hits)
+            c.text = c.text[:at]
+            c.finish_reason, c.stop_reason = "stop", stop
 
     def _release(self, c: ChoiceState) -> str:
         """Text safe to stream now: never a possible stop or tool-call prefix."""

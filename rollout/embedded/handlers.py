@@ -12,6 +12,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from .protocol import (
     check_request_size,
     completion_budget,
     context_error,
+    opt_bool,
     parse_sampling,
     parse_token_ids,
     parse_tools,
@@ -34,7 +36,7 @@ from .protocol import (
     raw_prompts,
 )
 from .state import STATE_KEY, ServerState, Snapshot
-from .template import PromptTooLongError, TemplateError
+from .template import PromptTooLongError, TemplateError, token_str
 from .weights import npz_size_limit, read_weights_npz
 
 Builder = Callable[..., dict[str, Any]]
@@ -58,7 +60,7 @@ async def respond(
 
     def used() -> dict[str, int]:
         completion = sum(len(c.token_ids) for g in gens for c in g.choices)
-        return payloads.usage(ctx.prompt_tokens, completion)
+        return payloads.usage_of(ctx.prompt_tokens, completion)
 
     if not ctx.params.stream:
         for g in gens:
@@ -89,12 +91,16 @@ async def respond(
     return await sse.finish()
 
 
-def _context(
-    state: ServerState, snap: Snapshot, prefix: str, params: SamplingRequest,
-    prompt: list[int], prompt_tokens: int, tools: Sequence[Any] = (),
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex}"
+
+
+def reply_context(
+    state: ServerState, snap: Snapshot, rid: str, params: SamplingRequest,
+    prompt: list[int], prompt_tokens: int, tools: Sequence[Any] = (), output_mode: str = "tokens",
 ) -> payloads.ReplyContext:  # fmt: skip
     return payloads.ReplyContext(
-        id=f"{prefix}-{uuid.uuid4().hex}",
+        id=rid,
         created=int(time.time()),
         model=state.model_name,
         version=snap.version,
@@ -102,6 +108,7 @@ def _context(
         prompt_ids=prompt,
         prompt_tokens=prompt_tokens,
         tools=tools,
+        output_mode=output_mode,
     )
 
 
@@ -127,7 +134,20 @@ def checked_size(
     return bound
 
 
-async def chat_completions(request: web.Request) -> web.StreamResponse:
+@dataclass(frozen=True)
+class ChatPrompt:
+    """A validated chat request: what to sample from, and how."""
+
+    params: SamplingRequest
+    tools: list[Any]
+    tool_choice: Any
+    tool_mode: bool
+    prompt: list[int]
+    max_tokens: int
+
+
+async def read_chat(request: web.Request) -> ChatPrompt:
+    """The chat request in ``request`` checked and rendered (chat and render routes)."""
     state = request.app[STATE_KEY]
     body = await read_json(request)
     check_model(body, state.model_name)
@@ -135,11 +155,18 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     tools, tool_mode = parse_tools(body)
     prompt = render_prompt(state, body.get("messages"), tools)
     max_tokens = completion_budget(len(prompt), state.max_model_len, params, "messages")
+    return ChatPrompt(params, tools, body.get("tool_choice"), tool_mode, prompt, max_tokens)
+
+
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    state = request.app[STATE_KEY]
+    chat = await read_chat(request)
+    params, prompt = chat.params, chat.prompt
     snap = state.snapshot  # one read: a weight update may swap it from another thread
-    ctx = _context(state, snap, "chatcmpl", params, prompt, len(prompt), tools)
-    bound = checked_size(state, ctx, [max_tokens], len(prompt))
+    ctx = reply_context(state, snap, new_id("chatcmpl"), params, prompt, len(prompt), chat.tools)
+    bound = checked_size(state, ctx, [chat.max_tokens], len(prompt))
     seed = state.seed_for(params.seed)
-    gen = Generation(snap.policy, prompt, params, max_tokens, seed, tool_mode)
+    gen = Generation(snap.policy, prompt, params, chat.max_tokens, seed, chat.tool_mode)
     return await respond(request, [gen], ctx, payloads.chat, bound, opening=gen.choices)
 
 
@@ -157,7 +184,7 @@ async def completions(request: web.Request) -> web.StreamResponse:
         raise bad("prompt", "'prompt' must not be empty")
     budgets = [completion_budget(len(p), state.max_model_len, params, "prompt") for p in prompts]
     snap = state.snapshot
-    ctx = _context(state, snap, "cmpl", params, [], sum(len(p) for p in prompts))
+    ctx = reply_context(state, snap, new_id("cmpl"), params, [], sum(len(p) for p in prompts))
     echoed = params.n * ctx.prompt_tokens if params.return_token_ids else 0
     bound = checked_size(state, ctx, budgets, echoed)
     base_seed = state.seed_for(params.seed)
@@ -192,15 +219,27 @@ async def models(request: web.Request) -> web.StreamResponse:
 
 
 async def tokenize(request: web.Request) -> web.StreamResponse:
+    """vLLM's ``/tokenize`` (vLLM 0.33.0 ``serve/tokenize/protocol.py:23-205``).
+
+    ``{"messages", "tools"?, "add_generation_prompt"?, "continue_final_message"?}``
+    renders the chat template as the chat route does; ``{"prompt": str}``
+    encodes text. ``add_special_tokens`` and ``chat_template_kwargs`` are
+    accepted and have no effect (the template adds no BOS and takes no options).
+    """
     state = request.app[STATE_KEY]
     body = await read_json(request)
     check_model(body, state.model_name)
+    opt_bool(body, "add_special_tokens")
+    strs = opt_bool(body, "return_token_strs")
+    if not isinstance(body.get("chat_template_kwargs") or {}, dict):
+        raise bad("chat_template_kwargs", "'chat_template_kwargs' must be an object")
     if "messages" in body:
-        add_gen = body.get("add_generation_prompt", True)
-        if not isinstance(add_gen, bool):
-            raise bad("add_generation_prompt", "'add_generation_prompt' must be a boolean")
         tools, _ = parse_tools(body)
-        tokens = render_prompt(state, body["messages"], tools, add_generation_prompt=add_gen)
+        options = {
+            "add_generation_prompt": opt_bool(body, "add_generation_prompt", True),
+            "continue_final_message": opt_bool(body, "continue_final_message"),
+        }
+        tokens = render_prompt(state, body["messages"], tools, **options)
     elif isinstance(body.get("prompt"), str):
         tokens = prompt_ids(body["prompt"], state.max_model_len + 1)
     else:
@@ -210,7 +249,7 @@ async def tokenize(request: web.Request) -> web.StreamResponse:
             "tokens": tokens,
             "count": len(tokens),
             "max_model_len": state.max_model_len,
-            "token_strs": None,
+            "token_strs": [token_str(t, False) for t in tokens] if strs else None,
             "weight_version": state.snapshot.version,
         }
     )

@@ -12,9 +12,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .engine import ChoiceState, Piece
-from .protocol import SamplingRequest, chat_logprob_entry, completion_logprobs
-from .template import tool_call_arguments
+from .policy import Distribution
+from .protocol import SamplingRequest
+from .template import token_bytes, token_str, tool_call_arguments
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,142 @@ class ReplyContext:
     """The prompt (chat); completions carry each choice's own (``ChoiceState.prompt``)."""
     prompt_tokens: int
     tools: Sequence[Any] = ()
+    output_mode: str = "tokens"
+    """generate only: "text" adds each choice's text."""
+
+
+# -------------------------------------------------------------------- generate
+
+
+def _generate_choice(ctx: ReplyContext, piece: Piece) -> dict[str, Any]:
+    p, c, start = ctx.params, piece.choice, piece.start
+    choice: dict[str, Any] = {
+        "index": c.index,
+        "finish_reason": c.finish_reason,
+        "stop_reason": c.stop_reason,
+        "token_ids": c.token_ids[start:],
+        "logprobs": None,
+    }
+    if ctx.output_mode == "text":
+        choice["text"] = piece.text
+    if p.logprobs:
+        choice["logprobs"] = {
+            "content": [
+                generate_logprob_entry(t, lp, d, p.top_logprobs)
+                for t, lp, d in zip(
+                    c.token_ids[start:], c.logprobs[start:], c.dists[start:], strict=True
+                )
+            ]
+        }
+    if c.finish_reason is not None:  # one snapshot sampled the whole choice: one span
+        choice["weight_versions"] = [{"version": str(ctx.version), "start": 0,
+                                      "end": len(c.token_ids)}]  # fmt: skip
+    return choice
+
+
+def generate(
+    ctx: ReplyContext, pieces: Sequence[Piece], stream: bool, usage: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """An ``/inference/v1/generate`` reply or stream chunk, vLLM 0.33's layout.
+
+    (vLLM 0.33.0 ``token_in_token_out/protocol.py:593-625``, streaming
+    ``serving.py:646-820``.) Chunks carry delta ``token_ids``/``logprobs``;
+    ``weight_versions`` comes with a choice's last chunk; ``prompt_token_ids``
+    (``return_token_ids``) with the first; usage per chunk with
+    ``continuous_usage_stats``, or in a final choice-less chunk.
+    """
+    p = ctx.params
+    out: dict[str, Any] = {"request_id": ctx.id, "output_mode": ctx.output_mode}
+    if not stream:
+        out.update(model=ctx.model, created=ctx.created, usage=usage, prompt_logprobs=None)
+    out["choices"] = [_generate_choice(ctx, piece) for piece in pieces]
+    if stream and usage is None and p.continuous_usage and pieces:
+        usage = usage_of(ctx.prompt_tokens, len(pieces[0].choice.token_ids))
+    if stream and usage is not None:
+        out["usage"] = usage
+    # The stream's first chunk is the first step's choice 0 (choices advance in lockstep).
+    first = bool(pieces) and pieces[0].start == 0 and pieces[0].choice.index == 0
+    if p.return_token_ids and (not stream or first):
+        out["prompt_token_ids"] = ctx.prompt_ids
+    out["weight_version"] = ctx.version
+    return out
+
+
+# ------------------------------------------------------------- logprob entries
+
+
+def chat_logprob_entry(
+    token_id: int, logprob: float, dist: Distribution, top: int, as_ids: bool
+) -> dict[str, Any]:
+    """One ``choices[i].logprobs.content[j]`` entry."""
+    tops = [
+        {
+            "token": token_str(int(t), as_ids),
+            "logprob": float(lp),
+            "bytes": list(token_bytes(int(t))),
+        }
+        for t, lp in zip(dist.token_ids[:top], dist.logprobs[:top], strict=True)
+    ]
+    return {
+        "token": token_str(token_id, as_ids),
+        "logprob": logprob,
+        "bytes": list(token_bytes(token_id)),
+        "top_logprobs": tops,
+    }
+
+
+def completion_logprobs(
+    token_ids: list[int],
+    logprobs: list[float],
+    dists: list[Distribution],
+    top: int,
+    as_ids: bool,
+    text_offset: int = 0,
+) -> dict[str, Any]:
+    """Legacy ``/v1/completions`` logprobs block for a run of tokens."""
+    tokens = [token_str(t, as_ids) for t in token_ids]
+    offsets: list[int] = []
+    pos = text_offset
+    for t in token_ids:
+        offsets.append(pos)
+        pos += len(token_str(t, False))
+    tops: list[dict[str, float]] | None = None
+    if top:
+        tops = [
+            {
+                token_str(int(t), as_ids): float(lp)
+                for t, lp in zip(d.token_ids[:top], d.logprobs[:top], strict=True)
+            }
+            for d in dists
+        ]
+    return {
+        "tokens": tokens,
+        "token_logprobs": list(logprobs),
+        "top_logprobs": tops,
+        "text_offset": offsets,
+    }
+
+
+def generate_logprob_entry(
+    token_id: int, logprob: float, dist: Distribution, top: int
+) -> dict[str, Any]:
+    """One ``/inference/v1/generate`` logprob entry, vLLM 0.33's layout.
+
+    ``top_logprobs`` holds the sampled token first, then the top ``top``
+    (vLLM 0.33.0 ``scale_out/token_in_token_out/protocol.py:453-483`` and
+    ``serving.py:876-922``); ranks are 1-based in the sampling distribution.
+    Only tokens with non-zero probability are listed, as on the chat route.
+    """
+    hits = np.flatnonzero(dist.token_ids == token_id)
+    sampled = {"token_id": token_id, "logprob": logprob, "rank": int(hits[0]) + 1}
+    tops = [sampled] + [
+        {"token_id": int(t), "logprob": float(lp), "rank": r}
+        for r, (t, lp) in enumerate(zip(dist.token_ids[:top], dist.logprobs[:top], strict=True), 1)
+    ]
+    return {**sampled, "top_logprobs": tops}
+
+
+# ------------------------------------------------------------------ size bound
 
 
 def size_bound(
@@ -56,7 +195,7 @@ def size_bound(
     return 1024 + chunk + 8 * echoed_ids + choices * (chunk + 6 * names) + tokens * per_token
 
 
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+def usage_of(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
     return {
         "prompt_tokens": prompt_tokens,
         "completion_tokens": completion_tokens,

@@ -14,7 +14,7 @@ from typing import Any
 
 from rollout.errors import RolloutError
 
-from .policy import Distribution, get_encoding
+from .policy import get_encoding
 from .state import Limits
 from .template import PromptTooLongError, encode_text
 
@@ -57,24 +57,28 @@ def bad(param: str, message: str, code: str | None = "invalid_value") -> ApiErro
 
 @dataclass(frozen=True)
 class SamplingRequest:
-    """Sampling options shared by chat and text completions."""
+    """Sampling and reply options of a request, whichever route it came by."""
 
-    n: int
-    temperature: float
-    top_p: float
-    max_tokens: int | None
-    stop: tuple[str, ...]
-    seed: int | None
-    logprobs: bool
-    top_logprobs: int
-    return_token_ids: bool
-    tokens_as_ids: bool
-    stream: bool
-    include_usage: bool
-    ignore_eos: bool
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    return_token_ids: bool = False
+    tokens_as_ids: bool = False
+    stream: bool = False
+    include_usage: bool = False
+    ignore_eos: bool = False
+    stop_token_ids: frozenset[int] = frozenset()
+    skip_special_tokens: bool = True
+    continuous_usage: bool = False
+    """Usage in every stream chunk (vLLM's ``stream_options.continuous_usage_stats``)."""
 
 
-def _opt_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
+def opt_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
     value = body.get(key)
     if value is None:
         return default
@@ -129,18 +133,19 @@ def parse_sampling(body: Mapping[str, Any], chat: bool) -> SamplingRequest:
         raise bad("stop", "stop strings must be non-empty")
     seed = _opt_int(body, "seed", -(2**63), 2**64 - 1)
     if chat:
-        logprobs = _opt_bool(body, "logprobs")
+        logprobs = opt_bool(body, "logprobs")
         top = _opt_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
         if top and not logprobs:
             raise bad("top_logprobs", "'top_logprobs' requires 'logprobs' to be true")
     else:
         top = _opt_int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
         logprobs = top is not None
-    stream = _opt_bool(body, "stream")
+    stream = opt_bool(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, Mapping):
         raise bad("stream_options", "'stream_options' must be an object")
-    include_usage = bool(stream and options and _opt_bool(options, "include_usage"))
+    include_usage = bool(stream and options and opt_bool(options, "include_usage"))
+    stop_ids = body.get("stop_token_ids")
     return SamplingRequest(
         n=n or 1,
         temperature=temperature,
@@ -150,11 +155,13 @@ def parse_sampling(body: Mapping[str, Any], chat: bool) -> SamplingRequest:
         seed=seed,
         logprobs=logprobs,
         top_logprobs=top or 0,
-        return_token_ids=_opt_bool(body, "return_token_ids"),
-        tokens_as_ids=_opt_bool(body, "return_tokens_as_token_ids"),
+        return_token_ids=opt_bool(body, "return_token_ids"),
+        tokens_as_ids=opt_bool(body, "return_tokens_as_token_ids"),
         stream=stream,
         include_usage=include_usage,
-        ignore_eos=_opt_bool(body, "ignore_eos"),
+        ignore_eos=opt_bool(body, "ignore_eos"),
+        stop_token_ids=frozenset(parse_token_ids(stop_ids, "stop_token_ids") if stop_ids else ()),
+        skip_special_tokens=opt_bool(body, "skip_special_tokens", True),
     )
 
 
@@ -276,66 +283,3 @@ def parse_token_ids(value: Any, param: str) -> list[int]:
         unknown = next(t for t in value if t < 0 or t > top or t in invalid)
         raise bad(param, f"'{param}' contains unknown token id {unknown}")
     return value
-
-
-def token_bytes(token_id: int) -> bytes:
-    return get_encoding().decode_single_token_bytes(token_id)
-
-
-def token_str(token_id: int, as_ids: bool) -> str:
-    """How a token is named in logprobs: its text, or vLLM's ``token_id:N``."""
-    if as_ids:
-        return f"token_id:{token_id}"
-    return token_bytes(token_id).decode("utf-8", errors="replace")
-
-
-def chat_logprob_entry(
-    token_id: int, logprob: float, dist: Distribution, top: int, as_ids: bool
-) -> dict[str, Any]:
-    """One ``choices[i].logprobs.content[j]`` entry."""
-    tops = [
-        {
-            "token": token_str(int(t), as_ids),
-            "logprob": float(lp),
-            "bytes": list(token_bytes(int(t))),
-        }
-        for t, lp in zip(dist.token_ids[:top], dist.logprobs[:top], strict=True)
-    ]
-    return {
-        "token": token_str(token_id, as_ids),
-        "logprob": logprob,
-        "bytes": list(token_bytes(token_id)),
-        "top_logprobs": tops,
-    }
-
-
-def completion_logprobs(
-    token_ids: list[int],
-    logprobs: list[float],
-    dists: list[Distribution],
-    top: int,
-    as_ids: bool,
-    text_offset: int = 0,
-) -> dict[str, Any]:
-    """Legacy ``/v1/completions`` logprobs block for a run of tokens."""
-    tokens = [token_str(t, as_ids) for t in token_ids]
-    offsets: list[int] = []
-    pos = text_offset
-    for t in token_ids:
-        offsets.append(pos)
-        pos += len(token_str(t, False))
-    tops: list[dict[str, float]] | None = None
-    if top:
-        tops = [
-            {
-                token_str(int(t), as_ids): float(lp)
-                for t, lp in zip(d.token_ids[:top], d.logprobs[:top], strict=True)
-            }
-            for d in dists
-        ]
-    return {
-        "tokens": tokens,
-        "token_logprobs": list(logprobs),
-        "top_logprobs": tops,
-        "text_offset": offsets,
-    }

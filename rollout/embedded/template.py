@@ -50,6 +50,17 @@ MAX_TOKEN_BYTES = 128
 """The longest cl100k token, in bytes: text of n characters is >= n / 128 tokens."""
 
 
+def token_bytes(token_id: int) -> bytes:
+    return get_encoding().decode_single_token_bytes(token_id)
+
+
+def token_str(token_id: int, as_ids: bool) -> str:
+    """How a token is named in logprobs: its text, or vLLM's ``token_id:N``."""
+    if as_ids:
+        return f"token_id:{token_id}"
+    return token_bytes(token_id).decode("utf-8", errors="replace")
+
+
 class PromptTooLongError(TemplateError):
     """The rendered prompt would exceed the token limit; ``at_least`` is a lower bound."""
 
