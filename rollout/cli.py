@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -77,7 +78,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     print(f"embedded server listening on {server.base_url} (model {args.model!r}, auth {auth})",
           flush=True)  # fmt: skip
     try:
-        threading.Event().wait()
+        while True:  # short sleeps: signals are handled even where a blocked wait is not woken
+            time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:

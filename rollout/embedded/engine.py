@@ -85,13 +85,14 @@ class Generation:
             for i in range(params.n)
         ]
         self._max_stop = max((len(s) for s in params.stop), default=0)
+        self._active = params.n
 
     @property
     def done(self) -> bool:
-        return all(c.finish_reason is not None for c in self.choices)
+        return self._active == 0
 
     def step(self) -> list[Piece]:
-        """Sample one token for every unfinished choice."""
+        """Sample one token for every unfinished choice; the pieces to stream (none if not)."""
         p = self.params
         out: list[Piece] = []
         for c in self.choices:
@@ -113,17 +114,24 @@ class Generation:
                 self._extend_text(c, tok)
             if c.finish_reason is None and len(c.token_ids) >= self.max_tokens:
                 c.finish_reason = "length"
-            if c.finish_reason is not None and self.tool_mode:
-                c.tool_arg = parse_tool_call(c.text)
-                if c.tool_arg is not None:
-                    c.finish_reason = "tool_calls"
-            out.append(Piece(c, len(c.token_ids) - 1, self._release(c)))
+            if c.finish_reason is not None:
+                self._active -= 1
+                if self.tool_mode:
+                    c.tool_arg = parse_tool_call(c.text)
+                    if c.tool_arg is not None:
+                        c.finish_reason = "tool_calls"
+            if p.stream:
+                out.append(Piece(c, len(c.token_ids) - 1, self._release(c)))
         return out
 
     def _extend_text(self, c: ChoiceState, tok: int) -> None:
         before = len(c.text)
-        c.raw += token_bytes(tok)
-        c.text = c.raw.decode("utf-8", errors="replace")
+        piece = token_bytes(tok)
+        if piece.isascii():  # ASCII never continues a UTF-8 sequence: earlier text stays as is
+            c.text += piece.decode("ascii")
+        else:  # a multi-byte character may span tokens: decode the whole reply again
+            c.text = (c.raw + piece).decode("utf-8", errors="replace")
+        c.raw += piece
         if not self.params.stop:
             return
         start = max(0, before - self._max_stop + 1)

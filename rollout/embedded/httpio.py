@@ -32,6 +32,11 @@ async def read_body(request: web.Request, limit: int, timeout_s: float) -> bytes
     """The whole body, at most ``limit`` bytes (413), arriving within ``timeout_s`` (408)."""
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
+    if request.content.is_eof():  # all of it arrived with the headers: nothing to wait for
+        body = await request.content.read()
+        if len(body) > limit:
+            raise _too_large(limit)
+        return body
     chunks: list[bytes] = []
 
     async def collect() -> None:

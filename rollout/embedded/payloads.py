@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
@@ -97,24 +98,27 @@ def generate(
 # ------------------------------------------------------------- logprob entries
 
 
+@cache
+def _named(token_id: int, as_ids: bool) -> tuple[str, list[int]]:
+    """A token's name in logprobs and its bytes, once per token (the lists are never mutated)."""
+    return token_str(token_id, as_ids), list(token_bytes(token_id))
+
+
+def _top(dist: Distribution, top: int) -> zip[tuple[int, float]]:
+    """The top candidates as Python ints and floats (``tolist`` converts in one C pass)."""
+    return zip(dist.token_ids[:top].tolist(), dist.logprobs[:top].tolist(), strict=True)
+
+
 def chat_logprob_entry(
     token_id: int, logprob: float, dist: Distribution, top: int, as_ids: bool
 ) -> dict[str, Any]:
     """One ``choices[i].logprobs.content[j]`` entry."""
-    tops = [
-        {
-            "token": token_str(int(t), as_ids),
-            "logprob": float(lp),
-            "bytes": list(token_bytes(int(t))),
-        }
-        for t, lp in zip(dist.token_ids[:top], dist.logprobs[:top], strict=True)
-    ]
-    return {
-        "token": token_str(token_id, as_ids),
-        "logprob": logprob,
-        "bytes": list(token_bytes(token_id)),
-        "top_logprobs": tops,
-    }
+    tops = []
+    for t, lp in _top(dist, top):
+        name, raw = _named(t, as_ids)
+        tops.append({"token": name, "logprob": lp, "bytes": raw})
+    name, raw = _named(token_id, as_ids)
+    return {"token": name, "logprob": logprob, "bytes": raw, "top_logprobs": tops}
 
 
 def completion_logprobs(
@@ -126,21 +130,15 @@ def completion_logprobs(
     text_offset: int = 0,
 ) -> dict[str, Any]:
     """Legacy ``/v1/completions`` logprobs block for a run of tokens."""
-    tokens = [token_str(t, as_ids) for t in token_ids]
+    tokens = [_named(t, as_ids)[0] for t in token_ids]
     offsets: list[int] = []
     pos = text_offset
     for t in token_ids:
         offsets.append(pos)
-        pos += len(token_str(t, False))
+        pos += len(_named(t, False)[0])
     tops: list[dict[str, float]] | None = None
     if top:
-        tops = [
-            {
-                token_str(int(t), as_ids): float(lp)
-                for t, lp in zip(d.token_ids[:top], d.logprobs[:top], strict=True)
-            }
-            for d in dists
-        ]
+        tops = [{_named(t, as_ids)[0]: lp for t, lp in _top(d, top)} for d in dists]
     return {
         "tokens": tokens,
         "token_logprobs": list(logprobs),
@@ -159,12 +157,11 @@ def generate_logprob_entry(
     ``serving.py:876-922``); ranks are 1-based in the sampling distribution.
     Only tokens with non-zero probability are listed, as on the chat route.
     """
-    hits = np.flatnonzero(dist.token_ids == token_id)
-    sampled = {"token_id": token_id, "logprob": logprob, "rank": int(hits[0]) + 1}
-    tops = [sampled] + [
-        {"token_id": int(t), "logprob": float(lp), "rank": r}
-        for r, (t, lp) in enumerate(zip(dist.token_ids[:top], dist.logprobs[:top], strict=True), 1)
-    ]
+    rank = int(np.flatnonzero(dist.token_ids == token_id)[0]) + 1
+    sampled = {"token_id": token_id, "logprob": logprob, "rank": rank}
+    tops = [sampled]
+    for r, (t, lp) in enumerate(_top(dist, top), 1):
+        tops.append({"token_id": t, "logprob": lp, "rank": r})
     return {**sampled, "top_logprobs": tops}
 
 

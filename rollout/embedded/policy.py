@@ -59,6 +59,7 @@ _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 _SALT_LOCAL = 0x9E3779B97F4A7C15
 _SALT_MESSAGE = 0xC2B2AE3D27D4EB4F
+_TAIL_CACHE = 65536
 
 _ENCODING: tiktoken.Encoding | None = None
 
@@ -71,14 +72,36 @@ def get_encoding() -> tiktoken.Encoding:
     return _ENCODING
 
 
-def _hash_ids(salt: int, ids: Sequence[int]) -> int:
-    """FNV-1a style hash over ints; stable across processes, unlike hash()."""
-    h = (_FNV_OFFSET ^ salt) & _MASK64
+def _fnv(h: int, ids: Sequence[int]) -> int:
+    """FNV-1a style steps over ints from state ``h``; stable across processes, unlike hash()."""
     for t in ids:
         h = ((h ^ (int(t) + 1)) * _FNV_PRIME) & _MASK64
+    return h
+
+
+def _finish(h: int) -> int:
+    """The final mix of a hash state."""
     h ^= h >> 31
     h = (h * 0x94D049BB133111EB) & _MASK64
     return h ^ (h >> 29)
+
+
+def _hash_ids(salt: int, ids: Sequence[int]) -> int:
+    return _finish(_fnv((_FNV_OFFSET ^ salt) & _MASK64, ids))
+
+
+def _last_end(ids: list[int]) -> int:
+    """Index of the last end token (0 if none): usually a few ids from the end."""
+    recent = ids[-64:]
+    recent.reverse()
+    try:
+        return len(ids) - 1 - recent.index(END_ID)
+    except ValueError:
+        pass
+    try:  # reversed list search runs in C; prompts can be thousands of ids
+        return len(ids) - 1 - ids[::-1].index(END_ID)
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -133,6 +156,8 @@ class Policy:
             raise ValueError("output words must map to distinct tokens")
         self.vocab_ids = np.asarray(ids, dtype=np.int64)
         self.end_id = END_ID
+        self._tails: dict[tuple[int, ...], tuple[int, int]] = {}
+        """message tail -> (message bucket, local hash state after it); pure, weight-free."""
         self._index = {t: i for i, t in enumerate(ids)}
         rng = np.random.default_rng(seed)
         v = len(ids)
@@ -154,18 +179,22 @@ class Policy:
         """The two bucket indices (local, message) for a context."""
         cfg = self.config
         ids = context_ids if isinstance(context_ids, list) else [int(t) for t in context_ids]
-        n = len(ids)
-        try:  # reversed list search runs in C; prompts can be thousands of ids
-            last_end = n - 1 - ids[::-1].index(END_ID)
-        except ValueError:
-            last_end = 0
-        tail = ids[max(0, last_end - cfg.message_k) : last_end]
-        message = _hash_ids(_SALT_MESSAGE, tail)
-        # The local feature is keyed by the message tail too: a bucket shared
-        # by every prompt (the assistant header) would let one task's reward
-        # move every task's first token, and GRPO never pushes it back.
-        local = _hash_ids(_SALT_LOCAL, [*tail, -1, *ids[max(0, n - cfg.local_k) :]])
-        return local % cfg.n_buckets, message % cfg.n_buckets
+        last_end = _last_end(ids)
+        tail = tuple(ids[max(0, last_end - cfg.message_k) : last_end])
+        # The message tail stays the same for a whole reply: hash it once.
+        cached = self._tails.get(tail)
+        if cached is None:
+            if len(self._tails) >= _TAIL_CACHE:
+                self._tails.clear()
+            message = _hash_ids(_SALT_MESSAGE, tail) % cfg.n_buckets
+            # The local feature is keyed by the message tail too: a bucket shared
+            # by every prompt (the assistant header) would let one task's reward
+            # move every task's first token, and GRPO never pushes it back.
+            prefix = _fnv((_FNV_OFFSET ^ _SALT_LOCAL) & _MASK64, (*tail, -1))
+            cached = self._tails[tail] = (message, prefix)
+        message, prefix = cached
+        local = _finish(_fnv(prefix, ids[max(0, len(ids) - cfg.local_k) :]))
+        return local % cfg.n_buckets, message
 
     def logits(self, context_ids: Sequence[int]) -> np.ndarray:
         """Raw logits over the output vocabulary (temperature 1, no top-p)."""
@@ -196,9 +225,9 @@ class Policy:
             if temperature >= GREEDY_BELOW:
                 rng.random()
             return int(dist.token_ids[0]), float(dist.logprobs[0]), dist
-        cdf = np.cumsum(np.exp(dist.logprobs))
+        cdf = np.exp(dist.logprobs).cumsum()
         u = rng.random() * cdf[-1]
-        k = min(int(np.searchsorted(cdf, u, side="right")), cdf.size - 1)
+        k = min(int(cdf.searchsorted(u, side="right")), cdf.size - 1)
         return int(dist.token_ids[k]), float(dist.logprobs[k]), dist
 
     def generate(
@@ -369,14 +398,17 @@ def _sampling_distribution(
     logits: np.ndarray, vocab_ids: np.ndarray, temperature: float, top_p: float
 ) -> Distribution:
     """Temperature, then top-p truncation and renormalisation, in float64."""
-    order = np.argsort(-logits, kind="stable")
+    # ndarray methods, not np.* wrappers: the same arithmetic, less overhead per step.
+    order = (-logits).argsort(kind="stable")
     if temperature < GREEDY_BELOW:
         # Greedy: a point mass on the (first) argmax.
         k = order[:1]
         return Distribution(vocab_ids[k], np.zeros(1), k)
-    z = logits[order] / temperature
-    z = z - z[0]
-    logp = z - np.log(np.sum(np.exp(z)))
+    z = logits[order]
+    if temperature != 1.0:  # x / 1.0 == x exactly
+        z /= temperature
+    z -= z[0]
+    logp = z - np.log(np.exp(z).sum())
     if top_p < 1.0:
         cum = np.cumsum(np.exp(logp))
         keep = min(int(np.searchsorted(cum, top_p, side="left")) + 1, z.size)

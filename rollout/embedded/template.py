@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import cache, lru_cache
 from typing import Any
 
 from rollout.errors import TemplateError
@@ -50,7 +51,9 @@ MAX_TOKEN_BYTES = 128
 """The longest cl100k token, in bytes: text of n characters is >= n / 128 tokens."""
 
 
+@cache
 def token_bytes(token_id: int) -> bytes:
+    """A token's bytes (cached: replies draw from a small vocabulary, once per token)."""
     return get_encoding().decode_single_token_bytes(token_id)
 
 
@@ -78,7 +81,19 @@ def encode_text(text: str, limit: int | None = None) -> list[int]:
     """
     if limit is not None and len(text) > limit * MAX_TOKEN_BYTES:
         raise PromptTooLongError(-(-len(text) // MAX_TOKEN_BYTES), limit)
+    if len(text) <= CACHED_TEXT_CHARS:
+        return list(_encode_cached(text))
     return list(get_encoding().encode(text, disallowed_special=()))
+
+
+CACHED_TEXT_CHARS = 1024
+
+
+@lru_cache(maxsize=1024)
+def _encode_cached(text: str) -> tuple[int, ...]:
+    """Short texts recur (roles, system prompts, each earlier turn of an episode, re-rendered
+    on every call): tokenize them once. Bounded: 1024 texts of <= 1 KiB (tens of MiB at worst)."""
+    return tuple(get_encoding().encode(text, disallowed_special=()))
 
 
 def content_text(content: Any, where: str = "content") -> str:
