@@ -5,7 +5,9 @@ and of vLLM's token route (``/inference/v1/generate``) at concurrency 1, 16
 and 64, each next to the same load against a bare aiohttp handler that
 returns a fixed 16-token completion (served the same way: its own process,
 same host). The ratios are what to compare across machines; absolute
-numbers swing with the CPU.
+numbers swing with the CPU. Where /proc exists (Linux) each row also gives
+the server processes' CPU time per request, which a shared, loaded machine
+disturbs far less than throughput.
 
     python benchmarks/bench_server.py [--requests-per-level 400] [--max-tokens 16]
 """
@@ -124,8 +126,29 @@ async def _load(
     return {"rps": count / elapsed, "tokens_per_s": tokens / elapsed}
 
 
+def _cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of a process, from /proc (None where there is none)."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _measured(
+    pid: int, root: str, route: Any, concurrency: int, count: int, max_tokens: int
+) -> dict[str, float | None]:
+    """Throughput of one load, and the serving process's CPU microseconds per request."""
+    before = _cpu_s(pid)
+    out: dict[str, float | None] = dict(await _load(root, route, concurrency, count, max_tokens))
+    after = _cpu_s(pid)
+    out["cpu_us"] = None if before is None or after is None else (after - before) / count * 1e6
+    return out
+
+
 async def _bench(
-    embedded: str, baseline: str, per_level: int, max_tokens: int
+    embedded: str, baseline: str, pids: tuple[int, int], per_level: int, max_tokens: int
 ) -> list[dict[str, Any]]:
     for route in (_chat, _generate):  # warm up imports, caches, connections
         await _load(embedded, route, 8, 50, max_tokens)
@@ -135,16 +158,27 @@ async def _bench(
         _prompt_ids(i)  # the client's own tokenizing stays out of the timings
     for c in LEVELS:
         count = max(c, per_level // 2 if c == 1 else per_level)
-        base = await _load(baseline, _chat, c, count, max_tokens)
+        base = await _measured(pids[1], baseline, _chat, c, count, max_tokens)
         row: dict[str, Any] = {"concurrency": c, "requests": count,
-                               "baseline_rps": round(base["rps"], 1)}  # fmt: skip
+                               "baseline_rps": _round(base["rps"]),
+                               "baseline_cpu_us_per_request": _round(base["cpu_us"])}  # fmt: skip
         for name, route in (("chat", _chat), ("generate", _generate)):
-            emb = await _load(embedded, route, c, count, max_tokens)
-            row[f"{name}_rps"] = round(emb["rps"], 1)
-            row[f"{name}_tokens_per_s"] = round(emb["tokens_per_s"], 1)
-            row[f"{name}_ratio_vs_baseline"] = round(emb["rps"] / base["rps"], 3)
+            emb = await _measured(pids[0], embedded, route, c, count, max_tokens)
+            row[f"{name}_rps"] = _round(emb["rps"])
+            row[f"{name}_tokens_per_s"] = _round(emb["tokens_per_s"])
+            row[f"{name}_ratio_vs_baseline"] = _ratio(emb["rps"], base["rps"])
+            row[f"{name}_cpu_us_per_request"] = _round(emb["cpu_us"])
+            row[f"{name}_cpu_vs_baseline"] = _ratio(emb["cpu_us"], base["cpu_us"])
         rows.append(row)
     return rows
+
+
+def _round(x: float | None) -> float | None:
+    return None if x is None else round(x, 1)
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return None if a is None or not b else round(a / b, 3)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -162,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     emb_root, base_root = (url.removesuffix("/v1") for url in (emb_url, base_url))
     try:
-        rows = asyncio.run(_bench(emb_root, base_root, args.requests_per_level, args.max_tokens))
+        rows = asyncio.run(_bench(emb_root, base_root, (emb_proc.pid, base_proc.pid),
+                                  args.requests_per_level, args.max_tokens))  # fmt: skip
     finally:
         for proc in (emb_proc, base_proc):
             proc.terminate()
