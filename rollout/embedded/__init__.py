@@ -5,12 +5,14 @@ cl100k ids; ``EmbeddedServer`` serves both over OpenAI-compatible HTTP
 (``rollout serve`` in the foreground); ``push_weights`` updates a running one.
 
 Modules by job: ``policy``, ``template`` and ``engine`` (token-by-token
-generation) are the model; ``protocol`` validates requests, ``payloads``
-builds replies, ``handlers`` and ``app`` are the HTTP side, ``server`` runs
-it on a thread, ``client`` talks to it.
+generation) are the model; ``protocol`` (OpenAI routes) and
+``token_protocol`` (vLLM's token routes) validate requests, ``payloads``
+builds replies; ``handlers``, ``token_routes``, ``httpio`` and ``app`` are the
+HTTP side, with ``state`` (snapshot, ``Limits``) and ``weights`` (checked
+uploads); ``server`` runs it on a thread, ``client`` pushes weights to it.
 """
 
-from .client import push_weights
+from .client import WeightPushError, push_weights
 from .policy import ENCODING_NAME, END_ID, Distribution, Policy, PolicyConfig, get_encoding
 from .server import EmbeddedServer
 from .state import Limits
@@ -26,6 +28,7 @@ __all__ = [
     "Policy",
     "PolicyConfig",
     "TemplateError",
+    "WeightPushError",
     "get_encoding",
     "push_weights",
 ]

@@ -10,7 +10,13 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from rollout.errors import RolloutError
+
 from .weights import weights_to_npz
+
+
+class WeightPushError(RolloutError, RuntimeError):
+    """The server refused a weight update; the message carries its status and reason."""
 
 
 def push_weights(
@@ -20,7 +26,7 @@ def push_weights(
     api_key: str | None = None,
     timeout: float = 60.0,
 ) -> int:
-    """POST weights to a running server; returns the version it reports.
+    """POST weights to a running server; returns the version it reports (else WeightPushError).
 
     ``base_url`` may be the root or the ``.../v1`` OpenAI base URL. Blocking:
     from async code, call it in an executor.
@@ -38,4 +44,4 @@ def push_weights(
             return int(json.loads(resp.read())["weight_version"])
     except urllib.error.HTTPError as e:
         detail = e.read().decode("utf-8", errors="replace")
-        raise RuntimeError(f"weight update failed with HTTP {e.code}: {detail}") from None
+        raise WeightPushError(f"weight update failed with HTTP {e.code}: {detail}") from None

@@ -18,7 +18,14 @@ import numpy as np
 import openai
 import pytest
 
-from rollout.embedded import END_ID, ChatTemplate, EmbeddedServer, Policy, push_weights
+from rollout.embedded import (
+    END_ID,
+    ChatTemplate,
+    EmbeddedServer,
+    Policy,
+    WeightPushError,
+    push_weights,
+)
 from rollout.embedded.weights import weights_to_npz
 
 USER = [{"role": "user", "content": "hi"}]
@@ -131,7 +138,7 @@ def test_api_key_enforced_and_never_logged(caplog: pytest.LogCaptureFixture) -> 
         assert status == 401 and key not in json.dumps(body)
         status, _ = raw(server.url + "/tokenize", json.dumps({"prompt": "x"}).encode())
         assert status == 401
-        with pytest.raises(RuntimeError, match="401"):
+        with pytest.raises(WeightPushError, match="401"):
             push_weights(server.base_url, server.policy.get_weights(), 1)
         assert push_weights(server.base_url, server.policy.get_weights(), 1, api_key=key) == 1
         with urllib.request.urlopen(server.url + "/health", timeout=10) as resp:
