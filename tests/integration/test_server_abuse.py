@@ -397,6 +397,6 @@ def test_a_client_that_stops_reading_a_stream_is_given_up_on() -> None:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 65536)  # a fixed window: no autotuning
         s.sendall(head + body)
         assert health_ok(server)  # answered while this stream waits on its reader
-        time.sleep(3)  # the reader stalls for six write timeouts
+        time.sleep(4)  # the reader stalls for eight write timeouts
         stream = read_until_closed(s)
     assert stream.startswith(b"HTTP/1.1 200") and b"data: [DONE]" not in stream
