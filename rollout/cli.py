@@ -11,7 +11,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -46,9 +50,50 @@ def _cmd_collect(args: argparse.Namespace) -> int:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from rollout.embedded import serve_main
+    """The embedded server in the foreground until Ctrl-C; prints its base URL once it listens."""
+    from rollout.embedded import EmbeddedServer, Limits, Policy
 
-    return serve_main(args.rest)
+    try:
+        policy = Policy.load(args.weights) if args.weights else Policy(seed=args.seed)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"rollout serve: cannot load --weights {args.weights}: {exc}", file=sys.stderr)
+        return 2
+    given = {
+        "max_body_bytes": args.max_body_mb and int(args.max_body_mb * 2**20),
+        "max_generated_tokens": args.max_generated_tokens,
+        "max_reply_bytes": args.max_reply_mb and int(args.max_reply_mb * 2**20),
+        "read_timeout_s": args.read_timeout_s,
+    }
+    limits = Limits(**{k: v for k, v in given.items() if v is not None})
+    server = EmbeddedServer(
+        policy,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        model_name=args.model,
+        latency_s=args.latency_ms / 1000,
+        latency_per_token_s=args.latency_per_token_ms / 1000,
+        seed=args.seed,
+        limits=limits,
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"rollout serve: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops it like Ctrl-C
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    auth = "on" if args.api_key else "off"
+    print(f"embedded server listening on {server.base_url} (model {args.model!r}, auth {auth})",
+          flush=True)  # fmt: skip
+    try:
+        while True:  # short sleeps: signals are handled even where a blocked wait is not woken
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -108,6 +153,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _positive(kind: type[float] | type[int]) -> Any:
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str) -> float | int:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rollout", description=__doc__.split("\n\n")[0])
@@ -123,8 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(fn=_cmd_collect)
 
-    p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server",
+                       description="Serve the embedded policy in vLLM's wire format.")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one")
+    p.add_argument("--api-key", default=os.environ.get("ROLLOUT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $ROLLOUT_API_KEY)")  # fmt: skip
+    p.add_argument("--model", default="tiny", help="served model name (default tiny)")
+    p.add_argument("--weights", help="policy .npz written by Policy.save")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="fixed delay per request")
+    p.add_argument("--latency-per-token-ms", type=float, default=0.0,
+                   help="delay per decode step")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="policy init and default sampling seed")
+    # Limits (rollout.embedded.Limits; None keeps its default).
+    p.add_argument("--max-body-mb", type=_positive(float),
+                   help="largest JSON request body, MiB (default 24; 413 above)")  # fmt: skip
+    p.add_argument("--max-generated-tokens", type=_positive(int),
+                   help="n x max_tokens over a request's prompts (default 65536; 400 above)")  # fmt: skip
+    p.add_argument("--max-reply-mb", type=_positive(float),
+                   help="largest reply, bounded before sampling, MiB (default 16; 400 above)")  # fmt: skip
+    p.add_argument("--read-timeout-s", type=_positive(float),
+                   help="for a request to arrive and a stream's reader to keep up (default 30)")  # fmt: skip
     p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("train", help="train the embedded policy from recorded data (proof it trains)")

@@ -107,7 +107,7 @@ def train(
 ) -> list[dict[str, Any]]:
     """Collect, check, update, push; repeat. Returns one stats dict per iteration."""
     from rollout.collection import Collector
-    from rollout.embedded.server import push_weights
+    from rollout.embedded import push_weights
 
     settings.setdefault("output", {"path": None})
     settings.setdefault("progress", False)
