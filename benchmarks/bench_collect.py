@@ -25,10 +25,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import cProfile
 import io
 import json
-import multiprocessing as mp
 import os
 import platform
 import pstats
@@ -38,40 +38,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-TURNS = 3
-
-
-def _serve(queue: Any, latency_s: float) -> None:
-    """Server process: the embedded server on a free port until killed."""
-    from rollout.embedded import EmbeddedServer, Policy
-
-    server = EmbeddedServer(policy=Policy(seed=0), model_name="tiny", latency_s=latency_s, seed=0)
-    server.start()
-    queue.put(server.base_url)
-    while True:
-        time.sleep(3600)
-
-
-def messages_for(task: dict[str, Any], turn: int, replies: list[str]) -> list[dict[str, Any]]:
-    msgs: list[dict[str, Any]] = [
-        {"role": "user", "content": f"Task {task['id']}: add {task['a']} and {task['b']}."}
-    ]
-    for reply in replies[:turn]:
-        msgs += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Again."}]
-    return msgs
-
-
-async def three_turns(task: dict[str, Any], model: Any) -> float:
-    """Deterministic agent: exactly 3 calls, each prompt extending the last."""
-    replies: list[str] = []
-    for turn in range(TURNS):
-        response = await model.arun(messages_for(task, turn, replies))
-        replies.append(response.choices[0].message.content or "")
-    return 0.0
-
-
-def make_tasks(n: int) -> list[dict[str, Any]]:
-    return [{"id": f"t{i}", "a": i, "b": i % 7} for i in range(n)]
+from _common import TURNS, make_tasks, messages_for, remote_backend, server_process, three_turns
 
 
 def run_collect(url: str, tasks: list[dict[str, Any]], concurrency: int, max_tokens: int) -> float:
@@ -86,13 +53,7 @@ def run_collect(url: str, tasks: list[dict[str, Any]], concurrency: int, max_tok
         episode_timeout_s=120,
         progress=False,
         output={"path": None},
-        backend={
-            "kind": "remote",
-            "urls": [url],
-            "model": "tiny",
-            "max_retries": 0,
-            "sampling": {"temperature": 1.0, "max_tokens": max_tokens},
-        },
+        backend=remote_backend(url, max_tokens),
     )
     wall = time.perf_counter() - t0
     calls = sum(len(e.calls) for e in summary.episodes)
@@ -168,25 +129,21 @@ def main() -> None:
 
     latency_s = args.latency_ms / 1000
     load_before = os.getloadavg()[0]  # other work on the box inflates wall times, not CPU/call
-    proc: Any = None
-    server: Any = None
-    if args.in_process:
-        from rollout.embedded import EmbeddedServer, Policy
+    with contextlib.ExitStack() as stack:
+        if args.in_process:
+            from rollout.embedded import EmbeddedServer, Policy
 
-        server = EmbeddedServer(
-            policy=Policy(seed=0), model_name="tiny", latency_s=latency_s, seed=0
-        ).start()
-        url = server.base_url
-    else:
-        ctx = mp.get_context("spawn")
-        queue = ctx.Queue()
-        proc = ctx.Process(target=_serve, args=(queue, latency_s), daemon=True)
-        proc.start()
-        url = queue.get(timeout=60)
+            server = EmbeddedServer(policy=Policy(seed=0), model_name="tiny", latency_s=latency_s, seed=0)
+            url = stack.enter_context(server).base_url
+        else:
+            url, _ = stack.enter_context(server_process(latency_s))
+        results = measure(args, url, latency_s)
+    report_results(args, results, latency_s, load_before)
 
+
+def measure(args: argparse.Namespace, url: str, latency_s: float) -> dict[str, list[tuple[float, float]]]:
+    """Warm up, then the interleaved repeats: {runner: [(wall s, CPU s), ...]}."""
     tasks = make_tasks(args.episodes)
-    calls = args.episodes * TURNS
-    ideal = calls * latency_s / args.concurrency
     runners: dict[str, Callable[[], float]] = {
         "bare": lambda: run_bare(url, tasks, args.concurrency, args.max_tokens, aiohttp=False),
         "bare_aiohttp": lambda: run_bare(
@@ -194,31 +151,31 @@ def main() -> None:
         ),
         "collect": lambda: run_collect(url, tasks, args.concurrency, args.max_tokens),
     }
-    try:
-        warm = make_tasks(args.concurrency)  # imports, connection pools, server caches
-        run_bare(url, warm, args.concurrency, args.max_tokens, aiohttp=False)
-        run_bare(url, warm, args.concurrency, args.max_tokens, aiohttp=True)
-        run_collect(url, warm, args.concurrency, args.max_tokens)
-        results: dict[str, list[tuple[float, float]]] = {k: [] for k in runners}
-        for _ in range(args.repeats):
-            for name, fn in runners.items():
-                results[name].append(timed(fn))
-        if args.profile:
-            prof = cProfile.Profile()
-            prof.enable()
-            run_collect(url, tasks, args.concurrency, args.max_tokens)
-            prof.disable()
-            prof.dump_stats(args.profile)
-            out = io.StringIO()
-            pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
-            print(out.getvalue(), file=sys.stderr)
-    finally:
-        if proc is not None:
-            proc.kill()
-            proc.join(5)
-        if server is not None:
-            server.stop()
+    warm = make_tasks(args.concurrency)  # imports, connection pools, server caches
+    run_bare(url, warm, args.concurrency, args.max_tokens, aiohttp=False)
+    run_bare(url, warm, args.concurrency, args.max_tokens, aiohttp=True)
+    run_collect(url, warm, args.concurrency, args.max_tokens)
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in runners}
+    for _ in range(args.repeats):
+        for name, fn in runners.items():
+            results[name].append(timed(fn))
+    if args.profile:
+        prof = cProfile.Profile()
+        prof.enable()
+        run_collect(url, tasks, args.concurrency, args.max_tokens)
+        prof.disable()
+        prof.dump_stats(args.profile)
+        out = io.StringIO()
+        pstats.Stats(prof, stream=out).sort_stats("tottime").print_stats(25)
+        print(out.getvalue(), file=sys.stderr)
+    return results
 
+
+def report_results(
+    args: argparse.Namespace, results: dict[str, list[tuple[float, float]]], latency_s: float, load_before: float
+) -> None:
+    calls = args.episodes * TURNS
+    ideal = calls * latency_s / args.concurrency
     wall = {k: statistics.median(w for w, _ in v) for k, v in results.items()}
     cpu = {k: statistics.median(c for _, c in v) for k, v in results.items()}
     report = {

@@ -29,72 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import multiprocessing as mp
 import os
 import platform
 import statistics
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TURNS = 3
-
-
-async def three_turns(task: dict[str, Any], model: Any) -> dict[str, Any]:
-    """Exactly TURNS calls, whatever the replies say."""
-    messages: list[dict[str, Any]] = [{"role": "user", "content": f"Task {task['id']}: add {task['a']} and {task['b']}."}]
-    for _ in range(TURNS):
-        reply = await model.arun(messages)
-        messages += [
-            {"role": "assistant", "content": reply.choices[0].message.content or ""},
-            {"role": "user", "content": "Again."},
-        ]
-    return {"reward": 0.0}
-
-
-async def noop(task: dict[str, Any], model: Any) -> float:
-    return 0.0
-
-
-def _serve(queue: Any, latency_s: float) -> None:
-    """Server process: the embedded server on a free port until terminated."""
-    from rollout.embedded import EmbeddedServer, Policy
-
-    server = EmbeddedServer(policy=Policy(seed=0), model_name="tiny", latency_s=latency_s, seed=0)
-    server.start()
-    queue.put(server.base_url)
-    while True:
-        time.sleep(3600)
-
-
-def cpu_s(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc; 0.0 elsewhere)."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
-@contextmanager
-def server_process(latency_s: float) -> Iterator[tuple[str, int]]:
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_serve, args=(queue, latency_s), daemon=True)
-    proc.start()
-    try:
-        yield queue.get(timeout=60), proc.pid or 0
-    finally:
-        proc.terminate()
-        proc.join(timeout=10)
-
-
-def tasks(n: int, offset: int = 0) -> list[dict[str, Any]]:
-    return [{"id": f"t{offset + i}", "a": i, "b": 3} for i in range(n)]
+from _common import ROOT, TURNS, cpu_s, make_tasks, remote_backend, server_process
 
 
 def settings(executor: str, url: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -102,7 +44,7 @@ def settings(executor: str, url: str, args: argparse.Namespace) -> dict[str, Any
         "executor": executor,
         "concurrency": args.workers * args.per_worker,
         "episode_timeout_s": 120,
-        "backend": {"kind": "remote", "urls": [url], "sampling": {"temperature": 1.0, "max_tokens": args.max_tokens}},
+        "backend": remote_backend(url, args.max_tokens),
         "ray": {"num_workers": args.workers, "concurrency_per_worker": args.per_worker, "num_cpus_per_worker": 0.5},
         "output": {"path": None},
         "progress": False,
@@ -114,7 +56,7 @@ def timed(collector: Any, n: int, offset: int, pids: dict[str, list[int]] | None
     pids = pids or {}
     before = {k: sum(cpu_s(p) for p in v) for k, v in pids.items()}
     driver, start = time.process_time(), time.perf_counter()
-    episodes = collector.run_batch(tasks(n, offset))
+    episodes = collector.run_batch(make_tasks(n, offset))
     wall = time.perf_counter() - start
     cpu = {"driver": time.process_time() - driver, **{k: sum(cpu_s(p) for p in v) - before[k] for k, v in pids.items()}}
     bad = [e for e in episodes if e.status.value not in ("completed", "truncated")]
@@ -140,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from rollout.collection import Collector
 
-    agent = "benchmarks.bench_ray:three_turns"
+    agent = "benchmarks._common:three_turns"
     n = args.episodes
     total = args.workers * args.per_worker
     t0 = time.perf_counter()
@@ -180,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                 with Collector(agent=agent, **settings(executor, url0, args)) as c:
                     timed(c, total * 2, 10**6)
                     zero[executor] = statistics.median(timed(c, n, r * n)[0] for r in range(args.repeats))
-            with Collector(agent="benchmarks.bench_ray:noop", **settings("ray", url0, args)) as c:
+            with Collector(agent="benchmarks._common:noop", **settings("ray", url0, args)) as c:
                 timed(c, total * 2, 10**6)
                 noop_s = statistics.median(timed(c, n, r * n)[0] for r in range(args.repeats))
     finally:

@@ -4,10 +4,21 @@
 `from camel.models import OpenAICompatibleModel`; injected clients (AReaL's
 `ArealOpenAI`, an rLLM gateway client, a plain `openai` client or anything with
 `.chat.completions.create`) are first-class.
+
+With camel installed, `compat.OpenAICompatibleModel` is `compat.camel`'s
+subclass, which is also a CAMEL `BaseModelBackend`, so
+`ChatAgent(model=compat.OpenAICompatibleModel(...))` works. It is resolved on
+first access: `import compat` stays fast and never imports camel.
 """
 
+from __future__ import annotations
+
+import importlib as _importlib
+import importlib.util as _importlib_util
+import typing as _typing
+
 from compat.base import BaseModelBackend
-from compat.clients import ClientPair
+from compat.clients import ClientPair, Forwarding
 from compat.errors import (
     CompatError,
     MessageFormatError,
@@ -17,14 +28,19 @@ from compat.errors import (
     TokenizerUnavailableError,
     UnsupportedResponseFormatError,
 )
-from compat.openai_compatible import OpenAICompatibleModel
 from compat.token_counter import BaseTokenCounter, OpenAITokenCounter
+
+if _typing.TYPE_CHECKING:
+    from compat.openai_compatible import OpenAICompatibleModel
+
+_LAZY = frozenset({"OpenAICompatibleModel"})
 
 __all__ = [
     "BaseModelBackend",
     "BaseTokenCounter",
     "ClientPair",
     "CompatError",
+    "Forwarding",
     "MessageFormatError",
     "ModelCallError",
     "ModelTimeoutError",
@@ -34,3 +50,13 @@ __all__ = [
     "TokenizerUnavailableError",
     "UnsupportedResponseFormatError",
 ]
+
+
+def __getattr__(name: str) -> _typing.Any:
+    """`OpenAICompatibleModel`: the CAMEL backend when camel is installed, else the plain one."""
+    if name != "OpenAICompatibleModel":
+        raise AttributeError(f"module 'compat' has no attribute {name!r}")
+    camel = _importlib_util.find_spec("camel") is not None
+    module = _importlib.import_module("compat.camel" if camel else "compat.openai_compatible")
+    globals()[name] = module.OpenAICompatibleModel
+    return module.OpenAICompatibleModel

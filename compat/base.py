@@ -12,12 +12,22 @@ from compat.messages import validate_messages
 from compat.token_counter import BaseTokenCounter, OpenAITokenCounter
 
 DEFAULT_TIMEOUT_S = 180.0
-DEFAULT_TOKEN_LIMIT = 128_000
+UNKNOWN_TOKEN_LIMIT = 999_999_999
+"""CAMEL's context window for a model it has no entry for (camel/types/unified_model_type.py, v0.2.90)."""
 
 
 def model_name(model_type: Any) -> str:
     """A model id string from a str or an enum such as CAMEL's `ModelType`."""
     return str(getattr(model_type, "value", model_type))
+
+
+def resolve_tools(tools: list[dict[str, Any]] | None, config: dict[str, Any]) -> list[dict[str, Any]] | None:
+    """The tools of one request, by CAMEL's rule (base_model.py `_resolve_tools`, v0.2.90):
+    None means the config's tools (when a list); an empty list means no override."""
+    if tools is None:
+        configured = config.get("tools")
+        return configured if isinstance(configured, list) else None
+    return tools or None
 
 
 def resolve_timeout(timeout: float | None) -> float:
@@ -30,9 +40,10 @@ def resolve_timeout(timeout: float | None) -> float:
 class BaseModelBackend(ABC):
     """Holds the model id, request config, credentials and token counter.
 
-    `run` / `arun` validate the messages, then call `_run` / `_arun`, which
-    subclasses implement. `model_config_dict` is copied, so later changes by
-    the caller do not leak into requests.
+    `run` / `arun` validate the messages and resolve the tools (CAMEL's rule,
+    `resolve_tools`), then call `_run` / `_arun`, which subclasses implement.
+    `model_config_dict` is copied, so later changes by the caller do not leak
+    into requests.
     """
 
     def __init__(
@@ -67,8 +78,14 @@ class BaseModelBackend(ABC):
 
     @property
     def token_limit(self) -> int:
-        """`max_tokens` from the config when set, else a 128k default context."""
-        return int(self.model_config_dict.get("max_tokens") or DEFAULT_TOKEN_LIMIT)
+        """The model's context window, as in CAMEL 0.2.90: the model type's own
+        `token_limit` (CAMEL's `ModelType` has one), else 999_999_999 for unknown.
+
+        Never `max_tokens`: ChatAgent truncates tool output to 90 % of this
+        and sizes its memory by it (camel PR 3604).
+        """
+        limit = getattr(self.model_type, "token_limit", None)
+        return limit if isinstance(limit, int) else UNKNOWN_TOKEN_LIMIT
 
     @property
     def stream(self) -> bool:
@@ -81,6 +98,7 @@ class BaseModelBackend(ABC):
         tools: list[dict[str, Any]] | None = None,
     ) -> Any:
         """One chat completion: a ChatCompletion, a stream, or a parsed completion."""
+        tools = resolve_tools(tools, self.model_config_dict)
         return self._run(validate_messages(messages), response_format, tools)
 
     async def arun(
@@ -90,6 +108,7 @@ class BaseModelBackend(ABC):
         tools: list[dict[str, Any]] | None = None,
     ) -> Any:
         """The async twin of `run`."""
+        tools = resolve_tools(tools, self.model_config_dict)
         return await self._arun(validate_messages(messages), response_format, tools)
 
     @abstractmethod

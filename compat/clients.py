@@ -19,24 +19,53 @@ import sys
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from compat.errors import CompatError, ModelTimeoutError
 
 _STREAM_END = object()
 
 
-def resolve(obj: Any, path: str) -> Callable[..., Any] | None:
-    """`resolve(client, "chat.completions.create")`, or None when absent."""
-    cur = obj
+@runtime_checkable
+class Forwarding(Protocol):
+    """A stand-in for a client resource that sends every call on to another one.
+
+    Proxies in front of `chat.completions` (a recorder's, a tracer's)
+    implement it so compat can judge the resource doing the work, e.g.
+    whether its `parse` goes where its `create` goes
+    (`compat.structured.native_parse_path`), without knowing the proxy.
+    """
+
+    def compat_forwards_to(self) -> Any:
+        """The resource this proxy forwards calls to."""
+        ...
+
+
+def forwarded(obj: Any) -> Any:
+    """The resource behind any chain of `Forwarding` proxies (`obj` itself when none)."""
+    for _ in range(16):  # a bound on the chain, against a proxy that forwards to itself
+        if not isinstance(obj, Forwarding):
+            return obj
+        obj = obj.compat_forwards_to()
+    return obj
+
+
+def attr_path(obj: Any, path: str) -> Any:
+    """`attr_path(client, "chat.completions")`, or None when any step is absent."""
     for part in path.split("."):
-        if cur is None:
+        if obj is None:
             return None
         try:
-            cur = getattr(cur, part)
+            obj = getattr(obj, part)
         except Exception:  # duck-typed clients may raise anything on unknown attributes
             return None
-    return cur if callable(cur) else None
+    return obj
+
+
+def resolve(obj: Any, path: str) -> Callable[..., Any] | None:
+    """`resolve(client, "chat.completions.create")`, or None when absent."""
+    fn = attr_path(obj, path)
+    return fn if callable(fn) else None
 
 
 def is_async_callable(fn: Any) -> bool:

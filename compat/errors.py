@@ -18,7 +18,9 @@ class UnsupportedResponseFormatError(CompatError, TypeError):
 class StructuredOutputError(CompatError):
     """No strategy produced output that validates against the response format.
 
-    `raw_text` is the last reply's text, so the caller can see what came back.
+    Raised only by a backend built with `strict=True`; by default the reply
+    comes back with `parsed=None`, as CAMEL's does. `raw_text` is the last
+    reply's text, so the caller can see what came back.
     """
 
     def __init__(self, message: str, raw_text: str | None, attempts: list[str]) -> None:
@@ -40,5 +42,11 @@ class ModelTimeoutError(ModelCallError, TimeoutError):
     """A call did not finish within the backend's timeout."""
 
 
-class TokenizerUnavailableError(CompatError, RuntimeError):
-    """A tiktoken encoding could not be loaded (typically: no network)."""
+class TokenizerUnavailableError(CompatError):
+    """A tiktoken encoding could not be loaded (typically: no network).
+
+    Deliberately not a `RuntimeError`: CAMEL's `ChatAgent` reads any
+    RuntimeError raised while it builds its context as "token limit exceeded"
+    and indexes `args[1]` (camel/agents/chat_agent.py L2952, v0.2.90), which
+    would bury this message under an IndexError.
+    """

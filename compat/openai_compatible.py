@@ -8,6 +8,10 @@ treated as first-class:
 - with a custom client no default client is built and no API key is needed;
 - structured output works on clients without `parse` (see `compat.structured`);
 - the caller's messages and config are never mutated.
+
+Requests are built as CAMEL 0.2.90 builds them, so the same input sends the
+same request. When camel is installed, `compat.OpenAICompatibleModel` is the
+subclass in `compat.camel`, which is also a CAMEL `BaseModelBackend`.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 import os
 from collections.abc import Generator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, ClassVar
 
 from pydantic import BaseModel
 
@@ -32,16 +36,21 @@ from compat.retry import CALL_RETRY, in_chain, is_transient
 from compat.structured import (
     CREATE,
     Attempt,
+    StructuredRequest,
     check_response_format,
+    default_instruct,
+    fallback_plan,
     json_schema_format,
     native_parse_path,
-    parse_plan,
+    native_plan,
+    native_stream_path,
+    one_attempt,
 )
 from compat.token_counter import BaseTokenCounter
 
 logger = logging.getLogger(__name__)
 
-NATIVE_STREAM_PATHS = ("chat.completions.stream", "beta.chat.completions.stream")
+ResponseFormat = type[BaseModel] | dict[str, Any]
 
 
 def _advance(plan: Generator[Attempt, Any, Any], reply: Any, error: Exception | None) -> Attempt:
@@ -50,7 +59,16 @@ def _advance(plan: Generator[Attempt, Any, Any], reply: Any, error: Exception | 
 
 
 class OpenAICompatibleModel(BaseModelBackend):
-    """A backend for any server or client that speaks OpenAI chat completions."""
+    """A backend for any server or client that speaks OpenAI chat completions.
+
+    `strict=True`: a structured reply that does not validate raises
+    `StructuredOutputError` with its raw text, instead of coming back with
+    `parsed=None` as CAMEL's does.
+    """
+
+    typed_errors: ClassVar[bool] = True
+    """Client failures surface as `ModelCallError`; the CAMEL subclass lets the
+    client's own errors through, as CAMEL's class does."""
 
     def __init__(
         self,
@@ -63,8 +81,11 @@ class OpenAICompatibleModel(BaseModelBackend):
         max_retries: int = 3,
         client: Any | None = None,
         async_client: Any | None = None,
+        *,
+        strict: bool = False,
         **kwargs: Any,
     ) -> None:
+        self._strict = strict
         api_key = api_key if api_key is not None else os.environ.get("OPENAI_COMPATIBILITY_API_KEY")
         url = url if url is not None else os.environ.get("OPENAI_COMPATIBILITY_API_BASE_URL")
         super().__init__(
@@ -120,24 +141,19 @@ class OpenAICompatibleModel(BaseModelBackend):
 
     # --- request building (shared by both paths) ------------------------------
 
-    def _chat_kwargs(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]] | None,
-        response_format: dict[str, Any] | None = None,
-    ) -> dict[str, Any]:
-        """`create` kwargs: config + tools (None: config's; []: none) + model."""
-        config = dict(self.model_config_dict)
-        config.pop("response_format", None)
-        if tools is not None:
-            if tools:
-                config["tools"] = tools
-            else:
-                config.pop("tools", None)
-                config.pop("tool_choice", None)
-        if response_format is not None:
-            config["response_format"] = response_format
-        return self.prepare_request({**config, "messages": messages, "model": self.model_name})
+    def _chat_kwargs(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> dict[str, Any]:
+        """`create` kwargs as CAMEL builds them (base_model.py `_prepare_request_config`,
+        v0.2.90): messages, model, then the config; `tools` (already resolved, see
+        `compat.base.resolve_tools`) replace the config's, and `parallel_tool_calls`
+        is dropped without them, since OpenAI rejects it there."""
+        config = {k: v for k, v in self.model_config_dict.items() if k not in ("messages", "model")}
+        if not config.get("response_format"):  # a falsy format would be sent as null
+            config.pop("response_format", None)
+        if tools:
+            config["tools"] = tools
+        else:
+            config.pop("parallel_tool_calls", None)
+        return self.prepare_request({"messages": messages, "model": self.model_name, **config})
 
     def prepare_request(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """Adjust one logical request before it is sent (retries reuse the result).
@@ -147,38 +163,53 @@ class OpenAICompatibleModel(BaseModelBackend):
         """
         return kwargs
 
-    def _response_format(self, response_format: Any) -> Any:
+    def _response_format(self, response_format: Any) -> ResponseFormat | None:
         fmt = response_format or self.model_config_dict.get("response_format")
-        if fmt is None or isinstance(fmt, dict):
-            if isinstance(fmt, dict) and fmt.get("type") not in ("text", "json_object", "json_schema"):
+        if not fmt:
+            return None
+        if isinstance(fmt, dict):
+            if fmt.get("type") not in ("text", "json_object", "json_schema"):
                 raise UnsupportedResponseFormatError(
                     f"response_format dict must have type text, json_object or json_schema, got {fmt!r}"
                 )
             return fmt
         return check_response_format(fmt)
 
+    def _side(self, asynchronous: bool) -> Any:
+        """The client a sync (or async) call goes to, as `ClientPair` picks it."""
+        first, second = (self._async_client, self._client) if asynchronous else (self._client, self._async_client)
+        return first if first is not None else second
+
+    def _instruct(self, messages: list[dict[str, Any]], response_format: type[BaseModel]) -> list[dict[str, Any]]:
+        """A copy of `messages` asking for JSON that matches the schema (the json_object retry)."""
+        return default_instruct(messages, response_format)
+
     def _parse_plan(
-        self, messages: list[dict[str, Any]], response_format: type[BaseModel], tools: Any
+        self, messages: list[dict[str, Any]], response_format: ResponseFormat, tools: Any, asynchronous: bool
     ) -> Generator[Attempt, Any, Any]:
-        native = native_parse_path(self._client) or native_parse_path(self._async_client)
-        return parse_plan(
-            messages=messages,
-            response_format=response_format,
-            request=self._chat_kwargs(messages, tools),
-            native_path=native,
-        )
+        """Every response_format goes to parse, as in CAMEL; a format dict is sent once, as is."""
+        request = self._chat_kwargs(messages, tools)
+        path = native_parse_path(self._side(asynchronous))
+        if isinstance(response_format, dict):
+            request.pop("stream", None)
+            return one_attempt(Attempt("format", path or CREATE, {**request, "response_format": response_format}))
+        req = StructuredRequest(messages, response_format, request, self._instruct, self._strict)
+        return native_plan(req, path) if path is not None else fallback_plan(req)
 
     def _stream_parse_attempt(
-        self, messages: list[dict[str, Any]], response_format: type[BaseModel], tools: Any, client: Any
+        self, messages: list[dict[str, Any]], response_format: ResponseFormat, tools: Any, asynchronous: bool
     ) -> Attempt:
-        """The native stream manager when this side's client has one, else a json_schema stream."""
+        """The SDK's stream manager beside a native parse (CAMEL's path), else a create stream.
+
+        A manager is used only from a client of the caller's own kind: `ClientPair`
+        bridges chunk streams across the sync/async divide, not managers."""
         kwargs = self._chat_kwargs(messages, tools)
         kwargs.pop("stream", None)
-        for path in NATIVE_STREAM_PATHS:
-            # Like parse, an inherited SDK stream helper is not trusted on clients that override create.
-            if resolve(client, path) is not None and native_parse_path(client) is not None:
-                return Attempt("native_stream", path, {**kwargs, "response_format": response_format})
-        fmt = json_schema_format(response_format)
+        client = self._async_client if asynchronous else self._client
+        path = native_parse_path(client)
+        if path is not None and resolve(client, native_stream_path(path)) is not None:
+            return Attempt("native_stream", native_stream_path(path), {**kwargs, "response_format": response_format})
+        fmt = response_format if isinstance(response_format, dict) else json_schema_format(response_format)
         return Attempt("json_schema_stream", CREATE, {**kwargs, "stream": True, "response_format": fmt})
 
     @contextmanager
@@ -188,13 +219,18 @@ class OpenAICompatibleModel(BaseModelBackend):
         except CompatError:
             raise
         except Exception as exc:
+            if not self.typed_errors:
+                raise
             raise ModelCallError(
                 f"{self.model_name}: {type(exc).__name__}: {exc}",
                 attempts=1,
                 status_code=getattr(exc, "status_code", None),
             ) from exc
 
-    def _give_up(self, exc: BaseException, attempts: int) -> ModelCallError:
+    def _give_up(self, exc: Exception, attempts: int) -> Exception:
+        """What a call raises once its retries are spent (`exc` itself without typed errors)."""
+        if not self.typed_errors:
+            return exc
         refused = in_chain(exc, ConnectionError)
         timed_out = refused is None and (
             isinstance(exc, TimeoutError) or any(c.__name__ == "APITimeoutError" for c in type(exc).__mro__)
@@ -221,11 +257,11 @@ class OpenAICompatibleModel(BaseModelBackend):
     ) -> Any:
         fmt = self._response_format(response_format)
         with self._typed_errors():
-            if isinstance(fmt, type):
-                if self.stream:
-                    return self._request_stream_parse(messages, fmt, tools)
-                return self._request_parse(messages, fmt, tools)
-            return self._execute(Attempt("chat", CREATE, self._chat_kwargs(messages, tools, fmt)))
+            if fmt is None:
+                return self._request_chat_completion(messages, tools)
+            if self.stream:
+                return self._request_stream_parse(messages, fmt, tools)
+            return self._request_parse(messages, fmt, tools)
 
     def _request_chat_completion(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
@@ -235,10 +271,10 @@ class OpenAICompatibleModel(BaseModelBackend):
     def _request_parse(
         self,
         messages: list[dict[str, Any]],
-        response_format: type[BaseModel],
+        response_format: ResponseFormat,
         tools: list[dict[str, Any]] | None = None,
     ) -> Any:
-        plan = self._parse_plan(messages, response_format, tools)
+        plan = self._parse_plan(messages, response_format, tools, asynchronous=False)
         attempt = next(plan)
         while True:
             try:
@@ -253,10 +289,10 @@ class OpenAICompatibleModel(BaseModelBackend):
     def _request_stream_parse(
         self,
         messages: list[dict[str, Any]],
-        response_format: type[BaseModel],
+        response_format: ResponseFormat,
         tools: list[dict[str, Any]] | None = None,
     ) -> Any:
-        return self._execute(self._stream_parse_attempt(messages, response_format, tools, self._client))
+        return self._execute(self._stream_parse_attempt(messages, response_format, tools, asynchronous=False))
 
     def _execute(self, attempt: Attempt) -> Any:
         for i in range(self._retries + 1):
@@ -266,7 +302,7 @@ class OpenAICompatibleModel(BaseModelBackend):
                 if not is_transient(exc):
                     raise
                 if i == self._retries:
-                    raise self._give_up(exc, i + 1) from exc
+                    raise self._give_up(exc, i + 1)  # noqa: B904 (its cause is set; or it is `exc`)
                 CALL_RETRY.sleep(i, exc)
         raise AssertionError("unreachable")
 
@@ -280,11 +316,11 @@ class OpenAICompatibleModel(BaseModelBackend):
     ) -> Any:
         fmt = self._response_format(response_format)
         with self._typed_errors():
-            if isinstance(fmt, type):
-                if self.stream:
-                    return await self._arequest_stream_parse(messages, fmt, tools)
-                return await self._arequest_parse(messages, fmt, tools)
-            return await self._aexecute(Attempt("chat", CREATE, self._chat_kwargs(messages, tools, fmt)))
+            if fmt is None:
+                return await self._arequest_chat_completion(messages, tools)
+            if self.stream:
+                return await self._arequest_stream_parse(messages, fmt, tools)
+            return await self._arequest_parse(messages, fmt, tools)
 
     async def _arequest_chat_completion(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
@@ -294,10 +330,10 @@ class OpenAICompatibleModel(BaseModelBackend):
     async def _arequest_parse(
         self,
         messages: list[dict[str, Any]],
-        response_format: type[BaseModel],
+        response_format: ResponseFormat,
         tools: list[dict[str, Any]] | None = None,
     ) -> Any:
-        plan = self._parse_plan(messages, response_format, tools)
+        plan = self._parse_plan(messages, response_format, tools, asynchronous=True)
         attempt = next(plan)
         while True:
             try:
@@ -312,10 +348,10 @@ class OpenAICompatibleModel(BaseModelBackend):
     async def _arequest_stream_parse(
         self,
         messages: list[dict[str, Any]],
-        response_format: type[BaseModel],
+        response_format: ResponseFormat,
         tools: list[dict[str, Any]] | None = None,
     ) -> Any:
-        attempt = self._stream_parse_attempt(messages, response_format, tools, self._async_client)
+        attempt = self._stream_parse_attempt(messages, response_format, tools, asynchronous=True)
         return await self._aexecute(attempt)
 
     async def _aexecute(self, attempt: Attempt) -> Any:
@@ -326,6 +362,6 @@ class OpenAICompatibleModel(BaseModelBackend):
                 if not is_transient(exc):
                     raise
                 if i == self._retries:
-                    raise self._give_up(exc, i + 1) from exc
+                    raise self._give_up(exc, i + 1)  # noqa: B904 (its cause is set; or it is `exc`)
                 await CALL_RETRY.asleep(i, exc)
         raise AssertionError("unreachable")

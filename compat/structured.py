@@ -1,19 +1,25 @@
 """Structured output as a plan of attempts, shared by the sync and async paths.
 
-`parse_plan` is a generator: it yields `Attempt`s (which client method to
-call, with which kwargs) and receives each reply, or has the call's exception
+A plan is a generator: it yields `Attempt`s (which client method to call,
+with which kwargs) and receives each reply, or has the call's exception
 thrown into it. The sync and async drivers in the backend only execute
-attempts, so the fallback logic exists once:
+attempts, so the logic exists once. Two plans:
 
-1. the client's native `chat.completions.parse` / `beta.chat.completions.parse`;
-2. `create` with `response_format={"type": "json_schema", ...}`;
-3. `create` with `response_format={"type": "json_object"}` and the schema in
-   the prompt;
-4. `create` with only the schema in the prompt (for clients such as AReaL's
-   that silently drop `response_format`).
+- `native_plan`, for clients whose `parse` goes where their `create` goes:
+  CAMEL's requests (camel/models/openai_compatible_model.py `_request_parse`,
+  v0.2.90): `parse` with the pydantic model; on a reply that does not
+  validate (or a 400), `parse` again with `{"type": "json_object"}` and the
+  schema in the prompt.
+- `fallback_plan`, for clients without such a parse (AReaL's and other RL
+  clients): `create` with a `json_schema` format, then `json_object` with
+  the schema in the prompt, then the prompt alone (for clients that drop
+  `response_format` silently).
 
-Each reply is validated with pydantic; the first that validates wins. The
-caller's messages are never mutated.
+Each reply is validated with pydantic. When none validates, the last reply
+comes back with `parsed=None`, as CAMEL's does (ChatAgent then goes on), or,
+with `strict`, a `StructuredOutputError` carries its raw text. A reply that
+calls a tool is an answer, returned as is. The caller's messages are never
+mutated.
 """
 
 from __future__ import annotations
@@ -22,14 +28,14 @@ import copy
 import json
 import logging
 import re
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from json import JSONDecodeError
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from compat.clients import resolve
+from compat.clients import attr_path, forwarded, resolve
 from compat.errors import StructuredOutputError, UnsupportedResponseFormatError
 from compat.messages import with_instruction
 
@@ -37,6 +43,9 @@ logger = logging.getLogger(__name__)
 
 NATIVE_PARSE_PATHS = ("chat.completions.parse", "beta.chat.completions.parse")
 CREATE = "chat.completions.create"
+
+Instruct = Callable[[list[dict[str, Any]], type[BaseModel]], list[dict[str, Any]]]
+"""Returns a copy of the messages that asks for JSON matching the model's schema."""
 
 # Errors that mean "this strategy is not available here", so try the next one.
 # Matched by class name so duck-typed clients with their own exceptions work.
@@ -50,6 +59,9 @@ _REJECTION_NAMES = frozenset(
         "NotImplementedError",
     }
 )
+# What CAMEL's `_request_parse` answers with its json_object retry; anything
+# else (a truncated reply included) propagates, as there.
+_PARSE_RETRY_NAMES = frozenset({"ValidationError", "JSONDecodeError", "BadRequestError"})
 
 
 def _defining_class(cls: type, name: str) -> type | None:
@@ -57,33 +69,36 @@ def _defining_class(cls: type, name: str) -> type | None:
 
 
 def native_parse_path(client: Any) -> str | None:
-    """The client's parse method, if it goes where its `create` goes.
+    """The client's parse method, if it goes where its `create` goes; else None.
 
-    RL clients such as AReaL's subclass the SDK's completions resource and
-    override only `create`; the inherited `parse` (and the SDK's
-    `beta.chat.completions.parse`) would then bypass the engine and send a
-    real HTTP request to a bogus URL. Such a parse is not used.
+    RL clients replace `create` and keep the SDK's `parse`: AReaL's subclasses
+    the completions resource and overrides only `create`; others put their own
+    object at `chat` and keep the SDK's `beta`. That parse would bypass the
+    engine and send a real HTTP request to a placeholder URL. So a parse is
+    used only when the class structure shows it shares `create`'s route:
+    `chat.completions.parse` defined with or below `create`, or the SDK's
+    `beta.chat.completions.parse` beside the SDK's own, unpatched `create`.
+    Proxies in front of the resource are seen through (`compat.clients.Forwarding`).
     """
-    if client is None:
+    completions = forwarded(attr_path(client, "chat.completions"))
+    if completions is None or "create" in getattr(completions, "__dict__", {}):
+        return None  # no resource, or `create` patched on the instance
+    create_at = _defining_class(type(completions), "create")
+    if create_at is None:
         return None
-    completions = getattr(getattr(client, "chat", None), "completions", None)
-    # See through recording proxies (rollout.wrap) to the real resource.
-    completions = getattr(completions, "__wrapped__", completions)
-    if completions is not None:
-        create_at = _defining_class(type(completions), "create")
-        parse_at = _defining_class(type(completions), "parse")
-        overridden_below = (
-            create_at is not None
-            and parse_at is not None
-            and create_at is not parse_at
-            and issubclass(create_at, parse_at)
-        )
-        if overridden_below:  # create overridden, parse inherited: parse bypasses it
-            return None
-    for path in NATIVE_PARSE_PATHS:
-        if resolve(client, path) is not None:
-            return path
+    parse_at = _defining_class(type(completions), "parse")
+    own_parse = parse_at is not None and issubclass(parse_at, create_at)
+    if own_parse and resolve(client, NATIVE_PARSE_PATHS[0]) is not None:
+        return NATIVE_PARSE_PATHS[0]
+    sdk_create = create_at.__module__.partition(".")[0] == "openai"
+    if sdk_create and resolve(client, NATIVE_PARSE_PATHS[1]) is not None:
+        return NATIVE_PARSE_PATHS[1]
     return None
+
+
+def native_stream_path(parse_path: str) -> str:
+    """The SDK's stream helper beside a native parse (it builds on the same resource)."""
+    return parse_path.removesuffix(".parse") + ".stream"
 
 
 def is_rejection(exc: BaseException) -> bool:
@@ -154,79 +169,129 @@ def _first_choice(reply: Any) -> Any:
     return choices[0] if choices else None
 
 
-def with_parsed(reply: Any, parsed: BaseModel) -> Any:
-    """A ChatCompletion-shaped reply whose first message carries `.parsed`.
+def tool_calls(reply: Any) -> Any:
+    return _get(_get(_first_choice(reply), "message"), "tool_calls")
 
-    openai replies become `ParsedChatCompletion`s (unknown wire fields such as
-    vLLM's token ids are kept); other objects get `.parsed` set on a copy.
+
+def validated(reply: Any, response_format: type[BaseModel]) -> BaseModel | None:
+    """The reply's text as a `response_format`, or None when it does not validate."""
+    text = reply_text(reply)
+    if text is None:
+        return None
+    try:
+        return response_format.model_validate_json(extract_json(text))
+    except ValidationError:
+        return None
+
+
+def as_parsed(reply: Any, parsed: BaseModel | None) -> Any:
+    """The reply as the SDK's parse returns it: a `ParsedChatCompletion` whose
+    first message carries `parsed` (None: the text did not validate).
+
+    Unknown wire fields such as vLLM's token ids are kept. A reply that is not
+    ChatCompletion-shaped (it then has no text to parse) comes back as is.
     """
     from openai.types.chat import ParsedChatCompletion
 
+    if parsed is None and isinstance(reply, ParsedChatCompletion):
+        return reply
     data = reply.model_dump() if hasattr(reply, "model_dump") else copy.deepcopy(reply)
     if not isinstance(data, dict) or not data.get("choices"):
-        raise StructuredOutputError("reply is not ChatCompletion-shaped", reply_text(reply), [])
+        return reply
     for choice in data["choices"]:
         choice.setdefault("message", {})["parsed"] = None
-    built = ParsedChatCompletion[type(parsed)].model_validate(data)  # type: ignore[misc]
+    built = ParsedChatCompletion[type(parsed) if parsed is not None else BaseModel].model_validate(data)  # type: ignore[misc]
     built.choices[0].message.parsed = parsed
     return built
 
 
-def parse_plan(
-    *,
-    messages: list[dict[str, Any]],
-    response_format: type[BaseModel],
-    request: dict[str, Any],
-    native_path: str | None,
-) -> Generator[Attempt, Any, Any]:
-    """Yield attempts until one reply validates; return the parsed reply."""
-    tried: list[str] = []
-    last_text: str | None = None
-    base = {k: v for k, v in request.items() if k not in ("response_format", "stream")}
+@dataclass
+class StructuredRequest:
+    """One structured-output request, as both plans share it: what to send, how
+    to ask again for JSON, and how to end when no reply validates."""
 
-    if native_path is not None:
-        tried.append("native parse")
-        try:
-            reply = yield Attempt(
-                "native", native_path, {**base, "messages": messages, "response_format": response_format}
+    messages: list[dict[str, Any]]
+    response_format: type[BaseModel]
+    request: dict[str, Any]
+    instruct: Instruct
+    strict: bool = False
+    tried: list[str] = field(default_factory=list)
+
+    def kwargs(self, messages: list[dict[str, Any]], response_format: Any) -> dict[str, Any]:
+        """The request's kwargs with these messages and format (None: no format)."""
+        base = {k: v for k, v in self.request.items() if k not in ("messages", "response_format", "stream")}
+        fmt = {} if response_format is None else {"response_format": response_format}
+        return {"messages": messages, **base, **fmt}
+
+    def answer(self, reply: Any) -> Any:
+        """The reply, parsed; or as is when it is a tool call or a refusal; else None."""
+        message = _get(_first_choice(reply), "message")
+        if _get(message, "parsed") is not None or _get(message, "refusal") or tool_calls(reply):
+            return reply
+        parsed = validated(reply, self.response_format)
+        return None if parsed is None else as_parsed(reply, parsed)
+
+    def give_up(self, reply: Any) -> Any:
+        """No reply validated: the last one with `parsed=None`, or with `strict` an error."""
+        if self.strict or reply is None:
+            raise StructuredOutputError(
+                f"no reply validated against {self.response_format.__name__}",
+                None if reply is None else reply_text(reply),
+                self.tried,
             )
-            message = _get(_first_choice(reply), "message")
-            if _get(message, "parsed") is not None or _get(message, "refusal"):
-                return reply
-            last_text = reply_text(reply)
-        except Exception as exc:
-            if not is_rejection(exc):
-                raise
-            logger.info("native parse failed (%s); falling back", type(exc).__name__)
+        return as_parsed(reply, None)
 
-    instruction = schema_instruction(response_format)
-    fallbacks = [
-        ("json_schema", messages, json_schema_format(response_format)),
-        ("json_object", with_instruction(messages, instruction), {"type": "json_object"}),
-        ("instruction", with_instruction(messages, instruction), None),
+
+def native_plan(req: StructuredRequest, path: str) -> Generator[Attempt, Any, Any]:
+    """CAMEL's two parse requests; the second's reply is final."""
+    req.tried.append("native parse")
+    try:
+        reply = yield Attempt("native", path, req.kwargs(req.messages, req.response_format))
+    except Exception as exc:
+        if not any(cls.__name__ in _PARSE_RETRY_NAMES for cls in type(exc).__mro__):
+            raise
+        logger.info("native parse failed (%s); retrying with json_object", type(exc).__name__)
+    else:
+        answer = req.answer(reply)
+        if answer is not None:
+            return answer
+    req.tried.append("native parse json_object")
+    instructed = req.instruct(req.messages, req.response_format)
+    reply = yield Attempt("native_json_object", path, req.kwargs(instructed, {"type": "json_object"}))
+    answer = req.answer(reply)
+    return answer if answer is not None else req.give_up(reply)
+
+
+def fallback_plan(req: StructuredRequest) -> Generator[Attempt, Any, Any]:
+    """`create` with json_schema, then json_object + schema prompt, then the prompt alone."""
+    instructed = req.instruct(req.messages, req.response_format)
+    strategies = [
+        ("json_schema", req.messages, json_schema_format(req.response_format)),
+        ("json_object", instructed, {"type": "json_object"}),
+        ("instruction", instructed, None),
     ]
-    for strategy, msgs, fmt in fallbacks:
-        tried.append(strategy)
-        kwargs = {**base, "messages": msgs}
-        if fmt is not None:
-            kwargs["response_format"] = fmt
+    last = None
+    for strategy, msgs, fmt in strategies:
+        req.tried.append(strategy)
         try:
-            reply = yield Attempt(strategy, CREATE, kwargs)
+            reply = yield Attempt(strategy, CREATE, req.kwargs(msgs, fmt))
         except Exception as exc:
             if not is_rejection(exc):
                 raise
             logger.info("%s rejected (%s); falling back", strategy, type(exc).__name__)
             continue
-        text = reply_text(reply)
-        last_text = text
-        if text is None:
-            continue
-        try:
-            parsed = response_format.model_validate_json(extract_json(text))
-        except ValidationError:
-            logger.info("%s reply did not validate; falling back", strategy)
-            continue
-        return with_parsed(reply, parsed)
-    raise StructuredOutputError(
-        f"no reply validated against {response_format.__name__}", last_text, tried
-    )
+        answer = req.answer(reply)
+        if answer is not None:
+            return answer
+        last = reply
+        logger.info("%s reply did not validate; falling back", strategy)
+    return req.give_up(last)
+
+
+def one_attempt(attempt: Attempt) -> Generator[Attempt, Any, Any]:
+    """A plan of one attempt whose reply is final (an OpenAI format dict, sent as is)."""
+    return (yield attempt)
+
+
+def default_instruct(messages: list[dict[str, Any]], response_format: type[BaseModel]) -> list[dict[str, Any]]:
+    return with_instruction(messages, schema_instruction(response_format))

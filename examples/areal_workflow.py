@@ -2,7 +2,7 @@
 
 In AReaL a workflow's `arun_episode(engine, data)` builds an
 `ArealOpenAI(engine=engine, tokenizer=tokenizer)` per episode, runs the agent
-on it and returns the padded training arrays. This one does the same through
+on it and returns the padded training tensors. This one does the same through
 `rollout`:
 
     client = make_client(engine, tokenizer)                  # ArealOpenAI in AReaL
@@ -10,7 +10,7 @@ on it and returns the padded training arrays. This one does the same through
     model = OpenAICompatibleModel(name, async_client=wrapped)
     async with recorder.episode(task_id=..., sample=...) as ep:
         ep.reward = (await arithmetic.episode(data, model))["reward"]
-    return to_areal(assemble([ep], mode="concat"))
+    return areal_tensors(to_areal(episodes, mode="concat"))
 
 ArealOpenAI replies carry no token ids; it caches each call as an
 interaction. The recorder reads them back with
@@ -21,9 +21,16 @@ re-tokenization. With a vLLM/SGLang server and a plain `AsyncOpenAI`
 (`python -m examples.areal_workflow` runs one on the embedded server) the
 ids come from the server's `return_token_ids` instead (`TokenSource.VLLM`).
 
+The result is a dict of torch tensors (`input_ids`, `loss_mask`, `logprobs`,
+`versions`, `attention_mask` [N, L], `rewards` [N]), which AReaL's
+`check_trajectory_format` and `concat_padded_tensors` accept; torch is the
+optional extra `pip install 'rollout-compat[torch]'`. Rewards follow AReaL:
+in "individual" mode only the last call's row gets the episode reward unless
+`gamma` discounts it back (AReaL's `apply_reward_discount`);
+`rewards="episode"` gives every row the episode reward instead.
+
 `make_client` is injectable so the same workflow runs with AReaL, with a
-test double, or with any `AsyncOpenAI`. The returned dict holds numpy
-arrays; in AReaL convert with `{k: torch.from_numpy(v) for k, v in out.items()}`.
+test double, or with any `AsyncOpenAI`.
 """
 
 from __future__ import annotations
@@ -34,12 +41,10 @@ import logging
 from collections.abc import Callable
 from typing import Any, Literal
 
-import numpy as np
-
 from compat import OpenAICompatibleModel
 from examples import arithmetic
-from rollout import Episode, Recorder, assemble
-from rollout.export import to_areal
+from rollout import Episode, Recorder
+from rollout.export.areal import RewardRule, areal_tensors, to_areal
 from rollout.sample import FAILED_STATUSES
 
 logger = logging.getLogger(__name__)
@@ -55,7 +60,7 @@ def areal_client(engine: Any, tokenizer: Any) -> Any:
 
 
 class AgentWorkflow:
-    """Shaped like AReaL's `RolloutWorkflow`: `await arun_episode(engine, data)` -> arrays.
+    """Shaped like AReaL's `RolloutWorkflow`: `await arun_episode(engine, data)` -> tensors.
 
     Args:
         tokenizer: handed to `make_client` (ArealOpenAI needs the HF tokenizer).
@@ -65,7 +70,11 @@ class AgentWorkflow:
         mode: "concat" (one row per leaf of the exact-token-prefix tree, like
             AReaL's "concat" export) or "individual" (one row per call).
         gamma: if set, per-call rewards are discounted like AReaL's
-            `apply_reward_discount` (reverse insertion order, once).
+            `apply_reward_discount` (reverse insertion order, once), here and
+            in the client's own interaction cache when it has one.
+        rewards: "areal" (AReaL's: a row gets the reward of the call it ends
+            with, unset ones 0.0, the episode reward on the last call) or
+            "episode" (every row gets the episode reward).
         model: the model name the agent's requests carry (ArealOpenAI ignores it).
         sampling: CAMEL-style `model_config_dict` (temperature, max_tokens, ...).
         on_episode: called with each finished `Episode` (for logging or JSONL).
@@ -80,6 +89,7 @@ class AgentWorkflow:
         n_samples: int = 1,
         mode: Literal["concat", "individual"] = "concat",
         gamma: float | None = None,
+        rewards: RewardRule = "areal",
         model: str = "default",
         sampling: dict[str, Any] | None = None,
         on_episode: Callable[[Episode], None] | None = None,
@@ -90,6 +100,7 @@ class AgentWorkflow:
         self.n_samples = n_samples
         self.mode = mode
         self.gamma = gamma
+        self.rewards: RewardRule = rewards
         self.model = model
         self.sampling = dict(sampling or {})
         self.on_episode = on_episode
@@ -118,35 +129,38 @@ class AgentWorkflow:
         except Exception:  # the scope marked the episode failed; assemble() skips it
             logger.warning("episode %s failed: %s", ep.uid, ep.error)
         if ep.calls and ep.status not in FAILED_STATUSES:
-            if self.gamma is not None:
-                ep.discount(self.gamma)
             # Keep AReaL's own interaction cache in step, for anything that reads it.
             set_last = getattr(client, "set_last_reward", None)
             if callable(set_last):
                 set_last(ep.calls[-1].reward if ep.calls[-1].reward is not None else ep.reward)
+            if self.gamma is not None:
+                ep.discount(self.gamma)
+                discount = getattr(client, "apply_reward_discount", None)
+                if callable(discount):
+                    discount(turn_discount=self.gamma)
         if self.on_episode is not None:
             self.on_episode(ep)
         return ep
 
-    async def arun_episode(self, engine: Any, data: dict[str, Any]) -> dict[str, np.ndarray] | None:
+    async def arun_episode(self, engine: Any, data: dict[str, Any]) -> dict[str, Any] | None:
         episodes = await asyncio.gather(
             *(self._episode(engine, data, i) for i in range(self.n_samples))
         )
-        result = assemble(episodes, mode=self.mode)
-        if not result.samples:
+        batch = to_areal(list(episodes), mode=self.mode, rewards=self.rewards)
+        if not len(batch["rewards"]):
             return None  # AReaL's convention: nothing to train on (every episode failed)
-        return to_areal(result)
+        return areal_tensors(batch)
 
 
 async def arun_episode(
     engine: Any, data: dict[str, Any], *, make_client: ClientFactory = areal_client, **options: Any
-) -> dict[str, np.ndarray] | None:
+) -> dict[str, Any] | None:
     """One-call form of `AgentWorkflow(...).arun_episode(engine, data)`."""
     return await AgentWorkflow(make_client=make_client, **options).arun_episode(engine, data)
 
 
 def main() -> dict[str, Any]:
-    """Runs the workflow on the embedded server with a plain AsyncOpenAI (no AReaL needed)."""
+    """Runs the workflow on the embedded server with a plain AsyncOpenAI (no AReaL, only torch)."""
     from openai import AsyncOpenAI
 
     from rollout.embedded import EmbeddedServer

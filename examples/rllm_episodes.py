@@ -1,17 +1,19 @@
 """rLLM Episodes from a collection on the embedded server.
 
-`rollout.export.to_rllm` turns each recorded episode into a dict with rLLM's
-`Episode` / `Trajectory` / `Step` field names (rllm/types.py): the Episode id
-is `"{task_id}:{sample}"`, one trajectory ("agent") holds one step per call,
-and each step carries the exact `prompt_ids` / `response_ids` / `logprobs`
-the server sampled, plus `chat_completions` (the request's messages and the
-reply). `trajectory_groups` groups them the way rLLM's GRPO does
+`rollout.export.to_rllm` turns each recorded episode into the dict rLLM's own
+`Episode.to_dict()` writes (rllm/types.py at the pinned commit in
+rollout/export/rllm.py): the Episode id is `"{task_id}:{sample}"`, one
+trajectory ("agent") holds one step per call, and each step carries the exact
+ids the server sampled in `model_output` (`prompt_ids`, `completion_ids`,
+`logprobs`), which is what rLLM's verl transform reads, plus
+`chat_completions` (the request's messages and the reply).
+`trajectory_groups` groups them the way rLLM's GRPO does
 (`TrajectoryGroup.group_id == "task_id:traj_name"`).
 
     python -m examples.rllm_episodes          # prints a summary line
     python -m examples.rllm_episodes out.jsonl  # also writes one Episode per line
 
-In rLLM: `rllm.types.Episode.model_validate(d)` for each dict.
+In rLLM: `rllm.types.Episode.from_dict(d)` for each dict.
 """
 
 from __future__ import annotations
@@ -19,21 +21,20 @@ from __future__ import annotations
 import json
 import sys
 from collections import defaultdict
-from pathlib import Path
 from typing import Any
 
+from rollout import Episode
 from rollout.collection import collect
+from rollout.demo import AGENT, TASKS
 from rollout.export import to_rllm
 
-TASKS = Path(__file__).with_name("arithmetic.jsonl")
 
-
-def rllm_episodes(
+def collect_episodes(
     limit: int = 4, samples_per_task: int = 2, seed: int = 0, **settings: Any
-) -> list[dict[str, Any]]:
-    """Collect the arithmetic agent on the embedded server; return rLLM Episode dicts."""
+) -> list[Episode]:
+    """Collect the arithmetic agent on the embedded server, episodes sorted by (task, sample)."""
     options: dict[str, Any] = {
-        "agent": "examples.arithmetic:episode",
+        "agent": AGENT,
         "tasks": str(TASKS),
         "limit": limit,
         "samples_per_task": samples_per_task,
@@ -44,15 +45,19 @@ def rllm_episodes(
     }
     options.update(settings)
     summary = collect(**options)
-    episodes = sorted(summary.episodes or [], key=lambda ep: (ep.task_id, ep.sample))
-    return to_rllm(episodes)
+    return sorted(summary.episodes or [], key=lambda ep: (ep.task_id, ep.sample))
+
+
+def rllm_episodes(**options: Any) -> list[dict[str, Any]]:
+    """rLLM Episode dicts of `collect_episodes(**options)`."""
+    return to_rllm(collect_episodes(**options))
 
 
 def trajectory_groups(episodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """rLLM `TrajectoryGroup`s: the trajectories of one task and role, across samples."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for ep in episodes:
-        task_id = ep["metadata"]["task_id"]
+        task_id = ep["id"].split(":")[0]  # rLLM's Episode.task_id
         for traj in ep["trajectories"]:
             groups[f"{task_id}:{traj['name']}"].append(traj)
     out = []

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import argparse
 
+from rollout.demo import TRAIN_CONFIG
 from rollout.training import train
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--config", default="configs/train_tiny.yaml")
+    parser.add_argument("--config", default=str(TRAIN_CONFIG))
     parser.add_argument("--iterations", type=int, default=40)
     parser.add_argument("--lr", type=float, default=12.5)
     parser.add_argument("--target", type=float, default=0.8, help="stop once mean reward reaches this")

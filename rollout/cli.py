@@ -1,6 +1,6 @@
 """The `rollout` command: collect, serve, inspect, export.
 
-    rollout collect --config configs/local.yaml [key=value ...]
+    rollout collect [--config configs/local.yaml] [key=value ...]
     rollout train [--iterations 40]
     rollout serve [--port 8000 ...]
     rollout inspect runs/local.jsonl [--episode 0]
@@ -12,21 +12,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
+import threading
+import time
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from rollout.demo import TRAIN_CONFIG
+
 
 def _cmd_collect(args: argparse.Namespace) -> int:
+    """Exit 0; 2 for a bad config or no tasks; 1 for a run with nothing to train; 130 on Ctrl-C."""
     from rollout.collection import ConfigError, collect
+    from rollout.errors import NoTrainableDataError, OutputLockedError
 
-    sys.path.insert(0, os.getcwd())  # agents such as examples.arithmetic live in the project
+    overrides = [*args.overrides, *(["output.retry_failed=true"] if args.retry_failed else [])]
     try:
-        summary = collect(args.config, overrides=args.overrides)
-    except ConfigError as exc:
+        summary = collect(args.config, overrides=overrides)
+    except (ConfigError, OutputLockedError) as exc:
         print(f"rollout collect: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -34,19 +41,64 @@ def _cmd_collect(args: argparse.Namespace) -> int:
         print("rollout collect: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
     print(summary.table())
+    try:
+        summary.check()
+    except NoTrainableDataError as exc:
+        print(f"rollout collect: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from rollout.embedded import serve_main
+    """The embedded server in the foreground until Ctrl-C; prints its base URL once it listens."""
+    from rollout.embedded import EmbeddedServer, Limits, Policy
 
-    return serve_main(args.rest)
+    try:
+        policy = Policy.load(args.weights) if args.weights else Policy(seed=args.seed)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"rollout serve: cannot load --weights {args.weights}: {exc}", file=sys.stderr)
+        return 2
+    given = {
+        "max_body_bytes": args.max_body_mb and int(args.max_body_mb * 2**20),
+        "max_generated_tokens": args.max_generated_tokens,
+        "max_reply_bytes": args.max_reply_mb and int(args.max_reply_mb * 2**20),
+        "read_timeout_s": args.read_timeout_s,
+    }
+    limits = Limits(**{k: v for k, v in given.items() if v is not None})
+    server = EmbeddedServer(
+        policy,
+        host=args.host,
+        port=args.port,
+        api_key=args.api_key,
+        model_name=args.model,
+        latency_s=args.latency_ms / 1000,
+        latency_per_token_s=args.latency_per_token_ms / 1000,
+        seed=args.seed,
+        limits=limits,
+    )
+    try:
+        server.start()
+    except OSError as exc:
+        print(f"rollout serve: cannot serve on {args.host}:{args.port}: {exc}", file=sys.stderr)
+        return 1
+    if threading.current_thread() is threading.main_thread():  # SIGTERM stops it like Ctrl-C
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
+    auth = "on" if args.api_key else "off"
+    print(f"embedded server listening on {server.base_url} (model {args.model!r}, auth {auth})",
+          flush=True)  # fmt: skip
+    try:
+        while True:  # short sleeps: signals are handled even where a blocked wait is not woken
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+    return 0
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from rollout.training import train
 
-    sys.path.insert(0, os.getcwd())
     history = train(args.config, iterations=args.iterations, lr=args.lr, target=args.target, plot=args.plot)
     first, last = history[0]["mean_reward"], history[-1]["mean_reward"]
     print(f"mean reward {first:.3f} -> {last:.3f} in {len(history)} iterations")
@@ -85,31 +137,33 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from rollout.export import to_areal, to_rllm, to_verl
+    from rollout.export import json_default, to_areal, to_rllm, to_verl, write_verl
 
     episodes = _load(args.file)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.to == "rllm":
-        out.write_text(json.dumps(to_rllm(episodes), default=_json_default))
+        out.write_text(json.dumps(to_rllm(episodes), default=json_default))
     elif args.to == "areal":
         areal: dict[str, Any] = to_areal(episodes)
         np.savez(out, **areal)
     else:
-        batch = to_verl(episodes)
-        arrays: dict[str, Any] = {f"batch.{k}": v for k, v in batch["batch"].items()}
-        arrays.update({f"non_tensor.{k}": np.asarray(v) for k, v in batch["non_tensor_batch"].items()})
-        np.savez(out, **arrays)
+        write_verl(to_verl(episodes), out)  # DataProto.from_dict(**read_verl(out)) loads it
     print(f"wrote {out} ({args.to}, {len(episodes)} episodes)")
     return 0
 
 
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, np.generic):
-        return obj.item()
-    return str(obj)
+def _positive(kind: type[float] | type[int]) -> Any:
+    """An argparse type: a number of ``kind`` above zero."""
+
+    def parse(text: str) -> float | int:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its errors
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -117,16 +171,40 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("collect", help="collect episodes (the main job)")
-    p.add_argument("--config", help="YAML config (see configs/)")
+    p.add_argument("--config", help="YAML config (see configs/); default: the arithmetic demo")
     p.add_argument("overrides", nargs="*", help="key=value overrides, e.g. concurrency=8")
+    p.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="on resume, run again the episodes that failed (output.retry_failed=true)",
+    )
     p.set_defaults(fn=_cmd_collect)
 
-    p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server", add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("serve", help="run the embedded OpenAI-compatible server",
+                       description="Serve the embedded policy in vLLM's wire format.")  # fmt: skip
+    p.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8000, help="port to bind; 0 picks a free one")
+    p.add_argument("--api-key", default=os.environ.get("ROLLOUT_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' (default: $ROLLOUT_API_KEY)")  # fmt: skip
+    p.add_argument("--model", default="tiny", help="served model name (default tiny)")
+    p.add_argument("--weights", help="policy .npz written by Policy.save")
+    p.add_argument("--latency-ms", type=float, default=0.0, help="fixed delay per request")
+    p.add_argument("--latency-per-token-ms", type=float, default=0.0,
+                   help="delay per decode step")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0, help="policy init and default sampling seed")
+    # Limits (rollout.embedded.Limits; None keeps its default).
+    p.add_argument("--max-body-mb", type=_positive(float),
+                   help="largest JSON request body, MiB (default 24; 413 above)")  # fmt: skip
+    p.add_argument("--max-generated-tokens", type=_positive(int),
+                   help="n x max_tokens over a request's prompts (default 65536; 400 above)")  # fmt: skip
+    p.add_argument("--max-reply-mb", type=_positive(float),
+                   help="largest reply, bounded before sampling, MiB (default 16; 400 above)")  # fmt: skip
+    p.add_argument("--read-timeout-s", type=_positive(float),
+                   help="for a request to arrive and a stream's reader to keep up (default 30)")  # fmt: skip
     p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("train", help="train the embedded policy from recorded data (proof it trains)")
-    p.add_argument("--config", default="configs/train_tiny.yaml")
+    p.add_argument("--config", default=str(TRAIN_CONFIG), help="default: the shipped train_tiny.yaml")
     p.add_argument("--iterations", type=int, default=40)
     p.add_argument("--lr", type=float, default=12.5)
     p.add_argument("--target", type=float, default=0.8)

@@ -45,7 +45,7 @@ def as_reward(value: Any) -> float:
     return reward
 
 
-@dataclass(slots=True, eq=False)
+@dataclass(eq=False)  # not slotted: one per rollout, and weak references to it must work
 class Episode:
     """One rollout: task id, GRPO sample index, calls, status and rewards.
 

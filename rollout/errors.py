@@ -32,6 +32,10 @@ class SchemaVersionError(RolloutError, ValueError):
     """Data was written with a schema this library version does not understand."""
 
 
+class SerializationError(RolloutError, ValueError):
+    """A record holds a value that cannot be written (a tuple key, a cycle); names where."""
+
+
 class TruncationError(RolloutError, ValueError):
     """A sample does not fit max_prompt_len / max_response_len and truncate=False."""
 

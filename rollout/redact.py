@@ -18,6 +18,7 @@ every later write. Values shorter than `MIN_SECRET_LEN` are not registered
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import threading
@@ -39,14 +40,18 @@ USER_DATA = frozenset({"messages", "tools", "functions", "response_format", "inp
 """Request keys whose subtrees are the user's data: kept as sent (value rule only)."""
 
 _PATTERNS = (
-    (re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + REDACTED),
-    (re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), REDACTED),
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+@"), r"\1" + REDACTED + "@"),
+    ("bearer", re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + REDACTED),
+    ("sk-", re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"), REDACTED),
+    ("://", re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^/@\s:]*:)[^/@\s]+@"), r"\1" + REDACTED + "@"),
     (
+        "=",
         re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access_token|auth|password|secret)=)[^&#\s\"']+"),
         r"\1" + REDACTED,
     ),
 )
+# (trigger, pattern, replacement): every match contains its trigger (in the lower-cased
+# text), and a substring test is ~100x cheaper than a regex scan, so most strings
+# (messages, ids) are checked at C speed and never scanned.
 
 _lock = threading.Lock()
 _secrets: tuple[str, ...] = ()
@@ -64,7 +69,12 @@ def register_secret(value: Any) -> None:
 
 def is_secret_name(key: Any) -> bool:
     """Whether a mapping key names a credential (see the module docstring)."""
-    return isinstance(key, str) and bool(_NAME.search(key.lower().replace("-", "_")))
+    return isinstance(key, str) and _is_secret_name(key)
+
+
+@functools.lru_cache(maxsize=4096)
+def _is_secret_name(key: str) -> bool:  # the same few keys recur in every record
+    return bool(_NAME.search(key.lower().replace("-", "_")))
 
 
 def redact_text(text: str) -> str:
@@ -72,8 +82,10 @@ def redact_text(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    for pattern, repl in _PATTERNS:
-        text = pattern.sub(repl, text)
+    lower = text.lower()
+    for trigger, pattern, repl in _PATTERNS:
+        if trigger in lower:
+            text = pattern.sub(repl, text)
     return text
 
 

@@ -59,6 +59,10 @@ class _Namespace:
     def __getattr__(self, name: str) -> Any:
         return getattr(self.__wrapped__, name)
 
+    def compat_forwards_to(self) -> Any:
+        """`compat.Forwarding`: compat judges the resource this proxy forwards to."""
+        return self.__wrapped__
+
 
 def _is_stream(kwargs: dict[str, Any], result: Any) -> bool:
     if not kwargs.get("stream"):

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from compat import OpenAICompatibleModel
+from compat.clients import is_async_client
 from rollout.collection.config import BackendSpec
 from rollout.recorder import Recorder
 
@@ -94,7 +95,7 @@ class Backend:
         for url in urls or [""]:
             if factory is not None:
                 client = factory(url=url, model=spec.model, api_key=api_key)
-                is_async = _is_async_client(client)
+                is_async = is_async_client(client)
                 sync_c, async_c = (None, client) if is_async else (client, None)
             else:
                 sync_c, async_c = _default_clients(url, api_key, spec)
@@ -158,21 +159,15 @@ class EpisodeModel(OpenAICompatibleModel):
     each turn; a per-call offset keeps turns independent and runs repeatable.
     """
 
-    _calls = 0
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.requests = 0  # requests prepared so far (a retry reuses its request, seed included)
 
-    def _chat_kwargs(self, *args: Any, **kwargs: Any) -> dict[str, Any]:
-        out = super()._chat_kwargs(*args, **kwargs)
-        if isinstance(out.get("seed"), int):
-            out["seed"] += self._calls
-            self._calls += 1
-        return out
-
-
-def _is_async_client(client: Any) -> bool:
-    import inspect
-
-    create = getattr(getattr(getattr(client, "chat", None), "completions", None), "create", None)
-    return inspect.iscoroutinefunction(create)
+    def prepare_request(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        if isinstance(kwargs.get("seed"), int):
+            kwargs["seed"] += self.requests
+            self.requests += 1
+        return kwargs
 
 
 class EmbeddedHandle:
@@ -196,4 +191,7 @@ class EmbeddedHandle:
         return [self.server.base_url]
 
     def __exit__(self, *exc: Any) -> None:
-        self.server.stop()
+        try:
+            self.server.stop()
+        except Exception as err:  # cleanup must not replace the error that ended the run
+            logger.warning("stopping the embedded server failed: %s: %s", type(err).__name__, err)

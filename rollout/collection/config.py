@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from rollout import demo
 from rollout.errors import ConfigError
 
 
@@ -85,8 +86,10 @@ class RaySpec(_Strict):
 class CollectConfig(_Strict):
     """One collection run: agent, tasks, backend, executor and output."""
 
-    agent: str = "examples.arithmetic:episode"  # import path of `episode(task, model)`
-    tasks: str | list[dict[str, Any]] = "examples/arithmetic.jsonl"
+    # Import path of `episode(task, model)`, and the tasks (a JSONL path or a list).
+    # The defaults are the arithmetic demo shipped in the package (rollout/demo).
+    agent: str = demo.AGENT
+    tasks: str | list[dict[str, Any]] = str(demo.TASKS)
     limit: int | None = Field(default=None, ge=1)
     samples_per_task: int = Field(default=1, ge=1)
     seed: int = 0

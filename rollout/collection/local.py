@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 
 from rollout.collection.backend import Backend
 from rollout.collection.config import CollectConfig
@@ -67,7 +67,7 @@ class LocalExecutor:
         self.urls = urls
         self.policy_version: int | None = None
 
-    async def run(self, jobs: list[Job]) -> AsyncIterator[Episode]:
+    async def run(self, jobs: Iterable[Job]) -> AsyncGenerator[Episode, None]:
         cfg = self.config
         recorder = Recorder(
             request_token_ids=cfg.backend.request_token_ids,

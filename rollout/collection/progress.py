@@ -8,7 +8,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from rollout.collection.config import CollectConfig
 from rollout.episode import Episode, EpisodeStatus
+from rollout.errors import NoTrainableDataError
+
+_OK = (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED)
 
 
 class CollectSummary(BaseModel):
@@ -22,6 +26,9 @@ class CollectSummary(BaseModel):
     statuses: dict[str, int] = Field(default_factory=dict)
     tokens: int = 0
     sampled_tokens: int = 0
+    trainable_tokens: int = 0  # sampled tokens with exact ids, in episodes that did not fail
+    first_error: str | None = None  # the first failed episode's reason
+    allow_untrainable: bool = False  # the run's setting, for `check`
     mean_reward: float | None = None
     wall_s: float = 0.0
     episodes_per_s: float = 0.0
@@ -31,11 +38,36 @@ class CollectSummary(BaseModel):
 
     @property
     def failed(self) -> int:
-        return self.finished - self.statuses.get(EpisodeStatus.COMPLETED.value, 0) - self.statuses.get(
-            EpisodeStatus.TRUNCATED.value, 0
-        )
+        return self.finished - sum(self.statuses.get(s.value, 0) for s in _OK)
+
+    @property
+    def untrainable(self) -> bool:
+        """Episodes ran, but not one sampled token can be trained on."""
+        return self.finished > 0 and self.trainable_tokens == 0
+
+    def check(self) -> None:
+        """Raise NoTrainableDataError if this run produced nothing to train on.
+
+        That is: every episode failed, or (unless `allow_untrainable`) no
+        sampled token has exact ids. A run that only skipped episodes passes.
+        """
+        if self.finished and self.failed == self.finished:
+            counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
+            raise NoTrainableDataError(
+                f"every one of the {self.finished} episodes failed ({counts}); "
+                f"the first: {self.first_error}"
+            )
+        if self.untrainable and not self.allow_untrainable:
+            raise NoTrainableDataError(
+                f"no trainable data: no sampled token of the {self.finished} episodes has exact "
+                "ids (ask the server for them: backend.request_token_ids, backend.tokenizer), "
+                "or set allow_untrainable=true to accept such a run"
+            )
 
     def table(self) -> str:
+        trainable = str(self.trainable_tokens)
+        if self.untrainable:
+            trainable += " (no sampled token has exact ids: nothing here can train)"
         rows = [
             ("episodes requested", self.requested),
             ("skipped (already on disk)", self.skipped),
@@ -43,6 +75,7 @@ class CollectSummary(BaseModel):
             *((f"  {k}", v) for k, v in sorted(self.statuses.items())),
             ("tokens (prompt + sampled)", self.tokens),
             ("sampled tokens", self.sampled_tokens),
+            ("trainable tokens", trainable),
             ("mean reward", "-" if self.mean_reward is None else f"{self.mean_reward:.4f}"),
             ("wall time (s)", f"{self.wall_s:.2f}"),
             ("episodes/s", f"{self.episodes_per_s:.1f}"),
@@ -54,16 +87,19 @@ class CollectSummary(BaseModel):
 
 
 class Progress:
-    """Accumulates the summary; draws a bar when `show` is set."""
+    """Fills in a run's summary episode by episode; draws a bar when `config.progress` is set."""
 
-    def __init__(self, total: int, skipped: int, show: bool, output: str | None) -> None:
-        self.summary = CollectSummary(requested=total + skipped, skipped=skipped, output=output)
+    def __init__(self, summary: CollectSummary, config: CollectConfig, *, total: int, skipped: int) -> None:
+        self.summary = summary
+        summary.requested, summary.skipped = total + skipped, skipped
+        summary.output = config.output.path
+        summary.allow_untrainable = config.allow_untrainable
         self._statuses: Counter[str] = Counter()
         self._reward_sum = 0.0
         self._rewarded = 0
         self._t0 = time.perf_counter()
         self._bar: Any = None
-        if show:
+        if config.progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, unit="ep", dynamic_ncols=True)
@@ -72,9 +108,15 @@ class Progress:
         s = self.summary
         s.finished += 1
         self._statuses[episode.status.value] += 1
+        ok = episode.status in _OK
+        if not ok and s.first_error is None:
+            s.first_error = episode.error or episode.status.value
         for call in episode.calls:
             s.tokens += call.num_tokens
-            s.sampled_tokens += sum(len(c.ids) for c in call.choices)
+            for choice in call.choices:
+                s.sampled_tokens += len(choice.ids)
+                if ok and choice.exact:
+                    s.trainable_tokens += len(choice.ids)
         if episode.reward is not None:
             self._reward_sum += episode.reward
             self._rewarded += 1
@@ -84,11 +126,11 @@ class Progress:
             self._bar.set_postfix(
                 tok_s=f"{s.sampled_tokens / elapsed:.0f}",
                 reward=f"{self._reward_sum / max(self._rewarded, 1):.3f}",
-                failed=s.finished - self._statuses["completed"] - self._statuses["truncated"],
+                failed=s.finished - sum(self._statuses[k.value] for k in _OK),
                 refresh=False,
             )
 
-    def close(self) -> CollectSummary:
+    def close(self) -> None:
         if self._bar is not None:
             self._bar.close()
         s = self.summary
@@ -97,4 +139,3 @@ class Progress:
         s.mean_reward = self._reward_sum / self._rewarded if self._rewarded else None
         s.episodes_per_s = s.finished / s.wall_s if s.wall_s else 0.0
         s.tokens_per_s = s.sampled_tokens / s.wall_s if s.wall_s else 0.0
-        return s

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
@@ -25,52 +26,76 @@ from rollout.collection.config import (
     load_config,
     validate_config,
 )
+from rollout.collection.executor import Executor
 from rollout.collection.output import EpisodeSink, done_uids
 from rollout.collection.progress import CollectSummary, Progress
 from rollout.collection.runner import Agent, Job, episode_seed
 from rollout.episode import Episode
 
+TaskSource = str | Path | Iterable[Any]
 
-def load_tasks(tasks: str | Path | Iterable[Any], limit: int | None = None) -> list[tuple[str, Any]]:
-    """(task_id, task) pairs from a JSONL file or an iterable; ids from `id`, else the position."""
-    if isinstance(tasks, str | Path):
-        path = Path(tasks)
-        if not path.exists():
-            raise ConfigError(f"tasks file {path} does not exist")
-        items: list[Any] = []
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    try:
-                        items.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    else:
-        items = list(tasks)
-    if limit is not None:
-        items = items[:limit]
-    out: list[tuple[str, Any]] = []
+
+def _task_items(tasks: TaskSource) -> Iterator[Any]:
+    """The tasks one by one: the lines of a JSONL file (read lazily), or an iterable's items."""
+    if not isinstance(tasks, str | Path):
+        yield from tasks
+        return
+    path = Path(tasks)
+    if not path.exists():
+        raise ConfigError(f"tasks file {path} does not exist")
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+
+
+def iter_tasks(tasks: TaskSource, limit: int | None = None) -> Iterator[tuple[str, Any]]:
+    """(task_id, task) pairs as they are read; ids from `id`, else the position."""
     seen: set[str] = set()
-    for i, task in enumerate(items):
+    for i, task in enumerate(itertools.islice(_task_items(tasks), limit)):
         task_id = str(task.get("id", i)) if isinstance(task, dict) else str(i)
         if task_id in seen:
             raise ConfigError(f"duplicate task id {task_id!r}")
         seen.add(task_id)
-        out.append((task_id, task))
+        yield task_id, task
+
+
+def _no_tasks(tasks: TaskSource) -> ConfigError:
+    # A run of nothing would "succeed" and hide a wrong path or an empty export.
+    where = f"tasks file {tasks}" if isinstance(tasks, str | Path) else "the task list"
+    return ConfigError(f"no tasks to run: {where} holds no tasks")
+
+
+def load_tasks(tasks: TaskSource, limit: int | None = None) -> list[tuple[str, Any]]:
+    """(task_id, task) pairs from a JSONL file or an iterable, all in memory."""
+    out = list(iter_tasks(tasks, limit))
+    if not out:
+        raise _no_tasks(tasks)
     return out
 
 
 def _jobs(
-    config: CollectConfig, tasks: list[tuple[str, Any]], skip: set[str], batch: int = 0
-) -> list[Job]:
-    """One job per (task, sample); seeds depend on the run seed, batch, task and sample only."""
-    jobs = []
+    config: CollectConfig, tasks: Iterable[tuple[str, Any]], skip: set[str], batch: int = 0
+) -> Iterator[Job]:
+    """One job per (task, sample), lazily; seeds depend on the run seed, batch, task and sample only."""
     for task_id, task in tasks:
         for sample in range(config.samples_per_task):
             if f"{task_id}:{sample}" not in skip:
-                seed = episode_seed(config.seed + batch, task_id, sample)
-                jobs.append(Job(task_id, sample, task, seed))
-    return jobs
+                yield Job(task_id, sample, task, episode_seed(config.seed + batch, task_id, sample))
+
+
+def _count(config: CollectConfig, tasks: TaskSource, skip: set[str]) -> tuple[int, int]:
+    """(episodes requested, already done) in one checking pass: bad tasks fail before the run."""
+    requested = done = 0
+    for task_id, _ in iter_tasks(tasks, config.limit):
+        requested += config.samples_per_task
+        done += sum(f"{task_id}:{k}" in skip for k in range(config.samples_per_task))
+    if not requested:
+        raise _no_tasks(tasks)
+    return requested, done
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -145,22 +170,31 @@ class Collector:
         self.batches = 0  # batches run so far; each gets fresh sampling seeds
         self._stack = contextlib.ExitStack()
         self.urls: list[str] = []
-        self.executor: Any = None
+        self.executor: Executor | None = None
 
     def start(self) -> Collector:
         if self.executor is not None:  # already started: a second start would leak servers and workers
             return self
-        self.urls = self._stack.enter_context(backend_urls(self.config))
+        try:
+            self.urls = self._stack.enter_context(backend_urls(self.config))
+            executor = self._executor()
+        except BaseException:  # e.g. no Ray cluster: stop the server started for it
+            self._stack.close()
+            raise
+        self._stack.callback(executor.close)
+        if self.policy_version is not None:  # set before start
+            executor.set_policy_version(self.policy_version)
+        self.executor = executor
+        return self
+
+    def _executor(self) -> Executor:
         if self.config.executor == "ray":
             from rollout.collection.ray_executor import RayExecutor
 
-            self.executor = RayExecutor(self.config, self._agent_spec, self.urls)
-        else:
-            from rollout.collection.local import LocalExecutor
+            return RayExecutor(self.config, self._agent_spec, self.urls)
+        from rollout.collection.local import LocalExecutor
 
-            self.executor = LocalExecutor(self.config, self.agent, self.urls)
-        self._stack.callback(self.executor.close)
-        return self
+        return LocalExecutor(self.config, self.agent, self.urls)
 
     def close(self) -> None:
         self._stack.close()
@@ -173,7 +207,7 @@ class Collector:
 
     def jobs(self, tasks: Iterable[Any] | str, skip: set[str] | None = None) -> list[Job]:
         """Jobs for the next batch (its seeds differ from the previous batch's)."""
-        jobs = _jobs(self.config, load_tasks(tasks, self.config.limit), skip or set(), self.batches)
+        jobs = list(_jobs(self.config, load_tasks(tasks, self.config.limit), skip or set(), self.batches))
         self.batches += 1
         return jobs
 
@@ -182,9 +216,10 @@ class Collector:
         if hook is not None:
             hook()
         self.policy_version = version
-        self.executor.set_policy_version(version)
+        if self.executor is not None:  # else `start` hands it over
+            self.executor.set_policy_version(version)
 
-    async def arun(self, jobs: list[Job]) -> AsyncGenerator[Episode, None]:
+    async def arun(self, jobs: Iterable[Job]) -> AsyncGenerator[Episode, None]:
         """Episodes for `jobs` as they finish, staleness-checked."""
         if self.executor is None:
             raise RuntimeError("Collector is not started: use `with Collector(...)` or .start()")
@@ -225,15 +260,23 @@ async def acollect(
     summary: CollectSummary | None = None,
     **settings: Any,
 ) -> AsyncIterator[Episode]:
-    """Yield each finished episode (already written to the output) as it completes."""
+    """Yield each finished episode (already written to the output) as it completes.
+
+    `summary`, if given, is filled in as the run goes and complete when the
+    stream ends. Nothing here keeps an episode once it is yielded.
+    """
     collector = Collector(config, agent=agent, overrides=overrides, **settings)
     cfg = collector.config
-    task_list = load_tasks(tasks if tasks is not None else cfg.tasks, cfg.limit)
-    skip = done_uids(cfg.output.path) if cfg.output.path and cfg.output.resume else set()
-    jobs = _jobs(cfg, task_list, skip)
-    requested = len(task_list) * cfg.samples_per_task
-    progress = Progress(len(jobs), requested - len(jobs), cfg.progress, cfg.output.path)
-    with collector, EpisodeSink(cfg.output) as sink:
+    source = tasks if tasks is not None else cfg.tasks
+    if not isinstance(source, str | Path):
+        source = list(source)  # read twice: checked and counted first, then run
+    out = cfg.output
+    skip = done_uids(out.path, retry_failed=out.retry_failed) if out.path and out.resume else set()
+    requested, skipped = _count(cfg, source, skip)
+    # Tasks and jobs stream from here: a file of a million tasks is never all in memory.
+    jobs = _jobs(cfg, iter_tasks(source, cfg.limit), skip)
+    progress = Progress(summary or CollectSummary(), cfg, total=requested - skipped, skipped=skipped)
+    with collector, EpisodeSink(out) as sink:
         stream = collector.arun(jobs)
         try:
             async for episode in stream:
@@ -242,9 +285,7 @@ async def acollect(
                 yield episode
         finally:
             await stream.aclose()
-            result = progress.close()
-            if summary is not None:
-                summary.__dict__.update(result.__dict__)
+            progress.close()
 
 
 def collect(
@@ -256,19 +297,22 @@ def collect(
     on_episode: Callable[[Episode], None] | None = None,
     **settings: Any,
 ) -> CollectSummary:
-    """Run a whole collection; returns its summary (with `.episodes` when kept in memory)."""
+    """Run a whole collection; returns its summary.
+
+    Episodes stream to `output.path`; only a run without one keeps them, in
+    `summary.episodes`, so memory stays flat however long the run. Call
+    `summary.check()` to fail on a run that produced nothing to train on.
+    """
+    cfg = resolve_config(config, overrides, settings)
     summary = CollectSummary()
-    kept: list[Episode] = []
+    keep = summary.episodes if cfg.output.path is None else None
 
     async def main() -> None:
-        async for episode in acollect(
-            config, agent=agent, tasks=tasks, overrides=overrides, summary=summary, **settings
-        ):
+        async for episode in acollect(cfg, agent=agent, tasks=tasks, summary=summary):
             if on_episode is not None:
                 on_episode(episode)
-            kept.append(episode)
+            if keep is not None:
+                keep.append(episode)
 
     asyncio.run(main())
-    if summary.output is None:
-        summary.episodes = kept
     return summary

@@ -10,16 +10,24 @@ failures are retried with backoff on a fresh episode first.
 from __future__ import annotations
 
 import asyncio
+import contextvars
+import functools
 import hashlib
 import inspect
-import time
+import math
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from compat.retry import EPISODE_RETRY, is_transient
 from rollout.collection.backend import Backend
+from rollout.collection.threads import sync_agent_pool
 from rollout.episode import Episode, EpisodeStatus
+from rollout.errors import RewardError
+from rollout.recorder import Recorder
 
 Agent = Callable[[Any, Any], Any]
 
@@ -45,43 +53,134 @@ def episode_seed(run_seed: int, task_id: str, sample: int) -> int:
     return int.from_bytes(digest, "little") & 0x7FFFFFFF
 
 
+def _reward(value: Any) -> float:
+    """A finite float from a Python or numpy number; anything else is the agent's error."""
+    if not isinstance(value, numbers.Real | np.bool_):
+        raise TypeError(
+            f"agent returned a {type(value).__name__} reward; return a number, a dict with "
+            "'reward', or None"
+        )
+    reward = float(value)
+    if not math.isfinite(reward):
+        raise RewardError(f"agent returned reward {reward}: a reward must be a finite number")
+    return reward
+
+
 def apply_result(episode: Episode, result: Any) -> None:
     """Store what the agent returned: a reward, a dict with one, or nothing."""
     if result is None:
         return
-    if isinstance(result, bool | int | float):
-        episode.reward = float(result)
-        return
     if isinstance(result, dict):
         data = dict(result)
-        if "reward" in data and data["reward"] is not None:
-            episode.reward = float(data.pop("reward"))
+        reward = data.pop("reward", None)
+        if reward is not None:
+            episode.reward = _reward(reward)
         episode.metadata.update(data)
         return
-    raise TypeError(
-        f"agent returned {type(result).__name__}; return a float reward, a dict with 'reward', or None"
-    )
+    episode.reward = _reward(result)
+
+
+def _chain(exc: BaseException | None) -> list[BaseException]:
+    """`exc` and its causes, outermost first (at most 10)."""
+    out: list[BaseException] = []
+    while exc is not None and len(out) < 10:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
 
 
 def transport_error(exc: BaseException | None) -> BaseException | None:
     """The connection trouble or 5xx/429 anywhere in the cause chain, if any."""
-    seen = 0
-    while exc is not None and seen < 10:
-        if is_transient(exc):  # includes a single call's timeout (and refused connections)
-            return exc
-        exc = exc.__cause__ or exc.__context__
-        seen += 1
-    return None
+    # is_transient includes a single call's timeout (and refused connections)
+    return next((e for e in _chain(exc) if is_transient(e)), None)
+
+
+_TIMEOUT_NAMES = frozenset({"APITimeoutError", "TimeoutException"})  # openai's, httpx's
+
+
+def _says_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or any(c.__name__ in _TIMEOUT_NAMES for c in type(exc).__mro__)
+
+
+def failure_status(exc: BaseException) -> tuple[EpisodeStatus, str]:
+    """How an agent's exception ends its episode: (status, reason).
+
+    A call that timed out makes a `timeout` episode. A dropped connection does
+    not, although the openai SDK's aiohttp transport reports one as a timeout
+    (openai 2.x `_vendor/httpx_aiohttp/transport.py` maps every
+    aiohttp.ClientConnectionError, ServerDisconnectedError included, to
+    httpx.ConnectTimeout, hence APITimeoutError and compat's ModelTimeoutError):
+    the root of the cause chain says what really happened (not counting the
+    CancelledError by which asyncio implements a timeout).
+    """
+    chain = [e for e in _chain(exc) if not isinstance(e, asyncio.CancelledError)]
+    text = f"{type(exc).__name__}: {exc}"
+    if not any(_says_timeout(e) for e in chain):
+        return EpisodeStatus.ERROR, text
+    root = chain[-1]
+    if _says_timeout(root):
+        return EpisodeStatus.TIMEOUT, text
+    return EpisodeStatus.ERROR, f"connection lost: {type(root).__name__}: {root}"
 
 
 async def _call_agent(agent: Agent, task: Any, model: Any) -> Any:
     if inspect.iscoroutinefunction(agent):
         return await agent(task, model)
-    # Sync agents run in a thread; the episode's context (and so its scope) goes with them.
-    result = await asyncio.to_thread(agent, task, model)
+    # Sync agents run on a thread of their own (see threads.py); the episode's
+    # context, and so its recording scope, goes with them.
+    call = functools.partial(contextvars.copy_context().run, agent, task, model)
+    result = await asyncio.get_running_loop().run_in_executor(sync_agent_pool(), call)
     if inspect.isawaitable(result):
         result = await result
     return result
+
+
+CANCEL_GRACE_S = 5.0
+"""How long a timed-out or cancelled agent may take to unwind before its episode is handed back."""
+
+
+async def _attempt(
+    episode: Episode,
+    agent: Agent,
+    task: Any,
+    model: Any,
+    recorder: Recorder,
+    timeout_s: float | None,
+) -> BaseException | None:
+    """Run the agent once into `episode`; returns its exception, if it raised one.
+
+    The agent runs as its own task, so the runner can tell its own deadline
+    (the task is still running), an agent that raised CancelledError (the task
+    ended cancelled), and this run being cancelled (the wait below raises).
+    """
+
+    async def body() -> None:
+        async with recorder.episode(episode=episode):
+            apply_result(episode, await _call_agent(agent, task, model))
+
+    child = asyncio.ensure_future(body())
+    try:
+        done, _ = await asyncio.wait({child}, timeout=timeout_s)
+    except asyncio.CancelledError:  # the run is being cancelled: so is this episode
+        child.cancel()
+        await asyncio.wait({child}, timeout=CANCEL_GRACE_S)
+        raise
+    if not done:
+        child.cancel()
+        await asyncio.wait({child}, timeout=CANCEL_GRACE_S)
+        episode.status = EpisodeStatus.TIMEOUT
+        episode.error = f"episode exceeded its timeout of {timeout_s} s"
+        return None
+    try:
+        child.result()
+    except asyncio.CancelledError as exc:  # raised by the agent: its own failure
+        episode.status = EpisodeStatus.ERROR
+        episode.error = "CancelledError raised by the agent" + (f": {exc}" if str(exc) else "")
+        return exc
+    except Exception as exc:
+        episode.status, episode.error = failure_status(exc)
+        return exc
+    return None
 
 
 async def run_episode(
@@ -99,27 +198,11 @@ async def run_episode(
         episode = Episode(task_id=job.task_id, sample=job.sample, task=job.task)
         model = backend.model(slot, seed=job.seed)
         error: BaseException | None = None
-
-        async def body(episode: Episode = episode, model: Any = model) -> None:
-            async with backend.recorder.episode(episode=episode):
-                apply_result(episode, await _call_agent(agent, job.task, model))
-
-        started = time.monotonic()
         try:
-            await asyncio.wait_for(body(), timeout_s)
-        except (asyncio.TimeoutError, TimeoutError) as exc:
-            if timeout_s is not None and time.monotonic() - started >= timeout_s:
-                episode.status = EpisodeStatus.TIMEOUT
-                episode.error = f"episode exceeded its timeout of {timeout_s} s"
-            else:  # one call timed out (or could not connect): the scope recorded which
-                error = exc
-        except Exception as exc:  # recorded by the scope; the run goes on
-            error = exc
-            if episode.status == EpisodeStatus.COMPLETED:
-                episode.status = EpisodeStatus.ERROR
-                episode.error = f"{type(exc).__name__}: {exc}"
-        transport = transport_error(error)
-        backend.release(slot, failed_transport=transport is not None)
+            error = await _attempt(episode, agent, job.task, model, backend.recorder, timeout_s)
+        finally:  # also when the run is cancelled: the slot's count stays right
+            transport = transport_error(error)
+            backend.release(slot, failed_transport=transport is not None)
         episode.metadata["server"] = slot.url
         if transport is not None and attempt < retries:
             failures.append(episode.error or "transport error")

@@ -49,11 +49,17 @@ OUTPUT_WORDS: tuple[str, ...] = (
 )
 """Strings the policy can emit; each must be one cl100k token."""
 
+GREEDY_BELOW = 1e-5
+"""Temperatures below this sample greedily, as vLLM does (``_SAMPLING_EPS`` in
+vllm/sampling_params.py, v0.33.0): dividing logits by 1e-320 overflows to
+inf and the distribution to NaN (issue 12.16)."""
+
 _MASK64 = (1 << 64) - 1
 _FNV_OFFSET = 0xCBF29CE484222325
 _FNV_PRIME = 0x100000001B3
 _SALT_LOCAL = 0x9E3779B97F4A7C15
 _SALT_MESSAGE = 0xC2B2AE3D27D4EB4F
+_TAIL_CACHE = 65536
 
 _ENCODING: tiktoken.Encoding | None = None
 
@@ -66,14 +72,36 @@ def get_encoding() -> tiktoken.Encoding:
     return _ENCODING
 
 
-def _hash_ids(salt: int, ids: Sequence[int]) -> int:
-    """FNV-1a style hash over ints; stable across processes, unlike hash()."""
-    h = (_FNV_OFFSET ^ salt) & _MASK64
+def _fnv(h: int, ids: Sequence[int]) -> int:
+    """FNV-1a style steps over ints from state ``h``; stable across processes, unlike hash()."""
     for t in ids:
         h = ((h ^ (int(t) + 1)) * _FNV_PRIME) & _MASK64
+    return h
+
+
+def _finish(h: int) -> int:
+    """The final mix of a hash state."""
     h ^= h >> 31
     h = (h * 0x94D049BB133111EB) & _MASK64
     return h ^ (h >> 29)
+
+
+def _hash_ids(salt: int, ids: Sequence[int]) -> int:
+    return _finish(_fnv((_FNV_OFFSET ^ salt) & _MASK64, ids))
+
+
+def _last_end(ids: list[int]) -> int:
+    """Index of the last end token (0 if none): usually a few ids from the end."""
+    recent = ids[-64:]
+    recent.reverse()
+    try:
+        return len(ids) - 1 - recent.index(END_ID)
+    except ValueError:
+        pass
+    try:  # reversed list search runs in C; prompts can be thousands of ids
+        return len(ids) - 1 - ids[::-1].index(END_ID)
+    except ValueError:
+        return 0
 
 
 @dataclass(frozen=True)
@@ -128,6 +156,8 @@ class Policy:
             raise ValueError("output words must map to distinct tokens")
         self.vocab_ids = np.asarray(ids, dtype=np.int64)
         self.end_id = END_ID
+        self._tails: dict[tuple[int, ...], tuple[int, int]] = {}
+        """message tail -> (message bucket, local hash state after it); pure, weight-free."""
         self._index = {t: i for i, t in enumerate(ids)}
         rng = np.random.default_rng(seed)
         v = len(ids)
@@ -149,18 +179,22 @@ class Policy:
         """The two bucket indices (local, message) for a context."""
         cfg = self.config
         ids = context_ids if isinstance(context_ids, list) else [int(t) for t in context_ids]
-        n = len(ids)
-        try:  # reversed list search runs in C; prompts can be thousands of ids
-            last_end = n - 1 - ids[::-1].index(END_ID)
-        except ValueError:
-            last_end = 0
-        tail = ids[max(0, last_end - cfg.message_k) : last_end]
-        message = _hash_ids(_SALT_MESSAGE, tail)
-        # The local feature is keyed by the message tail too: a bucket shared
-        # by every prompt (the assistant header) would let one task's reward
-        # move every task's first token, and GRPO never pushes it back.
-        local = _hash_ids(_SALT_LOCAL, [*tail, -1, *ids[max(0, n - cfg.local_k) :]])
-        return local % cfg.n_buckets, message % cfg.n_buckets
+        last_end = _last_end(ids)
+        tail = tuple(ids[max(0, last_end - cfg.message_k) : last_end])
+        # The message tail stays the same for a whole reply: hash it once.
+        cached = self._tails.get(tail)
+        if cached is None:
+            if len(self._tails) >= _TAIL_CACHE:
+                self._tails.clear()
+            message = _hash_ids(_SALT_MESSAGE, tail) % cfg.n_buckets
+            # The local feature is keyed by the message tail too: a bucket shared
+            # by every prompt (the assistant header) would let one task's reward
+            # move every task's first token, and GRPO never pushes it back.
+            prefix = _fnv((_FNV_OFFSET ^ _SALT_LOCAL) & _MASK64, (*tail, -1))
+            cached = self._tails[tail] = (message, prefix)
+        message, prefix = cached
+        local = _finish(_fnv(prefix, ids[max(0, len(ids) - cfg.local_k) :]))
+        return local % cfg.n_buckets, message
 
     def logits(self, context_ids: Sequence[int]) -> np.ndarray:
         """Raw logits over the output vocabulary (temperature 1, no top-p)."""
@@ -183,17 +217,17 @@ class Policy:
     ) -> tuple[int, float, Distribution]:
         """Draw one token; returns (token id, its sampling logprob, distribution).
 
-        Exactly one ``rng.random()`` draw per step (none at temperature 0), so
+        Exactly one ``rng.random()`` draw per step (none when greedy), so
         a seeded generator reproduces the same tokens.
         """
         dist = self.distribution(context_ids, temperature, top_p)
         if dist.token_ids.size == 1:
-            if temperature > 0:
+            if temperature >= GREEDY_BELOW:
                 rng.random()
             return int(dist.token_ids[0]), float(dist.logprobs[0]), dist
-        cdf = np.cumsum(np.exp(dist.logprobs))
+        cdf = np.exp(dist.logprobs).cumsum()
         u = rng.random() * cdf[-1]
-        k = min(int(np.searchsorted(cdf, u, side="right")), cdf.size - 1)
+        k = min(int(cdf.searchsorted(u, side="right")), cdf.size - 1)
         return int(dist.token_ids[k]), float(dist.logprobs[k]), dist
 
     def generate(
@@ -283,7 +317,7 @@ class Policy:
     ) -> None:
         """Add d(sum w_t log q)/d(theta) into ``grads`` in place (sparse rows)."""
         w = np.broadcast_to(np.asarray(weights_per_token, dtype=np.float64), (len(completion_ids),))
-        if temperature == 0:
+        if temperature < GREEDY_BELOW:
             return  # a point mass has no useful gradient
         dW, db = grads["W"], grads["b"]
         context = [int(t) for t in context_ids]
@@ -310,6 +344,10 @@ class Policy:
         self.b += lr * grads["b"]
 
     # ---------------------------------------------------------- persistence
+
+    def weight_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Shapes of the trainable arrays (what a weight upload must match)."""
+        return {"W": self.W.shape, "b": self.b.shape}
 
     def get_weights(self) -> dict[str, np.ndarray]:
         """Copies of the trainable arrays (safe to mutate or ship elsewhere)."""
@@ -356,37 +394,21 @@ class Policy:
         return policy
 
 
-def load_weights_npz(data: bytes | str | os.PathLike[str]) -> dict[str, np.ndarray]:
-    """Read the W/b arrays of an ``.npz`` (bytes or path), without pickles."""
-    import io
-
-    source: Any = io.BytesIO(data) if isinstance(data, bytes) else data
-    with np.load(source, allow_pickle=False) as npz:
-        return {k: np.array(npz[k]) for k in ("W", "b") if k in npz}
-
-
-def weights_to_npz(weights: Mapping[str, np.ndarray]) -> bytes:
-    """Serialise weight arrays to ``.npz`` bytes (the update wire format)."""
-    import io
-
-    buf = io.BytesIO()
-    arrays: dict[str, Any] = {k: np.asarray(v) for k, v in weights.items()}
-    np.savez(buf, **arrays)
-    return buf.getvalue()
-
-
 def _sampling_distribution(
     logits: np.ndarray, vocab_ids: np.ndarray, temperature: float, top_p: float
 ) -> Distribution:
     """Temperature, then top-p truncation and renormalisation, in float64."""
-    order = np.argsort(-logits, kind="stable")
-    if temperature == 0:
+    # ndarray methods, not np.* wrappers: the same arithmetic, less overhead per step.
+    order = (-logits).argsort(kind="stable")
+    if temperature < GREEDY_BELOW:
         # Greedy: a point mass on the (first) argmax.
         k = order[:1]
         return Distribution(vocab_ids[k], np.zeros(1), k)
-    z = logits[order] / temperature
-    z = z - z[0]
-    logp = z - np.log(np.sum(np.exp(z)))
+    z = logits[order]
+    if temperature != 1.0:  # x / 1.0 == x exactly
+        z /= temperature
+    z -= z[0]
+    logp = z - np.log(np.exp(z).sum())
     if top_p < 1.0:
         cum = np.cumsum(np.exp(logp))
         keep = min(int(np.searchsorted(cum, top_p, side="left")) + 1, z.size)

@@ -9,15 +9,20 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
-from .policy import Distribution, get_encoding
+from rollout.errors import RolloutError
+
+from .policy import get_encoding
+from .state import Limits
+from .template import PromptTooLongError, encode_text
 
 MAX_TOP_LOGPROBS = 20
 MAX_N = 128
 
 
-class ApiError(Exception):
+class ApiError(RolloutError):
     """An OpenAI-style error reply: ``{"error": {message, type, param, code}}``."""
 
     def __init__(
@@ -52,24 +57,28 @@ def bad(param: str, message: str, code: str | None = "invalid_value") -> ApiErro
 
 @dataclass(frozen=True)
 class SamplingRequest:
-    """Sampling options shared by chat and text completions."""
+    """Sampling and reply options of a request, whichever route it came by."""
 
-    n: int
-    temperature: float
-    top_p: float
-    max_tokens: int | None
-    stop: tuple[str, ...]
-    seed: int | None
-    logprobs: bool
-    top_logprobs: int
-    return_token_ids: bool
-    tokens_as_ids: bool
-    stream: bool
-    include_usage: bool
-    ignore_eos: bool
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_tokens: int | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+    logprobs: bool = False
+    top_logprobs: int = 0
+    return_token_ids: bool = False
+    tokens_as_ids: bool = False
+    stream: bool = False
+    include_usage: bool = False
+    ignore_eos: bool = False
+    stop_token_ids: frozenset[int] = frozenset()
+    skip_special_tokens: bool = True
+    continuous_usage: bool = False
+    """Usage in every stream chunk (vLLM's ``stream_options.continuous_usage_stats``)."""
 
 
-def _opt_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
+def opt_bool(body: Mapping[str, Any], key: str, default: bool = False) -> bool:
     value = body.get(key)
     if value is None:
         return default
@@ -124,18 +133,19 @@ def parse_sampling(body: Mapping[str, Any], chat: bool) -> SamplingRequest:
         raise bad("stop", "stop strings must be non-empty")
     seed = _opt_int(body, "seed", -(2**63), 2**64 - 1)
     if chat:
-        logprobs = _opt_bool(body, "logprobs")
+        logprobs = opt_bool(body, "logprobs")
         top = _opt_int(body, "top_logprobs", 0, MAX_TOP_LOGPROBS)
         if top and not logprobs:
             raise bad("top_logprobs", "'top_logprobs' requires 'logprobs' to be true")
     else:
         top = _opt_int(body, "logprobs", 0, MAX_TOP_LOGPROBS)
         logprobs = top is not None
-    stream = _opt_bool(body, "stream")
+    stream = opt_bool(body, "stream")
     options = body.get("stream_options")
     if options is not None and not isinstance(options, Mapping):
         raise bad("stream_options", "'stream_options' must be an object")
-    include_usage = bool(stream and options and _opt_bool(options, "include_usage"))
+    include_usage = bool(stream and options and opt_bool(options, "include_usage"))
+    stop_ids = body.get("stop_token_ids")
     return SamplingRequest(
         n=n or 1,
         temperature=temperature,
@@ -145,95 +155,131 @@ def parse_sampling(body: Mapping[str, Any], chat: bool) -> SamplingRequest:
         seed=seed,
         logprobs=logprobs,
         top_logprobs=top or 0,
-        return_token_ids=_opt_bool(body, "return_token_ids"),
-        tokens_as_ids=_opt_bool(body, "return_tokens_as_token_ids"),
+        return_token_ids=opt_bool(body, "return_token_ids"),
+        tokens_as_ids=opt_bool(body, "return_tokens_as_token_ids"),
         stream=stream,
         include_usage=include_usage,
-        ignore_eos=_opt_bool(body, "ignore_eos"),
+        ignore_eos=opt_bool(body, "ignore_eos"),
+        stop_token_ids=frozenset(parse_token_ids(stop_ids, "stop_token_ids") if stop_ids else ()),
+        skip_special_tokens=opt_bool(body, "skip_special_tokens", True),
     )
 
 
-def parse_token_ids(value: Any, param: str) -> list[int]:
-    """A list of valid cl100k token ids (400 on unknown ids)."""
-    enc = get_encoding()
-    if not isinstance(value, list) or not all(
-        isinstance(t, int) and not isinstance(t, bool) for t in value
+def check_model(body: Mapping[str, Any], served: str) -> None:
+    """404 for a model name other than the served one (no name is fine)."""
+    model = body.get("model")
+    if model is not None and model != served:
+        raise ApiError(
+            404, f"The model `{model}` does not exist.", param="model", code="model_not_found"
+        )
+
+
+def context_error(prompt_tokens: int, limit: int, param: str, asked: int | None = None,
+                  at_least: bool = False) -> ApiError:  # fmt: skip
+    """vLLM's 400 for a prompt (plus completion) over the context length."""
+    has = f"at least {prompt_tokens}" if at_least else str(prompt_tokens)
+    tail = f" and {asked} tokens with the completion" if asked is not None else ""
+    return ApiError(
+        400,
+        f"This model's maximum context length is {limit} tokens; the request has "
+        f"{has} prompt tokens{tail}.",
+        param=param,
+        code="context_length_exceeded",
+    )
+
+
+def completion_budget(
+    prompt_len: int, max_model_len: int, params: SamplingRequest, param: str
+) -> int:
+    """max_tokens to use; 400 when the prompt (plus max_tokens) exceeds the context."""
+    limit = max_model_len
+    if prompt_len >= limit or (params.max_tokens and prompt_len + params.max_tokens > limit):
+        asked = prompt_len + (params.max_tokens or 0)
+        raise context_error(prompt_len, limit, param, asked=asked)
+    return params.max_tokens or (limit - prompt_len)
+
+
+def check_request_size(tokens: int, reply_bytes: int, limits: Limits) -> None:
+    """400 when a request may generate, or reply, more than this server allows.
+
+    Checked from the parameters before any sampling, so a request that would
+    build a 400 MB reply costs nothing (issue 12.11); vLLM answers its own
+    limits (``max_logprobs``, the context length) the same way.
+    """
+    if tokens > limits.max_generated_tokens:
+        raise ApiError(
+            400,
+            f"The request may generate {tokens} tokens (n x max_tokens over its prompts); "
+            f"this server allows {limits.max_generated_tokens}. Lower n or max_tokens.",
+            param="max_tokens",
+            code="request_too_large",
+        )
+    if reply_bytes > limits.max_reply_bytes:
+        raise ApiError(
+            400,
+            f"The reply could reach {reply_bytes} bytes; this server allows "
+            f"{limits.max_reply_bytes}. Lower n, max_tokens or top_logprobs.",
+            param="max_tokens",
+            code="request_too_large",
+        )
+
+
+def parse_tools(body: Mapping[str, Any]) -> tuple[list[Any], bool]:
+    """``tools`` and whether replies may become tool calls (not with tool_choice "none")."""
+    tools = body.get("tools")
+    if tools is None:
+        return [], False
+    if not isinstance(tools, list) or not all(
+        isinstance(t, Mapping) and isinstance(t.get("function"), Mapping) for t in tools
     ):
-        raise bad(param, f"'{param}' must be a list of integers")
-    for t in value:
+        raise bad("tools", "'tools' must be a list of {type: function, function: {...}}")
+    choice = body.get("tool_choice")
+    return tools, bool(tools) and choice != "none"
+
+
+def raw_prompts(body: Mapping[str, Any]) -> list[str | list[Any]]:
+    """``prompt`` as str, [str], [int] or [[int]] -> one entry per prompt (not yet checked)."""
+    raw = body.get("prompt")
+    if isinstance(raw, str):
+        return [raw]
+    if isinstance(raw, list) and raw:
+        if all(isinstance(p, (str, list)) for p in raw):
+            return list(raw)
+        return [raw]
+    raise bad("prompt", "'prompt' must be a string, a list of strings, or token ids")
+
+
+def prompt_ids(raw: str | list[Any], max_model_len: int) -> list[int]:
+    """One prompt's ids; a prompt that cannot fit is refused before tokenizing or checking it."""
+    if isinstance(raw, str):
+        try:
+            return encode_text(raw, max_model_len)
+        except PromptTooLongError as e:
+            raise context_error(e.at_least, max_model_len, "prompt", at_least=True) from None
+    if len(raw) >= max_model_len:
+        raise context_error(len(raw), max_model_len, "prompt")
+    return parse_token_ids(raw, "prompt")
+
+
+@cache
+def _invalid_ids() -> tuple[int, frozenset[int]]:
+    """The largest id and the ids below it that are no token (cl100k has gaps)."""
+    enc = get_encoding()
+    invalid = set()
+    for t in range(enc.max_token_value + 1):
         try:
             enc.decode_single_token_bytes(t)
-        except (KeyError, ValueError, OverflowError):
-            raise bad(param, f"'{param}' contains unknown token id {t}") from None
-    return list(value)
+        except KeyError:
+            invalid.add(t)
+    return enc.max_token_value, frozenset(invalid)
 
 
-def token_bytes(token_id: int) -> bytes:
-    return get_encoding().decode_single_token_bytes(token_id)
-
-
-def token_str(token_id: int, as_ids: bool) -> str:
-    """How a token is named in logprobs: its text, or vLLM's ``token_id:N``."""
-    if as_ids:
-        return f"token_id:{token_id}"
-    return token_bytes(token_id).decode("utf-8", errors="replace")
-
-
-def chat_logprob_entry(
-    token_id: int, logprob: float, dist: Distribution, top: int, as_ids: bool
-) -> dict[str, Any]:
-    """One ``choices[i].logprobs.content[j]`` entry."""
-    tops = [
-        {
-            "token": token_str(int(t), as_ids),
-            "logprob": float(lp),
-            "bytes": list(token_bytes(int(t))),
-        }
-        for t, lp in zip(dist.token_ids[:top], dist.logprobs[:top], strict=True)
-    ]
-    return {
-        "token": token_str(token_id, as_ids),
-        "logprob": logprob,
-        "bytes": list(token_bytes(token_id)),
-        "top_logprobs": tops,
-    }
-
-
-def completion_logprobs(
-    token_ids: list[int],
-    logprobs: list[float],
-    dists: list[Distribution],
-    top: int,
-    as_ids: bool,
-    text_offset: int = 0,
-) -> dict[str, Any]:
-    """Legacy ``/v1/completions`` logprobs block for a run of tokens."""
-    tokens = [token_str(t, as_ids) for t in token_ids]
-    offsets: list[int] = []
-    pos = text_offset
-    for t in token_ids:
-        offsets.append(pos)
-        pos += len(token_str(t, False))
-    tops: list[dict[str, float]] | None = None
-    if top:
-        tops = [
-            {
-                token_str(int(t), as_ids): float(lp)
-                for t, lp in zip(d.token_ids[:top], d.logprobs[:top], strict=True)
-            }
-            for d in dists
-        ]
-    return {
-        "tokens": tokens,
-        "token_logprobs": list(logprobs),
-        "top_logprobs": tops,
-        "text_offset": offsets,
-    }
-
-
-def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {
-        "prompt_tokens": prompt_tokens,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt_tokens + completion_tokens,
-    }
+def parse_token_ids(value: Any, param: str) -> list[int]:
+    """A list of valid cl100k token ids (400 on unknown ids); C-speed checks, no per-id decode."""
+    if not isinstance(value, list) or not all(type(t) is int for t in value):
+        raise bad(param, f"'{param}' must be a list of integers")
+    top, invalid = _invalid_ids()
+    if value and (min(value) < 0 or max(value) > top or not invalid.isdisjoint(value)):
+        unknown = next(t for t in value if t < 0 or t > top or t in invalid)
+        raise bad(param, f"'{param}' contains unknown token id {unknown}")
+    return value

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from functools import cache, lru_cache
 from typing import Any
 
 from rollout.errors import TemplateError
@@ -46,11 +47,53 @@ END_OF_PROMPT = 100276
 
 ROLES = frozenset({"system", "developer", "user", "assistant", "tool"})
 TOOL_CALL_PREFIX = "CALL"
+MAX_TOKEN_BYTES = 128
+"""The longest cl100k token, in bytes: text of n characters is >= n / 128 tokens."""
 
 
-def encode_text(text: str) -> list[int]:
-    """Encode plain text; special-token look-alikes stay ordinary text."""
+@cache
+def token_bytes(token_id: int) -> bytes:
+    """A token's bytes (cached: replies draw from a small vocabulary, once per token)."""
+    return get_encoding().decode_single_token_bytes(token_id)
+
+
+def token_str(token_id: int, as_ids: bool) -> str:
+    """How a token is named in logprobs: its text, or vLLM's ``token_id:N``."""
+    if as_ids:
+        return f"token_id:{token_id}"
+    return token_bytes(token_id).decode("utf-8", errors="replace")
+
+
+class PromptTooLongError(TemplateError):
+    """The rendered prompt would exceed the token limit; ``at_least`` is a lower bound."""
+
+    def __init__(self, at_least: int, limit: int) -> None:
+        super().__init__(f"the prompt has at least {at_least} tokens (limit {limit})")
+        self.at_least = at_least
+        self.limit = limit
+
+
+def encode_text(text: str, limit: int | None = None) -> list[int]:
+    """Encode plain text; special-token look-alikes stay ordinary text.
+
+    With ``limit``, text that cannot fit is refused from its length alone,
+    before any tokenizing (a multi-megabyte prompt costs nothing).
+    """
+    if limit is not None and len(text) > limit * MAX_TOKEN_BYTES:
+        raise PromptTooLongError(-(-len(text) // MAX_TOKEN_BYTES), limit)
+    if len(text) <= CACHED_TEXT_CHARS:
+        return list(_encode_cached(text))
     return list(get_encoding().encode(text, disallowed_special=()))
+
+
+CACHED_TEXT_CHARS = 1024
+
+
+@lru_cache(maxsize=1024)
+def _encode_cached(text: str) -> tuple[int, ...]:
+    """Short texts recur (roles, system prompts, each earlier turn of an episode, re-rendered
+    on every call): tokenize them once. Bounded: 1024 texts of <= 1 KiB (tens of MiB at worst)."""
+    return tuple(get_encoding().encode(text, disallowed_special=()))
 
 
 def content_text(content: Any, where: str = "content") -> str:
@@ -113,15 +156,18 @@ class ChatTemplate:
         ids.append(FIM_MIDDLE)
         return ids
 
-    def render_tools(self, tools: Sequence[Any] | None) -> list[int]:
+    def render_tools(self, tools: Sequence[Any] | None, limit: int | None = None) -> list[int]:
         """Tool block: the tools list as compact, key-sorted JSON."""
         if not tools:
             return []
-        text = json.dumps(list(tools), sort_keys=True, separators=(",", ":"))
-        return [FIM_SUFFIX, *encode_text(text), END_ID]
+        try:
+            text = json.dumps(list(tools), sort_keys=True, separators=(",", ":"))
+        except RecursionError:
+            raise TemplateError("tools are nested too deeply to render") from None
+        return [FIM_SUFFIX, *encode_text(text, limit), END_ID]
 
-    def render_message(self, message: Any, index: int = 0) -> list[int]:
-        """One message, header to end token."""
+    def render_message(self, message: Any, index: int = 0, limit: int | None = None) -> list[int]:
+        """One message, header to end token (``limit``: see :func:`encode_text`)."""
         where = f"messages[{index}]"
         if not isinstance(message, Mapping):
             raise TemplateError(f"{where} must be an object")
@@ -145,20 +191,40 @@ class ChatTemplate:
             text = text + "\n".join(calls)
         elif message.get("content") is None and role != "assistant":
             raise TemplateError(f"{where}.content is required for role {role!r}")
-        return [*self._header(role, name), *encode_text(text), END_ID]
+        return [*self._header(role, name), *encode_text(text, limit), END_ID]
 
     def render(
         self,
         messages: Any,
         tools: Sequence[Any] | None = None,
         add_generation_prompt: bool = True,
+        continue_final_message: bool = False,
+        limit: int | None = None,
     ) -> list[int]:
-        """Prompt ids for ``messages`` (plus the assistant header by default)."""
+        """Prompt ids for ``messages`` (plus the assistant header by default).
+
+        ``continue_final_message`` leaves the last message open (no end
+        token) for the model to continue, as vLLM's ``/tokenize`` does.
+        ``limit`` stops rendering with :class:`PromptTooLongError` as soon as
+        the prompt cannot fit in that many tokens.
+        """
         if not isinstance(messages, Sequence) or isinstance(messages, str) or not messages:
             raise TemplateError("messages must be a non-empty list")
-        ids = self.render_tools(tools)
+        if add_generation_prompt and continue_final_message:
+            raise TemplateError(
+                "add_generation_prompt and continue_final_message cannot both be true"
+            )
+        ids = self.render_tools(tools, limit)
         for i, message in enumerate(messages):
-            ids += self.render_message(message, i)
+            room = None if limit is None else limit - len(ids)
+            try:
+                ids += self.render_message(message, i, room)
+            except PromptTooLongError as e:
+                raise PromptTooLongError(len(ids) + e.at_least, e.limit) from None
+            if limit is not None and len(ids) > limit:
+                raise PromptTooLongError(len(ids), limit)
+        if continue_final_message:
+            ids.pop()  # the last message's end token
         if add_generation_prompt:
             ids += self.generation_prompt
         return ids

@@ -1,10 +1,13 @@
 """Parquet episode files: columnar, compressed, one row per episode.
 
-Token data is stored as native `list<int32>` / `list<float32>` columns nested
-under `calls` (and `calls.choices`), built straight from numpy offsets and
-concatenated values, so writing does not go through Python lists. Free-form
-fields (request, messages, usage, task, metadata) are JSON strings. The
-schema version sits in the file's key-value metadata (`rollout.schema_version`).
+The schema, the writer and the reader are derived from the field table in
+`rollout.export.rows` (one column per field, nested structs for calls and
+choices). Token data is stored as native `list<int32>` / `list<float32>`
+columns, built straight from numpy offsets and concatenated values, so
+writing does not go through Python lists. Free-form fields (request,
+messages, usage, task, metadata) are JSON strings; every string is redacted
+as in JSONL. The schema version sits in the file's key-value metadata
+(`rollout.schema_version`); files from older versions read with defaults.
 
 Parquet cannot be appended to in place, so `ParquetWriter(append=True)`
 copies the existing row groups into a temporary file, adds one row group per
@@ -25,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
-from rollout.episode import Episode, EpisodeStatus
-from rollout.export.rows import SCHEMA_VERSION, check_schema_version, dumps, jsonable, scrub
-from rollout.record import CallRecord, Choice, TokenSource, Versions
+from rollout.episode import Episode
+from rollout.export.rows import EPISODE, SCHEMA_VERSION, Field, Table, check_schema_version, dumps
+from rollout.record import Versions
 
 SCHEMA_KEY = b"rollout.schema_version"
 
@@ -43,50 +46,29 @@ def _pyarrow() -> tuple[Any, Any]:
     return pa, pq
 
 
+def _arrow_type(pa: Any, field: Field) -> Any:
+    kind = field.kind
+    if kind == "table":
+        assert field.table is not None
+        return pa.list_(pa.struct([(f.name, _arrow_type(pa, f)) for f in field.table.fields]))
+    return {
+        "int": pa.int64(),
+        "float": pa.float64(),
+        "bool": pa.bool_(),
+        "str": pa.string(),
+        "enum": pa.string(),
+        "json": pa.string(),
+        "strs": pa.list_(pa.string()),
+        "ids": pa.list_(pa.int32()),
+        "logprobs": pa.list_(pa.float32()),
+        "versions": pa.list_(pa.int32()),  # per token here (runs only in JSON)
+    }[kind]
+
+
 def _schema(pa: Any) -> Any:
-    ints, floats = pa.list_(pa.int32()), pa.list_(pa.float32())
-    choice = pa.struct(
-        [
-            ("index", pa.int64()),
-            ("ids", ints),
-            ("logprobs", floats),
-            ("versions", ints),
-            ("finish_reason", pa.string()),
-            ("message", pa.string()),
-            ("source", pa.string()),
-        ]
-    )
-    call = pa.struct(
-        [
-            ("id", pa.string()),
-            ("index", pa.int64()),
-            ("endpoint", pa.string()),
-            ("prompt_ids", ints),
-            ("prompt_source", pa.string()),
-            ("request", pa.string()),
-            ("usage", pa.string()),
-            ("latency_s", pa.float64()),
-            ("started_at", pa.float64()),
-            ("reward", pa.float64()),
-            ("parent", pa.int64()),
-            ("notes", pa.list_(pa.string())),
-            ("choices", pa.list_(choice)),
-        ]
-    )
+    """The Arrow schema, derived from the field table in `rollout.export.rows`."""
     return pa.schema(
-        [
-            ("schema_version", pa.int32()),
-            ("id", pa.string()),
-            ("task_id", pa.string()),
-            ("sample", pa.int64()),
-            ("task", pa.string()),
-            ("status", pa.string()),
-            ("error", pa.string()),
-            ("reward", pa.float64()),
-            ("discounted", pa.bool_()),
-            ("metadata", pa.string()),
-            ("calls", pa.list_(call)),
-        ],
+        [("schema_version", pa.int32())] + [(f.name, _arrow_type(pa, f)) for f in EPISODE.fields],
         metadata={SCHEMA_KEY: str(SCHEMA_VERSION).encode()},
     )
 
@@ -101,101 +83,62 @@ def _offsets(lengths: list[int]) -> np.ndarray:
     return out.astype(np.int32)
 
 
-def _list(
-    pa: Any, arrays: list[np.ndarray], dtype: Any, typ: Any, nulls: list[bool] | None = None
-) -> Any:
+def _list(pa: Any, typ: Any, arrays: list[np.ndarray], dtype: Any, nulls: list[bool] | None = None) -> Any:
+    """A list<...> array straight from numpy: concatenated values plus offsets, no Python lists."""
     values = np.concatenate(arrays).astype(dtype, copy=False) if arrays else np.zeros(0, dtype)
     offsets = pa.array(_offsets([len(a) for a in arrays]), type=pa.int32())
     mask = None if nulls is None or not any(nulls) else pa.array(nulls, type=pa.bool_())
     return pa.ListArray.from_arrays(offsets, pa.array(values), type=typ, mask=mask)
 
 
-def _json_or_none(v: Any) -> str | None:
-    return None if v is None else dumps(jsonable(v))
+def _column(pa: Any, field: Field, typ: Any, values: list[Any]) -> Any:
+    """One field of many records as an Arrow array of type `typ`."""
+    kind = field.kind
+    if kind == "ids":
+        return _list(pa, typ, values, np.int32)
+    if kind == "versions":
+        return _list(pa, typ, [v.to_array() for v in values], np.int32)
+    if kind == "logprobs":
+        empty = np.zeros(0, np.float32)
+        nulls = [v is None for v in values]
+        return _list(pa, typ, [empty if v is None else v for v in values], np.float32, nulls)
+    if kind == "table":
+        assert field.table is not None
+        items = [item for v in values for item in v]
+        children = _struct(pa, field.table, typ.value_type, items)
+        return pa.ListArray.from_arrays(pa.array(_offsets([len(v) for v in values])), children, type=typ)
+    if kind == "strs":
+        texts = [field.dump(v) for v in values]
+        flat = pa.array([t for ts in texts for t in ts], pa.string())
+        return pa.ListArray.from_arrays(pa.array(_offsets([len(t) for t in texts])), flat, type=typ)
+    if kind == "json":
+        return pa.array([None if v is None else dumps(field.dump(v)) for v in values], typ)
+    if kind in ("str", "enum"):
+        return pa.array([field.dump(v) for v in values], typ)
+    return pa.array(values, typ)
+
+
+def _struct(pa: Any, table: Table, typ: Any, records: list[Any]) -> Any:
+    arrays = [
+        _column(pa, f, typ.field(f.name).type, [getattr(r, f.name) for r in records])
+        for f in table.fields
+    ]
+    return pa.StructArray.from_arrays(arrays, fields=list(typ))
 
 
 def episodes_to_table(episodes: Iterable[Episode]) -> Any:
     """A pyarrow Table (schema-versioned) holding `episodes`, one row each."""
     pa, _ = _pyarrow()
     schema = _schema(pa)
-    call_t = schema.field("calls").type.value_type
-    choice_t = call_t.field("choices").type.value_type
     eps = list(episodes)
-    calls = [c for ep in eps for c in ep.calls]
-    choices = [ch for c in calls for ch in c.choices]
-    empty_f32 = np.zeros(0, np.float32)
-
-    choice_arr = pa.StructArray.from_arrays(
-        [
-            pa.array([ch.index for ch in choices], pa.int64()),
-            _list(pa, [ch.ids for ch in choices], np.int32, choice_t.field("ids").type),
-            _list(
-                pa,
-                [empty_f32 if ch.logprobs is None else ch.logprobs for ch in choices],
-                np.float32,
-                choice_t.field("logprobs").type,
-                nulls=[ch.logprobs is None for ch in choices],
-            ),
-            _list(
-                pa,
-                [ch.versions.to_array() for ch in choices],
-                np.int32,
-                choice_t.field("versions").type,
-            ),
-            pa.array([ch.finish_reason for ch in choices], pa.string()),
-            pa.array([dumps(jsonable(ch.message)) for ch in choices], pa.string()),
-            pa.array([ch.source.value for ch in choices], pa.string()),
-        ],
-        fields=list(choice_t),
-    )
-    notes_values = pa.array([n for c in calls for n in c.notes], pa.string())
-    call_arr = pa.StructArray.from_arrays(
-        [
-            pa.array([c.id for c in calls], pa.string()),
-            pa.array([c.index for c in calls], pa.int64()),
-            pa.array([c.endpoint for c in calls], pa.string()),
-            _list(pa, [c.prompt_ids for c in calls], np.int32, call_t.field("prompt_ids").type),
-            pa.array([c.prompt_source.value for c in calls], pa.string()),
-            pa.array([dumps(jsonable(scrub(c.request))) for c in calls], pa.string()),
-            pa.array([_json_or_none(c.usage) for c in calls], pa.string()),
-            pa.array([c.latency_s for c in calls], pa.float64()),
-            pa.array([c.started_at for c in calls], pa.float64()),
-            pa.array([c.reward for c in calls], pa.float64()),
-            pa.array([c.parent for c in calls], pa.int64()),
-            pa.ListArray.from_arrays(
-                pa.array(_offsets([len(c.notes) for c in calls])),
-                notes_values,
-                type=call_t.field("notes").type,
-            ),
-            pa.ListArray.from_arrays(
-                pa.array(_offsets([len(c.choices) for c in calls])),
-                choice_arr,
-                type=call_t.field("choices").type,
-            ),
-        ],
-        fields=list(call_t),
-    )
-    columns = [
-        pa.array([SCHEMA_VERSION] * len(eps), pa.int32()),
-        pa.array([ep.id for ep in eps], pa.string()),
-        pa.array([ep.task_id for ep in eps], pa.string()),
-        pa.array([ep.sample for ep in eps], pa.int64()),
-        pa.array([_json_or_none(ep.task) for ep in eps], pa.string()),
-        pa.array([ep.status.value for ep in eps], pa.string()),
-        pa.array([ep.error for ep in eps], pa.string()),
-        pa.array([ep.reward for ep in eps], pa.float64()),
-        pa.array([ep.discounted for ep in eps], pa.bool_()),
-        pa.array([dumps(jsonable(ep.metadata)) for ep in eps], pa.string()),
-        pa.ListArray.from_arrays(
-            pa.array(_offsets([len(ep.calls) for ep in eps])),
-            call_arr,
-            type=schema.field("calls").type,
-        ),
+    columns = [pa.array([SCHEMA_VERSION] * len(eps), pa.int32())] + [
+        _column(pa, f, schema.field(f.name).type, [getattr(ep, f.name) for ep in eps])
+        for f in EPISODE.fields
     ]
     return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _check_file_schema(schema: Any, where: str) -> None:
+def _file_version(schema: Any, where: str) -> int:
     meta = schema.metadata or {}
     raw = meta.get(SCHEMA_KEY)
     try:
@@ -203,6 +146,7 @@ def _check_file_schema(schema: Any, where: str) -> None:
     except ValueError:
         version = raw
     check_schema_version(version, where)
+    return int(version)
 
 
 class _Lists:
@@ -217,79 +161,51 @@ class _Lists:
         return self.values[self.offsets[i] : self.offsets[i + 1]]
 
 
-def _loads(s: str | None) -> Any:
-    return None if s is None else json.loads(s)
+def _values(field: Field, arr: Any, n: int) -> list[Any]:
+    """The record attribute of `field` for each of `n` rows of its column (None: absent, older file)."""
+    kind = field.kind
+    if arr is None:
+        return [field.missing() for _ in range(n)]
+    if kind == "ids":
+        ids = _Lists(arr, np.int32)
+        return [ids[i].copy() for i in range(n)]
+    if kind == "versions":
+        vs = _Lists(arr, np.int32)
+        return [Versions.from_array(vs[i]) for i in range(n)]
+    if kind == "logprobs":
+        lp = _Lists(arr, np.float32)
+        return [None if lp.null[i] else lp[i].copy() for i in range(n)]
+    if kind == "table":
+        assert field.table is not None
+        offsets = arr.offsets.to_numpy()
+        items = _records(field.table, arr.values)
+        return [items[offsets[i] : offsets[i + 1]] for i in range(n)]
+    if kind == "json":
+        return [field.load(None if t is None else json.loads(t)) for t in arr.to_pylist()]
+    return [field.load(v) for v in arr.to_pylist()]
+
+
+def _records(table: Table, struct: Any) -> list[Any]:
+    stored = dict(zip([f.name for f in struct.type], struct.flatten(), strict=True))
+    return _build(table, stored, len(struct))
+
+
+def _build(table: Table, columns: dict[str, Any], n: int) -> list[Any]:
+    values = {f.name: _values(f, columns.get(f.name), n) for f in table.fields}
+    return [table.cls(**{name: vals[i] for name, vals in values.items()}) for i in range(n)]
 
 
 def table_to_episodes(table: Any, where: str = "table") -> list[Episode]:
-    """Episodes from a Table written by `episodes_to_table` (checks the schema version)."""
-    _check_file_schema(table.schema, where)
-    versions = table.column("schema_version").to_pylist()
-    for v in set(versions):
+    """Episodes from a Table written by `episodes_to_table` (checks the schema version).
+
+    A file from an older schema reads too: fields it lacks get their defaults.
+    """
+    _file_version(table.schema, where)
+    for v in set(table.column("schema_version").to_pylist()):
         check_schema_version(v, where)
-    calls_list = table.column("calls").combine_chunks()
-    ep_call_off = calls_list.offsets.to_numpy()
-    call_struct = calls_list.values
-    cf = dict(zip([f.name for f in call_struct.type], call_struct.flatten(), strict=True))
-    choices_list = cf["choices"]
-    call_choice_off = choices_list.offsets.to_numpy()
-    ch_struct = choices_list.values
-    chf = dict(zip([f.name for f in ch_struct.type], ch_struct.flatten(), strict=True))
-    ch_ids = _Lists(chf["ids"], np.int32)
-    ch_lp = _Lists(chf["logprobs"], np.float32)
-    ch_ver = _Lists(chf["versions"], np.int32)
-    ch_index = chf["index"].to_pylist()
-    ch_finish = chf["finish_reason"].to_pylist()
-    ch_msg = chf["message"].to_pylist()
-    ch_src = chf["source"].to_pylist()
-
-    def choice(j: int) -> Choice:
-        return Choice(
-            index=ch_index[j],
-            ids=ch_ids[j].copy(),
-            logprobs=None if ch_lp.null[j] else ch_lp[j].copy(),
-            versions=Versions.from_array(ch_ver[j]),
-            finish_reason=ch_finish[j],
-            message=json.loads(ch_msg[j]),
-            source=TokenSource(ch_src[j]),
-        )
-
-    prompt = _Lists(cf["prompt_ids"], np.int32)
-    c_py = {k: cf[k].to_pylist() for k in cf if k not in ("prompt_ids", "choices")}
-
-    def call(i: int) -> CallRecord:
-        return CallRecord(
-            id=c_py["id"][i],
-            index=c_py["index"][i],
-            endpoint=c_py["endpoint"][i],
-            prompt_ids=prompt[i].copy(),
-            prompt_source=TokenSource(c_py["prompt_source"][i]),
-            choices=[choice(j) for j in range(call_choice_off[i], call_choice_off[i + 1])],
-            request=json.loads(c_py["request"][i]),
-            usage=_loads(c_py["usage"][i]),
-            latency_s=c_py["latency_s"][i],
-            started_at=c_py["started_at"][i],
-            reward=c_py["reward"][i],
-            parent=c_py["parent"][i],
-            notes=c_py["notes"][i],
-        )
-
-    cols = {name: table.column(name).to_pylist() for name in table.column_names if name != "calls"}
-    return [
-        Episode(
-            id=cols["id"][k],
-            task_id=cols["task_id"][k],
-            sample=cols["sample"][k],
-            task=_loads(cols["task"][k]),
-            status=EpisodeStatus(cols["status"][k]),
-            error=cols["error"][k],
-            reward=cols["reward"][k],
-            discounted=cols["discounted"][k],
-            metadata=json.loads(cols["metadata"][k]),
-            calls=[call(i) for i in range(ep_call_off[k], ep_call_off[k + 1])],
-        )
-        for k in range(table.num_rows)
-    ]
+    columns = {name: table.column(name).combine_chunks() for name in table.column_names}
+    episodes: list[Episode] = _build(EPISODE, columns, table.num_rows)
+    return episodes
 
 
 class ParquetWriter:
@@ -312,10 +228,14 @@ class ParquetWriter:
         self._writer: Any = pq.ParquetWriter(self._tmp, self._schema, compression=compression)
         if append and self.path.exists():
             old = pq.ParquetFile(self.path)
-            _check_file_schema(old.schema_arrow, str(self.path))
+            current = _file_version(old.schema_arrow, str(self.path)) == SCHEMA_VERSION
             for g in range(old.num_row_groups):
-                self._writer.write_table(old.read_row_group(g).cast(self._schema))
-                self.count += old.metadata.row_group(g).num_rows
+                group = old.read_row_group(g)
+                if current:
+                    self._writer.write_table(group.cast(self._schema))
+                else:  # an older layout: rewrite it in this one
+                    self._writer.write_table(episodes_to_table(table_to_episodes(group)))
+                self.count += group.num_rows
 
     def write(self, episodes: Episode | Iterable[Episode]) -> None:
         if self._writer is None:
@@ -371,7 +291,7 @@ def iter_parquet(path: str | os.PathLike[str]) -> Iterator[Episode]:
     """Episodes row group by row group (bounded memory for large files)."""
     _, pq = _pyarrow()
     f = pq.ParquetFile(path)
-    _check_file_schema(f.schema_arrow, str(path))
+    _file_version(f.schema_arrow, str(path))
     for g in range(f.num_row_groups):
         yield from table_to_episodes(f.read_row_group(g), f"{path} row group {g}")
 
@@ -380,5 +300,26 @@ def read_parquet(path: str | os.PathLike[str]) -> list[Episode]:
     """All episodes in a Parquet file written by this library."""
     _, pq = _pyarrow()
     f = pq.ParquetFile(path)
-    _check_file_schema(f.schema_arrow, str(path))
+    _file_version(f.schema_arrow, str(path))
     return table_to_episodes(f.read(), str(path))
+
+
+def episode_ids(path: str | os.PathLike[str]) -> list[str]:
+    """The episode ids in a Parquet file, in row order (reads only that column)."""
+    _, pq = _pyarrow()
+    ids: list[str] = pq.read_table(path, columns=["id"]).column("id").to_pylist()
+    return ids
+
+
+def keep_rows(path: str | os.PathLike[str], keep: list[bool]) -> None:
+    """Rewrite a Parquet file with only the rows `keep` marks, atomically; remove it if none."""
+    pa, pq = _pyarrow()
+    path = Path(path)
+    if not any(keep):
+        path.unlink()
+        return
+    f = pq.ParquetFile(path)
+    table = f.read().filter(pa.array(keep, pa.bool_()))
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    pq.write_table(table, tmp, compression="zstd")
+    os.replace(tmp, path)

@@ -39,6 +39,7 @@ import numpy as np
 from rollout.episode import Episode, EpisodeStatus
 from rollout.inspect.decode import Decoder, default_decoder, token_text
 from rollout.record import NO_VERSION, CallRecord, Choice
+from rollout.redact import redact, redact_text
 from rollout.sample import FAILED_STATUSES, AssemblyResult, Sample, assemble
 
 BUCKETS = 20
@@ -64,8 +65,9 @@ def probability_bucket(logprob: float) -> int:
 
 
 def _e(value: Any) -> str:
-    """Escape for text and double-quoted attribute values."""
-    return html.escape(str(value), quote=True)
+    """Redact, then escape for text and double-quoted attribute values: every string on
+    the page goes through here, so no key reaches it (`rollout.redact`)."""
+    return html.escape(redact_text(str(value)), quote=True)
 
 
 def _fmt(x: float | None, digits: int = 4) -> str:
@@ -241,7 +243,7 @@ def _episode_header(ep: Episode, index: int) -> str:
         if ep.task is not None:
             parts.append(f'<div class="alert pre">{_e(_json(ep.task))}</div>')
         if ep.metadata:
-            parts.append(f'<div class="alert pre">{_e(_json(ep.metadata))}</div>')
+            parts.append(f'<div class="alert pre">{_e(_json(redact(ep.metadata)))}</div>')
         parts.append("</details>")
     parts.append("</section>")
     return "".join(parts)

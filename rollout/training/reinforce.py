@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from rollout.demo import TRAIN_CONFIG
 from rollout.embedded.policy import Policy
 from rollout.episode import Episode
 from rollout.errors import OffPolicyError
@@ -28,9 +29,9 @@ LOGPROB_TOLERANCE = 1e-5
 
 def _rows(batch: dict[str, Any]) -> Iterable[tuple[str, np.ndarray, np.ndarray, np.ndarray, np.ndarray, float]]:
     """(uid, prompt ids, response ids, response mask, recorded logprobs, reward) per row."""
-    b = batch["batch"]
+    b = batch["tensors"]
     width_p = b["prompts"].shape[1]
-    for i, uid in enumerate(batch["non_tensor_batch"]["uid"]):
+    for i, uid in enumerate(batch["non_tensors"]["uid"]):
         att = b["attention_mask"][i].astype(bool)
         prompt = b["prompts"][i][att[:width_p]]
         rlen = int(att[width_p:].sum())
@@ -40,7 +41,7 @@ def _rows(batch: dict[str, Any]) -> Iterable[tuple[str, np.ndarray, np.ndarray, 
             b["responses"][i, :rlen],
             b["response_mask"][i, :rlen].astype(bool),
             b["rollout_log_probs"][i, :rlen],
-            float(b["token_level_scores"][i].sum()),
+            float(b["rm_scores"][i].sum()),
         )
 
 
@@ -94,7 +95,7 @@ def grpo_gradient(
 
 
 def train(
-    config: Any = "configs/local.yaml",
+    config: Any = TRAIN_CONFIG,
     *,
     iterations: int = 30,
     lr: float = 12.5,
@@ -106,7 +107,7 @@ def train(
 ) -> list[dict[str, Any]]:
     """Collect, check, update, push; repeat. Returns one stats dict per iteration."""
     from rollout.collection import Collector
-    from rollout.embedded.server import push_weights
+    from rollout.embedded import push_weights
 
     settings.setdefault("output", {"path": None})
     settings.setdefault("progress", False)
@@ -136,7 +137,7 @@ def train(
                 "mean_reward": float(np.mean(rewards)),
                 "sample_mean_reward": mean_reward,
                 "max_logprob_diff": max_diff,
-                "drift_rows": int(batch["batch"]["prompts"].shape[0]) - len(episodes),
+                "drift_rows": int(batch["tensors"]["prompts"].shape[0]) - len(episodes),
             }
             history.append(stats)
             log(
@@ -163,7 +164,7 @@ def plot_rewards(history: list[dict[str, Any]], path: str | Path, log: Callable[
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log("matplotlib is not installed: no plot written")
+        log("no plot written: matplotlib is missing (pip install 'rollout-compat[plot]')")
         return False
     fig, ax = plt.subplots(figsize=(6, 3.5))
     ax.plot([h["iteration"] for h in history], [h["mean_reward"] for h in history], marker="o")

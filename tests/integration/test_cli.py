@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -21,27 +22,36 @@ import pytest
 
 from rollout.cli import main
 from rollout.collection import done_uids
+from rollout.demo import TASKS as DEMO_TASKS
 from rollout.episode import EpisodeStatus
-from rollout.export import read_jsonl
+from rollout.export import read_jsonl, read_verl
 from rollout.export.jsonl import CorruptLineWarning
 from rollout.record import TokenSource
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_IDS = [
     json.loads(line)["id"]
-    for line in (REPO / "examples/arithmetic.jsonl").read_text().splitlines()
+    for line in DEMO_TASKS.read_text().splitlines()
     if line.strip()
 ]
 
 
-def rollout(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def rollout(
+    *args: str, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "rollout.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=timeout,
+        env=env,
     )
+
+
+def summary_rows(stdout: str) -> dict[str, str]:
+    """The summary table as {row name: value}."""
+    return dict(line.rsplit(None, 1) for line in stdout.splitlines() if line.strip())
 
 
 def complete_lines(path: Path) -> int:
@@ -62,6 +72,7 @@ def collected(tmp_path_factory: pytest.TempPathFactory) -> Path:
     rows = dict(line.rsplit(None, 1) for line in proc.stdout.splitlines() if line.strip())
     assert rows["episodes requested"] == "8" and rows["finished"] == "8"
     assert rows["skipped (already on disk)"] == "0"
+    assert rows["trainable tokens"] == rows["sampled tokens"] != "0"  # all exact
     return out
 
 
@@ -127,15 +138,13 @@ def test_export_areal_rllm_verl(collected: Path, tmp_path: Path) -> None:
     assert len(data) == 8
     assert {d["id"] for d in data} == {f"{t}:{s}" for t in TASK_IDS[:4] for s in range(2)}
     assert all(d["trajectories"] and d["trajectories"][0]["steps"] for d in data)
-    with np.load(verl, allow_pickle=True) as v:
-        rows = v["batch.input_ids"].shape[0]
-        assert rows >= 8
-        assert v["batch.responses"].shape == v["batch.response_mask"].shape
-        assert (
-            v["batch.prompts"].shape[1] + v["batch.responses"].shape[1]
-            == v["batch.input_ids"].shape[1]
-        )
-        assert len(v["non_tensor.uid"]) == rows
+    v = read_verl(verl)  # DataProto.from_dict(**v) in verl (tests/peers/verl)
+    t = v["tensors"]
+    rows = t["input_ids"].shape[0]
+    assert rows >= 8
+    assert t["responses"].shape == t["response_mask"].shape == t["rm_scores"].shape
+    assert t["prompts"].shape[1] + t["responses"].shape[1] == t["input_ids"].shape[1]
+    assert len(v["non_tensors"]["uid"]) == rows and v["meta_info"]["num_truncated"] == 0
 
 
 def test_kill_and_resume(tmp_path: Path) -> None:
@@ -226,6 +235,190 @@ def test_ctrl_c_exits_cleanly_and_resumes(tmp_path: Path) -> None:
     assert resumed.returncode == 0, resumed.stderr
     uids = [e.uid for e in read_jsonl(out)]
     assert sorted(uids) == sorted({f"{t}:0" for t in TASK_IDS[:n]})
+
+
+HUNG_AGENT = """
+import time
+
+def episode(task, model):
+    if task["hang"]:
+        time.sleep(3600)  # a sync call that never returns (no timeout of its own)
+    reply = model.run([{"role": "user", "content": "What is 1 + 1?"}])
+    return float(reply.choices[0].message.content.strip() == "2")
+"""
+
+
+def test_hung_sync_agents_time_out_and_the_command_exits(tmp_path: Path) -> None:
+    """More hung sync agents than the default thread pool has threads (min(32, cpus + 4)).
+
+    Each hung episode times out, the others still run, and the process exits
+    although the hung threads can never be stopped.
+    """
+    hung = min(32, (os.cpu_count() or 1) + 4)
+    (tmp_path / "hung_agent.py").write_text(HUNG_AGENT)
+    task_file = tmp_path / "tasks.jsonl"
+    rows = [{"id": f"h{i}", "hang": True} for i in range(hung)]
+    rows += [{"id": f"ok{i}", "hang": False} for i in range(4)]
+    task_file.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = rollout(
+        "collect", "--config", "configs/local.yaml", "agent=hung_agent:episode",
+        f"tasks={task_file}", "samples_per_task=1", f"concurrency={hung + 4}",
+        "episode_timeout_s=3", f"output.path={tmp_path}/o.jsonl", "progress=false",
+        env=env, timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    by = {e.task_id: e for e in read_jsonl(tmp_path / "o.jsonl")}
+    assert len(by) == hung + 4
+    for i in range(hung):
+        assert by[f"h{i}"].status == EpisodeStatus.TIMEOUT, by[f"h{i}"].error
+    for i in range(4):
+        ok = by[f"ok{i}"]
+        assert ok.status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED), ok.error
+        assert len(ok.calls) == 1
+
+
+# ------------------------------------------------------- runs with nothing to train
+
+
+def test_an_empty_tasks_file_exits_2(tmp_path: Path) -> None:
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    proc = rollout(
+        "collect", "--config", "configs/local.yaml", f"tasks={empty}",
+        f"output.path={tmp_path}/o.jsonl", "progress=false",
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stdout
+    assert "no tasks" in proc.stderr and str(empty) in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+UNREACHABLE = ["backend.kind=remote", "backend.urls=[http://127.0.0.1:9/v1]", "episode_retries=0"]
+
+
+def test_a_run_where_every_episode_failed_exits_1_and_can_be_retried(tmp_path: Path) -> None:
+    out = tmp_path / "o.jsonl"
+    args = ["collect", "--config", "configs/local.yaml", f"output.path={out}", "limit=3",
+            "samples_per_task=1", "progress=false"]  # fmt: skip
+    failed = rollout(*args, *UNREACHABLE)
+    assert failed.returncode == 1, failed.stderr
+    assert "every one of the 3 episodes failed" in failed.stderr, failed.stderr
+    assert "connect" in failed.stderr  # the first failure's reason
+    assert summary_rows(failed.stdout)["finished"] == "3"  # the table is still printed
+    assert {e.status for e in read_jsonl(out)} == {EpisodeStatus.ERROR}
+
+    # A plain resume counts failed episodes as done ...
+    resumed = rollout(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert summary_rows(resumed.stdout)["skipped (already on disk)"] == "3"
+    # ... and --retry-failed runs them again (the journal keeps both attempts).
+    retried = rollout(*args, "--retry-failed")
+    assert retried.returncode == 0, retried.stderr
+    rows = summary_rows(retried.stdout)
+    assert rows["skipped (already on disk)"] == "0" and rows["finished"] == "3"
+    latest = {e.uid: e for e in read_jsonl(out)}
+    assert len(latest) == 3
+    assert all(e.status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED) for e in latest.values())
+    # nothing left to retry: a further retry run skips all
+    again = rollout(*args, "output.retry_failed=true")
+    assert again.returncode == 0 and summary_rows(again.stdout)["finished"] == "0"
+
+
+def test_a_run_without_exact_token_ids_exits_1_unless_allowed(tmp_path: Path) -> None:
+    args = ["collect", "--config", "configs/local.yaml", "limit=2", "samples_per_task=1",
+            "progress=false", "backend.request_token_ids=false", "backend.request_logprobs=false"]  # fmt: skip
+    proc = rollout(*args, f"output.path={tmp_path}/a.jsonl")
+    assert proc.returncode == 1, proc.stderr
+    assert "no trainable" in proc.stderr.lower() and "allow_untrainable" in proc.stderr
+    table = proc.stdout.lower()
+    assert "trainable tokens" in table and "no sampled token has exact ids" in table
+    allowed = rollout(*args, f"output.path={tmp_path}/b.jsonl", "allow_untrainable=true")
+    assert allowed.returncode == 0, allowed.stderr
+    assert "no sampled token has exact ids" in allowed.stdout.lower()  # still said
+
+
+# ------------------------------------------------------- outside the repository
+
+
+SHADOW = "raise ImportError('the working directory shadowed the library')\n"
+MY_AGENT = """
+async def episode(task, model):
+    reply = await model.arun([{"role": "user", "content": task["q"]}])
+    return float(bool(reply.choices[0].message.content))
+"""
+
+
+def shadowing_project(root: Path) -> None:
+    """A user's project whose modules share names with the library and its dependencies."""
+    for name in ("compat", "rollout", "tqdm", "aiohttp", "yaml"):
+        (root / f"{name}.py").write_text(SHADOW)
+    (root / "my_agent.py").write_text(MY_AGENT)
+    (root / "tasks.jsonl").write_text('{"q": "hi"}\n{"q": "ho"}\n')
+
+
+def cli_in(cwd: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI as the `rollout` script runs it: the working directory is not on sys.path
+    (-I keeps `python -c` from putting it first), this checkout's code is."""
+    code = f"import sys; sys.path[:0] = [{str(REPO)!r}]; from rollout.cli import main; sys.exit(main())"
+    return subprocess.run(
+        [sys.executable, "-I", "-c", code, *args],
+        cwd=cwd, capture_output=True, text=True, timeout=240, env=env,
+    )  # fmt: skip
+
+
+def test_a_users_own_compat_py_does_not_shadow_the_library(tmp_path: Path) -> None:
+    """The agent is found in the working directory, which is appended to sys.path, not put first."""
+    shadowing_project(tmp_path)
+    proc = cli_in(tmp_path, "collect", "agent=my_agent:episode", "tasks=tasks.jsonl",
+                  "output.path=o.jsonl", "progress=true")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert summary_rows(proc.stdout)["finished"] == "2"
+
+
+def test_collect_and_train_from_an_installed_wheel_with_no_checkout(tmp_path: Path) -> None:
+    """Build a wheel of this tree, install it alone in a venv, run the defaults from elsewhere."""
+    src = tmp_path / "src"
+    shutil.copytree(
+        REPO, src, symlinks=True,
+        ignore=shutil.ignore_patterns(".git", "runs", "build", "*.egg-info", ".*_cache", "__pycache__"),
+    )  # fmt: skip
+    wheels = tmp_path / "wheels"
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", str(src), "--no-deps", "-w", str(wheels), "-q"],
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if built.returncode != 0:  # no setuptools/wheel reachable for the isolated build
+        pytest.skip(f"cannot build a wheel here: {built.stderr[-500:]}")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    subprocess.run(
+        [str(python), "-m", "pip", "install", "--no-deps", "-q", *map(str, wheels.glob("*.whl"))],
+        check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    where = subprocess.run(
+        [str(python), "-c", "import rollout, compat; print(rollout.__file__, compat.__file__)"],
+        cwd=elsewhere, capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    assert where.stdout.count(str(venv)) == 2, where.stdout  # the wheel's code, not a checkout's
+    rollout_cli = venv / "bin" / "rollout"
+    proc = subprocess.run(
+        [str(rollout_cli), "collect", "limit=2", "samples_per_task=1", "progress=false"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = summary_rows(proc.stdout)
+    assert rows["finished"] == "2" and rows["trainable tokens"] != "0"
+    assert [e.task_id for e in read_jsonl(elsewhere / "runs/episodes.jsonl")] != []
+    trained = subprocess.run(
+        [str(rollout_cli), "train", "--iterations", "1", "--target", "0", "--plot", "none.png"],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "mean reward" in trained.stdout
 
 
 # ------------------------------------------------------------------ bad configs

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 import threading
+import weakref
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import numpy as np
 import pytest
 from aiohttp import web
 
@@ -108,6 +111,36 @@ def test_collect_with_path_writes_journal_and_keeps_nothing(tmp_path: Path) -> N
     for e in on_disk:
         assert_exact(e)
     assert summary.tokens == sum(e.num_tokens for e in on_disk)
+
+
+def alive_during_run(settings: dict[str, Any], n: int) -> int:
+    """Run n episodes; at the last one, how many of the others are still in memory somewhere."""
+    refs: list[weakref.ref[Episode]] = []
+    alive: list[int] = []
+
+    def note(episode: Episode) -> None:
+        refs.append(weakref.ref(episode))
+        if len(refs) == n:
+            gc.collect()
+            alive.append(sum(r() is not None for r in refs[:-1]))
+
+    collect(agent=one_turn, tasks=tasks(n), on_episode=note, concurrency=2, progress=False, **settings)
+    return alive[0]
+
+
+def test_streamed_episodes_are_not_kept_in_memory(tmp_path: Path) -> None:
+    """With an output path, memory stays flat: finished episodes are dropped as they are written.
+
+    Not all at once: a cancelled asyncio timer (a call's timeout) keeps the
+    context it was made in, with the episode in it, until the loop purges
+    cancelled timers (when they are over half of at least 100 scheduled). So a
+    bounded few linger, whatever the run's length.
+    """
+    n = 150
+    alive = alive_during_run({"output": {"path": str(tmp_path / "eps.jsonl")}}, n)
+    assert alive < n // 3, alive
+    alive = alive_during_run({"output": {"path": None}}, n)  # in memory by request
+    assert alive == n - 1
 
 
 def test_resume_skips_episodes_already_in_the_journal(tmp_path: Path) -> None:
@@ -243,7 +276,7 @@ def test_agent_exception_and_timeout_are_recorded_the_rest_complete() -> None:
             await asyncio.sleep(30)
         return await one_turn(task, model)
 
-    summary, seen = run(agent, tasks(4), episode_timeout_s=0.5, concurrency=4)
+    summary, seen = run(agent, tasks(4), episode_timeout_s=5, concurrency=4)  # ample on a loaded box
     by = {e.task_id: e for e in seen}
     assert summary.finished == summary.requested == 4
     assert by["t1"].status == EpisodeStatus.ERROR and "missing-field" in (by["t1"].error or "")
@@ -253,6 +286,85 @@ def test_agent_exception_and_timeout_are_recorded_the_rest_complete() -> None:
         assert by[k].status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED)
     assert summary.failed == 2
     assert summary.statuses.get("error") == 1 and summary.statuses.get("timeout") == 1
+
+
+def test_an_agent_raising_cancelled_error_fails_only_its_episode() -> None:
+    async def agent(task: dict[str, Any], model: Any) -> float:
+        if task["id"] == "t1":
+            raise asyncio.CancelledError("the agent gave up")
+        return await one_turn(task, model)
+
+    summary, seen = run(agent, tasks(3), concurrency=3)
+    by = {e.task_id: e for e in seen}
+    assert summary.finished == summary.requested == 3
+    assert by["t1"].status == EpisodeStatus.ERROR
+    assert "CancelledError" in (by["t1"].error or "") and "gave up" in (by["t1"].error or "")
+    for k in ("t0", "t2"):
+        assert by[k].status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED)
+
+
+def test_closing_the_stream_still_cancels_the_episodes_in_flight() -> None:
+    """The run being cancelled is not an episode failure: nothing more is yielded."""
+    started: list[str] = []
+    cancelled: list[str] = []
+
+    async def agent(task: dict[str, Any], model: Any) -> float:
+        if task["id"] != "t0":
+            started.append(task["id"])
+            try:
+                await asyncio.sleep(30)
+            except asyncio.CancelledError:
+                cancelled.append(task["id"])
+                raise
+        return await one_turn(task, model)
+
+    async def main() -> list[Episode]:
+        stream = acollect(agent=agent, tasks=tasks(3), concurrency=3, **FAST)
+        first = [await stream.__anext__()]
+        await stream.aclose()
+        return first
+
+    first = asyncio.run(main())
+    assert [e.task_id for e in first] == ["t0"]
+    assert sorted(started) == sorted(cancelled) == ["t1", "t2"]
+
+
+@pytest.mark.parametrize(
+    ("reward", "expected"),
+    [
+        (np.float32(0.5), 0.5),
+        (np.float64(0.25), 0.25),
+        (np.int64(1), 1.0),
+        (np.bool_(True), 1.0),
+        ({"reward": np.float32(0.75), "n": 1}, 0.75),
+    ],
+)
+def test_numpy_scalar_rewards_are_accepted(reward: Any, expected: float) -> None:
+    async def agent(task: dict[str, Any], model: Any) -> Any:
+        await one_turn(task, model)
+        return reward
+
+    _, seen = run(agent, tasks(1))
+    assert seen[0].status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED), seen[0].error
+    assert seen[0].reward == expected and type(seen[0].reward) is float
+
+
+@pytest.mark.parametrize(
+    "reward", [float("nan"), np.float32("nan"), float("inf"), -np.inf, {"reward": float("nan")}]
+)
+def test_a_non_finite_reward_fails_its_episode_not_the_run(reward: Any) -> None:
+    async def agent(task: dict[str, Any], model: Any) -> Any:
+        await one_turn(task, model)
+        return reward if task["id"] == "t0" else 1.0
+
+    summary, seen = run(agent, tasks(2))
+    by = {e.task_id: e for e in seen}
+    assert summary.finished == 2
+    assert by["t0"].status == EpisodeStatus.ERROR
+    assert "finite" in (by["t0"].error or ""), by["t0"].error
+    assert by["t0"].calls  # what was recorded is kept
+    assert by["t1"].status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED)
+    assert by["t1"].reward == 1.0
 
 
 # -------------------------------------------------------------- determinism
@@ -280,7 +392,8 @@ class FaultProxy:
     The marker is the episode's task id inside the request's messages:
     `fail500` always answers 500, `flaky500` answers 500 on its first request,
     `drop` always closes the connection mid-response, `flakydrop` does so once,
-    `hang` never answers. Everything else is forwarded unchanged.
+    `reset` closes the connection before any reply, `hang` never answers.
+    Everything else is forwarded unchanged.
     """
 
     def __init__(self, server: str) -> None:
@@ -299,7 +412,8 @@ class FaultProxy:
         raw = await request.read()
         text = json.dumps(json.loads(raw).get("messages", []))
         marker = next(
-            (m for m in ("flaky500", "fail500", "flakydrop", "drop", "hang") if m in text), "ok"
+            (m for m in ("flaky500", "fail500", "flakydrop", "drop", "reset", "hang") if m in text),
+            "ok",
         )
         self.hits[marker] += 1
         n = self.hits[marker]
@@ -315,6 +429,10 @@ class FaultProxy:
             assert request.transport is not None
             request.transport.close()  # the connection drops mid-body
             return resp
+        if marker == "reset":
+            assert request.transport is not None
+            request.transport.close()  # no status line, no headers: the server went away
+            return web.Response()
         if marker == "hang":
             await asyncio.sleep(60)
         assert self._session is not None
@@ -387,6 +505,23 @@ def test_remote_backend_on_an_embedded_server(server: EmbeddedServer) -> None:
         assert_exact(e)
 
 
+def async_client_factory(url: str, model: str, api_key: str | None) -> Any:
+    """A `backend.client_factory`: the user's own AsyncOpenAI (its create is decorated)."""
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url=url, api_key=api_key or "unused", max_retries=0)
+
+
+def test_an_async_client_from_a_factory_is_used_as_async(server: EmbeddedServer) -> None:
+    """It is `model.async_client` (not mistaken for a sync client), so plain SDK code works."""
+    factory = "tests.integration.test_collect:async_client_factory"
+    for agent in (one_turn, plain_openai_agent):
+        summary, seen = run(agent, tasks(2), backend=remote(server.base_url, client_factory=factory))
+        assert summary.finished == 2 and summary.failed == 0, summary.first_error
+        for e in seen:
+            assert_exact(e)
+
+
 def test_faults_are_recorded_and_nothing_is_lost(proxy: FaultProxy) -> None:
     task_list = [
         {"id": name, "a": 1, "b": 1, "answer": 2}
@@ -435,18 +570,18 @@ def test_transient_faults_are_retried_and_succeed(proxy: FaultProxy) -> None:
         assert ep.status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED), ep.error
         assert len(ep.calls) == 1  # the failed attempt's episode is not mixed in
         assert_exact(ep)
-        assert proxy.hits[name] >= 2
+        assert proxy.hits[name] == 2  # the failure, then the episode retry that succeeded
 
 
 def test_retry_budget_is_bounded(proxy: FaultProxy) -> None:
-    """An always-failing request is tried (episode_retries + 1) x (client retries + 1) times at most."""
+    """An always-failing request is tried (episode_retries + 1) x (client retries + 1) times."""
     run(
         one_turn,
         [{"id": "fail500", "a": 1, "b": 1, "answer": 2}],
         backend=remote(proxy.base_url, max_retries=1),
         episode_retries=1,
     )
-    assert 2 <= proxy.hits["fail500"] <= 4, proxy.hits
+    assert proxy.hits["fail500"] == 4, proxy.hits
 
 
 def test_unreachable_server_is_an_error_not_a_crash() -> None:
@@ -458,17 +593,40 @@ def test_unreachable_server_is_an_error_not_a_crash() -> None:
         assert e.status == EpisodeStatus.ERROR and "connect" in (e.error or "").lower()
 
 
-def test_a_call_timeout_is_not_reported_as_the_episode_timeout(proxy: FaultProxy) -> None:
+def faulty_episode(
+    proxy: FaultProxy, agent: Any, marker: str, *, call_timeout_s: float, episode_timeout_s: float
+) -> tuple[EpisodeStatus, str]:
+    """Status and error of one episode whose calls meet the proxy's `marker` fault."""
     _, seen = run(
-        one_turn,
-        [{"id": "hang", "a": 1, "b": 1, "answer": 2}],
-        backend=remote(proxy.base_url, timeout_s=0.5),
-        episode_timeout_s=30,
+        agent,
+        [{"id": marker, "a": 1, "b": 1, "answer": 2}],
+        backend=remote(proxy.base_url, timeout_s=call_timeout_s),
+        episode_timeout_s=episode_timeout_s,
         episode_retries=0,
     )
-    error = seen[0].error or ""
-    assert seen[0].status in (EpisodeStatus.TIMEOUT, EpisodeStatus.ERROR)
+    return seen[0].status, seen[0].error or ""
+
+
+def test_a_call_timeout_is_not_reported_as_the_episode_timeout(proxy: FaultProxy) -> None:
+    status, error = faulty_episode(proxy, one_turn, "hang", call_timeout_s=0.5, episode_timeout_s=30)
+    assert status == EpisodeStatus.TIMEOUT
     assert "30" not in error and "timed out" in error.lower(), error
+
+
+def sync_one_turn(task: dict[str, Any], model: Any) -> float:
+    reply = model.run([{"role": "user", "content": f"{task['id']}: what is {task['a']}+{task['b']}?"}])
+    return 1.0 if reply.choices[0].message.content == str(task["answer"]) else 0.0
+
+
+@pytest.mark.parametrize("agent", [one_turn, sync_one_turn], ids=["async", "sync"])
+def test_a_dropped_connection_is_recorded_as_such_not_as_a_timeout(
+    proxy: FaultProxy, agent: Any
+) -> None:
+    """The SDK's aiohttp transport reports a closed connection as a connect *timeout*."""
+    status, error = faulty_episode(proxy, agent, "reset", call_timeout_s=30, episode_timeout_s=60)
+    assert status == EpisodeStatus.ERROR, error
+    assert "timed out" not in error.lower() and "timeout" not in error.lower(), error
+    assert "connection" in error.lower() or "disconnect" in error.lower(), error
 
 
 # -------------------------------------------------------------------- configs
@@ -523,6 +681,11 @@ def test_collect_reports_config_errors_before_running(tmp_path: Path) -> None:
         collect(agent=one_turn, tasks=str(tmp_path / "missing.jsonl"), **FAST)
     with pytest.raises(ConfigError, match="duplicate task id"):
         collect(agent=one_turn, tasks=[{"id": 1}, {"id": 1}], **FAST)
+    with pytest.raises(ConfigError, match="no tasks"):
+        collect(agent=one_turn, tasks=[], **FAST)
+    (tmp_path / "blank.jsonl").write_text("\n\n")
+    with pytest.raises(ConfigError, match="no tasks"):
+        collect(agent=one_turn, tasks=str(tmp_path / "blank.jsonl"), **FAST)
 
 
 def test_bad_agent_path_is_a_config_error() -> None:

@@ -18,7 +18,15 @@ import numpy as np
 import openai
 import pytest
 
-from rollout.embedded import END_ID, ChatTemplate, EmbeddedServer, Policy, push_weights
+from rollout.embedded import (
+    END_ID,
+    ChatTemplate,
+    EmbeddedServer,
+    Policy,
+    WeightPushError,
+    push_weights,
+)
+from rollout.embedded.weights import weights_to_npz
 
 USER = [{"role": "user", "content": "hi"}]
 
@@ -130,7 +138,7 @@ def test_api_key_enforced_and_never_logged(caplog: pytest.LogCaptureFixture) -> 
         assert status == 401 and key not in json.dumps(body)
         status, _ = raw(server.url + "/tokenize", json.dumps({"prompt": "x"}).encode())
         assert status == 401
-        with pytest.raises(RuntimeError, match="401"):
+        with pytest.raises(WeightPushError, match="401"):
             push_weights(server.base_url, server.policy.get_weights(), 1)
         assert push_weights(server.base_url, server.policy.get_weights(), 1, api_key=key) == 1
         with urllib.request.urlopen(server.url + "/health", timeout=10) as resp:
@@ -141,7 +149,7 @@ def test_api_key_enforced_and_never_logged(caplog: pytest.LogCaptureFixture) -> 
 # ----------------------------------------------------------- weight updates
 
 
-def test_weight_update_changes_outputs_and_version(tmp_path: Path) -> None:
+def test_weight_update_changes_outputs_and_version() -> None:
     with EmbeddedServer(seed=0) as server:
         client = openai.OpenAI(base_url=server.base_url, api_key="x", max_retries=0)
         kw: dict[str, Any] = {"model": "tiny", "messages": USER, "max_tokens": 8, "seed": 1,
@@ -163,17 +171,16 @@ def test_weight_update_changes_outputs_and_version(tmp_path: Path) -> None:
             client.completions.create(model="tiny", prompt=[1, 2], max_tokens=3).weight_version == 7
         )
 
-        # JSON form with a server-side path; no version -> previous + 1.
+        # No version -> previous + 1.
         policy = Policy(seed=5)
-        path = tmp_path / "w.npz"
-        policy.save(path)
-        status, body = raw(server.url + "/update_weights", json.dumps({"path": str(path)}).encode())
+        status, body = raw(
+            server.url + "/update_weights",
+            weights_to_npz(policy.get_weights()),
+            {"Content-Type": "application/octet-stream"},
+        )
         assert (status, body["weight_version"]) == (200, 8)
         assert np.array_equal(server.policy.W, policy.W)
-        status, body = raw(
-            server.url + "/update_weights", json.dumps({"path": str(path), "version": 3}).encode()
-        )
-        assert (status, body["weight_version"]) == (200, 3)
+        assert push_weights(server.url, policy.get_weights(), version=3) == 3
 
         # Broken uploads are 400 and change nothing.
         status, body = raw(
@@ -226,12 +233,13 @@ def test_500_simultaneous_requests(server: EmbeddedServer) -> None:
 # ----------------------------------------------------------------- the CLI
 
 
-def test_serve_main_runs_until_interrupted(tmp_path: Path) -> None:
+def test_rollout_serve_runs_until_interrupted(tmp_path: Path) -> None:
     path = tmp_path / "p.npz"
     Policy(seed=2).save(path)
-    code = "import sys; from rollout.embedded import serve_main; sys.exit(serve_main(sys.argv[1:]))"
     args = ["--port", "0", "--model", "m2", "--weights", str(path), "--api-key", "k1"]
-    proc = subprocess.Popen([sys.executable, "-c", code, *args], stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rollout.cli", "serve", *args], stdout=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()

@@ -433,3 +433,30 @@ def test_chromium_renders_the_page(tmp_path: Path) -> None:
     dom = Page(proc.stdout)
     assert len(dom.samples) == 1
     check_sample(dom.samples[0], s)
+
+
+def test_no_key_reaches_the_page() -> None:
+    """Issue 12.18: an echoed key in the error, metadata and notes is redacted on the page."""
+    from rollout.redact import register_secret
+
+    key = "sk-html-SECRET-0123456789abcdef"
+    register_secret(key)
+    ep = Episode(
+        task_id="t",
+        status=EpisodeStatus.ERROR,
+        error=f"AuthenticationError: invalid key {key}",
+        metadata={"server": f"http://user:{key}@10.0.0.1/v1", "api_key": key, "note": f"echo {key}"},
+        calls=[
+            CallRecord(
+                id="c0",
+                prompt_ids=ids("hi"),
+                prompt_source=TokenSource.VLLM,
+                choices=[Choice(ids=ids("ok"), versions=[0] * len(ids("ok")), source=TokenSource.VLLM,
+                                message={"role": "assistant", "content": f"the key is {key}"})],
+                notes=[f"server said: Bearer {key}"],
+            )
+        ],
+    )
+    page = render_html(ep)
+    assert key not in page and key[:12] not in page
+    assert "REDACTED" in page

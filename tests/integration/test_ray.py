@@ -14,9 +14,14 @@ per-worker concurrency cap. No timing assertions.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
+import socket
+import subprocess
+import sys
+import weakref
 from collections import Counter
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +29,7 @@ from typing import Any
 
 import pytest
 
-from rollout.collection import Collector
+from rollout.collection import Collector, collect
 from rollout.embedded import EmbeddedServer, Policy, push_weights
 from rollout.episode import Episode, EpisodeStatus
 
@@ -279,6 +284,87 @@ def test_killed_workers_lose_no_episode(cluster: Any) -> None:
         # and the next batch runs normally on the revived pool
         again = c.run_batch(tasks(6))
         assert_exactly_once(again, tasks(6))
+
+
+def test_streamed_episodes_are_not_kept_in_the_driver(
+    cluster: Any, server: EmbeddedServer, tmp_path: Path
+) -> None:
+    refs: list[weakref.ref[Episode]] = []
+    alive: list[int] = []
+    n = 40
+
+    def note(episode: Episode) -> None:
+        refs.append(weakref.ref(episode))
+        if len(refs) == n:
+            gc.collect()
+            alive.append(sum(r() is not None for r in refs[:-1]))
+
+    summary = collect(
+        agent="examples.arithmetic:episode",
+        tasks=tasks(n),
+        on_episode=note,
+        **{**settings([server.base_url]), "output": {"path": str(tmp_path / "eps.jsonl")}},
+    )
+    assert summary.finished == n and summary.failed == 0
+    assert alive == [0]
+
+
+# ------------------------------------------------------------------ connecting
+# Subprocesses, as a user runs them: they never touch the module's cluster.
+
+
+def collect_cli(*overrides: str, env: dict[str, str], timeout: float = 240) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "rollout.cli", "collect", "--config", "configs/ray.yaml",
+         "limit=2", "samples_per_task=1", "progress=false", *overrides],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env,
+    )  # fmt: skip
+
+
+@pytest.fixture
+def dead_address() -> Iterator[str]:
+    """host:port where no Ray cluster answers: a port nothing listens on."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    yield f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def silent_address() -> Iterator[str]:
+    """host:port that accepts connections and never answers (a hung head node)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen(64)
+        yield f"127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_address_null_starts_a_new_local_cluster_whatever_ray_address_names(
+    dead_address: str, tmp_path: Path
+) -> None:
+    """A dead cluster named by RAY_ADDRESS (or Ray's session files) is not joined."""
+    env = {**os.environ, "RAY_ADDRESS": dead_address, "PYTHONPATH": ROOT}
+    proc = collect_cli(f"output.path={tmp_path}/o.jsonl", env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = dict(line.rsplit(None, 1) for line in proc.stdout.splitlines() if line.strip())
+    assert rows["finished"] == "2" and rows.get("  completed", "0") != "0"
+
+
+@pytest.mark.parametrize("which", ["dead_address", "silent_address"])
+def test_an_unreachable_address_fails_fast_with_a_clear_error(
+    which: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    address = request.getfixturevalue(which)
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    env.pop("RAY_ADDRESS", None)
+    proc = collect_cli(
+        f"ray.address={address}", "ray.connect_timeout_s=5", f"output.path={tmp_path}/o.jsonl",
+        env=env, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert address in proc.stderr and "ray.connect_timeout_s" in proc.stderr, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr and "TimeoutError" not in proc.stderr, proc.stderr[-3000:]
+    assert not (tmp_path / "o.jsonl").exists()
 
 
 def test_removing_a_node_mid_run_loses_no_episode(cluster: Any) -> None:

@@ -46,6 +46,6 @@ def test_logprob_equality_and_version_checks_catch_off_policy_data() -> None:
     with pytest.raises(OffPolicyError):
         check_on_policy(other, batch, 1.0, 1.0)
     # Sampled tokens are exactly those the server reported, mask 1 only on them.
-    mask = batch["batch"]["response_mask"].astype(bool)
+    mask = batch["tensors"]["response_mask"].astype(bool)
     assert int(mask.sum()) == sum(len(c.choices[0].ids) for e in episodes for c in e.calls)
-    assert np.all(batch["batch"]["rollout_log_probs"][~mask] == 0)
+    assert np.all(batch["tensors"]["rollout_log_probs"][~mask] == 0)

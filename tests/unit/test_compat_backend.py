@@ -2,7 +2,9 @@
 
 Everything runs offline: the real openai SDK talks to `WireServer` through an
 in-process httpx2 transport, `FakeArealOpenAI` stands in for AReaL's client,
-and `WireDuck` is a hand-written duck-typed client.
+and `WireDuck` is a hand-written duck-typed client. The class under test is
+`compat.openai_compatible.OpenAICompatibleModel`, which `compat` exports when
+camel is not installed; its CAMEL subclass is tested in tests/peers/camel.
 """
 
 from __future__ import annotations
@@ -25,9 +27,9 @@ from compat import (
     MessageFormatError,
     ModelCallError,
     ModelTimeoutError,
-    OpenAICompatibleModel,
     OpenAITokenCounter,
 )
+from compat.openai_compatible import OpenAICompatibleModel
 from tests.fakes import (
     API_KEY,
     DuckHTTPError,
@@ -149,10 +151,26 @@ def test_properties_defaults_and_config() -> None:
     assert counter.encoding_name == "o200k_base"
     assert model.token_counter is counter  # built once
     assert model.stream is False
-    assert model.token_limit == 128_000
     model2 = OpenAICompatibleModel("m", {"stream": True, "max_tokens": 512}, client=WireDuck(WireServer()))
     assert model2.stream is True
-    assert model2.token_limit == 512
+
+
+def test_token_limit_is_the_context_window_not_max_tokens() -> None:
+    """CAMEL 0.2.90 (base_model.py `token_limit`, PR 3604): the model's context
+    window, 999_999_999 for a model it does not know. ChatAgent truncates tool
+    output to 90 % of it, so `max_tokens` there cut tool results to a few tokens."""
+    model = OpenAICompatibleModel("m", {"max_tokens": 4}, client=WireDuck(WireServer()))
+    assert model.token_limit == 999_999_999
+
+    class KnownModel(str, Enum):  # what CAMEL's ModelType carries
+        GPT = "gpt-x"
+
+        @property
+        def token_limit(self) -> int:
+            return 128_000
+
+    model = OpenAICompatibleModel(KnownModel.GPT, {"max_tokens": 4}, client=WireDuck(WireServer()))
+    assert model.token_limit == 128_000
 
 
 def test_count_tokens_from_messages_uses_given_counter() -> None:
@@ -422,12 +440,12 @@ def test_arun_and_private_methods_async(sdk_model: tuple[OpenAICompatibleModel, 
             await model.arun(MESSAGES),
             await model._arun(MESSAGES),
             await model._arequest_chat_completion(MESSAGES),
-            await model._arequest_chat_completion(MESSAGES, []),
+            await model._arequest_chat_completion(MESSAGES, [TOOL_B]),
         ]
 
     replies = asyncio.run(scenario())
     assert all(isinstance(r, ChatCompletion) and text_of(r) == "ok 2" for r in replies)
-    assert [("tools" in r) for r in server.requests] == [True, True, True, False]
+    assert [r["tools"] for r in server.requests] == [[TOOL_A], [TOOL_A], [TOOL_A], [TOOL_B]]
 
 
 # --- tools -------------------------------------------------------------------------------
@@ -449,12 +467,46 @@ def test_tools_none_empty_and_override(mode: str) -> None:
     call(None)
     assert server.requests[-1]["tools"] == [TOOL_A]
     assert server.requests[-1]["tool_choice"] == "auto"
-    call([])
-    assert "tools" not in server.requests[-1]
-    assert "tool_choice" not in server.requests[-1]
+    call([])  # CAMEL's contract: an empty list is "no override", the config's tools stay
+    assert server.requests[-1]["tools"] == [TOOL_A]
+    assert server.requests[-1]["tool_choice"] == "auto"
     call([TOOL_B])
     assert server.requests[-1]["tools"] == [TOOL_B]
     assert model.model_config_dict == snapshot == config
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_parallel_tool_calls_only_sent_with_tools(mode: str) -> None:
+    """As CAMEL's `_prepare_request_config` (base_model.py L320-348, v0.2.90):
+    OpenAI rejects `parallel_tool_calls` without tools, so it is dropped when the
+    request resolves to no tools, and kept when it has some."""
+    server = WireServer()
+    sync, async_ = openai_clients(server)
+    with_tools = {"tools": [TOOL_A], "tool_choice": "auto", "parallel_tool_calls": False}
+    cases: list[tuple[dict[str, Any], Any, bool]] = [
+        ({"parallel_tool_calls": False}, None, False),  # no tools anywhere
+        ({"parallel_tool_calls": False}, [TOOL_B], True),  # tools given
+        (with_tools, None, True),  # the config's tools
+        (with_tools, [], False),  # [] resolves to none: dropped, the config's tools still sent
+    ]
+    for config, tools, kept in cases:
+        model = OpenAICompatibleModel("m", config, client=sync, async_client=async_)
+        if mode == "sync":
+            model.run(MESSAGES, tools=tools)
+        else:
+            asyncio.run(model.arun(MESSAGES, tools=tools))
+        body = server.requests[-1]
+        assert ("parallel_tool_calls" in body) is kept, (config, tools)
+        assert model.model_config_dict == config
+
+
+def test_request_kwargs_start_with_messages_and_model() -> None:
+    """Duck-typed clients see kwargs in CAMEL's order: messages, model, then the config."""
+    server = WireServer()
+    duck = WireDuck(server)
+    model = OpenAICompatibleModel("m", {"temperature": 0.5, "seed": 3}, client=duck)
+    model.run(MESSAGES)
+    assert list(duck.calls[-1]) == ["messages", "model", "temperature", "seed"]
 
 
 # --- timeouts ------------------------------------------------------------------------------
@@ -725,3 +777,17 @@ def test_valid_message_shapes_accepted() -> None:
     ]
     model.run(messages)
     assert server.requests[-1]["messages"] == messages
+
+
+def test_without_camel_compat_exports_the_plain_class_and_imports_no_camel() -> None:
+    import importlib.util
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("camel") is not None:
+        pytest.skip("camel is installed: tests/peers/camel covers compat's export there")
+    code = (
+        "import sys, compat; assert 'camel' not in sys.modules; "
+        "import compat.openai_compatible as oc; assert compat.OpenAICompatibleModel is oc.OpenAICompatibleModel"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

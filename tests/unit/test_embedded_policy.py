@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from rollout.embedded import END_ID, ChatTemplate, Policy, PolicyConfig, get_encoding
-from rollout.embedded.policy import OUTPUT_WORDS, load_weights_npz, weights_to_npz
+from rollout.embedded.policy import OUTPUT_WORDS
+from rollout.embedded.weights import read_weights_npz, weights_to_npz
 
 TEMPLATE = ChatTemplate()
 
@@ -162,7 +163,8 @@ def test_weights_roundtrip(tmp_path: Path) -> None:
     assert loaded.config == policy.config
     for k, v in policy.get_weights().items():
         assert np.array_equal(loaded.get_weights()[k], v)
-    assert np.array_equal(load_weights_npz(weights_to_npz(policy.get_weights()))["W"], policy.W)
+    wire = read_weights_npz(weights_to_npz(policy.get_weights()), policy.weight_shapes())
+    assert np.array_equal(wire["W"], policy.W) and np.array_equal(wire["b"], policy.b)
     w = policy.get_weights()
     w["W"][0, 0] = 123.0
     assert policy.W[0, 0] != 123.0  # get_weights returns copies

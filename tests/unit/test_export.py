@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -20,13 +21,16 @@ from rollout.export import (
     ParquetWriter,
     SchemaVersionError,
     TruncationError,
+    areal_tensors,
     read_jsonl,
     read_parquet,
+    read_verl,
     to_areal,
     to_rllm,
     to_verl,
     write_jsonl,
     write_parquet,
+    write_verl,
 )
 from rollout.export.areal import MissingLogprobsError
 from rollout.export.jsonl import CorruptLineWarning
@@ -66,6 +70,8 @@ def assert_same_episode(a: Episode, b: Episode) -> None:
             "reward",
             "parent",
             "notes",
+            "sent_as",
+            "fallback",
         ):
             assert getattr(ca, name) == getattr(cb, name), name
         assert ca.prompt_ids.dtype == cb.prompt_ids.dtype == np.int32
@@ -137,6 +143,8 @@ def rich_episode(task_id: str = "task-1", sample: int = 0) -> Episode:
         reward=0.25,
         parent=0,
         notes=["drift: retokenized", "second"],
+        sent_as="tokens",
+        fallback="bridge not found: sent as messages",
     )
     return Episode(
         id=f"ep-{task_id}-{sample}",
@@ -189,6 +197,8 @@ def episodes(draw: Any) -> Episode:
                 reward=draw(st.none() | st.floats(-10, 10)),
                 parent=draw(st.none() | st.integers(0, 3)),
                 notes=draw(st.lists(text, max_size=2)),
+                sent_as=draw(st.sampled_from(["messages", "tokens"])),
+                fallback=draw(st.none() | text),
             )
         )
     return Episode(
@@ -216,7 +226,7 @@ def test_jsonl_round_trip_exact(tmp_path: Path) -> None:
     assert math.isinf(back[0].calls[0].choices[0].logprobs[1])  # type: ignore[index]
     assert back[0].calls[0].choices[1].logprobs is None
     line = json.loads(path.read_text().splitlines()[0])
-    assert line["schema_version"] == 1
+    assert line["schema_version"] == 2
 
 
 @settings(
@@ -273,6 +283,35 @@ def test_jsonl_writer_flushes_each_line(tmp_path: Path) -> None:
         w.write(rich_episode("b"))
 
 
+def test_jsonl_readers_keep_the_latest_attempt_of_a_retried_episode(tmp_path: Path) -> None:
+    from rollout.export import iter_jsonl
+
+    path = tmp_path / "retried.jsonl"
+    first, other = rich_episode("a"), rich_episode("b")
+    first.id, other.id = "attempt-1", "other"
+    rerun = rich_episode("a")
+    rerun.id, rerun.metadata = "attempt-2", {"retry_of": "attempt-1"}
+    write_jsonl([first, other, rerun], path)
+    assert [e.id for e in read_jsonl(path)] == ["other", "attempt-2"]
+    assert [e.id for e in iter_jsonl(path)] == ["other", "attempt-2"]
+    assert [e.id for e in read_jsonl(path, latest_only=False)] == ["attempt-1", "other", "attempt-2"]
+    # a rerun whose line was torn replaces nothing
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 30])
+    with pytest.warns(CorruptLineWarning, match=":3: skipped truncated last line"):
+        assert [e.id for e in read_jsonl(path)] == ["attempt-1", "other"]
+
+
+def test_jsonl_non_utf8_line_names_the_line(tmp_path: Path) -> None:
+    path = tmp_path / "bad.jsonl"
+    write_jsonl([rich_episode("a"), rich_episode("b")], path)
+    path.write_bytes(path.read_bytes().replace(b'"task_id":"b"', b'"task_id":"\xc3b"'))
+    with pytest.warns(CorruptLineWarning, match=r"bad\.jsonl:2: skipped corrupt line \(not UTF-8: byte 0xc3"):
+        assert [e.task_id for e in read_jsonl(path)] == ["a"]
+    with pytest.raises(ValueError, match=r"bad\.jsonl:2: corrupt JSONL line \(not UTF-8"):
+        read_jsonl(path, errors="raise")
+
+
 def test_jsonl_future_schema_raises(tmp_path: Path) -> None:
     path = tmp_path / "future.jsonl"
     row = episode_to_row(rich_episode())
@@ -311,7 +350,7 @@ def test_parquet_token_columns_are_native_lists(tmp_path: Path) -> None:
     assert choice.field("ids").type == pa.list_(pa.int32())
     assert choice.field("logprobs").type == pa.list_(pa.float32())
     assert choice.field("versions").type == pa.list_(pa.int32())
-    assert schema.metadata[b"rollout.schema_version"] == b"1"
+    assert schema.metadata[b"rollout.schema_version"] == b"2"
 
 
 def test_parquet_append_across_sessions(tmp_path: Path) -> None:
@@ -366,6 +405,78 @@ def test_parquet_without_pyarrow_says_how_to_install(
         write_parquet([rich_episode()], tmp_path / "x.parquet")
 
 
+def test_token_mode_fields_round_trip(tmp_path: Path) -> None:
+    ep = rich_episode()
+    jp, pp = tmp_path / "t.jsonl", tmp_path / "t.parquet"
+    write_jsonl(ep, jp)
+    write_parquet(ep, pp)
+    for back in (read_jsonl(jp)[0], read_parquet(pp)[0]):
+        assert [(c.sent_as, c.fallback) for c in back.calls] == [
+            ("messages", None),
+            ("tokens", "bridge not found: sent as messages"),
+        ]
+
+
+DATA = Path(__file__).parent.parent / "data"
+
+
+def _as_version_1(ep: Episode) -> Episode:
+    """What a version-1 file holds of `ep`: the token-mode fields at their defaults."""
+    for call in ep.calls:
+        call.sent_as, call.fallback = "messages", None
+    return ep
+
+
+def test_version_1_files_still_read() -> None:
+    # Written by the schema-1 code (commit ca8d1f7) from rich_episode("a", 0),
+    # rich_episode("b", 1) and Episode(id="empty-ep", task_id="empty").
+    expected = [
+        _as_version_1(rich_episode("a", 0)),
+        _as_version_1(rich_episode("b", 1)),
+        Episode(id="empty-ep", task_id="empty"),
+    ]
+    for back in (read_jsonl(DATA / "episodes_v1.jsonl"), read_parquet(DATA / "episodes_v1.parquet")):
+        assert len(back) == 3
+        for a, b in zip(expected, back, strict=True):
+            assert_same_episode(a, b)
+
+
+def test_parquet_append_to_a_version_1_file_rewrites_it_in_version_2(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    path = tmp_path / "old.parquet"
+    path.write_bytes((DATA / "episodes_v1.parquet").read_bytes())
+    with ParquetWriter(path) as w:
+        w.write(rich_episode("c"))
+        assert w.count == 4
+    assert pq.read_schema(path).metadata[b"rollout.schema_version"] == b"2"
+    back = read_parquet(path)
+    assert [e.task_id for e in back] == ["a", "b", "empty", "c"]
+    assert_same_episode(back[0], _as_version_1(rich_episode("a", 0)))
+    assert_same_episode(back[3], rich_episode("c"))
+
+
+def test_one_field_table_names_the_jsonl_keys_and_the_parquet_columns(tmp_path: Path) -> None:
+    import pyarrow.parquet as pq
+
+    from rollout.export.rows import CALL, CHOICE, EPISODE
+
+    path = tmp_path / "e.parquet"
+    write_parquet(rich_episode(), path)
+    schema = pq.read_schema(path)
+    call_t = schema.field("calls").type.value_type
+    choice_t = call_t.field("choices").type.value_type
+    row = episode_to_row(rich_episode())
+    for table, arrow, keys in (
+        (EPISODE, schema, row),
+        (CALL, call_t, row["calls"][0]),
+        (CHOICE, choice_t, row["calls"][0]["choices"][0]),
+    ):
+        names = [f.name for f in table.fields]
+        assert [f.name for f in arrow if f.name != "schema_version"] == names
+        assert [k for k in keys if k != "schema_version"] == names
+
+
 # ---------------------------------------------------------------- secrets
 
 
@@ -400,6 +511,61 @@ def test_secrets_never_written(tmp_path: Path) -> None:
     assert read_parquet(pp)[0].calls[0].request == expected
     assert "SECRET" not in json.dumps(to_rllm(ep))
     assert "api_key" in ep.calls[0].request  # the in-memory record is not mutated
+
+
+def test_a_registered_key_leaves_no_trace_in_any_output(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import uuid
+
+    import rollout.redact
+
+    monkeypatch.setattr(rollout.redact, "_secrets", rollout.redact._secrets)  # undo after
+    key = "zq7-" + uuid.uuid4().hex
+    rollout.redact.register_secret(key)
+    ep = rich_episode()
+    ep.error = f'openai.AuthenticationError: 401 {{"error": "invalid api key {key}"}}'
+    ep.metadata = {
+        "server": f"http://user:{key}@host:8000/v1",
+        "proxy": "https://bob:hunter2hunter2@proxy.local/",  # unregistered, caught by shape
+        "log": [f"retrying with {key}"],
+    }
+    ep.task = {"question": f"echo {key}"}
+    call = ep.calls[0]
+    call.request = {
+        "messages": [{"role": "user", "content": f"my key is {key}"}],
+        "extra_body": {
+            "session_token": key,
+            "credentials": {"password": key},
+            "options": {"deep": [{"x": f"k={key}"}]},
+            "top_k": 5,
+        },
+    }
+    call.notes = [f"server echoed {key}"]
+    call.fallback = f"token route refused {key}"
+    call.choices[0].message = {"role": "assistant", "content": f"your key: {key}"}
+
+    jp, pp = tmp_path / "k.jsonl", tmp_path / "k.parquet"
+    write_jsonl(ep, jp)
+    write_parquet(ep, pp, compression="none")
+    outputs = {
+        "jsonl": jp.read_bytes().decode(),
+        "parquet": pp.read_bytes().decode("latin-1"),
+        "rllm": json.dumps(to_rllm(ep), ensure_ascii=False),
+    }
+    for name, text in outputs.items():
+        for i in range(len(key) - 8):
+            assert key[i : i + 8] not in text, f"{name} holds part of the key"
+        assert "hunter2" not in text, name
+    back = read_jsonl(jp)[0]
+    assert back.metadata["server"] == "http://user:[REDACTED]@host:8000/v1"
+    assert back.calls[0].request["extra_body"] == {
+        "options": {"deep": [{"x": "k=[REDACTED]"}]},
+        "top_k": 5,
+    }
+    assert back.error is not None and "401" in back.error and "[REDACTED]" in back.error
+    assert_same_episode(read_parquet(pp)[0], back)
+    assert key in ep.error  # the in-memory episode is not changed
 
 
 # ---------------------------------------------------------------- AReaL
@@ -467,11 +633,15 @@ def test_to_areal_hand_computed() -> None:
 def test_to_areal_accepts_episodes_and_empty() -> None:
     eps = [rich_episode("a"), rich_episode("b")]
     eps[0].status = eps[1].status = EpisodeStatus.COMPLETED
-    direct = to_areal(eps)
+    direct = to_areal(eps, rewards="episode")
     via = to_areal(assemble(eps, mode="concat"))
     for k in direct:
         np.testing.assert_array_equal(direct[k], via[k])
     assert direct["input_ids"].shape[0] == len(assemble(eps))
+    # AReaL's rule: the side branch (call 0's second choice) ends at a call without a
+    # reward while another call has one, so it gets 0.0; the other leaf ends at call 1 (0.25).
+    assert to_areal(eps)["rewards"].tolist() == [0.0, 0.25, 0.0, 0.25]
+    assert via["rewards"].tolist() == [1.0, 0.25, 1.0, 0.25]
     empty = to_areal([])
     assert empty["input_ids"].shape == (0, 0) and empty["rewards"].shape == (0,)
 
@@ -483,12 +653,52 @@ def test_to_areal_require_logprobs() -> None:
         to_areal([s], require_logprobs=True)
 
 
+def _rewarded(calls: int, *, reward: float | None, own: dict[int, float] | None = None) -> Episode:
+    """A linear episode of `calls` turns, each extending the last exactly."""
+    records, prompt = [], [1, 2]
+    for i in range(calls):
+        records.append(
+            CallRecord(prompt_ids=prompt, choices=[_choice([10 + i], [-0.5], [2])], parent=i - 1 if i else None)
+        )
+        prompt = [*prompt, 10 + i, 5]
+    for i, r in (own or {}).items():
+        records[i].reward = r
+    return Episode(task_id="t", reward=reward, calls=records)
+
+
+def test_to_areal_individual_rewards_follow_areal() -> None:
+    # AReaL: an interaction without a reward exports 0.0; set_last_reward rewards the last one.
+    ep = _rewarded(3, reward=1.0)
+    assert to_areal(ep, mode="individual")["rewards"].tolist() == [0.0, 0.0, 1.0]
+    assert to_areal(ep, mode="individual", rewards="episode")["rewards"].tolist() == [1.0] * 3
+    assert to_areal(ep)["rewards"].tolist() == [1.0]  # concat: one row, ending at the last call
+    # Calls with their own rewards keep them, and the episode reward is not added on top.
+    mixed = _rewarded(3, reward=1.0, own={0: 0.5})
+    assert to_areal(mixed, mode="individual")["rewards"].tolist() == [0.5, 0.0, 0.0]
+    # Discounting (AReaL's apply_reward_discount) gives every call its return.
+    discounted = _rewarded(3, reward=1.0)
+    discounted.discount(0.5)
+    assert to_areal(discounted, mode="individual")["rewards"].tolist() == [0.25, 0.5, 1.0]
+    # Samples keep the rewards assemble gave them.
+    samples = assemble(_rewarded(3, reward=1.0), mode="individual")
+    assert to_areal(samples)["rewards"].tolist() == [s.reward for s in samples]
+    with pytest.raises(ValueError, match="rewards"):
+        to_areal(ep, rewards="last")  # type: ignore[arg-type]
+
+
+def test_areal_tensors_names_the_extra_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch raises ImportError
+    with pytest.raises(ImportError, match=r"rollout-compat\[torch\]"):
+        areal_tensors(to_areal(_samples()))
+
+
 # ---------------------------------------------------------------- verl
 
 
 def test_to_verl_hand_computed() -> None:
     out = to_verl(_samples(), pad_id=0)
-    b, nt = out["batch"], out["non_tensor_batch"]
+    assert set(out) == {"tensors", "non_tensors", "meta_info"}  # DataProto.from_dict's parameters
+    b, nt = out["tensors"], out["non_tensors"]
     # P = 3 (longest prompt), R = 4 (longest response)
     np.testing.assert_array_equal(b["prompts"], [[1, 2, 3], [0, 0, 9]])  # left-padded
     np.testing.assert_array_equal(b["responses"], [[4, 5, 0, 6], [8, 7, 0, 0]])  # right-padded
@@ -500,26 +710,32 @@ def test_to_verl_hand_computed() -> None:
     np.testing.assert_array_equal(
         b["rollout_log_probs"], [[-0.5, -0.25, 0, -1.0], [-0.125, -2.0, 0, 0]]
     )
-    np.testing.assert_array_equal(b["token_level_scores"], [[0, 0, 0, 1.5], [0, -1.0, 0, 0]])
-    assert nt["uid"].tolist() == ["t1", "t2"]
+    # verl's agent loop hands rewards over as rm_scores: the score on the last response token
+    np.testing.assert_array_equal(b["rm_scores"], [[0, 0, 0, 1.5], [0, -1.0, 0, 0]])
+    assert "token_level_scores" not in b  # the trainer overwrites that one
+    assert nt["uid"].tolist() == ["t1", "t2"] and nt["uid"].dtype == object
     assert nt["episode_ids"].tolist() == ["t1:0", "t2:1"]
-    assert out["meta_info"] == {"num_truncated": 0, "num_missing_logprobs": 0}
-    assert b["input_ids"].dtype == np.int64 and b["token_level_scores"].dtype == np.float32
+    assert out["meta_info"] == {
+        "num_truncated": 0,
+        "num_missing_logprobs": 0,
+        "num_multi_row_episodes": 0,
+    }
+    assert b["input_ids"].dtype == np.int64 and b["rm_scores"].dtype == np.float32
 
 
 def test_to_verl_max_lengths_pad_and_truncate() -> None:
     out = to_verl(_samples(), max_prompt_len=5, max_response_len=6)
-    assert out["batch"]["prompts"].shape == (2, 5) and out["batch"]["responses"].shape == (2, 6)
-    np.testing.assert_array_equal(out["batch"]["prompts"][1], [0, 0, 0, 0, 9])
+    assert out["tensors"]["prompts"].shape == (2, 5) and out["tensors"]["responses"].shape == (2, 6)
+    np.testing.assert_array_equal(out["tensors"]["prompts"][1], [0, 0, 0, 0, 9])
     with pytest.raises(TruncationError, match="1 of 2 samples have a response longer"):
         to_verl(_samples(), max_response_len=3)
     with pytest.raises(TruncationError, match="prompt"):
         to_verl(_samples(), max_prompt_len=2)
     out = to_verl(_samples(), max_prompt_len=2, max_response_len=3, truncate=True)
-    b = out["batch"]
+    b = out["tensors"]
     np.testing.assert_array_equal(b["prompts"], [[2, 3], [0, 9]])  # keeps the end of the prompt
     np.testing.assert_array_equal(b["responses"], [[4, 5, 0], [8, 7, 0]])  # keeps the start
-    np.testing.assert_array_equal(b["token_level_scores"], [[0, 0, 1.5], [0, -1.0, 0]])
+    np.testing.assert_array_equal(b["rm_scores"], [[0, 0, 1.5], [0, -1.0, 0]])
     assert out["meta_info"]["num_truncated"] == 1
 
 
@@ -527,62 +743,101 @@ def test_to_verl_omits_rollout_logprobs_when_missing() -> None:
     samples = _samples()
     samples[1] = dataclasses.replace(samples[1], has_logprobs=False)
     out = to_verl(samples)
-    assert "rollout_log_probs" not in out["batch"]
+    assert "rollout_log_probs" not in out["tensors"]
     assert out["meta_info"]["num_missing_logprobs"] == 1
 
 
-def test_to_verl_multi_turn_episode() -> None:
-    ep = Episode(
-        task_id="q",
-        reward=1.0,
+def _two_turns(task_id: str, sample: int, reward: float, *, drift: bool = False) -> Episode:
+    second = [1, 2, 3, 4, 4] if not drift else [1, 2, 7]  # drift: does not extend turn 1
+    return Episode(
+        task_id=task_id,
+        sample=sample,
+        reward=reward,
         calls=[
             CallRecord(prompt_ids=[1, 2], choices=[_choice([3], [-0.5], [1])]),
-            CallRecord(
-                prompt_ids=[1, 2, 3, 4, 4], choices=[_choice([5, 6], [-1, -2], [1, 1])], parent=0
-            ),
+            CallRecord(prompt_ids=second, choices=[_choice([5, 6], [-1, -2], [1, 1])], parent=0),
         ],
     )
-    b = to_verl([ep])["batch"]
+
+
+def test_to_verl_multi_turn_episode() -> None:
+    b = to_verl([_two_turns("q", 0, 1.0)])["tensors"]
     np.testing.assert_array_equal(b["prompts"], [[1, 2]])
     np.testing.assert_array_equal(b["responses"], [[3, 4, 4, 5, 6]])
     np.testing.assert_array_equal(b["response_mask"], [[1, 0, 0, 1, 1]])
     np.testing.assert_array_equal(b["rollout_log_probs"], [[-0.5, 0, 0, -1, -2]])
-    np.testing.assert_array_equal(b["token_level_scores"], [[0, 0, 0, 0, 1.0]])
+    np.testing.assert_array_equal(b["rm_scores"], [[0, 0, 0, 0, 1.0]])
+
+
+def test_to_verl_episode_uids_for_episodes_split_over_rows() -> None:
+    eps = [_two_turns("q", 0, 1.0, drift=True), _two_turns("q", 1, 0.0)]
+    with pytest.warns(UserWarning, match="1 episodes span several rows"):
+        by_task = to_verl(eps)
+    assert by_task["non_tensors"]["uid"].tolist() == ["q", "q", "q"]
+    assert by_task["meta_info"]["num_multi_row_episodes"] == 1
+    by_episode = to_verl(eps, uid="episode")  # no warning: the pairs keep episodes apart
+    uids = by_episode["non_tensors"]["uid"]
+    assert uids.shape == (3,) and uids.dtype == object  # pairs, not a [3, 2] array
+    assert uids.tolist() == [("q", "q:0"), ("q", "q:0"), ("q", "q:1")]
+    with pytest.raises(ValueError, match="uid"):
+        to_verl(eps, uid="row")  # type: ignore[arg-type]
+
+
+def test_write_verl_round_trips_without_pickle(tmp_path: Path) -> None:
+    eps = [_two_turns("q", 0, 1.0, drift=True), _two_turns("q", 1, 0.0)]
+    for uid in ("task", "episode"):
+        with pytest.warns(UserWarning) if uid == "task" else contextlib.nullcontext():
+            batch = to_verl(eps, uid=uid)  # type: ignore[arg-type]
+        write_verl(batch, tmp_path / "b.npz")
+        with np.load(tmp_path / "b.npz", allow_pickle=False) as f:  # loads without pickle
+            assert "meta_info" in f.files
+        back = read_verl(tmp_path / "b.npz")
+        assert back["meta_info"] == batch["meta_info"]
+        assert set(back["tensors"]) == set(batch["tensors"])
+        for key, value in batch["tensors"].items():
+            np.testing.assert_array_equal(back["tensors"][key], value)
+            assert back["tensors"][key].dtype == value.dtype
+        for key, value in batch["non_tensors"].items():
+            assert back["non_tensors"][key].tolist() == value.tolist(), key
+            assert back["non_tensors"][key].dtype == value.dtype, key
 
 
 # ---------------------------------------------------------------- rLLM
+# The full contract (rLLM's from_dict / to_dict and its verl transform) is in
+# test_rllm_contract.py; these check what the formats must keep.
 
-# interop.md section 3, verbatim
-RLLM_EPISODE = [
+RLLM_EPISODE = [  # rllm/types.py:349-366 @9beb6e0f (Episode.to_dict)
     "id",
     "task",
     "termination_reason",
     "is_correct",
+    "session_id",
     "trajectories",
     "metrics",
-    "metadata",
+    "info",
 ]
-RLLM_TRAJECTORY = ["uid", "name", "task", "steps", "reward", "signals", "metadata"]
-RLLM_STEP = [
-    "id",
-    "input",
-    "output",
-    "action",
-    "reward",
-    "done",
-    "metadata",
+RLLM_TRAJECTORY = ["uid", "name", "task", "steps", "reward", "info"]  # types.py:281-287
+RLLM_STEP = [  # types.py:183-200
     "prompt_ids",
     "response_ids",
     "logprobs",
+    "routing_matrices",
     "chat_completions",
+    "observation",
+    "thought",
+    "action",
     "model_response",
-    "weight_version",
-    "advantage",
+    "model_output",
+    "info",
+    "reward",
+    "done",
     "mc_return",
+    "advantage",
+    "weight_version",
 ]
 
 
-def test_to_rllm_fields_match_interop() -> None:
+def test_to_rllm_fields_match_rllm() -> None:
     ep = rich_episode("task-7", 3)
     (out,) = to_rllm([ep])
     assert list(out) == RLLM_EPISODE
@@ -591,20 +846,26 @@ def test_to_rllm_fields_match_interop() -> None:
     assert [list(s) for s in traj["steps"]] == [RLLM_STEP] * 3  # (call, choice) pairs
     assert out["id"] == "task-7:3"
     assert out["termination_reason"] == "max_response_length_exceeded"  # truncated on length
-    assert out["is_correct"] is True
+    assert out["is_correct"] is True and out["session_id"] is None
     s0, s1, s2 = traj["steps"]
     for s in traj["steps"]:
         assert s["logprobs"] == [] or len(s["logprobs"]) == len(s["response_ids"])
+        assert s["model_output"]["prompt_ids"] == s["prompt_ids"]
+        assert s["model_output"]["completion_ids"] == s["response_ids"]
+        assert s["model_output"]["logprobs"] == s["logprobs"]
     assert s0["prompt_ids"] == [1, 2, 3] and s0["response_ids"] == [4, 5, 2**31 - 1]
     assert s1["logprobs"] == []  # server sent none: empty, never fake zeros
     assert (
-        s0["chat_completions"][-1] == s0["output"] and s0["chat_completions"][0]["role"] == "user"
+        s0["chat_completions"][-1]["tool_calls"][0]["id"] == "t1"
+        and s0["chat_completions"][0]["role"] == "user"
     )
-    assert s0["action"][0]["id"] == "t1"  # tool calls are the action
-    assert s1["model_response"] == "ünï ✓"
+    assert s0["model_output"]["tool_calls"] == [{"name": "f", "arguments": {}}]  # rLLM's ToolCall
+    assert s0["model_output"]["finish_reason"] == "tool_calls"
+    assert s1["model_response"] == s1["model_output"]["content"] == "ünï ✓"
     assert s0["weight_version"] == 4 and s2["weight_version"] == 4
     assert s2["reward"] == 0.25 and s2["done"] and not s0["done"]
     assert (s0["advantage"], s0["mc_return"]) == (None, 0.0)
+    assert s2["info"]["exact"] is False and s2["info"]["token_source"] == "vllm"
     json.dumps(out)  # JSON-ready
 
 
@@ -622,6 +883,13 @@ def test_to_rllm_termination_reasons() -> None:
     assert to_rllm(ep)[0]["termination_reason"] == "max_turns_exceeded"
     ep.metadata["termination_reason"] = "unknown"
     assert to_rllm(ep)[0]["termination_reason"] == "unknown"
+
+
+def test_to_rllm_episode_id_keeps_tasks_apart() -> None:
+    # rLLM's task_id is Episode.id.split(":")[0] (types.py:332-334).
+    ids = [to_rllm(rich_episode(t, 1))[0]["id"] for t in ("a:b", "a", "a%3Ab")]
+    assert ids == ["a%3Ab:1", "a:1", "a%253Ab:1"]
+    assert len({i.split(":")[0] for i in ids}) == 3
 
 
 def test_flat_api() -> None:

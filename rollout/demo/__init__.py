@@ -1,0 +1,23 @@
+"""The arithmetic demo that ships with the package: an agent, its tasks, the training config.
+
+`rollout collect` and `rollout train` with no config run it, so an installed
+rollout works without a repository checkout. The repository's `configs/`
+and `examples/` are the templates to copy for your own agent.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+
+AGENT = "rollout.demo.arithmetic:episode"
+"""Import path of the demo agent (a multi-turn `episode(task, model)`)."""
+
+TASKS = HERE / "arithmetic.jsonl"
+"""48 addition tasks, one JSON object per line: id, a, b, answer."""
+
+TRAIN_CONFIG = HERE / "train_tiny.yaml"
+"""The config `rollout train` uses by default."""
+
+__all__ = ["AGENT", "TASKS", "TRAIN_CONFIG"]

@@ -1,0 +1,118 @@
+"""What every token-mode dialect shares: requests as data, one result shape, two drivers.
+
+A dialect's logic is a generator that yields `Request`s and receives each
+reply (or has the request's `HttpError` thrown in), so the sync and the async
+paths run the same code: `drive` executes a plan with blocking calls,
+`adrive` with awaits. Nothing here knows a server's field names; those live
+in one small module per wire dialect (`vllm`, `sglang`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Generator
+from dataclasses import dataclass, field
+from typing import Any
+
+from rollout.dialects.http import JsonHttp
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One HTTP call a plan asks for."""
+
+    method: str
+    path: str
+    body: Any = None
+
+
+Plan = Generator[Request, Any, Any]
+"""Yields requests, receives their JSON replies, returns its result."""
+
+
+@dataclass(slots=True)
+class Sampled:
+    """One generated choice, as the server reported it."""
+
+    index: int
+    token_ids: list[int]
+    logprobs: list[float] | None
+    finish_reason: str
+    versions: list[int] | None = None  # per token, when the server reports spans
+    message: dict[str, Any] | None = None  # the parsed assistant message, once known
+    text: str | None = None  # the decoded completion, when the server sent it
+
+
+@dataclass(slots=True)
+class Generation:
+    """A token-in generation: what was sent and what came back."""
+
+    id: str
+    prompt_ids: list[int]
+    choices: list[Sampled]
+    usage: dict[str, Any] = field(default_factory=dict)
+    weight_version: int | None = None
+    raw: Any = None  # the server's generate reply, for a derender call
+
+
+def drive(plan: Plan, http: JsonHttp) -> Any:
+    """Run a plan with blocking requests."""
+    from rollout.dialects.http import HttpError
+
+    reply: Any = None
+    error: HttpError | None = None
+    while True:
+        try:
+            request = plan.throw(error) if error is not None else plan.send(reply)
+        except StopIteration as done:
+            return done.value
+        try:
+            reply, error = http.request(request.method, request.path, request.body), None
+        except HttpError as exc:
+            reply, error = None, exc
+
+
+async def adrive(plan: Plan, http: JsonHttp) -> Any:
+    """The async twin of `drive`."""
+    from rollout.dialects.http import HttpError
+
+    reply: Any = None
+    error: HttpError | None = None
+    while True:
+        try:
+            request = plan.throw(error) if error is not None else plan.send(reply)
+        except StopIteration as done:
+            return done.value
+        try:
+            reply, error = await http.arequest(request.method, request.path, request.body), None
+        except HttpError as exc:
+            reply, error = None, exc
+
+
+def version_of(value: Any) -> int | None:
+    """A policy version as an int: servers send ints, or strings such as "7" (or "step-7")."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        digits = value.rsplit("-", 1)[-1]
+        if digits.isdigit():
+            return int(digits)
+    return None
+
+
+def versions_from_spans(spans: Any, n: int) -> list[int] | None:
+    """Per-token versions from `[{version, start, end}]` spans covering `n` tokens."""
+    if not isinstance(spans, list) or not spans:
+        return None
+    out = [-1] * n
+    for span in spans:
+        if not isinstance(span, dict):
+            return None
+        v = version_of(span.get("version"))
+        start, end = span.get("start"), span.get("end")
+        if v is None or not isinstance(start, int) or not isinstance(end, int):
+            return None
+        for i in range(max(0, start), min(n, end)):
+            out[i] = v
+    return out

@@ -1,0 +1,106 @@
+"""SGLang's token route: `POST /generate` with `input_ids`.
+
+Checked against SGLang 0.5.23 (`sglang/api/v1/api_types.py` GenerateRequest /
+GenerateResponse, `srt/managers/tokenizer_manager.py`); see docs/wire.md.
+`sampling_params` rejects unknown keys there, so only SGLang's names are
+sent (`max_new_tokens`, not `max_tokens`). The reply's `output_ids` keep
+the matched stop token (only `text` is trimmed); logprobs arrive as
+`[logprob, token_id, text|null]` triples; `meta_info.weight_version` is
+always present. SGLang has no derender route: replies are parsed client-side
+(`rollout.dialects.hermes`). `/tokenize` takes `messages` as vLLM's does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from rollout.dialects.base import Generation, Request, Sampled, version_of, versions_from_spans
+
+GENERATE = "/generate"
+
+# vLLM engine name -> SGLang sampling_params name; absent keys are not sent.
+_NAMES = {
+    "max_tokens": "max_new_tokens",
+    "temperature": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "stop": "stop",
+    "stop_token_ids": "stop_token_ids",
+    "ignore_eos": "ignore_eos",
+    "presence_penalty": "presence_penalty",
+    "frequency_penalty": "frequency_penalty",
+    "repetition_penalty": "repetition_penalty",
+    "min_tokens": "min_new_tokens",
+    "skip_special_tokens": "skip_special_tokens",
+    "n": "n",
+    "seed": "sampling_seed",
+}
+
+
+def generate(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Request:
+    params = {_NAMES[k]: v for k, v in sampling.items() if k in _NAMES and v is not None}
+    top = sampling.get("logprobs")
+    body: dict[str, Any] = {
+        "input_ids": prompt_ids,
+        "sampling_params": params,
+        "return_logprob": True,
+        "logprob_start_len": -1,  # output tokens only
+        "rid": uuid.uuid4().hex,
+        "stream": False,
+    }
+    if isinstance(top, int) and top > 0:
+        body["top_logprobs_num"] = top
+    return Request("POST", GENERATE, body)
+
+
+_FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
+
+
+def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
+    items = reply if isinstance(reply, list) else [reply]
+    choices = []
+    meta: dict[str, Any] = {}
+    for i, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise ValueError(f"generate reply is not an object: {str(item)[:200]}")
+        meta = item.get("meta_info") or {}
+        ids = item.get("output_ids")
+        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            raise ValueError(f"generate choice {i} has no output_ids")
+        triples = meta.get("output_token_logprobs")
+        logprobs = None
+        if isinstance(triples, list) and len(triples) == len(ids):
+            pairs = [(t[0], t[1]) for t in triples if isinstance(t, list) and len(t) >= 2]
+            if len(pairs) == len(ids) and all(
+                isinstance(lp, (int, float)) and tid == want
+                for (lp, tid), want in zip(pairs, ids, strict=True)
+            ):
+                logprobs = [float(lp) for lp, _ in pairs]
+        finish = meta.get("finish_reason")
+        kind = finish.get("type") if isinstance(finish, dict) else finish
+        choices.append(
+            Sampled(
+                index=int(item.get("index", i)),
+                token_ids=ids,
+                logprobs=logprobs,
+                finish_reason=_FINISH.get(str(kind), "stop"),
+                versions=versions_from_spans(meta.get("weight_versions"), len(ids)),
+                text=item.get("text") if isinstance(item.get("text"), str) else None,
+            )
+        )
+    prompt_tokens = meta.get("prompt_tokens")
+    completion = sum(len(c.token_ids) for c in choices)
+    return Generation(
+        id=str(meta.get("id") or uuid.uuid4().hex),
+        prompt_ids=prompt_ids,
+        choices=choices,
+        usage={
+            "prompt_tokens": prompt_tokens if isinstance(prompt_tokens, int) else len(prompt_ids),
+            "completion_tokens": completion,
+            "total_tokens": len(prompt_ids) + completion,
+        },
+        weight_version=version_of(meta.get("weight_version")),
+        raw=reply,
+    )

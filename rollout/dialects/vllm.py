@@ -1,0 +1,197 @@
+"""vLLM's token routes (and the embedded server's, which speaks the same wire format).
+
+Checked against vLLM 0.33.0 (`vllm/entrypoints/scale_out/token_in_token_out/`
+protocol.py and serving.py, `scale_out/derender/`, `serve/tokenize/`); see
+docs/wire.md for the fields and the versions that introduced them.
+
+- `POST /tokenize` with `messages`: the server's own chat template, used for
+  the bridge tokens (`tokens`, `max_model_len`).
+- `POST /inference/v1/generate`: `token_ids` + `sampling_params` (engine
+  names), answering per choice `token_ids` (the stop token included),
+  `logprobs` and `weight_versions` spans. Logprob entries come as
+  `{"token_id": N, ...}` (0.33) or `{"token": "token_id:N", ...}` (0.11-0.29).
+- `POST /v1/chat/completions/derender`: the generate reply + the chat request
+  -> a ChatCompletion whose message the server's own tool and reasoning
+  parsers built.
+- Where generate is off (0.33 needs `--enable-scale-out`; it answers 403),
+  `POST /v1/completions` with a token-id `prompt` and `return_token_ids`
+  (vLLM >= 0.10.2) does the same job, without derender.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from rollout.dialects.base import Generation, Request, Sampled, version_of, versions_from_spans
+
+GENERATE = "/inference/v1/generate"
+DERENDER = "/v1/chat/completions/derender"
+COMPLETIONS = "/v1/completions"
+
+
+def tokenize(model: str, messages: list[Any], tools: Any, *, add_generation_prompt: bool,
+             chat_template_kwargs: Any = None) -> Request:  # fmt: skip
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": messages,
+        "add_generation_prompt": add_generation_prompt,
+        "add_special_tokens": False,
+    }
+    if tools:
+        body["tools"] = tools
+    if chat_template_kwargs:
+        body["chat_template_kwargs"] = chat_template_kwargs
+    return Request("POST", "/tokenize", body)
+
+
+def detokenize(model: str, ids: list[int]) -> Request:
+    return Request("POST", "/detokenize", {"model": model, "tokens": ids})
+
+
+def generate(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Request:
+    """The generate request; `sampling` uses vLLM's engine names (see `rollout.stitch`)."""
+    return Request(
+        "POST",
+        GENERATE,
+        {
+            "model": model,
+            "token_ids": prompt_ids,
+            "sampling_params": sampling,
+            "request_id": uuid.uuid4().hex,
+            "stream": False,
+        },
+    )
+
+
+def _entry_id(entry: Any) -> int | None:
+    if not isinstance(entry, dict):
+        return None
+    tid = entry.get("token_id")
+    if isinstance(tid, int):
+        return tid
+    tok = entry.get("token")
+    if isinstance(tok, str) and tok.startswith("token_id:"):
+        return int(tok[len("token_id:") :])
+    return None
+
+
+def _logprobs(block: Any, ids: list[int]) -> list[float] | None:
+    """Per-token logprobs of the sampled ids, or None when absent or inconsistent."""
+    entries = block.get("content") if isinstance(block, dict) else None
+    if not isinstance(entries, list) or len(entries) != len(ids):
+        return None
+    out: list[float] = []
+    for entry, tid in zip(entries, ids, strict=True):
+        lp = entry.get("logprob") if isinstance(entry, dict) else None
+        got = _entry_id(entry)
+        if not isinstance(lp, (int, float)) or (got is not None and got != tid):
+            return None
+        out.append(float(lp))
+    return out
+
+
+def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
+    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
+        raise ValueError(f"generate reply has no choices: {str(reply)[:200]}")
+    choices = []
+    for i, c in enumerate(reply["choices"]):
+        ids = c.get("token_ids")
+        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
+            raise ValueError(f"generate choice {i} has no token_ids")
+        choices.append(
+            Sampled(
+                index=int(c.get("index", i)),
+                token_ids=ids,
+                logprobs=_logprobs(c.get("logprobs"), ids),
+                finish_reason=str(c.get("finish_reason") or "stop"),
+                versions=versions_from_spans(c.get("weight_versions"), len(ids)),
+                text=c.get("text") if isinstance(c.get("text"), str) else None,
+            )
+        )
+    echoed = reply.get("prompt_token_ids")
+    if isinstance(echoed, list) and echoed != prompt_ids:
+        raise ValueError("the server generated from other prompt ids than were sent")
+    return Generation(
+        id=str(reply.get("request_id") or uuid.uuid4().hex),
+        prompt_ids=prompt_ids,
+        choices=choices,
+        usage=reply.get("usage") or {},
+        weight_version=version_of(reply.get("weight_version")),
+        raw=reply,
+    )
+
+
+def derender(model: str, gen: Generation, chat_request: dict[str, Any]) -> Request:
+    return Request(
+        "POST",
+        DERENDER,
+        {
+            "model": model,
+            "generate_response": gen.raw,
+            "prompt_token_ids": gen.prompt_ids,
+            "prompt_tokens": len(gen.prompt_ids),
+            "chat_request": chat_request,
+        },
+    )
+
+
+def apply_derender(gen: Generation, reply: Any) -> None:
+    """Set each choice's message (and finish reason) from a derendered ChatCompletion."""
+    choices = reply.get("choices") if isinstance(reply, dict) else None
+    if not isinstance(choices, list) or len(choices) != len(gen.choices):
+        raise ValueError("derender reply does not match the generation's choices")
+    by_index = {c.index: c for c in gen.choices}
+    for c in choices:
+        target = by_index.get(int(c.get("index", 0)))
+        message = c.get("message")
+        if target is None or not isinstance(message, dict):
+            raise ValueError("derender reply has a choice without a message")
+        target.message = {k: v for k, v in message.items() if v is not None}
+        if c.get("finish_reason"):
+            target.finish_reason = str(c["finish_reason"])
+
+
+def completions(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Request:
+    """The fallback route: `/v1/completions` with a token-id prompt."""
+    body: dict[str, Any] = {"model": model, "prompt": prompt_ids, "return_token_ids": True}
+    for key, value in sampling.items():
+        if key == "logprobs":
+            body["logprobs"] = value if value is not None else None
+        else:
+            body[key] = value
+    body.pop("detokenize", None)
+    return Request("POST", COMPLETIONS, body)
+
+
+def parse_completions(reply: Any, prompt_ids: list[int]) -> Generation:
+    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
+        raise ValueError(f"completions reply has no choices: {str(reply)[:200]}")
+    choices = []
+    for i, c in enumerate(reply["choices"]):
+        ids = c.get("token_ids")
+        if not isinstance(ids, list):
+            raise ValueError("completions reply has no token_ids (vLLM >= 0.10.2 sends them)")
+        lp = c.get("logprobs")
+        values = lp.get("token_logprobs") if isinstance(lp, dict) else None
+        ok = isinstance(values, list) and len(values) == len(ids) and all(
+            isinstance(v, (int, float)) for v in values
+        )
+        choices.append(
+            Sampled(
+                index=int(c.get("index", i)),
+                token_ids=ids,
+                logprobs=[float(v) for v in values] if ok and values is not None else None,
+                finish_reason=str(c.get("finish_reason") or "stop"),
+                versions=versions_from_spans(c.get("weight_versions"), len(ids)),
+                text=c.get("text") if isinstance(c.get("text"), str) else None,
+            )
+        )
+    return Generation(
+        id=str(reply.get("id") or uuid.uuid4().hex),
+        prompt_ids=prompt_ids,
+        choices=choices,
+        usage=reply.get("usage") or {},
+        weight_version=version_of(reply.get("weight_version")),
+        raw=reply,
+    )
