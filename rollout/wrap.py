@@ -32,6 +32,11 @@ class PendingCall(Protocol):
     """One call in flight, as the recorder sees it (see `rollout.recorder.PendingCall`)."""
 
     done: bool
+    turn: Any  # token mode: set when the call goes as token ids
+
+    def send_tokens(self) -> Any: ...
+
+    async def asend_tokens(self) -> Any: ...
 
     def record(self, response: Any, client: Any) -> Any: ...
 
@@ -45,7 +50,9 @@ class PendingCall(Protocol):
 class CallSink(Protocol):
     """Where wrapped clients report their calls: a `Recorder`."""
 
-    def start_call(self, kwargs: dict[str, Any], *, endpoint: str) -> tuple[dict[str, Any], PendingCall]: ...
+    def start_call(
+        self, kwargs: dict[str, Any], *, endpoint: str, client: Any = None
+    ) -> tuple[dict[str, Any], PendingCall]: ...
 _SUBCLASSES: dict[type, type] = {}
 
 
@@ -98,7 +105,18 @@ class _Completions(_Namespace):
 
     def _call(self, fn: Any, endpoint: str, kwargs: dict[str, Any]) -> Any:
         """Record one call: the reply, a stream wrapped to record, or an awaitable of either."""
-        result, sent, pending = _send(self._recorder, fn, kwargs, _helper(kwargs, endpoint))
+        sent, pending = self._recorder.start_call(kwargs, endpoint=_helper(kwargs, endpoint), client=self._root)
+        if pending.turn is not None:
+            return self._tokens(fn, sent, pending)
+        return self._messages(fn, sent, pending)
+
+    def _tokens(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+        """Token mode: the stitched turn, or the messages path when it falls back."""
+        reply = pending.send_tokens()
+        return reply if reply is not None else self._messages(fn, sent, pending)
+
+    def _messages(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+        result = _invoke(fn, sent, pending)
         if inspect.isawaitable(result):  # an async client's call (or a sync-looking function of one)
             return _finish_async(result, sent, pending, self._root)
         return _finish(result, sent, pending, self._root)
@@ -134,12 +152,18 @@ class _AsyncCompletions(_Completions):
 
         return call
 
+    async def _tokens(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+        reply = await pending.asend_tokens()
+        if reply is not None:
+            return reply
+        result = self._messages(fn, sent, pending)
+        return await result if inspect.isawaitable(result) else result
 
-def _send(recorder: CallSink, fn: Any, kwargs: dict[str, Any], endpoint: str) -> tuple[Any, dict[str, Any], PendingCall]:
-    """Start recording and make the call; a call that fails at once leaves its trace."""
-    sent, pending = recorder.start_call(kwargs, endpoint=endpoint)
+
+def _invoke(fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+    """Make the call; a call that fails at once leaves its trace."""
     try:
-        return fn(**sent), sent, pending
+        return fn(**sent)
     except BaseException as exc:
         pending.fail(exc)
         raise
@@ -288,7 +312,8 @@ class _Responses(_Namespace):
         self._root = root
 
     def create(self, **kwargs: Any) -> Any:
-        result, sent, pending = _send(self._recorder, self.__wrapped__.create, kwargs, "responses")
+        sent, pending = self._recorder.start_call(kwargs, endpoint="responses", client=self._root)
+        result = _invoke(self.__wrapped__.create, sent, pending)
         if inspect.isawaitable(result):
             return _finish_responses_async(result, sent, pending, self._root)
         return _finish_responses(result, sent, pending, self._root)
