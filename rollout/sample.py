@@ -108,7 +108,7 @@ class AssemblyResult:
 
     samples: list[Sample] = field(default_factory=list)
     drift: list[Drift] = field(default_factory=list)
-    num_merged: int = 0  # (call, choice) pairs appended to an existing sample
+    num_merged: int = 0  # calls whose first choice continued an existing row
     skipped_episodes: list[str] = field(default_factory=list)  # failed, not included
 
     @property
@@ -230,7 +230,11 @@ def _drift(episode: Episode, call: CallRecord, pos: int) -> Drift | None:
 
 def _concat(episode: Episode, result: AssemblyResult) -> None:
     # Every branch state is kept (a tree, like AReaL's interaction tree); the
-    # leaves, i.e. branches nothing extended, become samples.
+    # leaves, i.e. branches nothing extended, become samples. A call merges only
+    # into a leaf: merging into a branch another call already extended would put
+    # that branch's sampled tokens, with loss_mask 1, into two rows. Such a call
+    # starts a row of its own, the shared tokens its prompt (as rLLM does,
+    # rllm-org/rllm@9beb6e0 rllm/trainer/verl/transform.py:394-398).
     branches: list[_Branch] = []
     extended: list[bool] = []
     for pos, call in enumerate(episode.calls):
@@ -238,7 +242,7 @@ def _concat(episode: Episode, result: AssemblyResult) -> None:
             continue
         base_idx: int | None = None
         for i in range(len(branches) - 1, -1, -1):  # most recent first
-            if _extends(call.prompt_ids, branches[i].full):
+            if not extended[i] and _extends(call.prompt_ids, branches[i].full):
                 base_idx = i
                 break
         if base_idx is None:
@@ -249,10 +253,11 @@ def _concat(episode: Episode, result: AssemblyResult) -> None:
         else:
             base = branches[base_idx]
             extended[base_idx] = True
-            result.num_merged += len(call.choices)
-        for choice in call.choices:  # n > 1: each choice forks its own branch
+            result.num_merged += 1
+        for choice in call.choices:
             branches.append(_branch_extend(base, pos, call, choice))
             extended.append(False)
+            base = None  # n > 1: the other choices start rows of their own, base as prompt
     result.samples.extend(
         _finish(b, episode) for b, ext in zip(branches, extended, strict=True) if not ext
     )
