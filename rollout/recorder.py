@@ -34,7 +34,7 @@ from rollout.record import (
     as_ids,
     as_logprobs,
 )
-from rollout.redact import redact, register_secret
+from rollout.redact import is_secret_name, redact, register_secret
 from rollout.replay import AsyncReplayStream, ReplayStream, chunks
 from rollout.stitch import (
     StitchedTurn,
@@ -64,7 +64,8 @@ _current: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "rollout_episode", default=None
 )
 
-# Never stored: credentials and per-call transport plumbing.
+# Never stored: per-call transport plumbing, and (with credential-named keys, by the
+# one redactor's naming rule) credentials.
 _DROP_KEYS = frozenset(
     {"extra_headers", "extra_query", "api_key", "authorization", "headers", "timeout", "http_client"}
 )
@@ -86,7 +87,7 @@ def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None)
     """
     out: dict[str, Any] = {}
     for k, v in kwargs.items():
-        if k in _DROP_KEYS or _unset(v):
+        if k in _DROP_KEYS or is_secret_name(k) or _unset(v):
             continue
         if k == "response_format" and isinstance(v, type):
             v = {"type": "pydantic", "name": v.__name__}

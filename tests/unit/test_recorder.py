@@ -19,7 +19,7 @@ import pytest
 
 from rollout import Episode, EpisodeStatus, Recorder, RewardError, UnscopedCallError
 from rollout.export import read_jsonl, write_jsonl
-from tests.fakes import API_KEY, ENC, WireServer, openai_clients, render_prompt
+from tests.fakes import API_KEY, ENC, WireDuck, WireServer, openai_clients, render_prompt
 
 
 def user(text: str) -> dict[str, Any]:
@@ -403,6 +403,20 @@ def test_non_finite_or_non_numeric_rewards_raise_naming_the_value(value: Any) ->
 
 
 SECRET_PATTERN = re.compile(r"authorization|bearer|" + re.escape(API_KEY), re.IGNORECASE)
+
+
+def test_a_duck_clients_credential_keyword_is_not_stored() -> None:
+    """A duck-typed client may take its key per call; the record keeps the request without it."""
+    server = WireServer()
+    rec = Recorder()
+    duck = rec.wrap(WireDuck(server))
+    with rec.episode("t") as ep:
+        duck.chat.completions.create(model="m", messages=[user("a")], session_token=API_KEY,
+                                     api_key=API_KEY, temperature=0.5)  # fmt: skip
+    (call,) = ep.calls
+    assert server.requests[0]["session_token"] == API_KEY  # it reached the client
+    assert call.request["temperature"] == 0.5
+    assert not SECRET_PATTERN.search(repr(dataclasses.asdict(ep))), call.request
 
 
 def test_credentials_never_stored_or_exported(tmp_path: Path) -> None:
