@@ -7,6 +7,8 @@ Each class also derives from the builtin a caller would naturally catch
 
 from __future__ import annotations
 
+import asyncio
+
 
 class RolloutError(Exception):
     """Base class for every error this package raises."""
@@ -62,3 +64,39 @@ class TemplateError(RolloutError, ValueError):
 
 class CorruptLineWarning(UserWarning):
     """A file line could not be read (e.g. the last line of a killed run) and was skipped."""
+
+
+_TIMEOUT_NAMES = frozenset({"APITimeoutError", "TimeoutException"})  # openai's, httpx's
+
+
+def exception_chain(exc: BaseException | None) -> list[BaseException]:
+    """`exc` and its causes, outermost first (at most 10)."""
+    out: list[BaseException] = []
+    while exc is not None and len(out) < 10:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
+def _says_timeout(exc: BaseException) -> bool:
+    return isinstance(exc, TimeoutError) or any(c.__name__ in _TIMEOUT_NAMES for c in type(exc).__mro__)
+
+
+def explain_failure(exc: BaseException) -> tuple[bool, str]:
+    """(timed out, reason) for a failed call or episode, as it will be recorded.
+
+    A dropped connection is not a timeout, although the openai SDK's aiohttp
+    transport reports one as such (openai 2.x `_vendor/httpx_aiohttp/transport.py`
+    maps every aiohttp.ClientConnectionError, ServerDisconnectedError included,
+    to httpx.ConnectTimeout, hence APITimeoutError): the root of the cause chain
+    says what really happened (not counting the CancelledError by which asyncio
+    implements a timeout).
+    """
+    chain = [e for e in exception_chain(exc) if not isinstance(e, asyncio.CancelledError)]
+    text = f"{type(exc).__name__}: {exc}"
+    if not any(_says_timeout(e) for e in chain):
+        return False, text
+    root = chain[-1]
+    if _says_timeout(root):
+        return True, text
+    return False, f"connection lost: {type(root).__name__}: {root}"

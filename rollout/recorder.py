@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from rollout.dialects import Generation, HttpError, adrive, drive
 from rollout.episode import Episode, EpisodeStatus
-from rollout.errors import UnscopedCallError
+from rollout.errors import UnscopedCallError, explain_failure
 from rollout.record import (
     NO_VERSION,
     CallRecord,
@@ -526,7 +526,7 @@ class PendingCall:
         """A failed call leaves a trace in the episode; the exception still propagates."""
         self.done = True
         failures = self.episode.metadata.setdefault("failed_calls", [])
-        failures.append({"endpoint": self.endpoint, "error": f"{type(exc).__name__}: {exc}"})
+        failures.append({"endpoint": self.endpoint, "error": explain_failure(exc)[1]})
 
 
 class EpisodeScope:

@@ -26,7 +26,7 @@ from compat.retry import EPISODE_RETRY, is_transient
 from rollout.collection.backend import Backend
 from rollout.collection.threads import sync_agent_pool
 from rollout.episode import Episode, EpisodeStatus
-from rollout.errors import RewardError
+from rollout.errors import RewardError, exception_chain, explain_failure
 from rollout.recorder import Recorder
 
 Agent = Callable[[Any, Any], Any]
@@ -80,47 +80,18 @@ def apply_result(episode: Episode, result: Any) -> None:
     episode.reward = _reward(result)
 
 
-def _chain(exc: BaseException | None) -> list[BaseException]:
-    """`exc` and its causes, outermost first (at most 10)."""
-    out: list[BaseException] = []
-    while exc is not None and len(out) < 10:
-        out.append(exc)
-        exc = exc.__cause__ or exc.__context__
-    return out
-
-
 def transport_error(exc: BaseException | None) -> BaseException | None:
     """The connection trouble or 5xx/429 anywhere in the cause chain, if any."""
     # is_transient includes a single call's timeout (and refused connections)
-    return next((e for e in _chain(exc) if is_transient(e)), None)
-
-
-_TIMEOUT_NAMES = frozenset({"APITimeoutError", "TimeoutException"})  # openai's, httpx's
-
-
-def _says_timeout(exc: BaseException) -> bool:
-    return isinstance(exc, TimeoutError) or any(c.__name__ in _TIMEOUT_NAMES for c in type(exc).__mro__)
+    return next((e for e in exception_chain(exc) if is_transient(e)), None)
 
 
 def failure_status(exc: BaseException) -> tuple[EpisodeStatus, str]:
-    """How an agent's exception ends its episode: (status, reason).
-
-    A call that timed out makes a `timeout` episode. A dropped connection does
-    not, although the openai SDK's aiohttp transport reports one as a timeout
-    (openai 2.x `_vendor/httpx_aiohttp/transport.py` maps every
-    aiohttp.ClientConnectionError, ServerDisconnectedError included, to
-    httpx.ConnectTimeout, hence APITimeoutError and compat's ModelTimeoutError):
-    the root of the cause chain says what really happened (not counting the
-    CancelledError by which asyncio implements a timeout).
-    """
-    chain = [e for e in _chain(exc) if not isinstance(e, asyncio.CancelledError)]
-    text = f"{type(exc).__name__}: {exc}"
-    if not any(_says_timeout(e) for e in chain):
-        return EpisodeStatus.ERROR, text
-    root = chain[-1]
-    if _says_timeout(root):
-        return EpisodeStatus.TIMEOUT, text
-    return EpisodeStatus.ERROR, f"connection lost: {type(root).__name__}: {root}"
+    """How an agent's exception ends its episode: (status, reason). A call that
+    timed out makes a `timeout` episode; a dropped connection does not (see
+    `rollout.errors.explain_failure`)."""
+    timed_out, reason = explain_failure(exc)
+    return (EpisodeStatus.TIMEOUT if timed_out else EpisodeStatus.ERROR), reason
 
 
 async def _call_agent(agent: Agent, task: Any, model: Any) -> Any:

@@ -613,7 +613,8 @@ def faulty_episode(
         episode_timeout_s=episode_timeout_s,
         episode_retries=0,
     )
-    return seen[0].status, seen[0].error or ""
+    failed = "; ".join(f["error"] for f in seen[0].metadata.get("failed_calls", []))
+    return seen[0].status, f"{seen[0].error or ''} | failed calls: {failed}"
 
 
 def test_a_call_timeout_is_not_reported_as_the_episode_timeout(proxy: FaultProxy) -> None:
