@@ -22,6 +22,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any, Protocol, runtime_checkable
 
 from compat.errors import CompatError, ModelTimeoutError
+from compat.threads import to_thread
 
 _STREAM_END = object()
 
@@ -152,7 +153,7 @@ async def _async_iter(stream: Any) -> AsyncIterator[Any]:
     """Iterate a sync stream from async code without blocking the loop."""
     it = iter(stream)
     while True:
-        item = await asyncio.to_thread(next, it, _STREAM_END)
+        item = await to_thread(next, it, _STREAM_END)
         if item is _STREAM_END:
             return
         yield item
@@ -217,7 +218,7 @@ class ClientPair:
         fn = resolve(self.sync, path)
         if fn is None:
             raise AttributeError(f"neither client has `{path}`")
-        result = await _with_timeout(asyncio.to_thread(fn, **kwargs), self._timeout)
+        result = await _with_timeout(to_thread(fn, **kwargs), self._timeout)
         if inspect.isawaitable(result):
             result = await _with_timeout(result, self._timeout)
         if hasattr(result, "__next__") and not hasattr(result, "__aiter__"):

@@ -10,8 +10,6 @@ failures are retried with backoff on a fresh episode first.
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import functools
 import hashlib
 import inspect
 import math
@@ -23,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from compat.retry import EPISODE_RETRY, is_transient
+from compat.threads import to_thread
 from rollout.collection.backend import Backend
-from rollout.collection.threads import sync_agent_pool
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import RewardError, exception_chain, explain_failure
 from rollout.recorder import Recorder
@@ -97,10 +95,9 @@ def failure_status(exc: BaseException) -> tuple[EpisodeStatus, str]:
 async def _call_agent(agent: Agent, task: Any, model: Any) -> Any:
     if inspect.iscoroutinefunction(agent):
         return await agent(task, model)
-    # Sync agents run on a thread of their own (see threads.py); the episode's
+    # Sync agents run on a thread of their own (compat/threads.py); the episode's
     # context, and so its recording scope, goes with them.
-    call = functools.partial(contextvars.copy_context().run, agent, task, model)
-    result = await asyncio.get_running_loop().run_in_executor(sync_agent_pool(), call)
+    result = await to_thread(agent, task, model)
     if inspect.isawaitable(result):
         result = await result
     return result

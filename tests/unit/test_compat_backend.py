@@ -275,6 +275,34 @@ class SlowSyncDuck:
         })
 
 
+class BarrierDuck:
+    """A sync-only client whose calls return only once `parties` of them are in flight."""
+
+    def __init__(self, parties: int) -> None:
+        self.barrier = threading.Barrier(parties, timeout=10)
+        self.chat = self
+        self.completions = self
+
+    def create(self, **kwargs: Any) -> ChatCompletion:
+        self.barrier.wait()  # BrokenBarrierError if the calls were not all running at once
+        return ChatCompletion.model_validate({
+            "id": "c1", "object": "chat.completion", "created": 1, "model": kwargs["model"],
+            "choices": [{"index": 0, "finish_reason": "stop",
+                         "message": {"role": "assistant", "content": "together"}}],
+        })
+
+
+def test_arun_over_a_sync_only_client_is_not_throttled_to_the_default_thread_pool() -> None:
+    """asyncio's default executor has min(32, cpus + 4) threads (6 on 2 cores): 16
+    concurrent `arun` calls over a sync client must all be in flight at once."""
+    model = OpenAICompatibleModel("m", client=BarrierDuck(16), max_retries=0)
+
+    async def scenario() -> list[Any]:
+        return await asyncio.gather(*(model.arun(MESSAGES) for _ in range(16)))
+
+    assert [text_of(r) for r in asyncio.run(scenario())] == ["together"] * 16
+
+
 def test_arun_over_sync_only_client_does_not_block_loop() -> None:
     duck = SlowSyncDuck()
     model = OpenAICompatibleModel("m", client=duck)

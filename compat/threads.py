@@ -1,21 +1,25 @@
-"""Threads for sync agents: one per episode in flight, daemon, reused while busy.
+"""Threads for sync work called from async code: one per call in flight, daemon, reused.
 
-asyncio's default executor has min(32, cpus + 4) threads whatever
-`concurrency` says, and asyncio.run and the interpreter join its threads at
-exit. So six sync agents hung in a call without a timeout (on 2 cores)
-starved every other sync episode, and the command never exited.
+asyncio's default executor has min(32, cpus + 4) threads whatever the
+caller's concurrency, and asyncio.run and the interpreter join its threads at
+exit. So six sync agents (or sync-only clients under `arun`) hung in a call
+without a timeout (on 2 cores) starved every other one, and the command
+never exited.
 
-Here a call gets an idle thread or a new one, so as many sync agents run at
-once as the executor lets episodes run (its `concurrency`). A call that never
-returns costs its episode a timeout, not the run: the episode's task stops
-waiting, the next episode gets another thread, and the process can exit
-because the threads are daemons. The limitation: Python cannot kill a
-thread, so a hung call's thread lingers (and holds what it references)
-until the call returns or the process exits.
+Here a call gets an idle thread or a new one, so as many sync calls run at
+once as the caller lets run (collection's `concurrency`). A call that never
+returns costs its caller a timeout, not the run: the caller stops waiting,
+the next call gets another thread, and the process can exit because the
+threads are daemons. The limitation: Python cannot kill a thread, so a hung
+call's thread lingers (and holds what it references) until the call returns
+or the process exits.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextvars
+import functools
 import queue
 import threading
 from collections.abc import Callable
@@ -31,7 +35,7 @@ _Work = tuple["Future[Any]", Callable[..., Any], tuple[Any, ...], dict[str, Any]
 class DaemonThreadPool(Executor):
     """An Executor whose threads are daemons, started whenever no idle one is waiting."""
 
-    def __init__(self, name: str = "rollout-sync-agent") -> None:
+    def __init__(self, name: str = "compat-sync") -> None:
         self._name = name
         self._work: queue.SimpleQueue[_Work] = queue.SimpleQueue()
         self._lock = threading.Lock()
@@ -78,10 +82,17 @@ _pool: DaemonThreadPool | None = None
 _pool_lock = threading.Lock()
 
 
-def sync_agent_pool() -> DaemonThreadPool:
+def sync_pool() -> DaemonThreadPool:
     """The process's pool (each Ray actor has its own process, so its own pool)."""
     global _pool
     with _pool_lock:
         if _pool is None:
             _pool = DaemonThreadPool()
         return _pool
+
+
+async def to_thread(fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
+    """`asyncio.to_thread` on `sync_pool()`: the caller's context (its recording
+    scope) goes with the call, and no fixed thread count throttles it."""
+    call = functools.partial(contextvars.copy_context().run, fn, *args, **kwargs)
+    return await asyncio.get_running_loop().run_in_executor(sync_pool(), call)
