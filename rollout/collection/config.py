@@ -59,6 +59,16 @@ class BackendSpec(_Strict):
                 raise ValueError(f"url {u!r} must start with http:// or https://")
         return urls
 
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer(cls, spec: str | None) -> str | None:
+        from rollout.tokenizers import check_spec
+
+        try:
+            return None if spec is None else check_spec(spec)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
     @model_validator(mode="after")
     def _remote_needs_urls(self) -> BackendSpec:
         if self.kind == "remote" and not self.urls and self.client_factory is None:
