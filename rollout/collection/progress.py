@@ -50,7 +50,7 @@ class CollectSummary(BaseModel):
         """Raise NoTrainableDataError if this run produced nothing to train on.
 
         That is: every episode failed, or (unless `allow_untrainable`) no
-        sampled token has exact ids. A run that only skipped episodes passes.
+        sampled token has exact ids or a tokenizer's ids checked against the server's. A run that only skipped episodes passes.
         """
         if self.finished and self.failed == self.finished:
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
