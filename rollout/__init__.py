@@ -25,7 +25,13 @@ from rollout.record import CallRecord, Choice, TokenSource, Versions
 from rollout.recorder import EpisodeScope, Recorder
 from rollout.redact import register_secret
 from rollout.sample import AssemblyResult, Drift, Sample, assemble
-from rollout.tokens import TiktokenTokenizer, Tokenizer
+from rollout.tokenizers import (
+    HfTokenizer,
+    ServerTokenizer,
+    TiktokenTokenizer,
+    Tokenizer,
+    load_tokenizer,
+)
 
 if _typing.TYPE_CHECKING:
     from rollout.collection import (
@@ -61,12 +67,14 @@ __all__ = [
     "Episode",
     "EpisodeScope",
     "EpisodeStatus",
+    "HfTokenizer",
     "NoTrainableDataError",
     "OutputLockedError",
     "Recorder",
     "RewardError",
     "RolloutError",
     "Sample",
+    "ServerTokenizer",
     "TiktokenTokenizer",
     "TokenRecordError",
     "TokenSource",
@@ -77,5 +85,6 @@ __all__ = [
     "assemble",
     "collect",
     "load_config",
+    "load_tokenizer",
     "register_secret",
 ]

@@ -8,7 +8,11 @@ list of Python ints and floats would.
 
 `TokenSource` says where the ids came from. Only the tokenizer fallback is
 inexact: its ids are re-encoded text, not what the server sampled, and every
-record built that way says so (`exact == False`).
+record built that way says so (`exact == False`). A server that sends
+logprobs but no ids (OpenAI, llama.cpp) still gets its logprobs and token
+count kept (`Choice.server_logprobs`); they are paired with a tokenizer's ids
+only when those ids spell the server's tokens one for one
+(`TokenSource.TOKENIZER_MATCHED`: inexact, but trainable).
 """
 
 from __future__ import annotations
@@ -33,12 +37,19 @@ class TokenSource(str, Enum):
     LOGPROB_TOKENS = "logprob_tokens"  # logprobs.content[j].token == "token_id:N"
     AREAL = "areal"  # client.get_interaction(id): input/output tokens
     TOKEN_IN = "token_in"  # the prompt ids we sent (token mode): exactly what the server saw
+    TOKENIZER_MATCHED = "tokenizer_matched"  # a tokenizer's ids, each checked against the server's token
     TOKENIZER = "tokenizer"  # re-encoded text: NOT the sampled ids
     NONE = "none"  # nothing available
 
     @property
     def exact(self) -> bool:
-        return self not in (TokenSource.TOKENIZER, TokenSource.NONE)
+        """The ids are the server's own (reported or sent by us)."""
+        return self not in (TokenSource.TOKENIZER_MATCHED, TokenSource.TOKENIZER, TokenSource.NONE)
+
+    @property
+    def trainable(self) -> bool:
+        """The ids are the sampled tokens: exact, or a tokenizer's checked one for one."""
+        return self.exact or self is TokenSource.TOKENIZER_MATCHED
 
 
 def as_ids(values: Any) -> np.ndarray:
@@ -146,11 +157,25 @@ class Choice:
     finish_reason: str | None = None
     message: dict[str, Any] = field(default_factory=dict)  # the reply: role, content, tool_calls
     source: TokenSource = TokenSource.NONE
+    # When `ids` are not the server's (it sent none): its per-token logprobs, kept but not
+    # paired with `ids` (`logprobs` is then None), and how many tokens it sampled.
+    server_logprobs: np.ndarray | None = None
+    server_tokens: int | None = None
+    mismatch: str | None = None  # why a tokenizer's ids were not paired with the server's tokens
 
     def __post_init__(self) -> None:
         self.ids = as_ids(self.ids)
         if self.logprobs is not None:
             self.logprobs = as_logprobs(self.logprobs)
+        if self.server_logprobs is not None:
+            self.server_logprobs = as_logprobs(self.server_logprobs)
+            if self.server_tokens is None:
+                self.server_tokens = len(self.server_logprobs)
+            elif self.server_tokens != len(self.server_logprobs):
+                raise TokenRecordError(
+                    f"choice {self.index}: {len(self.server_logprobs)} server logprobs "
+                    f"for {self.server_tokens} server tokens"
+                )
         if not isinstance(self.versions, Versions):
             self.versions = Versions.from_array(self.versions)
         if not isinstance(self.source, TokenSource):
@@ -168,9 +193,20 @@ class Choice:
         return self.source.exact
 
     @property
+    def trainable(self) -> bool:
+        """`ids` are the sampled tokens (loss mask 1): exact, or checked against the server's."""
+        return self.source.trainable
+
+    @property
+    def num_sampled(self) -> int:
+        """Tokens the server sampled: its count where `ids` are not its own, else len(ids)."""
+        return len(self.ids) if self.server_tokens is None else self.server_tokens
+
+    @property
     def nbytes(self) -> int:
         lp = 0 if self.logprobs is None else self.logprobs.nbytes
-        return int(self.ids.nbytes + lp + self.versions.nbytes)
+        server = 0 if self.server_logprobs is None else self.server_logprobs.nbytes
+        return int(self.ids.nbytes + lp + server + self.versions.nbytes)
 
 
 @dataclass(slots=True, eq=False)

@@ -44,9 +44,9 @@ from rollout.stitch import (
     plan_turn,
     server_for,
 )
+from rollout.tokenizers import SERVER, ServerTokenizer, Tokenizer, load_tokenizer
 from rollout.tokens import (
     StreamAccumulator,
-    Tokenizer,
     extract_call,
     message_dict,
     responses_api_as_chat,
@@ -205,7 +205,10 @@ class Recorder:
             `return_token_ids`) by adding it to `extra_body`.
         request_logprobs: add `logprobs=True` unless the caller set it (the SDK's
             "not given" sentinels count as unset).
-        tokenizer: fallback for replies without ids; such records are inexact.
+        tokenizer: ids for replies without them: a `Tokenizer`, or a name for
+            `rollout.tokenizers.load_tokenizer` ("server" uses each client's
+            server's `/tokenize`). Its ids are inexact, and carry the server's
+            logprobs only when they match its tokens one for one.
         policy_version: version stamped on tokens when the reply reports none.
         strict: raise `TokenRecordError` on inconsistent token data instead of
             recording it with a note.
@@ -224,7 +227,7 @@ class Recorder:
         unscoped: Literal["keep", "refuse"] = "keep",
         request_token_ids: bool = False,
         request_logprobs: bool = False,
-        tokenizer: Tokenizer | None = None,
+        tokenizer: Tokenizer | str | None = None,
         policy_version: int | None = None,
         strict: bool = False,
         keep_finished: bool = True,
@@ -237,7 +240,8 @@ class Recorder:
         self.unscoped_mode = unscoped
         self.request_token_ids = request_token_ids
         self.request_logprobs = request_logprobs
-        self.tokenizer = tokenizer
+        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self._server_tokenizers: dict[str, ServerTokenizer] = {}
         self.policy_version = policy_version
         self.strict = strict
         self.keep_finished = keep_finished
@@ -286,6 +290,21 @@ class Recorder:
     def token_server(self, client: Any) -> TokenServer:
         """Token mode's view of the server behind `client` (one per URL, shared by episodes)."""
         return server_for(client, self._servers, self._lock)
+
+    def tokenizer_for(self, client: Any, model: str) -> Tokenizer | None:
+        """The tokenizer for replies from `client`'s server (`tokenizer="server"`: its own)."""
+        if self.tokenizer != SERVER:
+            return self.tokenizer  # type: ignore[return-value]
+        try:
+            http = self.token_server(client).http
+        except Unavailable:
+            return None
+        with self._lock:
+            key = f"{http.root} {model}"
+            tok = self._server_tokenizers.get(key)
+            if tok is None:
+                tok = self._server_tokenizers[key] = ServerTokenizer(http, model)
+            return tok
 
     def close(self) -> None:
         """Close token mode's sync connections (the clients you wrapped are yours to close)."""
@@ -388,7 +407,7 @@ class PendingCall:
                 messages=messages,
                 tools=self.kwargs.get("tools"),
                 client=client,
-                tokenizer=rec.tokenizer,
+                tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
                 policy_version=rec.policy_version,
                 strict=rec.strict,
             )

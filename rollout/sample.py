@@ -1,7 +1,8 @@
 """Assembly: turning an episode's calls into training samples (token rows).
 
 A `Sample` is one row a trainer consumes: the token sequence, a loss mask that
-is 1 exactly on sampled tokens, and per-token behaviour logprobs and policy
+is 1 exactly on sampled tokens (not on ids a tokenizer re-encoded without
+checking them against the server's tokens), and per-token behaviour logprobs and policy
 versions. `assemble` builds samples in two modes:
 
 - ``individual``: one sample per (call, choice): prompt + completion.
@@ -26,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from rollout.episode import Episode, EpisodeStatus
-from rollout.record import NO_VERSION, CallRecord, Choice
+from rollout.record import NO_VERSION, CallRecord, Choice, TokenSource
 
 AssemblyMode = Literal["concat", "individual"]
 
@@ -168,7 +169,8 @@ def _finish(branch: _Branch, episode: Episode) -> Sample:
     has_logprobs = True
     for start, choice in branch.segments:
         end = start + len(choice.ids)
-        mask[start:end] = True
+        # Ids a tokenizer re-encoded, unchecked against the server's tokens, are context only.
+        mask[start:end] = choice.source is not TokenSource.TOKENIZER
         versions[start:end] = choice.versions.to_array()
         if choice.logprobs is None:
             has_logprobs = has_logprobs and len(choice.ids) == 0

@@ -8,7 +8,12 @@ stream folded into one by `StreamAccumulator`) into prompt ids and per-choice
 2. SGLang: `prompt_token_ids` and `token_ids` on each choice;
 3. logprob tokens spelled `token_id:N` (completion only);
 4. an ArealOpenAI-style client's `get_interaction(id)` record;
-5. a tokenizer (inexact, and flagged so).
+5. a tokenizer (inexact, and flagged so; see `rollout.tokenizers`).
+
+A server that names its tokens in logprobs but sends no ids keeps its
+logprobs and count on the choice (`server_logprobs`, `server_tokens`); a
+tokenizer's ids get them only when `rollout.tokenizers.pair` matched them
+to the server's tokens one for one.
 
 Anything inconsistent (a logprob count that differs from the id count, ids
 that differ from what the usage says) is never dropped silently: the record
@@ -19,8 +24,9 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import dataclass
 from operator import attrgetter, itemgetter
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -33,6 +39,7 @@ from rollout.record import (
     as_ids,
     as_logprobs,
 )
+from rollout.tokenizers import Tokenizer, message_text, pair
 
 VERSION_FIELDS = ("weight_version", "policy_version")
 
@@ -54,37 +61,6 @@ def get(obj: Any, key: str, default: Any = None) -> Any:
     else:
         value = getattr(obj, key, None)
     return default if value is None else value
-
-
-class Tokenizer(Protocol):
-    """Fallback tokenization when a reply carries no ids. Results are inexact."""
-
-    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]: ...
-
-    def completion_ids(self, text: str) -> list[int]: ...
-
-
-class TiktokenTokenizer:
-    """tiktoken over a plain role/content rendering. Not the server's template:
-    use it only to keep inexact records countable, never as training ids."""
-
-    def __init__(self, encoding: str = "cl100k_base") -> None:
-        from compat.token_counter import load_encoding
-
-        self._enc = load_encoding(encoding)
-
-    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
-        text = "".join(f"{m.get('role')}: {_text(m.get('content'))}\n" for m in messages)
-        return list(self._enc.encode(text, disallowed_special=()))
-
-    def completion_ids(self, text: str) -> list[int]:
-        return list(self._enc.encode(text, disallowed_special=()))
-
-
-def _text(content: Any) -> str:
-    if content is None or isinstance(content, str):
-        return content or ""
-    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
 
 
 def message_dict(message: Any) -> dict[str, Any]:
@@ -186,6 +162,72 @@ def _check(n_ids: int, what: str, n: int, notes: list[str], strict: bool, index:
     return False
 
 
+@dataclass(slots=True)
+class _Unpaired:
+    """A choice that came without ids: what a tokenizer (if any) made of it, and what is kept."""
+
+    ids: list[int]
+    source: TokenSource
+    logprobs: np.ndarray | None  # paired with `ids` (only when they matched the server's tokens)
+    server_logprobs: np.ndarray | None = None
+    server_tokens: int | None = None
+    mismatch: str | None = None
+
+    def kept(self) -> dict[str, Any]:
+        return {"server_logprobs": self.server_logprobs, "server_tokens": self.server_tokens,
+                "mismatch": self.mismatch}  # fmt: skip
+
+
+def _pieces(entries: list[Any]) -> list[bytes | None]:
+    """Each logprob entry's token as bytes (its `bytes` field, else its text); None if unknown."""
+    out: list[bytes | None] = []
+    for e in entries:
+        raw = get(e, "bytes")
+        piece: bytes | None = None
+        if isinstance(raw, list):
+            try:
+                piece = bytes(raw)
+            except (TypeError, ValueError):
+                piece = None
+        else:
+            tok = get(e, "token")
+            if isinstance(tok, str) and "\ufffd" not in tok:  # U+FFFD: part of a character, bytes lost
+                piece = tok.encode("utf-8")
+        out.append(piece)
+    return out
+
+
+def _without_ids(
+    usage_count: Any,
+    entries: list[Any] | None,
+    logprobs: np.ndarray | None,
+    message: dict[str, Any],
+    tokenizer: Tokenizer | None,
+    notes: list[str],
+    index: int,
+) -> _Unpaired:
+    """Ids, source and logprobs for a choice without ids; the server's logprobs are never dropped."""
+    count = len(entries) if entries else (usage_count if isinstance(usage_count, int) else None)
+    kept = f"its {count} logprobs are kept unpaired" if logprobs is not None else "no logprobs to keep"
+    if tokenizer is None:
+        notes.append(f"choice {index}: reply has no token ids and no tokenizer was given; {kept}")
+        return _Unpaired([], TokenSource.NONE, None, logprobs, count)
+    text = message_text(message.get("content"))
+    try:
+        paired = pair(tokenizer, None if not entries else _pieces(entries), text)
+    except Exception as exc:  # a tokenizer that fails (server down) costs the ids, not the call
+        why = f"tokenizer failed: {type(exc).__name__}: {exc}"
+        notes.append(f"choice {index}: {why}; {kept}")
+        return _Unpaired([], TokenSource.NONE, None, logprobs, count, why)
+    if paired.matched:
+        notes.append(f"choice {index}: completion ids from the tokenizer, each checked against "
+                     "the server's token (inexact)")  # fmt: skip
+        return _Unpaired(paired.ids, TokenSource.TOKENIZER_MATCHED, logprobs)
+    notes.append(f"choice {index}: completion ids re-tokenized from text (inexact) and not paired "
+                 f"with the server's tokens: {paired.why}; {kept}")  # fmt: skip
+    return _Unpaired(paired.ids, TokenSource.TOKENIZER, None, logprobs, count, paired.why)
+
+
 def extract_call(
     response: Any,
     *,
@@ -206,6 +248,8 @@ def extract_call(
     raw_choices = list(get(response, "choices", []) or [])
     if not raw_choices:
         raise TokenRecordError("reply has no choices")
+    # A lone choice's sampled-token count, from usage: kept when its ids are unknown.
+    lone_count = get(get(response, "usage"), "completion_tokens") if len(raw_choices) == 1 else None
 
     for raw in raw_choices:
         index = int(get(raw, "index", len(choices_out)))
@@ -213,6 +257,7 @@ def extract_call(
         entries = _logprob_entries(raw)
         logprobs = None if entries is None else _logprob_values(entries)
         versions: Any = None
+        unpaired: _Unpaired | None = None
         ids = get(raw, "token_ids")
         source = TokenSource.NONE
         if ids is not None:
@@ -235,12 +280,11 @@ def extract_call(
                     versions = list(get(areal, "output_versions"))
                 if prompt is None:
                     prompt, prompt_source = list(get(areal, "input_tokens")), TokenSource.AREAL
-            elif tokenizer is not None:
-                ids, source = tokenizer.completion_ids(_text(message.get("content"))), TokenSource.TOKENIZER
-                notes.append(f"choice {index}: completion ids re-tokenized from text (inexact)")
             else:
-                ids = []
-                notes.append(f"choice {index}: reply has no token ids and no tokenizer was given")
+                if logprobs is not None and not _no_nan(logprobs, notes, strict, index):
+                    logprobs = None
+                unpaired = _without_ids(lone_count, entries, logprobs, message, tokenizer, notes, index)
+                ids, source, logprobs = unpaired.ids, unpaired.source, unpaired.logprobs
         ids_arr = as_ids(ids)
         if logprobs is not None and not _check(len(ids_arr), "logprobs", len(logprobs), notes, strict, index):
             logprobs = None
@@ -257,13 +301,18 @@ def extract_call(
                 finish_reason=get(raw, "finish_reason"),
                 message=message,
                 source=source,
+                **({} if unpaired is None else unpaired.kept()),
             )
         )
 
     if prompt is None:
         if tokenizer is not None:
-            prompt, prompt_source = tokenizer.prompt_ids(messages, tools), TokenSource.TOKENIZER
-            notes.append("prompt ids re-tokenized from messages (inexact)")
+            try:
+                prompt, prompt_source = tokenizer.prompt_ids(messages, tools), TokenSource.TOKENIZER
+                notes.append("prompt ids re-tokenized from messages (inexact)")
+            except Exception as exc:  # as for completions: the call is still recorded
+                prompt = []
+                notes.append(f"prompt ids: tokenizer failed: {type(exc).__name__}: {exc}")
         else:
             prompt = []
             notes.append("reply has no prompt token ids and no tokenizer was given")

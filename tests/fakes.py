@@ -69,6 +69,9 @@ class WireServer:
     delay_s: float = 0.0
     weight_version: int | None = None
     tool_calls: list[dict[str, str]] | None = None  # [{"name", "arguments"}]: reply with these calls
+    # Another model's tokenization of the reply text: logprob entries name these pieces (with
+    # their bytes, as OpenAI sends them) instead of cl100k tokens. Plain dialect only.
+    pieces: Callable[[str], list[str]] | None = None
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -127,6 +130,11 @@ class WireServer:
         if not body.get("logprobs"):
             return None
         as_ids = self.dialect == "token_id" or body.get("return_tokens_as_token_ids")
+        if self.pieces is not None:
+            return {"content": [
+                {"token": p, "logprob": -(j + 1) / 8, "bytes": list(p.encode()), "top_logprobs": []}
+                for j, p in enumerate(self.pieces(ENC.decode(ids)))
+            ]}  # fmt: skip
         content = []
         for j, t in enumerate(ids):
             tok = f"token_id:{t}" if as_ids else ENC.decode([t])

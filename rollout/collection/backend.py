@@ -159,6 +159,7 @@ def recorder_for(spec: BackendSpec, policy_version: int | None = None) -> Record
         request_token_ids=spec.request_token_ids,
         request_logprobs=spec.request_logprobs,
         token_mode=spec.token_mode,
+        tokenizer=spec.tokenizer,
         policy_version=policy_version,
         keep_finished=False,
     )

@@ -42,9 +42,10 @@ class BackendSpec(_Strict):
     # sampled ids + bridge), so a whole episode is one exact row. "auto" uses it where the
     # server has a token route; "off" sends every call as messages.
     token_mode: Literal["auto", "off"] = "auto"
-    # How to get ids from servers that return logprobs but no ids: None (record none),
-    # "server" (its /tokenize), "tiktoken:<encoding>", or "hf:<name or path>" (needs the
-    # `hf` extra). Ids from a tokenizer are flagged inexact.
+    # How to get ids from servers that return logprobs but no ids: None (record none; the
+    # server's logprobs are kept unpaired), "server" (its /tokenize), "tiktoken:<encoding>",
+    # or "hf:<name or path>" (needs the `hf` extra). Ids from a tokenizer are flagged
+    # inexact, and carry the server's logprobs only when each id is the server's token.
     tokenizer: str | None = None
     client_factory: str | None = None  # "module:function(url=..., model=..., api_key=...)"
     timeout_s: float = Field(default=60.0, gt=0)
@@ -58,6 +59,16 @@ class BackendSpec(_Strict):
             if not u.startswith(("http://", "https://")):
                 raise ValueError(f"url {u!r} must start with http:// or https://")
         return urls
+
+    @field_validator("tokenizer")
+    @classmethod
+    def _tokenizer(cls, spec: str | None) -> str | None:
+        from rollout.tokenizers import check_spec
+
+        try:
+            return None if spec is None else check_spec(spec)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
 
     @model_validator(mode="after")
     def _remote_needs_urls(self) -> BackendSpec:
@@ -103,7 +114,8 @@ class CollectConfig(_Strict):
     output: OutputSpec = Field(default_factory=lambda: OutputSpec())
     ray: RaySpec = Field(default_factory=lambda: RaySpec())
     progress: bool = True
-    # A run with no trainable token (no sampled id with exact provenance) exits non-zero.
+    # A run with no trainable token (no sampled id that is exact, or a tokenizer's id checked
+    # against the server's token) says so in its summary and exits non-zero.
     allow_untrainable: bool = False
 
 

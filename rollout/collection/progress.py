@@ -26,7 +26,8 @@ class CollectSummary(BaseModel):
     statuses: dict[str, int] = Field(default_factory=dict)
     tokens: int = 0
     sampled_tokens: int = 0
-    trainable_tokens: int = 0  # sampled tokens with exact ids, in episodes that did not fail
+    trainable_tokens: int = 0  # sampled tokens with exact or checked ids, in episodes that did not fail
+    unpaired_choices: int = 0  # replies whose tokenizer ids did not match the server's tokens
     first_error: str | None = None  # the first failed episode's reason
     allow_untrainable: bool = False  # the run's setting, for `check`
     mean_reward: float | None = None
@@ -49,7 +50,7 @@ class CollectSummary(BaseModel):
         """Raise NoTrainableDataError if this run produced nothing to train on.
 
         That is: every episode failed, or (unless `allow_untrainable`) no
-        sampled token has exact ids. A run that only skipped episodes passes.
+        sampled token has exact ids or a tokenizer's ids checked against the server's. A run that only skipped episodes passes.
         """
         if self.finished and self.failed == self.finished:
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
@@ -60,14 +61,15 @@ class CollectSummary(BaseModel):
         if self.untrainable and not self.allow_untrainable:
             raise NoTrainableDataError(
                 f"no trainable data: no sampled token of the {self.finished} episodes has exact "
-                "ids (ask the server for them: backend.request_token_ids, backend.tokenizer), "
-                "or set allow_untrainable=true to accept such a run"
+                "ids (ask the server for them: backend.request_token_ids), or ids from a "
+                "tokenizer that matched the server's tokens (backend.tokenizer: server, "
+                "tiktoken:<encoding> or hf:<name>); or set allow_untrainable=true to accept such a run"
             )
 
     def table(self) -> str:
         trainable = str(self.trainable_tokens)
         if self.untrainable:
-            trainable += " (no sampled token has exact ids: nothing here can train)"
+            trainable += " (no sampled token has exact ids, nor checked tokenizer ids: nothing here can train)"
         rows = [
             ("episodes requested", self.requested),
             ("skipped (already on disk)", self.skipped),
@@ -76,6 +78,7 @@ class CollectSummary(BaseModel):
             ("tokens (prompt + sampled)", self.tokens),
             ("sampled tokens", self.sampled_tokens),
             ("trainable tokens", trainable),
+            *((("tokenizer mismatches (replies)", self.unpaired_choices),) if self.unpaired_choices else ()),
             ("mean reward", "-" if self.mean_reward is None else f"{self.mean_reward:.4f}"),
             ("wall time (s)", f"{self.wall_s:.2f}"),
             ("episodes/s", f"{self.episodes_per_s:.1f}"),
@@ -114,9 +117,11 @@ class Progress:
         for call in episode.calls:
             s.tokens += call.num_tokens
             for choice in call.choices:
-                s.sampled_tokens += len(choice.ids)
-                if ok and choice.exact:
+                s.sampled_tokens += choice.num_sampled
+                if ok and choice.trainable:
                     s.trainable_tokens += len(choice.ids)
+                if choice.mismatch is not None:
+                    s.unpaired_choices += 1
         if episode.reward is not None:
             self._reward_sum += episode.reward
             self._rewarded += 1

@@ -31,6 +31,7 @@ from rollout.collection.output import EpisodeSink, done_uids
 from rollout.collection.progress import CollectSummary, Progress
 from rollout.collection.runner import Agent, Job, episode_seed
 from rollout.episode import Episode
+from rollout.tokenizers import load_tokenizer
 
 TaskSource = str | Path | Iterable[Any]
 
@@ -165,6 +166,8 @@ class Collector:
             raise ConfigError(f"agent: {exc}") from None
         if not callable(self.agent):
             raise ConfigError(f"agent {spec!r} is not callable")
+        if self.config.backend.tokenizer is not None:  # a tokenizer that cannot load fails here, before any episode
+            load_tokenizer(self.config.backend.tokenizer)
         self.policy_version: int | None = None
         self.dropped_stale = 0
         self.batches = 0  # batches run so far; each gets fresh sampling seeds

@@ -34,10 +34,11 @@ from rollout.errors import SchemaVersionError, SerializationError
 from rollout.record import CallRecord, Choice, TokenSource, Versions
 from rollout.redact import redact, redact_text
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 """Bump when the row layout changes; readers refuse newer versions and fill older ones in.
 
 1: the first layout. 2: calls gained `sent_as` and `fallback` (token mode).
+3: choices gained `server_logprobs`, `server_tokens` and `mismatch` (servers without ids).
 """
 
 Kind = Literal["int", "float", "bool", "str", "enum", "json", "strs", "ids", "logprobs", "versions", "table"]
@@ -150,6 +151,9 @@ CHOICE = Table(
         Field("finish_reason", "str", default=None),
         Field("message", "json", default=dict),
         Field("source", "enum", enum=TokenSource),
+        Field("server_logprobs", "logprobs", default=None),  # since schema 3
+        Field("server_tokens", "int", default=None),  # since schema 3
+        Field("mismatch", "str", default=None),  # since schema 3
     ),
 )
 CALL = Table(

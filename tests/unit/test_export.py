@@ -88,6 +88,8 @@ def assert_same_episode(a: Episode, b: Episode) -> None:
             assert _bits(xa.logprobs) == _bits(xb.logprobs)
             assert xb.logprobs is None or xb.logprobs.dtype == np.float32
             assert xa.versions == xb.versions
+            assert _bits(xa.server_logprobs) == _bits(xb.server_logprobs)
+            assert (xa.server_tokens, xa.mismatch) == (xb.server_tokens, xb.mismatch)
 
 
 def _choice(ids: list[int], logprobs: list[float] | None, versions: list[int], **kw: Any) -> Choice:
@@ -182,6 +184,8 @@ def episodes(draw: Any) -> Episode:
                     finish_reason=draw(st.none() | st.sampled_from(["stop", "length"])),
                     message={"role": "assistant", "content": draw(text)},
                     source=draw(st.sampled_from(list(TokenSource))),
+                    server_logprobs=draw(st.none() | st.lists(f32, max_size=6)),
+                    mismatch=draw(st.none() | text),
                 )
             )
         calls.append(
@@ -226,7 +230,25 @@ def test_jsonl_round_trip_exact(tmp_path: Path) -> None:
     assert math.isinf(back[0].calls[0].choices[0].logprobs[1])  # type: ignore[index]
     assert back[0].calls[0].choices[1].logprobs is None
     line = json.loads(path.read_text().splitlines()[0])
-    assert line["schema_version"] == 2
+    assert line["schema_version"] == 3
+
+
+def test_a_reply_without_ids_keeps_its_logprobs_count_and_mismatch_in_both_formats(tmp_path: Path) -> None:
+    unpaired = Choice(  # a server that sent logprobs but no ids, and a tokenizer that did not match
+        index=0, ids=[9], versions=[4], source=TokenSource.TOKENIZER,
+        server_logprobs=[float(np.float32(-1 / 7)), -np.inf, -0.5], mismatch="3 tokens, 1 id",
+    )  # fmt: skip
+    counted = Choice(index=1, server_tokens=5)  # no ids, no logprobs: usage's count only
+    ep = Episode(task_id="t", calls=[CallRecord(prompt_ids=[1], choices=[unpaired, counted])])
+    jp, pp = tmp_path / "e.jsonl", tmp_path / "e.parquet"
+    write_jsonl([ep], jp, append=False)
+    write_parquet([ep], pp)
+    for (back,) in (read_jsonl(jp), read_parquet(pp)):
+        assert_same_episode(ep, back)
+        a, b = back.calls[0].choices
+        assert a.server_logprobs is not None and a.server_logprobs.dtype == np.float32
+        assert (a.server_tokens, a.num_sampled, a.mismatch) == (3, 3, "3 tokens, 1 id")
+        assert (b.server_logprobs, b.server_tokens, b.num_sampled) == (None, 5, 5)
 
 
 @settings(
@@ -350,7 +372,7 @@ def test_parquet_token_columns_are_native_lists(tmp_path: Path) -> None:
     assert choice.field("ids").type == pa.list_(pa.int32())
     assert choice.field("logprobs").type == pa.list_(pa.float32())
     assert choice.field("versions").type == pa.list_(pa.int32())
-    assert schema.metadata[b"rollout.schema_version"] == b"2"
+    assert schema.metadata[b"rollout.schema_version"] == b"3"
 
 
 def test_parquet_append_across_sessions(tmp_path: Path) -> None:
@@ -441,7 +463,7 @@ def test_version_1_files_still_read() -> None:
             assert_same_episode(a, b)
 
 
-def test_parquet_append_to_a_version_1_file_rewrites_it_in_version_2(tmp_path: Path) -> None:
+def test_parquet_append_to_a_version_1_file_rewrites_it_in_the_current_version(tmp_path: Path) -> None:
     import pyarrow.parquet as pq
 
     path = tmp_path / "old.parquet"
@@ -449,7 +471,7 @@ def test_parquet_append_to_a_version_1_file_rewrites_it_in_version_2(tmp_path: P
     with ParquetWriter(path) as w:
         w.write(rich_episode("c"))
         assert w.count == 4
-    assert pq.read_schema(path).metadata[b"rollout.schema_version"] == b"2"
+    assert pq.read_schema(path).metadata[b"rollout.schema_version"] == b"3"
     back = read_parquet(path)
     assert [e.task_id for e in back] == ["a", "b", "empty", "c"]
     assert_same_episode(back[0], _as_version_1(rich_episode("a", 0)))

@@ -1,0 +1,258 @@
+"""Tokenizers for servers that send logprobs but no token ids (OpenAI, llama.cpp, hosted APIs).
+
+Such a server still names every sampled token in `logprobs.content[j]`
+(its text and bytes). A tokenizer turns those tokens back into ids, and
+`pair` decides whether the ids may carry the server's logprobs:
+
+- each server token is looked up as ONE vocabulary entry (`piece_ids`), so
+  ids follow the server's own token boundaries, non-canonical ones included;
+- the ids must then decode to exactly the server's text (`decode`).
+
+If any token has no single id, or the decode differs, the tokenizer is not
+the server's: the ids are the text re-encoded (inexact, never trained on)
+and the logprobs stay unpaired, with the reason. A tokenizer can only be
+checked, never proven to be the server's, so paired ids are flagged
+`TokenSource.TOKENIZER_MATCHED` (inexact, trainable).
+
+Three kinds, named in `backend.tokenizer` (see `load_tokenizer`):
+"server" (the server's `/tokenize` and `/detokenize` routes, vLLM's
+layout), "tiktoken:<encoding>" and "hf:<name or path>" (the `hf` extra).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from typing import Any, Protocol, runtime_checkable
+
+from rollout.errors import ConfigError
+
+
+class Tokenizer(Protocol):
+    """Fallback tokenization when a reply carries no ids. Results are inexact."""
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]: ...
+
+    def completion_ids(self, text: str) -> list[int]: ...
+
+
+@runtime_checkable
+class PairingTokenizer(Tokenizer, Protocol):
+    """A tokenizer that can also be checked against a server's logprob tokens."""
+
+    def piece_ids(self, pieces: Sequence[bytes]) -> list[int | None]:
+        """For each piece, the id whose token is exactly those bytes, or None."""
+        ...
+
+    def decode(self, ids: list[int]) -> bytes:
+        """The ids' text as bytes (what the server's tokens must join to)."""
+        ...
+
+
+def plain_rendering(messages: list[dict[str, Any]]) -> str:
+    """`role: content` lines: a stand-in for a chat template (so prompt ids are inexact)."""
+    return "".join(f"{m.get('role')}: {message_text(m.get('content'))}\n" for m in messages)
+
+
+def message_text(content: Any) -> str:
+    if content is None or isinstance(content, str):
+        return content or ""
+    return "".join(p.get("text", "") for p in content if isinstance(p, dict))
+
+
+class TiktokenTokenizer:
+    """tiktoken over a plain role/content rendering. Not the server's template, so
+    prompt ids are inexact; completion ids are trained on only after `pair` checks them."""
+
+    def __init__(self, encoding: str = "cl100k_base") -> None:
+        from compat.token_counter import load_encoding
+
+        self._enc = load_encoding(encoding)
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+        return self.completion_ids(plain_rendering(messages))
+
+    def completion_ids(self, text: str) -> list[int]:
+        return list(self._enc.encode(text, disallowed_special=()))
+
+    def piece_ids(self, pieces: Sequence[bytes]) -> list[int | None]:
+        out: list[int | None] = []
+        for piece in pieces:
+            try:
+                out.append(self._enc.encode_single_token(piece))
+            except KeyError:
+                out.append(None)
+        return out
+
+    def decode(self, ids: list[int]) -> bytes:
+        return self._enc.decode_bytes(ids)
+
+
+class HfTokenizer:
+    """A Hugging Face tokenizer (`transformers`, the optional `hf` extra), by name or path.
+
+    Prompts go through its chat template when it has one. A piece is looked
+    up by encoding its text: pieces that are not whole UTF-8 characters
+    (byte fallback) find no id, and the call is flagged instead of paired.
+    """
+
+    def __init__(self, name: str) -> None:
+        try:
+            from transformers import AutoTokenizer
+        except ImportError:
+            raise ConfigError(
+                f"backend.tokenizer 'hf:{name}' needs Hugging Face transformers: "
+                "pip install 'rollout-compat[hf]' (or transformers)"
+            ) from None
+        try:
+            self._tok = AutoTokenizer.from_pretrained(name)
+        except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad name
+            raise ConfigError(f"cannot load Hugging Face tokenizer {name!r}: {exc}") from None
+        self._pieces: dict[bytes, int | None] = {}
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+        if getattr(self._tok, "chat_template", None):
+            ids = self._tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
+            return list(ids)
+        return self.completion_ids(plain_rendering(messages))
+
+    def completion_ids(self, text: str) -> list[int]:
+        return list(self._tok.encode(text, add_special_tokens=False))
+
+    def piece_ids(self, pieces: Sequence[bytes]) -> list[int | None]:
+        return [self._piece(p) for p in pieces]
+
+    def _piece(self, piece: bytes) -> int | None:
+        if piece not in self._pieces:
+            found = None
+            try:
+                text = piece.decode("utf-8")
+            except UnicodeDecodeError:
+                text = None
+            if text:
+                ids = self.completion_ids(text)
+                if len(ids) == 1 and self._tok.decode(ids) == text:
+                    found = int(ids[0])
+            self._pieces[piece] = found
+        return self._pieces[piece]
+
+    def decode(self, ids: list[int]) -> bytes:
+        return str(self._tok.decode(ids)).encode("utf-8")
+
+
+class ServerTokenizer:
+    """The server's own `/tokenize` and `/detokenize` (vLLM's layout; the embedded server's too).
+
+    Prompts are rendered by the server's chat template, as the chat route
+    rendered them. Pieces are looked up one request per distinct piece, then
+    cached: replies draw on a small part of the vocabulary. Requests are
+    blocking (the recorder builds records synchronously).
+    """
+
+    def __init__(self, http: Any, model: str) -> None:
+        self.http = http  # a rollout.dialects.JsonHttp on the server's root
+        self.model = model
+        self._pieces: dict[bytes, int | None] = {}
+
+    def _tokens(self, body: dict[str, Any]) -> list[int]:
+        reply = self.http.post("/tokenize", {"model": self.model, "add_special_tokens": False, **body})
+        tokens = reply.get("tokens") if isinstance(reply, dict) else None
+        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
+            raise ValueError("/tokenize reply has no token list")
+        return tokens
+
+    def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
+        body: dict[str, Any] = {"messages": messages, "add_generation_prompt": True}
+        if tools:
+            body["tools"] = tools
+        return self._tokens(body)
+
+    def completion_ids(self, text: str) -> list[int]:
+        return self._tokens({"prompt": text})
+
+    def piece_ids(self, pieces: Sequence[bytes]) -> list[int | None]:
+        for piece in set(pieces) - self._pieces.keys():
+            found = None
+            try:
+                ids = self.completion_ids(piece.decode("utf-8"))
+                found = ids[0] if len(ids) == 1 else None
+            except UnicodeDecodeError:
+                pass
+            self._pieces[piece] = found
+        return [self._pieces[p] for p in pieces]
+
+    def decode(self, ids: list[int]) -> bytes:
+        reply = self.http.post("/detokenize", {"model": self.model, "tokens": ids})
+        text = reply.get("prompt") if isinstance(reply, dict) else None
+        if not isinstance(text, str):
+            raise ValueError("/detokenize reply has no text")
+        return text.encode("utf-8")
+
+
+SERVER = "server"
+"""`backend.tokenizer: server`: the tokenizer is built per server, from the client's URL."""
+
+
+def check_spec(spec: str) -> str:
+    """`spec` if it names a tokenizer kind (nothing is loaded), else a `ConfigError`."""
+    kind, sep, name = spec.partition(":")
+    if spec == SERVER or (kind in ("tiktoken", "hf") and sep and name.strip()):
+        return spec
+    raise ConfigError(
+        f"backend.tokenizer {spec!r} must be 'server', 'tiktoken:<encoding>' or 'hf:<name or path>'"
+    )
+
+
+@cache
+def load_tokenizer(spec: str) -> Tokenizer | str:
+    """A tokenizer from its config name, loaded once per process; "server" stays a name
+    (the recorder builds one per server, from each client's URL)."""
+    kind, _, name = check_spec(spec).partition(":")
+    if spec == SERVER:
+        return SERVER
+    if kind == "tiktoken":
+        from compat.errors import TokenizerUnavailableError
+
+        try:
+            return TiktokenTokenizer(name)
+        except TokenizerUnavailableError as exc:
+            raise ConfigError(f"backend.tokenizer {spec!r}: {exc}") from None
+    return HfTokenizer(name)
+
+
+@dataclass(slots=True)
+class Paired:
+    """What a tokenizer made of one choice that came without ids."""
+
+    ids: list[int]
+    matched: bool  # ids spell the server's tokens one for one: they may carry its logprobs
+    why: str | None = None  # why not, when not
+
+
+def pair(tokenizer: Tokenizer, pieces: list[bytes | None] | None, text: str) -> Paired:
+    """Ids for a choice whose server named its tokens (`pieces`, None where unknown) but sent no ids.
+
+    Matched only when every piece is one id and the ids decode to the pieces'
+    bytes; otherwise the ids are `text` re-encoded, with the reason.
+    """
+    if not pieces:
+        why = "the server named no tokens to check the ids against (ask for logprobs)"
+        return Paired(tokenizer.completion_ids(text), False, why)
+    if not isinstance(tokenizer, PairingTokenizer):
+        return Paired(tokenizer.completion_ids(text), False, "this tokenizer cannot be checked")
+    known = [p for p in pieces if p is not None]
+    if len(known) < len(pieces):
+        why = f"{len(pieces) - len(known)} of {len(pieces)} server tokens have no text or bytes"
+        return Paired(tokenizer.completion_ids(text), False, why)
+    ids = tokenizer.piece_ids(known)
+    missing = [i for i, t in enumerate(ids) if t is None]
+    if missing:
+        j = missing[0]
+        why = (f"{len(missing)} of {len(ids)} server tokens are not one token of this tokenizer "
+               f"(first: {known[j]!r} at {j})")  # fmt: skip
+        return Paired(tokenizer.completion_ids(text), False, why)
+    found = [int(t) for t in ids if t is not None]
+    if tokenizer.decode(found) != b"".join(known):
+        return Paired(tokenizer.completion_ids(text), False, "the ids do not decode to the server's tokens")
+    return Paired(found, True)
