@@ -52,6 +52,12 @@ class BackendSpec(_Strict):
     max_retries: int = Field(default=2, ge=0)
     embedded: EmbeddedSettings = Field(default_factory=lambda: EmbeddedSettings())
 
+    @field_validator("token_mode", mode="before")
+    @classmethod
+    def _token_mode(cls, value: Any) -> Any:
+        # YAML 1.1 reads an unquoted `off` (and `no`, `false`) as False: take it as meant.
+        return "off" if value is False else value
+
     @field_validator("urls")
     @classmethod
     def _urls(cls, urls: list[str]) -> list[str]:

@@ -291,3 +291,14 @@ def test_main_job_runs_in_token_mode_with_no_drift(tmp_path: Any) -> None:
     later = [c for e in episodes for c in e.calls if c.index > 0]
     assert later and all(c.sent_as == "tokens" for c in later)
     assert summary.check() is None  # trainable tokens, not every episode failed
+
+
+def test_the_config_switch_turns_token_mode_off_even_unquoted_in_yaml(tmp_path: Any) -> None:
+    """`backend.token_mode=off` on the command line is YAML's False: it means off."""
+    from rollout.collection import collect
+
+    summary = collect(
+        "configs/local.yaml", overrides=["backend.token_mode=off", "limit=2"], output={"path": None}, progress=False
+    )
+    calls = [c for e in summary.episodes or [] for c in e.calls]
+    assert calls and all(c.sent_as == "messages" and c.fallback is None for c in calls)
