@@ -186,6 +186,15 @@ def measure(args: argparse.Namespace, url: str, pid: int) -> dict[str, list[tupl
     return results
 
 
+def cpu_bound(ideal: float, client: dict[str, float], server: dict[str, float]) -> dict[str, float]:
+    """ideal / the shortest wall the CPU times allow: each process on at most one core."""
+    cores = os.cpu_count() or 1
+    return {
+        k: round(ideal / max(ideal, client[k], server[k], (client[k] + server[k]) / cores), 4)
+        for k in client
+    }
+
+
 def report_results(
     args: argparse.Namespace,
     results: dict[str, list[tuple[float, float, float]]],
@@ -217,10 +226,7 @@ def report_results(
         # The best wall time the measured CPU allows on this box (client and server each on
         # at most one core, both on `cpus` cores): an upper bound on efficiency that other
         # processes' load does not move, next to the measured one, which it does.
-        "cpu_bound_efficiency": None
-        if args.in_process
-        else {k: round(ideal / max(ideal, cpu[k], server_cpu[k], (cpu[k] + server_cpu[k]) / (os.cpu_count() or 1)), 4)
-              for k in cpu},  # fmt: skip
+        "cpu_bound_efficiency": None if args.in_process else cpu_bound(ideal, cpu, server_cpu),
         "collect_off_s": round(wall["collect_off"], 4),
         "efficiency_token_mode_off": round(ideal / wall["collect_off"], 4),
         "efficiency_target_issue11": 0.5,
