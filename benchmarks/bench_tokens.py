@@ -24,7 +24,9 @@ Prints ONE JSON line with a section per part (`--parts`, default all):
 - `train`: `rollout train` (the numpy trainer on the shipped
   train_tiny.yaml) for `--train-iterations` iterations without a reward
   target, token mode auto and off: the max |recorded - recomputed| logprob
-  (target <= 1e-5) and training rows per episode.
+  (target <= 1e-5), training rows per episode and how calls were sent; then
+  one iteration of the same with the main job's `max_tokens: 4`, where
+  messages mode splits episodes into several rows.
 
     python benchmarks/bench_tokens.py [--parts main_job,cpu,train] [--cpu-episodes 150]
         [--concurrency 64] [--repeats 5] [--train-iterations 3] [--profile FILE]
@@ -46,6 +48,7 @@ import pstats
 import statistics
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -70,7 +73,9 @@ def _tokens_per_episode(episodes: list[Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"stored": round(stored / n, 2)}
     for mode in ("concat", "individual"):
         result = assemble(episodes, mode=mode)
-        batch = to_verl(result)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # to_verl's note on episodes spanning rows
+            batch = to_verl(result)
         rows, width = batch["tensors"]["input_ids"].shape
         out[mode] = {
             "rows": len(result),
@@ -246,24 +251,53 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
 # --- training ------------------------------------------------------------------------------
 
 
-def part_train(args: argparse.Namespace) -> dict[str, Any]:
-    from rollout.training import LOGPROB_TOLERANCE, train
+def _train(mode: str, iterations: int, max_tokens: int | None) -> dict[str, Any]:
+    """One `train()` run; how its calls were sent is read off each batch's version check."""
+    from rollout.training import LOGPROB_TOLERANCE, reinforce, train
 
-    out: dict[str, Any] = {"config": "rollout/training train_tiny.yaml (default)",
-                           "iterations": args.train_iterations, "tolerance": LOGPROB_TOLERANCE}  # fmt: skip
-    for mode in ("auto", "off"):
-        history = train(
-            iterations=args.train_iterations, target=None, log=lambda _: None,
-            backend={"token_mode": mode},
-        )  # fmt: skip
-        episodes = sum(h["episodes"] for h in history)
-        rows = episodes + sum(h["drift_rows"] for h in history)
-        out["token_mode" if mode == "auto" else "off"] = {
-            "episodes": episodes,
-            "rows": rows,
-            "rows_per_episode": round(rows / episodes, 4),
-            "max_logprob_diff": max(h["max_logprob_diff"] for h in history),
-            "mean_reward_by_iteration": [round(h["mean_reward"], 4) for h in history],
+    sent: dict[str, int] = {}
+    check = reinforce.check_versions
+
+    def counting(episodes: list[Any], version: int) -> None:
+        for ep in episodes:
+            for call in ep.calls:
+                sent[call.sent_as] = sent.get(call.sent_as, 0) + 1
+        check(episodes, version)
+
+    backend: dict[str, Any] = {"token_mode": mode}
+    if max_tokens is not None:
+        backend["sampling"] = {"temperature": 1.0, "max_tokens": max_tokens}
+    reinforce.check_versions = counting  # type: ignore[assignment]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # to_verl's note on episodes spanning rows
+            history = train(iterations=iterations, target=None, log=lambda _: None, backend=backend)
+    finally:
+        reinforce.check_versions = check
+    episodes = sum(h["episodes"] for h in history)
+    rows = episodes + sum(h["drift_rows"] for h in history)
+    worst = max(h["max_logprob_diff"] for h in history)
+    return {
+        "episodes": episodes,
+        "rows": rows,
+        "rows_per_episode": round(rows / episodes, 4),
+        "sent_as": sent,
+        "max_logprob_diff": worst,
+        "within_tolerance": worst <= LOGPROB_TOLERANCE,
+        "mean_reward_by_iteration": [round(h["mean_reward"], 4) for h in history],
+    }
+
+
+def part_train(args: argparse.Namespace) -> dict[str, Any]:
+    """The shipped config (one-token answers), and the same with the main job's 4-token answers,
+    where messages mode drifts into several rows per episode."""
+    out: dict[str, Any] = {"config": "train_tiny.yaml (rollout train's default)", "tolerance": 1e-5}
+    for label, max_tokens, iterations in (("max_tokens_1", None, args.train_iterations),
+                                          ("max_tokens_4", 4, 1)):  # fmt: skip
+        out[label] = {
+            "iterations": iterations,
+            "token_mode": _train("auto", iterations, max_tokens),
+            "off": _train("off", iterations, max_tokens),
         }
     return out
 
