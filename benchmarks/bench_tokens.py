@@ -16,9 +16,12 @@ Prints ONE JSON line with a section per part (`--parts`, default all):
   own process. Each episode makes 3 calls, each prompt extending the last,
   so with token mode on calls 2 and 3 go as token ids. Calls run one at a
   time and each call's CPU is attributed to it (process CPU is not spent
-  while waiting for the server), so `per_call_ms.tokens` is exactly the
+  while waiting for the server), so `later_turns.tokens` is exactly the
   token-mode calls; `concurrent` repeats the comparison with
   `--concurrency` episodes at once (total CPU / calls, first calls included).
+  Every new user turn is unique, so each token-mode call makes all three
+  requests (/tokenize, generate, derender); `tokens_repeated` sends the same
+  "Again." each turn, which token mode's bridge cache renders once.
   Runners are interleaved after a warm-up and medians are reported.
   Target: tokens / sdk <= 0.5.
 - `train`: `rollout train` (the numpy trainer on the shipped
@@ -154,6 +157,16 @@ def _kwargs(messages: list[dict[str, Any]], seed: int, recorded: bool) -> dict[s
     return kw
 
 
+def _unique(task: dict[str, Any], turn: int, replies: list[str]) -> list[dict[str, Any]]:
+    """`messages_for`, with every new user turn unique ("Again (t7, 1)."), so token mode's
+    bridge cache never hits: the server renders every bridge."""
+    msgs = messages_for(task, turn, replies)
+    for k, m in enumerate(msgs[1:]):
+        if m["role"] == "user":
+            msgs[k + 1] = {"role": "user", "content": f"Again ({task['id']}, {k // 2 + 1})."}
+    return msgs
+
+
 async def _run(url: str, runner: str, tasks: list[dict[str, Any]], concurrency: int) -> dict[str, Any]:
     """One pass: per-turn CPU (when sequential) and the total, for one runner."""
     from rollout import Recorder
@@ -163,8 +176,9 @@ async def _run(url: str, runner: str, tasks: list[dict[str, Any]], concurrency: 
         client = _sdk_client(url, aiohttp=runner == "sdk_aiohttp")
     else:
         recorder = Recorder(request_token_ids=True, request_logprobs=True, keep_finished=False,
-                            token_mode="auto" if runner == "tokens" else "off")  # fmt: skip
+                            token_mode="off" if runner == "messages" else "auto")  # fmt: skip
         client = recorder.wrap(_sdk_client(url, aiohttp=True))  # as collection does
+    build = messages_for if runner == "tokens_repeated" else _unique
     per_turn = [0.0] * TURNS
     sent: dict[str, int] = {}
     sem = asyncio.Semaphore(concurrency)
@@ -175,7 +189,7 @@ async def _run(url: str, runner: str, tasks: list[dict[str, Any]], concurrency: 
             scope = recorder.episode(task_id=task["id"], sample=k) if recorder is not None else None
             ep = await scope.__aenter__() if scope is not None else None
             for turn in range(TURNS):
-                kw = _kwargs(messages_for(task, turn, replies), k * 10 + turn, recorder is not None)
+                kw = _kwargs(build(task, turn, replies), k * 10 + turn, recorder is not None)
                 c0 = time.process_time()
                 resp = await client.chat.completions.create(**kw)
                 per_turn[turn] += time.process_time() - c0
@@ -196,7 +210,7 @@ async def _run(url: str, runner: str, tasks: list[dict[str, Any]], concurrency: 
 
 
 def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
-    runners = ("sdk", "sdk_aiohttp", "messages", "tokens")
+    runners = ("sdk", "sdk_aiohttp", "messages", "tokens", "tokens_repeated")
     tasks = make_tasks(args.cpu_episodes)
     n = len(tasks)
     seq: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
@@ -241,6 +255,7 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_vs_sdk": round(later["tokens"] / later["sdk"], 4),
         "tokens_vs_sdk_aiohttp": round(later["tokens"] / later["sdk_aiohttp"], 4),
         "tokens_vs_messages_recorded": round(later["tokens"] / later["messages"], 4),
+        "tokens_repeated_vs_sdk": round(later["tokens_repeated"] / later["sdk"], 4),
         "target": 0.5,
         "concurrency": args.concurrency,
         "concurrent_ms_per_call": concurrent,
