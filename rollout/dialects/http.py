@@ -6,8 +6,9 @@ what a plain keep-alive POST costs, and token mode makes two or three small
 requests per turn. The sync side keeps one `http.client` connection per
 thread and host; the async side a pool of keep-alive HTTP/1.1 connections per
 event loop (a connection is bound to the loop it was opened on), on asyncio
-streams: an aiohttp `ClientSession` request costs about three times as much
-client CPU, most of a token-mode turn's own cost (`benchmarks/bench_tokens.py`).
+streams. An aiohttp `ClientSession` did the same job first; its per-request
+machinery was most of a token-mode call's client CPU, and dropping it took a
+call from about 1.1 to 0.7 ms on a 2-core box (`benchmarks/bench_tokens.py`).
 """
 
 from __future__ import annotations
