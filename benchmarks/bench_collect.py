@@ -16,6 +16,11 @@ embedded server with a fixed per-request latency L.
 - client CPU per call: the client process's CPU time / calls (the server runs
   in its own process, so its CPU is not counted and it does not share the GIL);
   server CPU per call: the server process's CPU time / calls (Linux /proc).
+- cpu_bound_efficiency: ideal / the shortest wall those CPU times allow (each
+  process on at most one core, both sharing the machine's cores): the
+  efficiency this box could reach with nothing else running. On a shared,
+  loaded machine the measured efficiency falls below it; the ceiling moves
+  only with the client's and server's own CPU per call.
 
 Runs are interleaved (bare, bare_aiohttp, collect, ...) after a warm-up, and
 medians of the repeats are reported.
