@@ -17,6 +17,10 @@ episode is one exact training row. The pieces:
   on the end-of-turn token only the rest is added; a parent cut off by
   `max_tokens` (or a stop string) gets all of it, as context (mask 0).
 
+Renders are cached per server by their exact request (bounded), so a new
+turn the episode has sent before, such as a fixed "Try again.", costs no
+`/tokenize` round trip.
+
 The call then goes to the dialect's token route (`rollout.dialects`), and
 the reply comes back to the agent as a normal `ChatCompletion`. Where
 stitching is impossible (first call, edited history, multimodal content, a
@@ -58,6 +62,12 @@ _EXTRA_SAMPLING = ("top_k", "min_p", "ignore_eos", "stop_token_ids", "repetition
                    "min_tokens", "skip_special_tokens", "include_stop_str_in_output")  # fmt: skip
 _EXTRA_PASSED = frozenset({"return_token_ids", "return_tokens_as_token_ids",
                            "chat_template_kwargs", *_EXTRA_SAMPLING})  # fmt: skip
+
+
+RENDER_CACHE_SIZE = 1024
+"""Rendered bridges a `TokenServer` keeps (oldest out first)."""
+RENDER_CACHE_KEY_CHARS = 4096
+"""Renders whose request is longer than this are not cached."""
 
 
 class Unavailable(Exception):
@@ -153,6 +163,7 @@ class TokenServer:
     max_model_len: int | None = None
     _closing: dict[str, list[int]] = field(default_factory=dict)
     _placeholder: dict[str, list[int]] = field(default_factory=dict)
+    _rendered: dict[str, list[int]] = field(default_factory=dict)  # request JSON -> ids (never mutated)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     # --- what the server is --------------------------------------------------------
@@ -183,6 +194,27 @@ class TokenServer:
     # --- the bridge -------------------------------------------------------------------
 
     def _render(self, model: str, messages: list[Any], tools: Any, ctk: Any, gen: bool) -> Plan:
+        """The server template's ids for `messages`; repeats are answered from a small cache
+        (a fixed reply such as a tool error or "Try again." is rendered by the server once)."""
+        try:
+            key: str | None = json.dumps([model, messages, tools, ctk, gen], sort_keys=True)
+        except (TypeError, ValueError):
+            key = None
+        if key is not None and len(key) > RENDER_CACHE_KEY_CHARS:
+            key = None  # long, unlikely to repeat: not worth the memory
+        if key is not None:
+            cached = self._rendered.get(key)
+            if cached is not None:
+                return cached
+        tokens = yield from self._render_uncached(model, messages, tools, ctk, gen)
+        if key is not None:
+            with self._lock:
+                while self._rendered and len(self._rendered) >= RENDER_CACHE_SIZE:
+                    self._rendered.pop(next(iter(self._rendered)))
+                self._rendered[key] = tokens
+        return tokens
+
+    def _render_uncached(self, model: str, messages: list[Any], tools: Any, ctk: Any, gen: bool) -> Plan:
         try:
             reply = yield vllm.tokenize(model, messages, tools, add_generation_prompt=gen,
                                         chat_template_kwargs=ctk)  # fmt: skip

@@ -4,18 +4,25 @@ Token mode sends its requests itself instead of through the openai SDK: the
 SDK's request pipeline costs 1.5-2 ms of client CPU per call, several times
 what a plain keep-alive POST costs, and token mode makes two or three small
 requests per turn. The sync side keeps one `http.client` connection per
-thread and host; the async side one aiohttp session per event loop (a
-session is bound to the loop it was made on).
+thread and host; the async side a pool of keep-alive HTTP/1.1 connections per
+event loop (a connection is bound to the loop it was opened on), on asyncio
+streams. An aiohttp `ClientSession` did the same job first; its per-request
+machinery was most of a token-mode call's client CPU, and dropping it took a
+call from about 1.1 to 0.7 ms on a 2-core box (`benchmarks/bench_tokens.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
+import ssl
+import sys
 import threading
 import urllib.parse
 import weakref
+from collections.abc import AsyncIterator
 from typing import Any
 
 from rollout.errors import RolloutError
@@ -70,10 +77,11 @@ class JsonHttp:
         self._host = parts.hostname
         self._port = parts.port
         self._prefix = parts.path.rstrip("/")
+        self._netloc = parts.netloc.rsplit("@", 1)[-1]
         self.headers = {"Content-Type": "application/json", **(headers or {})}
         self.timeout = timeout
         self._local = threading.local()
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
 
     # --- sync -----------------------------------------------------------------------
 
@@ -114,30 +122,30 @@ class JsonHttp:
 
     # --- async (the twin) ---------------------------------------------------------
 
-    def _session(self) -> Any:
-        import aiohttp
-
+    def _pool(self) -> _Pool:
         loop = asyncio.get_running_loop()
-        session = self._sessions.get(loop)
-        if session is None or session.closed:
-            session = aiohttp.ClientSession(
-                headers=self.headers, timeout=aiohttp.ClientTimeout(total=self.timeout)
-            )
-            self._sessions[loop] = session
-        return session
+        pool = self._sessions.get(loop)
+        if pool is None:
+            pool = self._sessions[loop] = _Pool(self)
+        return pool
 
     async def arequest(self, method: str, path: str, body: Any = None) -> Any:
-        import aiohttp
-
         data = None if body is None else json.dumps(body).encode()
+        head = self._head(method, path, data)
         try:
-            async with self._session().request(method, self.root + path, data=data) as resp:
-                raw = await resp.read()
-                return _decode(resp.status, raw, f"{method} {path}")
-        except asyncio.TimeoutError as exc:
+            async with _deadline(self.timeout):
+                status, raw = await self._pool().exchange(head, data)
+        except (asyncio.TimeoutError, TimeoutError) as exc:
             raise HttpTimeoutError(f"{method} {path}: no answer in {self.timeout} s") from exc
-        except (aiohttp.ClientError, OSError) as exc:
+        except (OSError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
             raise HttpConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+        return _decode(status, raw, f"{method} {path}")
+
+    def _head(self, method: str, path: str, data: bytes | None) -> bytes:
+        lines = [f"{method} {self._prefix}{path} HTTP/1.1", f"Host: {self._netloc}"]
+        lines += [f"{k}: {v}" for k, v in self.headers.items()]
+        lines.append(f"Content-Length: {0 if data is None else len(data)}")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
 
     async def apost(self, path: str, body: Any) -> Any:
         return await self.arequest("POST", path, body)
@@ -151,8 +159,132 @@ class JsonHttp:
             self._local.conn = None
 
     async def aclose(self) -> None:
-        """Close this loop's session (call from the loop that used it)."""
+        """Close this loop's connections (call from the loop that used them)."""
         self.close()
-        session = self._sessions.pop(asyncio.get_running_loop(), None)
-        if session is not None:
-            await session.close()
+        pool = self._sessions.pop(asyncio.get_running_loop(), None)
+        if pool is not None:
+            await pool.close()
+
+
+if sys.version_info >= (3, 11):
+    _deadline = asyncio.timeout
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _deadline(seconds: float) -> AsyncIterator[None]:
+        task = asyncio.current_task()
+        assert task is not None
+        fired = False
+
+        def fire() -> None:
+            nonlocal fired
+            fired = True
+            task.cancel()
+
+        handle = asyncio.get_running_loop().call_later(seconds, fire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if fired:
+                raise TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
+
+
+MAX_CONNECTIONS = 100
+"""Connections one pool opens at most (aiohttp's default limit); more requests wait."""
+
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+
+
+class _Pool:
+    """Keep-alive HTTP/1.1 connections to one server, for one event loop."""
+
+    def __init__(self, http: JsonHttp) -> None:
+        self._host = http._host
+        self._port = http._port or (443 if http._https else 80)
+        self._ssl = ssl.create_default_context() if http._https else None
+        self._idle: list[_Conn] = []
+        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
+
+    async def exchange(self, head: bytes, data: bytes | None) -> tuple[int, bytes]:
+        """Send one request; (status, body). Reconnects once when a kept-alive
+        connection turns out closed before any of the reply arrived."""
+        async with self._slots:
+            while True:
+                conn, reused = self._take(), True
+                if conn is None:
+                    conn, reused = await self._open(), False
+                reader, writer = conn
+                try:
+                    writer.write(head + data if data else head)
+                    status, raw, keep = await _read_reply(reader)
+                except (ConnectionError, asyncio.IncompleteReadError) as exc:
+                    writer.close()
+                    if reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial):
+                        continue  # the server had closed it while idle: one fresh try
+                    raise
+                except BaseException:  # timeout, cancellation, a malformed reply: never reuse
+                    writer.close()
+                    raise
+                if keep:
+                    self._idle.append(conn)
+                else:
+                    writer.close()
+                return status, raw
+
+    def _take(self) -> _Conn | None:
+        while self._idle:
+            reader, writer = self._idle.pop()
+            if not reader.at_eof() and not writer.is_closing():
+                return reader, writer
+            writer.close()
+        return None
+
+    async def _open(self) -> _Conn:
+        return await asyncio.open_connection(self._host, self._port, ssl=self._ssl, limit=2**20)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for _, writer in idle:
+            writer.close()
+        for _, writer in idle:
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+
+async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
+    """(status, body, whether the connection can be reused) of one HTTP/1.1 reply."""
+    while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        lines = head.decode("latin-1").split("\r\n")
+        parts = lines[0].split(" ", 2)
+        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
+            raise ValueError(f"not an HTTP reply: {lines[0][:100]!r}")
+        status = int(parts[1])
+        if not 100 <= status < 200:
+            break  # 1xx: an interim reply, the real one follows
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        name, sep, value = line.partition(":")
+        if sep:
+            headers[name.strip().lower()] = value.strip()
+    keep = parts[0] != "HTTP/1.0" and "close" not in headers.get("connection", "").lower()
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        chunks = []
+        while True:
+            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
+            if size == 0:
+                while (await reader.readuntil(b"\r\n")) != b"\r\n":
+                    pass  # trailers
+                break
+            chunks.append(await reader.readexactly(size))
+            await reader.readexactly(2)
+        return status, b"".join(chunks), keep
+    length = headers.get("content-length")
+    if length is not None:
+        return status, await reader.readexactly(int(length)), keep
+    if status in (204, 304):
+        return status, b"", keep
+    return status, await reader.read(), False  # delimited by the connection closing

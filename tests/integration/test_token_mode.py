@@ -278,6 +278,35 @@ def test_a_failing_token_route_falls_back_to_messages(broken: tuple[Broken, str]
     assert "/v1/chat/completions" in proxy.hits
 
 
+@pytest.mark.parametrize("broken", [("/nothing-is-broken", 500)], indirect=True)
+def test_a_repeated_new_turn_is_rendered_by_the_server_once(
+    broken: tuple[Broken, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    proxy, url = broken
+
+    def episodes(recorder: Recorder) -> list[Episode]:
+        client = recorder.wrap(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
+        out = []
+        for k in range(3):
+            with recorder.episode("t", sample=k) as ep:
+                three_turns(client, seed=k)
+            out.append(ep)
+        return out
+
+    cached = episodes(Recorder(request_token_ids=True, request_logprobs=True))
+    # The join (two placeholder turns) and "Wrong. What is 2 + 3?" once; 6 later turns stitched.
+    assert proxy.hits.count("/tokenize") == 3
+    assert [c.sent_as for e in cached for c in e.calls].count("tokens") == 6
+    # The same ids as a recorder that has the server render every bridge.
+    monkeypatch.setattr("rollout.stitch.RENDER_CACHE_KEY_CHARS", -1)
+    fresh = episodes(Recorder(request_token_ids=True, request_logprobs=True))
+    assert proxy.hits.count("/tokenize") == 3 + 2 + 6
+    for a, b in zip(cached, fresh, strict=True):
+        for x, y in zip(a.calls, b.calls, strict=True):
+            assert x.prompt_ids.tolist() == y.prompt_ids.tolist()
+            assert x.choices[0].ids.tolist() == y.choices[0].ids.tolist()
+
+
 def test_main_job_runs_in_token_mode_with_no_drift(tmp_path: Any) -> None:
     from rollout.collection import collect
     from rollout.export import read_jsonl
