@@ -3,7 +3,14 @@
 `train` runs GRPO-style REINFORCE on the embedded numpy policy from `to_verl`
 arrays alone; the on-policy checks (`check_on_policy`, `check_versions`) fail
 loudly when a recorded id, logprob or version is off.
+
+`train_verl` (and `VerlTrainer`, `load_train_config`) trains a small
+transformer with verl's own advantage and policy-loss functions on the same
+exports. They need torch, transformers and verl, so they are imported only
+when first used (`rollout.training.verl_trainer`).
 """
+
+from typing import Any
 
 from rollout.training.reinforce import (
     LOGPROB_TOLERANCE,
@@ -14,11 +21,25 @@ from rollout.training.reinforce import (
     train,
 )
 
+_VERL = ("VerlTrainer", "load_train_config", "train_verl")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _VERL:
+        from rollout.training import verl_trainer
+
+        return getattr(verl_trainer, name)
+    raise AttributeError(f"module 'rollout.training' has no attribute {name!r}")
+
+
 __all__ = [
     "LOGPROB_TOLERANCE",
+    "VerlTrainer",
     "check_on_policy",
     "check_versions",
     "grpo_gradient",
+    "load_train_config",
     "plot_rewards",
     "train",
+    "train_verl",
 ]
