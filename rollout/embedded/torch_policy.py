@@ -198,13 +198,13 @@ class TorchPolicy:
         responses: torch.Tensor,
         temperature: float = 1.0,
         top_p: float = 1.0,
-    ) -> torch.Tensor:
-        """Sampling logprob of every response token, [N, R], differentiable.
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sampling logprob of every response token and the entropy it was drawn with, [N, R] each.
 
         Takes verl's layout as `to_verl` writes it (cl100k ids, prompts
-        left-padded, responses right-padded, position 0 on padding). Tokens
-        outside the output vocabulary (observations, padding) get 0; mask
-        them with ``response_mask``.
+        left-padded, responses right-padded, position 0 on padding).
+        Differentiable. Tokens outside the output vocabulary (observations,
+        padding) get logprob 0; mask them with ``response_mask``.
         """
         width_r = responses.shape[1]
         hidden = self.model.model(
@@ -217,7 +217,9 @@ class TorchPolicy:
         logp = sampling_logprobs(self._head(hidden[:, -width_r - 1 : -1]), temperature, top_p)
         index = self._output_index[responses]
         picked = logp.gather(-1, index.clamp(min=0).unsqueeze(-1)).squeeze(-1)
-        return picked.masked_fill(index < 0, 0.0)
+        # Entropy of the sampling distribution (0 log 0 = 0 outside a top-p nucleus).
+        entropy = -(logp.exp() * logp.masked_fill(logp.isneginf(), 0.0)).sum(-1)
+        return picked.masked_fill(index < 0, 0.0), entropy
 
     def parameters(self) -> Any:
         """The model's trainable parameters (for an optimizer)."""

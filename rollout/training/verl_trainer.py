@@ -43,7 +43,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from verl import DataProto
 from verl.trainer.config.algorithm import AlgoConfig
-from verl.trainer.ppo.core_algos import get_adv_estimator_fn, get_policy_loss_fn
+from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_policy_loss_fn
 from verl.workers.config import ActorConfig
 
 import rollout.export.verl_advantage  # noqa: F401  (registers episode_grpo / episode_rloo with verl)
@@ -82,6 +82,8 @@ class TrainerSettings(_Strict):
     clip_ratio_low: float = 0.2
     clip_ratio_high: float = 0.28
     clip_ratio_c: float = 3.0
+    entropy_coeff: float = Field(default=0.0, ge=0)
+    """Entropy bonus, aggregated by verl's `agg_loss` as verl's actor loss does."""
     logprob_tolerance: float = Field(default=1e-4, gt=0)
     """Largest |recorded - recomputed| logprob accepted (float32 rounding is ~1e-6)."""
     threads: int = Field(default=1, ge=1)
@@ -199,8 +201,11 @@ class VerlTrainer:
         *,
         overrides: Iterable[str] = (),
         tasks: Any = None,
+        agent: Any = None,
     ) -> None:
+        """``tasks`` and ``agent`` (an ``episode(task, model)`` callable) replace the config's."""
         self.config = cfg = load_train_config(config, overrides)
+        self.agent = agent
         backend = cfg.collect.backend
         if backend.kind != "embedded":
             raise ConfigError("the verl trainer trains the embedded torch policy: backend.kind must be 'embedded'")
@@ -223,6 +228,7 @@ class VerlTrainer:
             clip_ratio_high=t.clip_ratio_high,
             clip_ratio_c=t.clip_ratio_c,
             loss_agg_mode=t.loss_agg_mode,
+            entropy_coeff=t.entropy_coeff,
         )
         self.algorithm = AlgoConfig(
             adv_estimator=t.adv_estimator, norm_adv_by_std_in_grpo=t.norm_adv_by_std_in_grpo
@@ -242,6 +248,7 @@ class VerlTrainer:
             push_weights(url, self.policy.get_weights(), self.version)
             self.collector = Collector(
                 self.config.collect,
+                agent=self.agent,
                 # The server is ours (it serves the torch policy): reach it as a remote one.
                 backend={"kind": "remote", "urls": [self.server.base_url]},
             ).start()
@@ -273,7 +280,8 @@ class VerlTrainer:
             raise OffPolicyError("some rows have no recorded logprobs: nothing to check the update against")
         return DataProto.from_dict(**batch)
 
-    def logprobs(self, data: DataProto) -> torch.Tensor:
+    def logprobs(self, data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's (log_prob, entropy) for every response token of the batch, [N, R] each."""
         b = data.batch
         return self.policy.response_logprobs(
             b["input_ids"], b["attention_mask"], b["position_ids"], b["responses"],
@@ -298,7 +306,7 @@ class VerlTrainer:
         """PPO epochs over mini-batches: verl's loss, then backward and an AdamW step."""
         t = self.config.trainer
         n = len(data)
-        losses, clipfrac, kl, norms = [], [], [], []
+        losses, clipfrac, kl, norms, entropies = [], [], [], [], []
         for _ in range(t.ppo_epochs):
             order = torch.randperm(n, generator=self._shuffle)
             for idx in order.tensor_split(min(t.mini_batches, n)):
@@ -306,7 +314,7 @@ class VerlTrainer:
                 mb = data.select_idxs(idx)
                 b = mb.batch
                 mask = b["response_mask"].bool()
-                log_prob = self.logprobs(mb)
+                log_prob, entropy = self.logprobs(mb)
                 pg_loss, metrics = self.loss_fn(
                     old_log_prob=b["old_log_probs"],
                     log_prob=log_prob,
@@ -316,9 +324,14 @@ class VerlTrainer:
                     config=self.actor,
                     rollout_is_weights=None,
                 )
+                loss = pg_loss
+                if t.entropy_coeff:  # as verl's actor loss (workers/utils/losses.py:ppo_loss)
+                    ent = agg_loss(entropy, mask, t.loss_agg_mode, **self.actor.global_batch_info)
+                    loss = pg_loss - t.entropy_coeff * ent
+                    entropies.append(float(ent.detach()))
                 middle = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
-                pg_loss.backward()
+                loss.backward()
                 norms.append(float(torch.nn.utils.clip_grad_norm_(self.policy.parameters(), t.grad_clip)))
                 self.optimizer.step()
                 timing["loss_s"] += middle - start
@@ -331,6 +344,7 @@ class VerlTrainer:
             "pg_clipfrac": float(np.mean(clipfrac)),
             "ppo_kl": float(np.mean(kl)),
             "grad_norm": float(np.mean(norms)),
+            **({"entropy": float(np.mean(entropies))} if entropies else {}),
         }
 
     def push(self) -> None:
@@ -366,7 +380,7 @@ class VerlTrainer:
             self.advantages(data)
             b = data.batch
             with torch.no_grad():  # verl's _compute_old_log_prob: the actor before the update
-                b["old_log_probs"] = self.logprobs(data)
+                b["old_log_probs"], _ = self.logprobs(data)
             mask = b["response_mask"].bool()
             worst = _masked_max_abs(b["old_log_probs"], b["rollout_log_probs"], mask)
             stats["max_logprob_diff"] = worst
@@ -405,11 +419,12 @@ def train_verl(
     *,
     overrides: Iterable[str] = (),
     tasks: Any = None,
+    agent: Any = None,
     log: Callable[[str], None] = print,
     plot: str | Path | None = None,
 ) -> list[dict[str, Any]]:
     """Run the loop until ``trainer.iterations`` or ``trainer.target``; one stats dict per iteration."""
-    with VerlTrainer(config, overrides=overrides, tasks=tasks) as trainer:
+    with VerlTrainer(config, overrides=overrides, tasks=tasks, agent=agent) as trainer:
         t = trainer.config.trainer
         log(f"model: {trainer.policy.describe()}")
         for _ in range(t.iterations):

@@ -36,9 +36,23 @@ SMALL = ["collect.samples_per_task=4", "trainer.mini_batches=2"]
 """A small batch (6 tasks x 4 samples, 2 optimizer steps): the loop, not the learning."""
 
 
+async def even(task: dict, model) -> float:  # type: ignore[no-untyped-def]
+    """Two turns; reward 1 when the last reply is an even number.
+
+    The arithmetic task's untrained success rate (~1%) leaves a small batch
+    with no reward at all, so no gradient; about half the replies here are
+    even, so every group has advantages to step on.
+    """
+    messages = [{"role": "user", "content": f"Say an even number, task {task['id']}."}]
+    for _ in range(2):
+        reply = (await model.arun(messages)).choices[0].message.content or ""
+        messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Again."}]
+    return float(reply.strip().isdigit() and int(reply) % 2 == 0)
+
+
 @pytest.fixture(scope="module")
 def trainer():
-    with VerlTrainer(overrides=SMALL, tasks=TASKS) as t:
+    with VerlTrainer(overrides=SMALL, tasks=TASKS, agent=even) as t:
         yield t
 
 
@@ -48,7 +62,8 @@ def test_one_full_iteration_trains_and_stays_on_policy(trainer: VerlTrainer) -> 
     stats = trainer.iteration()
 
     assert stats["episodes"] == 24 and stats["rows"] == 24  # one exact row per episode
-    assert stats["sampled_tokens"] > 24
+    assert stats["sampled_tokens"] == 48  # two one-token turns each
+    assert 0 < stats["mean_reward"] < 1
     assert math.isfinite(stats["pg_loss"]) and math.isfinite(stats["grad_norm"])
     assert stats["grad_norm"] > 0
     after = trainer.policy.get_weights()
@@ -68,7 +83,7 @@ def test_one_full_iteration_trains_and_stays_on_policy(trainer: VerlTrainer) -> 
             for v in ch.versions.to_array().tolist()} == {1}  # fmt: skip
     data = trainer.export(episodes)
     with torch.no_grad():
-        recomputed = trainer.logprobs(data)
+        recomputed, _ = trainer.logprobs(data)
     mask = data.batch["response_mask"].bool()
     diff = (recomputed - data.batch["rollout_log_probs"]).abs()[mask]
     assert float(diff.max()) <= 1e-5
@@ -84,6 +99,26 @@ def test_advantages_are_verls_grpo_over_episodes(trainer: VerlTrainer) -> None:
     rewards = data.batch["rm_scores"].sum(-1)
     if rewards.max() > rewards.min():  # some success in the batch: advantages are not all zero
         assert got.abs().sum() > 0
+
+
+def test_an_episode_over_several_rows_keeps_one_advantage() -> None:
+    # Two-token replies: sampled "1", "2" re-render as the one token "12", so a later
+    # turn no longer extends the earlier ones and the episode takes several rows
+    # (message mode; token mode would keep each episode one row).
+    multi = [*SMALL, "collect.backend.sampling.max_tokens=2", "collect.backend.token_mode='off'"]
+    with VerlTrainer(overrides=multi, tasks=TASKS, agent=even) as t:
+        data = t.export(t.collect())
+        advantages = t.advantages(data)
+        episodes = data.non_tensor_batch["episode_ids"]
+        assert len(data) > len(set(episodes))
+        mask = data.batch["response_mask"].bool()
+        per_episode: dict[str, set[float]] = {}
+        for row, episode in enumerate(episodes):
+            per_episode.setdefault(episode, set()).update(advantages[row][mask[row]].tolist())
+        assert all(len(values) == 1 for values in per_episode.values())
+        stats = t.iteration()  # and a whole iteration on such a batch
+        assert stats["rows"] > stats["episodes"] and math.isfinite(stats["pg_loss"])
+        assert stats["max_logprob_diff"] <= 1e-5 and t.server.weight_version() == 1
 
 
 def test_off_policy_logprobs_and_versions_are_caught(trainer: VerlTrainer) -> None:
@@ -193,10 +228,11 @@ def test_training_logprobs_match_the_sampling_distribution(temperature: float, t
         ids[i, width_p:] = torch.tensor(toks)
         att[i, width_p - len(p) :] = 1
     pos = (att.cumsum(-1) - 1).clamp(min=0) * att
-    got = policy.response_logprobs(ids, att, pos, ids[:, width_p:], temperature, top_p)
+    got, entropy = policy.response_logprobs(ids, att, pos, ids[:, width_p:], temperature, top_p)
     want = torch.tensor([lps for _, _, lps in rows], dtype=torch.float32)
-    assert float((got - want).abs().max()) < 1e-5
-    got.sum().backward()  # differentiable; padding produces no NaN gradients
+    assert float((got - want).abs().max().detach()) < 1e-5
+    assert bool((entropy > 0).all()) and float(entropy.max()) <= math.log(policy.vocab_size) + 1e-4
+    (got.sum() + entropy.sum()).backward()  # differentiable; padding makes no NaN gradients
     assert all(torch.isfinite(p.grad).all() for p in policy.parameters() if p.grad is not None)
 
 
