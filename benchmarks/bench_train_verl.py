@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -45,8 +46,13 @@ def main(argv: list[str] | None = None) -> None:
     config = load_train_config(args.config, args.overrides)
     baseline = numpy_collect_s(config)
     lines: list[str] = []
+
+    def log(line: str) -> None:  # progress on stderr; stdout keeps the one JSON line
+        lines.append(line)
+        print(line, file=sys.stderr, flush=True)
+
     start = time.perf_counter()
-    history = train_verl(config, plot=args.plot, log=lines.append)
+    history = train_verl(config, plot=args.plot, log=log)
     wall = time.perf_counter() - start
     Path(args.history).parent.mkdir(parents=True, exist_ok=True)
     Path(args.history).write_text(json.dumps(history, indent=1))

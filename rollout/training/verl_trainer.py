@@ -78,9 +78,9 @@ class TrainerSettings(_Strict):
     norm_adv_by_std_in_grpo: bool = True
     policy_loss: str = "vanilla"
     loss_agg_mode: str = "token-mean"
-    clip_ratio: float = 0.2
+    clip_ratio: float = 0.2  # these four: verl's defaults (trainer/config/actor/actor.yaml)
     clip_ratio_low: float = 0.2
-    clip_ratio_high: float = 0.28
+    clip_ratio_high: float = 0.2
     clip_ratio_c: float = 3.0
     entropy_coeff: float = Field(default=0.0, ge=0)
     """Entropy bonus, aggregated by verl's `agg_loss` as verl's actor loss does."""
