@@ -1,6 +1,6 @@
 """Recording cost: time overhead vs the bare openai client, and bytes per recorded token.
 
-    python benchmarks/bench_record.py [--calls 300] [--repeats 9] [--mem-calls 4000]
+    python benchmarks/bench_record.py [--calls 120] [--repeats 24] [--mem-calls 4000]
 
 Prints ONE JSON line.
 
@@ -8,10 +8,17 @@ Overhead: the real openai SDK over an in-process httpx2 `MockTransport` whose
 handler returns PRE-BUILT bytes (a vLLM-format reply: `prompt_token_ids`,
 `choices[0].token_ids`, 256 completion tokens with logprobs), so the server
 side costs ~nothing and the ratio measures SDK + recorder vs SDK alone. Bare and
-wrapped clients run in the same process, repeats interleaved (bare, wrapped,
-bare, ...), per-call medians compared; wrapped calls run in episodes of `--per-episode`
+wrapped clients run in the same process, in short interleaved repeats whose
+order alternates (bare first, then wrapped first); `ratio` is the median over
+the (bare, wrapped) pairs of their wall-time ratio, `cpu_ratio` the same in
+process CPU time (blind to other processes' load). Wrapped calls run in episodes of `--per-episode`
 calls (8, a typical multi-turn agent). A third figure puts all calls of a repeat
 in ONE episode, to expose per-call costs that grow with episode length.
+Each figure is measured twice: as a user runs (`ratio`, the garbage collector
+on) and with automatic collection paused inside the timed repeats
+(`gc_paused.ratio`). On this SDK call a full collection of the process heap
+costs tens of milliseconds and falls into a repeat or not by chance, so the
+paused figure is the steady one; the difference between the two is GC.
 Target: ratio <= 1.05 (sync and async).
 
 Memory: `mem_calls` wrapped calls (default 4000 x 256 completion tokens, ~1 M
@@ -34,6 +41,7 @@ import statistics
 import sys
 import time
 import tracemalloc
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -94,9 +102,13 @@ def clients() -> tuple[OpenAI, AsyncOpenAI]:
 # ---------------------------------------------------------------- overhead
 
 
-def time_sync(client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8) -> float:
-    """Seconds per call; with `rec`, calls are made inside episodes of `per_episode` calls."""
-    t0 = time.perf_counter()
+def _clock() -> tuple[float, float]:
+    return time.perf_counter(), time.process_time()
+
+
+def time_sync(client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8) -> tuple[float, float]:
+    """(wall, CPU) seconds per call; with `rec`, calls run inside episodes of `per_episode` calls."""
+    t0, c0 = _clock()
     if rec is None:
         for _ in range(calls):
             client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
@@ -105,11 +117,14 @@ def time_sync(client: Any, calls: int, rec: Recorder | None = None, per_episode:
             with rec.episode(f"task-{start}"):
                 for _ in range(min(per_episode, calls - start)):
                     client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
-    return (time.perf_counter() - t0) / calls
+    t1, c1 = _clock()
+    return (t1 - t0) / calls, (c1 - c0) / calls
 
 
-async def time_async(client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8) -> float:
-    t0 = time.perf_counter()
+async def time_async(
+    client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8
+) -> tuple[float, float]:
+    t0, c0 = _clock()
     if rec is None:
         for _ in range(calls):
             await client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
@@ -118,58 +133,77 @@ async def time_async(client: Any, calls: int, rec: Recorder | None = None, per_e
             async with rec.episode(f"task-{start}"):
                 for _ in range(min(per_episode, calls - start)):
                     await client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
-    return (time.perf_counter() - t0) / calls
+    t1, c1 = _clock()
+    return (t1 - t0) / calls, (c1 - c0) / calls
+
+
+def summary(bare: list[tuple[float, float]], wrapped: list[tuple[float, float]]) -> dict[str, Any]:
+    """Per-call medians, and the median of the ratios of adjacent (bare, wrapped) repeats.
+
+    Pairing adjacent repeats cancels most of a shared machine's load drift;
+    `cpu_ratio` (process CPU time) is also blind to other processes' load.
+    """
+    return {
+        "bare_us": round(statistics.median(b[0] for b in bare) * 1e6, 1),
+        "wrapped_us": round(statistics.median(w[0] for w in wrapped) * 1e6, 1),
+        "ratio": round(statistics.median(w[0] / b[0] for b, w in zip(bare, wrapped, strict=True)), 4),
+        "cpu_ratio": round(statistics.median(w[1] / b[1] for b, w in zip(bare, wrapped, strict=True)), 4),
+    }
+
+
+Timer = Callable[[], tuple[float, float]]
+
+
+def interleaved(bare: Timer, wrapped: Timer, repeats: int, *, gc_paused: bool = False) -> dict[str, Any]:
+    """Bare and wrapped repeats, alternating which goes first; with `gc_paused`,
+    automatic garbage collection is off inside each timed repeat (each starts
+    from a full collection either way)."""
+    bare_t: list[tuple[float, float]] = []
+    wrap_t: list[tuple[float, float]] = []
+    for i in range(repeats):
+        for is_wrapped in (False, True) if i % 2 == 0 else (True, False):
+            gc.collect()
+            if gc_paused:
+                gc.disable()
+            try:
+                (wrap_t if is_wrapped else bare_t).append(wrapped() if is_wrapped else bare())
+            finally:
+                gc.enable()
+    return summary(bare_t, wrap_t)
 
 
 def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
     sync, async_ = clients()
     rec = Recorder()
     wsync, wasync = rec.wrap(sync), rec.wrap(async_)
-    out: dict[str, Any] = {}
+    loop = asyncio.new_event_loop()  # one loop for every async repeat: start-up is in no figure
 
-    # sync: bare and wrapped repeats interleaved
-    bare_t, wrap_t = [], []
-    time_sync(sync, 20)
-    time_sync(wsync, 24, rec, per_episode)
-    for _ in range(repeats):
-        gc.collect()
-        bare_t.append(time_sync(sync, calls))
-        gc.collect()
-        wrap_t.append(time_sync(wsync, calls, rec, per_episode))
+    def drained(timing: tuple[float, float]) -> tuple[float, float]:
         rec.drain()
-    out["sync"] = {"bare_us": statistics.median(bare_t) * 1e6, "wrapped_us": statistics.median(wrap_t) * 1e6}
+        return timing
 
-    # async (one loop for both, so loop start-up is in neither number)
-    async def run_async() -> tuple[list[float], list[float]]:
-        b, w = [], []
-        await time_async(async_, 20)
-        await time_async(wasync, 24, rec, per_episode)
-        for _ in range(repeats):
-            gc.collect()
-            b.append(await time_async(async_, calls))
-            gc.collect()
-            w.append(await time_async(wasync, calls, rec, per_episode))
-            rec.drain()
-        return b, w
-
-    bare_a, wrap_a = asyncio.run(run_async())
-    out["async"] = {"bare_us": statistics.median(bare_a) * 1e6, "wrapped_us": statistics.median(wrap_a) * 1e6}
-
-    # One long episode (all calls in it): exposes per-call costs that grow with episode length.
-    bare_l, long_t = [], []
-    for _ in range(max(3, repeats // 3)):
-        gc.collect()
-        bare_l.append(time_sync(sync, calls))
-        gc.collect()
-        long_t.append(time_sync(wsync, calls, rec, per_episode=calls))
-        rec.drain()
-    out["sync_one_episode_of_all_calls"] = {
-        "bare_us": statistics.median(bare_l) * 1e6, "wrapped_us": statistics.median(long_t) * 1e6,
+    timers: dict[str, tuple[Timer, Timer]] = {
+        "sync": (
+            lambda: time_sync(sync, calls),
+            lambda: drained(time_sync(wsync, calls, rec, per_episode)),
+        ),
+        "async": (
+            lambda: loop.run_until_complete(time_async(async_, calls)),
+            lambda: drained(loop.run_until_complete(time_async(wasync, calls, rec, per_episode))),
+        ),
+        # One long episode (all calls in it): exposes per-call costs that grow with episode length.
+        "sync_one_episode_of_all_calls": (
+            lambda: time_sync(sync, calls),
+            lambda: drained(time_sync(wsync, calls, rec, per_episode=calls)),
+        ),
     }
-    for v in out.values():
-        v["ratio"] = round(v["wrapped_us"] / v["bare_us"], 4)
-        v["bare_us"] = round(v["bare_us"], 1)
-        v["wrapped_us"] = round(v["wrapped_us"], 1)
+    out: dict[str, Any] = {}
+    for name, (bare, wrapped) in timers.items():
+        bare(), wrapped()  # warm up
+        n = repeats if name in ("sync", "async") else max(4, repeats // 3)
+        out[name] = interleaved(bare, wrapped, n)
+        out[name]["gc_paused"] = interleaved(bare, wrapped, n, gc_paused=True)
+    loop.close()
     return out
 
 
@@ -224,8 +258,8 @@ def retained_by_lists(calls: int) -> int:
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--calls", type=int, default=300, help="calls per timing repeat")
-    ap.add_argument("--repeats", type=int, default=9)
+    ap.add_argument("--calls", type=int, default=120, help="calls per timing repeat")
+    ap.add_argument("--repeats", type=int, default=24)
     ap.add_argument("--mem-calls", type=int, default=4000)
     ap.add_argument("--per-episode", type=int, default=8, help="calls per episode (wrapped runs)")
     args = ap.parse_args()

@@ -13,9 +13,9 @@ first access: `import compat` stays fast and never imports camel.
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from typing import TYPE_CHECKING, Any
+import importlib as _importlib
+import importlib.util as _importlib_util
+import typing as _typing
 
 from compat.base import BaseModelBackend
 from compat.clients import ClientPair, Forwarding
@@ -30,8 +30,10 @@ from compat.errors import (
 )
 from compat.token_counter import BaseTokenCounter, OpenAITokenCounter
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from compat.openai_compatible import OpenAICompatibleModel
+
+_LAZY = frozenset({"OpenAICompatibleModel"})
 
 __all__ = [
     "BaseModelBackend",
@@ -50,11 +52,11 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     """`OpenAICompatibleModel`: the CAMEL backend when camel is installed, else the plain one."""
     if name != "OpenAICompatibleModel":
         raise AttributeError(f"module 'compat' has no attribute {name!r}")
-    camel = importlib.util.find_spec("camel") is not None
-    module = importlib.import_module("compat.camel" if camel else "compat.openai_compatible")
+    camel = _importlib_util.find_spec("camel") is not None
+    module = _importlib.import_module("compat.camel" if camel else "compat.openai_compatible")
     globals()[name] = module.OpenAICompatibleModel
     return module.OpenAICompatibleModel

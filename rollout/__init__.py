@@ -9,7 +9,7 @@ out; it is imported on first use, so `from rollout import Recorder` stays light.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import typing as _typing
 
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import (
@@ -27,7 +27,7 @@ from rollout.redact import register_secret
 from rollout.sample import AssemblyResult, Drift, Sample, assemble
 from rollout.tokens import TiktokenTokenizer, Tokenizer
 
-if TYPE_CHECKING:
+if _typing.TYPE_CHECKING:
     from rollout.collection import (
         CollectConfig,
         Collector,
@@ -40,7 +40,7 @@ if TYPE_CHECKING:
 _LAZY = frozenset({"CollectConfig", "CollectSummary", "Collector", "acollect", "collect", "load_config"})
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> _typing.Any:
     """The collection stack (configs, executors, aiohttp, YAML) loads on first use."""
     if name in _LAZY:
         import rollout.collection

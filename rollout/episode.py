@@ -9,11 +9,11 @@ parallel branches do not leak rewards into each other.
 
 from __future__ import annotations
 
+import math
 import uuid
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
-
-from pydantic import BaseModel, ConfigDict, Field
 
 from rollout.errors import RewardError
 from rollout.record import CallRecord
@@ -30,21 +30,47 @@ def new_episode_id() -> str:
     return uuid.uuid4().hex
 
 
-class Episode(BaseModel):
-    """One rollout: task id, GRPO sample index, calls, status and rewards."""
+def as_reward(value: Any) -> float:
+    """`value` as a finite float. numpy / torch scalars are accepted; NaN, inf and
+    non-numbers raise `RewardError` naming the value (a NaN reward would poison
+    every advantage in its group)."""
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__float__"):
+        raise RewardError(f"reward must be a number, got {type(value).__name__} {value!r}")
+    try:
+        reward = float(value)
+    except (TypeError, ValueError) as exc:
+        raise RewardError(f"reward must be a single number, got {value!r} ({exc})") from None
+    if not math.isfinite(reward):
+        raise RewardError(f"reward must be finite, got {value!r}")
+    return reward
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
-    id: str = Field(default_factory=new_episode_id)
+@dataclass(eq=False)  # not slotted: one per rollout, and weak references to it must work
+class Episode:
+    """One rollout: task id, GRPO sample index, calls, status and rewards.
+
+    `reward` is checked on every assignment (see `as_reward`); None means unset.
+    """
+
+    id: str = field(default_factory=new_episode_id)
     task_id: str = ""
     sample: int = 0
     task: Any = None
-    calls: list[CallRecord] = Field(default_factory=list)
+    calls: list[CallRecord] = field(default_factory=list)
     status: EpisodeStatus = EpisodeStatus.COMPLETED
     error: str | None = None
     reward: float | None = None
-    metadata: dict[str, Any] = Field(default_factory=dict)
+    metadata: dict[str, Any] = field(default_factory=dict)
     discounted: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.status, EpisodeStatus):
+            self.status = EpisodeStatus(self.status)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "reward" and value is not None:
+            value = as_reward(value)
+        object.__setattr__(self, name, value)
 
     @property
     def uid(self) -> str:
@@ -61,12 +87,12 @@ class Episode(BaseModel):
 
     def set_reward(self, call: int | str, reward: float) -> None:
         """Set one call's reward, by position in the episode or by completion id."""
-        self._call(call).reward = float(reward)
+        self._call(call).reward = as_reward(reward)
 
     def set_last_reward(self, reward: float) -> None:
         if not self.calls:
             raise RewardError("episode has no calls to reward")
-        self.calls[-1].reward = float(reward)
+        self.calls[-1].reward = as_reward(reward)
 
     def _call(self, key: int | str) -> CallRecord:
         if isinstance(key, int):

@@ -13,37 +13,16 @@ record built that way says so (`exact == False`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from rollout.errors import TokenRecordError
 
 NO_VERSION = -1
 """Version used for tokens whose policy version is unknown, and for prompt tokens."""
-
-
-_M = TypeVar("_M", bound=BaseModel)
-
-
-def build(cls: type[_M], fields_set: set[str], values: dict[str, Any]) -> _M:
-    """Make a record from already-converted values, skipping pydantic's validation.
-
-    The recorder builds millions of these on the hot path; `model_construct`
-    costs ~10 us each for bookkeeping this needs none of. `values` must hold
-    every field; `fields_set` is one shared set naming them all (pydantic
-    keeps one per object otherwise). `model_post_init` still runs, so a
-    record's own consistency checks (token counts) are kept.
-    """
-    obj = cls.__new__(cls)
-    object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
-    object.__setattr__(obj, "__pydantic_extra__", None)
-    object.__setattr__(obj, "__pydantic_private__", None)
-    obj.model_post_init(None)
-    return obj
 
 
 class TokenSource(str, Enum):
@@ -68,7 +47,10 @@ def as_ids(values: Any) -> np.ndarray:
         arr = np.ascontiguousarray(values)
     else:
         try:
-            arr = np.array(values if values is not None else [], dtype=np.int32)
+            if isinstance(values, list):  # a reply's JSON list: fromiter is the fastest reader
+                arr = np.fromiter(values, dtype=np.int32, count=len(values))
+            else:
+                arr = np.array(values if values is not None else [], dtype=np.int32)
         except (OverflowError, ValueError, TypeError) as exc:
             raise TokenRecordError(f"token ids must be int32 values: {exc}") from None
         if arr.ndim != 1:
@@ -79,7 +61,12 @@ def as_ids(values: Any) -> np.ndarray:
 
 
 def as_logprobs(values: Any) -> np.ndarray:
+    """Logprobs as a contiguous float32 array."""
     return np.ascontiguousarray(np.asarray(values if values is not None else [], dtype=np.float32))
+
+
+def _no_ids() -> np.ndarray:
+    return np.zeros(0, np.int32)
 
 
 class Versions:
@@ -143,35 +130,31 @@ class Versions:
         return f"Versions({self.to_array().tolist()!r})"
 
 
-class Choice(BaseModel):
-    """One sampled completion (one element of `choices`) with its token data."""
+@dataclass(slots=True, eq=False)
+class Choice:
+    """One sampled completion (one element of `choices`) with its token data.
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
+    Lists, arrays of any dtype and per-token version lists are converted here,
+    once; values that already have their final type pass through in O(1)
+    numpy calls, so the recorder's hot path builds these with plain calls.
+    """
 
     index: int = 0
-    ids: np.ndarray = Field(default_factory=lambda: np.zeros(0, np.int32))
+    ids: np.ndarray = field(default_factory=_no_ids)
     logprobs: np.ndarray | None = None  # float32, len == len(ids); None if the server sent none
-    versions: Versions = Field(default_factory=lambda: Versions.constant(NO_VERSION, 0))
+    versions: Versions = field(default_factory=lambda: Versions.constant(NO_VERSION, 0))
     finish_reason: str | None = None
-    message: dict[str, Any] = Field(default_factory=dict)  # the reply: role, content, tool_calls
+    message: dict[str, Any] = field(default_factory=dict)  # the reply: role, content, tool_calls
     source: TokenSource = TokenSource.NONE
 
-    @field_validator("ids", mode="before")
-    @classmethod
-    def _ids(cls, v: Any) -> np.ndarray:
-        return as_ids(v)
-
-    @field_validator("logprobs", mode="before")
-    @classmethod
-    def _logprobs(cls, v: Any) -> np.ndarray | None:
-        return None if v is None else as_logprobs(v)
-
-    @field_validator("versions", mode="before")
-    @classmethod
-    def _versions(cls, v: Any) -> Versions:
-        return v if isinstance(v, Versions) else Versions.from_array(v)
-
-    def model_post_init(self, _context: Any) -> None:
+    def __post_init__(self) -> None:
+        self.ids = as_ids(self.ids)
+        if self.logprobs is not None:
+            self.logprobs = as_logprobs(self.logprobs)
+        if not isinstance(self.versions, Versions):
+            self.versions = Versions.from_array(self.versions)
+        if not isinstance(self.source, TokenSource):
+            self.source = TokenSource(self.source)
         n = len(self.ids)
         if self.logprobs is not None and len(self.logprobs) != n:
             raise TokenRecordError(
@@ -190,7 +173,8 @@ class Choice(BaseModel):
         return int(self.ids.nbytes + lp + self.versions.nbytes)
 
 
-class CallRecord(BaseModel):
+@dataclass(slots=True, eq=False)
+class CallRecord:
     """Everything one chat-completion call put on the wire and got back.
 
     `request` holds the messages, tools and sampling params exactly as sent
@@ -199,28 +183,29 @@ class CallRecord(BaseModel):
     tree); assembly and tree-aware discounting use it.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
     id: str = ""
     index: int = 0
     endpoint: str = "chat.completions"
-    prompt_ids: np.ndarray = Field(default_factory=lambda: np.zeros(0, np.int32))
+    prompt_ids: np.ndarray = field(default_factory=_no_ids)
     prompt_source: TokenSource = TokenSource.NONE
-    choices: list[Choice] = Field(default_factory=list)
-    request: dict[str, Any] = Field(default_factory=dict)
+    choices: list[Choice] = field(default_factory=list)
+    request: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] | None = None
     latency_s: float = 0.0
     started_at: float = 0.0
     reward: float | None = None
     parent: int | None = None
-    notes: list[str] = Field(default_factory=list)  # why a record is inexact, drift found, ...
+    notes: list[str] = field(default_factory=list)  # why a record is inexact, drift found, ...
     sent_as: str = "messages"  # "messages", or "tokens" (token mode: parent ids + bridge)
     fallback: str | None = None  # why token mode could not be used for this call, if it was on
 
-    @field_validator("prompt_ids", mode="before")
-    @classmethod
-    def _prompt_ids(cls, v: Any) -> np.ndarray:
-        return as_ids(v)
+    def __post_init__(self) -> None:
+        self.prompt_ids = as_ids(self.prompt_ids)
+        if not isinstance(self.prompt_source, TokenSource):
+            self.prompt_source = TokenSource(self.prompt_source)
+        for c in self.choices:
+            if not isinstance(c, Choice):
+                raise TypeError(f"CallRecord.choices holds Choice objects, got {type(c).__name__}")
 
     @property
     def exact(self) -> bool:

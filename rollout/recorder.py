@@ -14,21 +14,41 @@ it is sent (`unscoped="refuse"`); it is never dropped.
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
+import sys
 import threading
 import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from rollout.dialects import Generation, HttpError, adrive, drive
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import UnscopedCallError
-from rollout.record import CallRecord, TokenRecordError, build
+from rollout.record import (
+    NO_VERSION,
+    CallRecord,
+    Choice,
+    TokenRecordError,
+    TokenSource,
+    Versions,
+    as_ids,
+    as_logprobs,
+)
 from rollout.redact import redact, register_secret
+from rollout.replay import AsyncReplayStream, ReplayStream, chunks
+from rollout.stitch import (
+    StitchedTurn,
+    TokenServer,
+    Unavailable,
+    chat_completion,
+    plan_turn,
+    server_for,
+)
 from rollout.tokens import (
     StreamAccumulator,
     Tokenizer,
     extract_call,
+    message_dict,
     responses_api_as_chat,
     responses_input_as_messages,
 )
@@ -37,16 +57,22 @@ from rollout.tokens import (
 )
 from rollout.wrap import wrap_client
 
+TOKEN_MODE_ERRORS = (Unavailable, HttpError, ValueError)
+"""What sends a token-mode call as messages instead (ValueError: a malformed token-route reply)."""
+
 _current: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "rollout_episode", default=None
 )
-
-CALL_FIELDS = set(CallRecord.model_fields)  # shared fields-set, see rollout.tokens
 
 # Never stored: credentials and per-call transport plumbing.
 _DROP_KEYS = frozenset(
     {"extra_headers", "extra_query", "api_key", "authorization", "headers", "timeout", "http_client"}
 )
+
+
+def _unset(value: Any) -> bool:
+    """The openai SDK's "argument not given" sentinels (its helpers pass them explicitly)."""
+    return type(value).__name__ in ("NotGiven", "Omit")
 
 
 def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
@@ -60,7 +86,7 @@ def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None)
     """
     out: dict[str, Any] = {}
     for k, v in kwargs.items():
-        if k in _DROP_KEYS or type(v).__name__ in ("NotGiven", "Omit"):
+        if k in _DROP_KEYS or _unset(v):
             continue
         if k == "response_format" and isinstance(v, type):
             v = {"type": "pydantic", "name": v.__name__}
@@ -116,7 +142,7 @@ class EpisodeLog:
         self.episode = episode
         self.closes = closes  # the unscoped bucket never ends: no memo that would only grow
         self._lock = threading.Lock()
-        self._prefixes: dict[tuple[Any, ...], int] = {}
+        self._prefixes: dict[tuple[Any, ...], tuple[int, int]] = {}  # -> (call, choice)
         self.copies: dict[int, dict[str, Any]] | None = {} if closes else None
         self._open: list[Callable[[], Any]] = []
 
@@ -125,19 +151,33 @@ class EpisodeLog:
         keys = tuple(_message_key(m) for m in messages)
         with self._lock:
             call.index = len(self.episode.calls)
-            call.parent = self._find_parent(keys)
+            found = self._find_parent(keys)
+            call.parent = None if found is None else found[0][0]
             self.episode.calls.append(call)
             for choice in call.choices:  # children will look this call up by prefix
                 with_reply = (*keys, _message_key(choice.message))
-                self._prefixes[with_reply] = call.index
+                self._prefixes[with_reply] = (call.index, choice.index)
 
-    def _find_parent(self, keys: tuple[Any, ...]) -> int | None:
-        """The call whose messages + reply are the longest prefix of `keys`."""
+    def parent_of(self, messages: list[Any]) -> tuple[CallRecord, Choice, int] | None:
+        """The recorded call and choice whose messages + reply the longest prefix of
+        `messages` is, and that prefix's length (so `messages[end:]` is what is new)."""
+        keys = tuple(_message_key(m) for m in messages)
+        with self._lock:
+            found = self._find_parent(keys)
+            if found is None:
+                return None
+            (index, choice_index), end = found
+            call = self.episode.calls[index]
+        choice = next(c for c in call.choices if c.index == choice_index)
+        return call, choice, end
+
+    def _find_parent(self, keys: tuple[Any, ...]) -> tuple[tuple[int, int], int] | None:
+        """((call, choice), prefix length) of the longest recorded messages + reply prefix of `keys`."""
         for end in range(len(keys), 0, -1):
             if keys[end - 1][0] == "assistant":
-                parent = self._prefixes.get(keys[:end])
-                if parent is not None:
-                    return parent
+                found = self._prefixes.get(keys[:end])
+                if found is not None:
+                    return found, end
         return None
 
     def on_end(self, finalize: Callable[[], Any]) -> None:
@@ -162,13 +202,19 @@ class Recorder:
             "refuse" raises `UnscopedCallError` before the request is sent.
         request_token_ids: ask servers for exact ids (vLLM/SGLang
             `return_token_ids`) by adding it to `extra_body`.
-        request_logprobs: add `logprobs=True` unless the caller set it.
+        request_logprobs: add `logprobs=True` unless the caller set it (the SDK's
+            "not given" sentinels count as unset).
         tokenizer: fallback for replies without ids; such records are inexact.
         policy_version: version stamped on tokens when the reply reports none.
         strict: raise `TokenRecordError` on inconsistent token data instead of
             recording it with a note.
         keep_finished: keep finished episodes for `episodes()`; a collector
             that streams them to disk turns this off to bound memory.
+        token_mode: "auto" sends an episode's later calls as token ids (parent
+            prompt + sampled ids + server-rendered bridge; see `rollout.stitch`)
+            where the parent's ids are exact and the server has a token route,
+            so the episode stays one exact row; "off" sends every call as
+            messages. Either way each record says how it was sent and why.
     """
 
     def __init__(
@@ -181,9 +227,12 @@ class Recorder:
         policy_version: int | None = None,
         strict: bool = False,
         keep_finished: bool = True,
+        token_mode: Literal["auto", "off"] = "auto",
     ) -> None:
         if unscoped not in ("keep", "refuse"):
             raise ValueError(f"unscoped must be 'keep' or 'refuse', got {unscoped!r}")
+        if token_mode not in ("auto", "off"):
+            raise ValueError(f"token_mode must be 'auto' or 'off', got {token_mode!r}")
         self.unscoped_mode = unscoped
         self.request_token_ids = request_token_ids
         self.request_logprobs = request_logprobs
@@ -191,6 +240,8 @@ class Recorder:
         self.policy_version = policy_version
         self.strict = strict
         self.keep_finished = keep_finished
+        self.token_mode = token_mode
+        self._servers: dict[str, TokenServer] = {}  # token mode: one per server URL
         self.unscoped = Episode(task_id="__unscoped__")
         self._finished: list[Episode] = []
         self._logs: dict[str, EpisodeLog] = {self.unscoped.id: EpisodeLog(self.unscoped, closes=False)}
@@ -231,6 +282,20 @@ class Recorder:
     def current() -> Episode | None:
         return _current.get()
 
+    def token_server(self, client: Any) -> TokenServer:
+        """Token mode's view of the server behind `client` (one per URL, shared by episodes)."""
+        return server_for(client, self._servers, self._lock)
+
+    def close(self) -> None:
+        """Close token mode's sync connections (the clients you wrapped are yours to close)."""
+        for server in list(self._servers.values()):
+            server.http.close()
+
+    async def aclose(self) -> None:
+        """Close token mode's connections for this event loop (call it from that loop)."""
+        for server in list(self._servers.values()):
+            await server.http.aclose()
+
     # --- used by the wrapper ---------------------------------------------------------
 
     def _log(self, episode: Episode) -> EpisodeLog:
@@ -250,8 +315,16 @@ class Recorder:
             with self._lock:
                 self._finished.append(episode)
 
-    def start_call(self, kwargs: dict[str, Any], *, endpoint: str) -> tuple[dict[str, Any], PendingCall]:
-        """Check scope, add requested fields, start the clock. Shared by sync and async."""
+    def start_call(
+        self, kwargs: dict[str, Any], *, endpoint: str, client: Any = None
+    ) -> tuple[dict[str, Any], PendingCall]:
+        """Check scope, add requested fields, plan token mode, start the clock.
+
+        Shared by sync and async. With token mode on, a chat call that can be
+        stitched onto its parent comes back with `pending.turn` set (send it
+        with `send_tokens` / `asend_tokens`); otherwise `pending.fallback`
+        says why it goes as messages.
+        """
         episode = _current.get()
         if episode is None:
             if self.unscoped_mode == "refuse":
@@ -265,13 +338,22 @@ class Recorder:
                 extra = dict(sent.get("extra_body") or {})
                 extra.setdefault("return_token_ids", True)
                 sent["extra_body"] = extra
-            if self.request_logprobs and "logprobs" not in sent:
+            if self.request_logprobs and ("logprobs" not in sent or _unset(sent["logprobs"])):
                 sent["logprobs"] = True
-        return sent, PendingCall(self, self._log(episode), endpoint, sent)
+        pending = PendingCall(self, self._log(episode), endpoint, sent)
+        if self.token_mode == "auto":
+            if endpoint == "chat.completions":
+                pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not _unset(kwargs["logprobs"]))
+            else:
+                pending.fallback = f"{endpoint} goes as messages"
+        return sent, pending
 
 
 class PendingCall:
     """One call in flight: turns its reply (or stream, or failure) into a record."""
+
+    __slots__ = ("_t0", "asked_logprobs", "done", "endpoint", "episode", "fallback", "kwargs", "log",
+                 "recorder", "started", "turn")  # fmt: skip
 
     def __init__(self, recorder: Recorder, log: EpisodeLog, endpoint: str, kwargs: dict[str, Any]) -> None:
         self.recorder = recorder
@@ -282,6 +364,9 @@ class PendingCall:
         self.started = time.time()
         self._t0 = time.perf_counter()
         self.done = False
+        self.turn: StitchedTurn | None = None  # token mode: how this call goes as token ids
+        self.fallback: str | None = None  # token mode: why it goes as messages instead
+        self.asked_logprobs = False
 
     @property
     def messages(self) -> list[dict[str, Any]]:
@@ -312,29 +397,114 @@ class PendingCall:
         usage = _get(response, "usage")
         if usage is not None and hasattr(usage, "model_dump"):
             usage = usage.model_dump(exclude_none=True)
-        call = build(
-            CallRecord,
-            CALL_FIELDS,
-            {
-                "id": str(_get(response, "id") or ""),
-                "index": 0,
-                "endpoint": self.endpoint,
-                "prompt_ids": prompt,
-                "prompt_source": prompt_source,
-                "choices": choices,
-                "request": scrub(self.kwargs, self.log.copies),
-                "usage": usage,
-                "latency_s": time.perf_counter() - self._t0,
-                "started_at": self.started,
-                "reward": None,
-                "parent": None,
-                "notes": notes,
-                "sent_as": "messages",
-                "fallback": None,
-            },
+        call = CallRecord(
+            id=str(_get(response, "id") or ""),
+            endpoint=self.endpoint,
+            prompt_ids=prompt,
+            prompt_source=prompt_source,
+            choices=choices,
+            request=scrub(self.kwargs, self.log.copies),
+            usage=usage,
+            latency_s=time.perf_counter() - self._t0,
+            started_at=self.started,
+            notes=notes,
+            fallback=self.fallback,
         )
         self.log.append(call, messages)
         return call
+
+    # --- token mode -------------------------------------------------------------------
+
+    def plan_tokens(self, client: Any, *, asked_logprobs: bool) -> None:
+        """Decide whether this call goes as token ids (`turn`) or as messages (`fallback`)."""
+        self.asked_logprobs = asked_logprobs
+        messages = self.kwargs.get("messages")
+        found = self.log.parent_of(messages) if isinstance(messages, list) else None
+        outcome = plan_turn(
+            self.kwargs,
+            found,
+            earlier_calls=bool(self.episode.calls),
+            server=lambda: self.recorder.token_server(client),
+        )
+        if isinstance(outcome, str):
+            self.fallback = outcome
+        else:
+            self.turn = outcome
+
+    def send_tokens(self) -> Any:
+        """Send the stitched turn; the reply (or a replayed stream), or None when the
+        call must go as messages after all (`fallback` says why)."""
+        assert self.turn is not None
+        try:
+            gen = drive(self.turn.plan(), self.turn.server.http)
+        except TOKEN_MODE_ERRORS as exc:
+            return self._fall_back(exc)
+        reply = self._deliver(gen)
+        return ReplayStream(reply) if isinstance(reply, list) else reply
+
+    async def asend_tokens(self) -> Any:
+        """The async twin of `send_tokens`."""
+        assert self.turn is not None
+        try:
+            gen = await adrive(self.turn.plan(), self.turn.server.http)
+        except TOKEN_MODE_ERRORS as exc:
+            return self._fall_back(exc)
+        reply = self._deliver(gen)
+        return AsyncReplayStream(reply) if isinstance(reply, list) else reply
+
+    def _fall_back(self, exc: Exception) -> None:
+        # A failed token route (down, overloaded, refused) goes as messages: the SDK then
+        # raises its own typed error if the server is really failing, as the agent expects.
+        self.fallback = str(exc) if isinstance(exc, Unavailable) else f"token route failed: {exc}"
+        self.turn = None
+        return None
+
+    def _deliver(self, gen: Generation) -> Any:
+        """Record a token-mode generation; the ChatCompletion (or its chunks) for the agent."""
+        from openai.types.chat import ChatCompletion
+
+        assert self.turn is not None
+        model = str(self.kwargs.get("model") or "")
+        reply = chat_completion(gen, model, logprobs=self.asked_logprobs)
+        source = TokenSource.SGLANG if self.turn.server.dialect == "sglang" else TokenSource.VLLM
+        version = gen.weight_version if gen.weight_version is not None else self.recorder.policy_version
+        choices = []
+        for c, wire in zip(gen.choices, reply["choices"], strict=True):
+            n = len(c.token_ids)
+            versions = (
+                Versions.from_array(c.versions)
+                if c.versions is not None
+                else Versions.constant(NO_VERSION if version is None else version, n)
+            )
+            choices.append(
+                Choice(
+                    index=c.index,
+                    ids=as_ids(c.token_ids),
+                    logprobs=None if c.logprobs is None else as_logprobs(c.logprobs),
+                    versions=versions,
+                    finish_reason=c.finish_reason,
+                    message=message_dict(wire["message"]),
+                    source=source,
+                )
+            )
+        self.done = True
+        call = CallRecord(
+            id=reply["id"],
+            endpoint=self.endpoint,
+            prompt_ids=as_ids(gen.prompt_ids),
+            prompt_source=TokenSource.TOKEN_IN,
+            choices=choices,
+            request=scrub(self.kwargs, self.log.copies),
+            usage=reply["usage"],
+            latency_s=time.perf_counter() - self._t0,
+            started_at=self.started,
+            sent_as="tokens",
+        )
+        self.log.append(call, self.messages)
+        if self.kwargs.get("stream"):
+            options = self.kwargs.get("stream_options") or {}
+            return chunks(reply, include_usage=bool(options.get("include_usage")))
+        return ChatCompletion.model_validate(reply)
 
     def record_stream(self, acc: StreamAccumulator, client: Any, *, complete: bool) -> CallRecord | None:
         if self.done:
@@ -391,7 +561,7 @@ class EpisodeScope:
 def finish_episode(episode: Episode, exc: BaseException | None) -> None:
     """Set the final status from how the episode ended."""
     if exc is not None:
-        timed_out = isinstance(exc, (TimeoutError, asyncio.TimeoutError))
+        timed_out = isinstance(exc, TimeoutError) or _is_asyncio_timeout(exc)
         episode.status = EpisodeStatus.TIMEOUT if timed_out else EpisodeStatus.ERROR
         episode.error = f"{type(exc).__name__}: {exc}"
     elif (
@@ -400,3 +570,11 @@ def finish_episode(episode: Episode, exc: BaseException | None) -> None:
         and any(c.finish_reason == "length" for c in episode.calls[-1].choices)
     ):
         episode.status = EpisodeStatus.TRUNCATED
+
+
+def _is_asyncio_timeout(exc: BaseException) -> bool:
+    """asyncio's own TimeoutError (a separate class before Python 3.11). Looked up
+    only if asyncio is loaded: nothing else can raise it, and a sync user's
+    `import rollout` then does not pay for importing asyncio."""
+    asyncio = sys.modules.get("asyncio")
+    return asyncio is not None and isinstance(exc, asyncio.TimeoutError)

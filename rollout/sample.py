@@ -21,10 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 
 from rollout.episode import Episode, EpisodeStatus
 from rollout.record import NO_VERSION, CallRecord, Choice
@@ -35,14 +34,15 @@ FAILED_STATUSES = frozenset({EpisodeStatus.ERROR, EpisodeStatus.TIMEOUT})
 """Episodes in these states are skipped unless `include_failed=True`."""
 
 
-class Sample(BaseModel):
+@dataclass(slots=True, eq=False)
+class Sample:
     """One training row: tokens plus per-token mask, logprobs and versions.
 
     Arrays are numpy (int32 ids, bool mask, float32 logprobs, int32 versions)
-    so packing many samples into a batch is a handful of vector copies.
+    so packing many samples into a batch is a handful of vector copies. Lists
+    or other dtypes are converted on construction; arrays that already have
+    the right dtype are kept as they are.
     """
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
 
     tokens: np.ndarray
     loss_mask: np.ndarray
@@ -53,27 +53,15 @@ class Sample(BaseModel):
     episode_id: str = ""
     task_id: str = ""
     sample: int = 0
-    calls: list[tuple[int, int]] = []
+    calls: list[tuple[int, int]] = field(default_factory=list)
     exact: bool = True
     has_logprobs: bool = True
 
-    @field_validator("tokens", "versions", mode="before")
-    @classmethod
-    def _int32(cls, v: Any) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(v, dtype=np.int32))
-
-    @field_validator("loss_mask", mode="before")
-    @classmethod
-    def _mask(cls, v: Any) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(v).astype(bool, copy=False))
-
-    @field_validator("logprobs", mode="before")
-    @classmethod
-    def _float32(cls, v: Any) -> np.ndarray:
-        return np.ascontiguousarray(np.asarray(v, dtype=np.float32))
-
-    @model_validator(mode="after")
-    def _lengths(self) -> Sample:
+    def __post_init__(self) -> None:
+        self.tokens = np.ascontiguousarray(np.asarray(self.tokens, dtype=np.int32))
+        self.versions = np.ascontiguousarray(np.asarray(self.versions, dtype=np.int32))
+        self.loss_mask = np.ascontiguousarray(np.asarray(self.loss_mask).astype(bool, copy=False))
+        self.logprobs = np.ascontiguousarray(np.asarray(self.logprobs, dtype=np.float32))
         n = len(self.tokens)
         for name in ("loss_mask", "logprobs", "versions"):
             if len(getattr(self, name)) != n:
@@ -82,7 +70,6 @@ class Sample(BaseModel):
                 )
         if not 0 <= self.prompt_len <= n:
             raise ValueError(f"prompt_len {self.prompt_len} outside [0, {n}]")
-        return self
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -97,7 +84,8 @@ class Sample(BaseModel):
         return f"{self.task_id}:{self.sample}"
 
 
-class Drift(BaseModel):
+@dataclass(frozen=True, slots=True)
+class Drift:
     """A call whose prompt does not token-extend its parent's prompt + reply.
 
     `position` is the first index where `call`'s prompt differs from the
@@ -120,7 +108,7 @@ class AssemblyResult:
 
     samples: list[Sample] = field(default_factory=list)
     drift: list[Drift] = field(default_factory=list)
-    num_merged: int = 0  # (call, choice) pairs appended to an existing sample
+    num_merged: int = 0  # calls whose first choice continued an existing row
     skipped_episodes: list[str] = field(default_factory=list)  # failed, not included
 
     @property
@@ -242,7 +230,11 @@ def _drift(episode: Episode, call: CallRecord, pos: int) -> Drift | None:
 
 def _concat(episode: Episode, result: AssemblyResult) -> None:
     # Every branch state is kept (a tree, like AReaL's interaction tree); the
-    # leaves, i.e. branches nothing extended, become samples.
+    # leaves, i.e. branches nothing extended, become samples. A call merges only
+    # into a leaf: merging into a branch another call already extended would put
+    # that branch's sampled tokens, with loss_mask 1, into two rows. Such a call
+    # starts a row of its own, the shared tokens its prompt (as rLLM does,
+    # rllm-org/rllm@9beb6e0 rllm/trainer/verl/transform.py:394-398).
     branches: list[_Branch] = []
     extended: list[bool] = []
     for pos, call in enumerate(episode.calls):
@@ -250,7 +242,7 @@ def _concat(episode: Episode, result: AssemblyResult) -> None:
             continue
         base_idx: int | None = None
         for i in range(len(branches) - 1, -1, -1):  # most recent first
-            if _extends(call.prompt_ids, branches[i].full):
+            if not extended[i] and _extends(call.prompt_ids, branches[i].full):
                 base_idx = i
                 break
         if base_idx is None:
@@ -261,10 +253,11 @@ def _concat(episode: Episode, result: AssemblyResult) -> None:
         else:
             base = branches[base_idx]
             extended[base_idx] = True
-            result.num_merged += len(call.choices)
-        for choice in call.choices:  # n > 1: each choice forks its own branch
+            result.num_merged += 1
+        for choice in call.choices:
             branches.append(_branch_extend(base, pos, call, choice))
             extended.append(False)
+            base = None  # n > 1: the other choices start rows of their own, base as prompt
     result.samples.extend(
         _finish(b, episode) for b, ext in zip(branches, extended, strict=True) if not ext
     )

@@ -29,13 +29,14 @@ from __future__ import annotations
 import json
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from rollout.dialects import hermes, sglang, vllm
 from rollout.dialects.base import Generation, Plan, Request
 from rollout.dialects.http import HttpError, JsonHttp
+from rollout.record import CallRecord, Choice
 
 # Why a call went as messages although token mode was on (`CallRecord.fallback`).
 FIRST_CALL = "first call"
@@ -343,3 +344,57 @@ def server_for(client: Any, cache: dict[str, TokenServer], lock: threading.Lock)
                 raise Unavailable(f"{NO_SERVER}: {exc}") from None
             server = cache[root] = TokenServer(http)
         return server
+
+
+@dataclass(slots=True)
+class StitchedTurn:
+    """A call that will go to `server` as token ids: its parent, new messages and request."""
+
+    server: TokenServer
+    parent: Parent
+    new_messages: list[Any]
+    kwargs: dict[str, Any]
+
+    def plan(self) -> Plan:
+        return self.server.turn(self.parent, self.new_messages, self.kwargs)
+
+
+def _given(value: Any) -> Any:
+    """None for absent values and the SDK's NOT_GIVEN / Omit sentinels."""
+    return None if value is None or type(value).__name__ in ("NotGiven", "Omit") else value
+
+
+def plan_turn(
+    kwargs: dict[str, Any],
+    found: tuple[CallRecord, Choice, int] | None,
+    *,
+    earlier_calls: bool,
+    server: Callable[[], TokenServer],
+) -> StitchedTurn | str:
+    """The stitched turn for a call, or the reason it goes as messages.
+
+    `found` is the parent: the recorded call and choice whose messages + reply
+    the call's messages extend, and how many messages that covers.
+    """
+    reason = fallback_reason(kwargs)
+    if reason is not None:
+        return reason
+    if found is None:
+        return EDITED_HISTORY if earlier_calls else FIRST_CALL
+    call, choice, end = found
+    if not (call.prompt_source.exact and choice.exact) or len(call.prompt_ids) == 0:
+        return INEXACT_PARENT
+    tools = _given(kwargs.get("tools"))
+    if tools != _given(call.request.get("tools")):
+        return TOOLS_CHANGED
+    new = list(kwargs["messages"][end:])
+    if not new:
+        return NO_NEW_MESSAGES
+    try:
+        target = server()
+    except Unavailable as exc:
+        return str(exc)
+    if target.unavailable is not None:
+        return target.unavailable
+    parent = Parent(call.prompt_ids.tolist(), choice.ids.tolist(), tools, exact=True)
+    return StitchedTurn(target, parent, new, kwargs)

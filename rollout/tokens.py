@@ -2,7 +2,7 @@
 
 `extract_call` turns one chat-completion reply (an SDK object, a dict, or a
 stream folded into one by `StreamAccumulator`) into prompt ids and per-choice
-`Choice`s. Sources are tried in order of trust (interop.md §4):
+`Choice`s. Sources are tried in order of trust (the wire formats: docs/wire.md):
 
 1. vLLM `return_token_ids`: top-level `prompt_token_ids`, `choices[i].token_ids`;
 2. SGLang: `prompt_token_ids` and `token_ids` on each choice;
@@ -32,14 +32,9 @@ from rollout.record import (
     Versions,
     as_ids,
     as_logprobs,
-    build,
 )
 
 VERSION_FIELDS = ("weight_version", "policy_version")
-# One shared fields-set for constructed records: pydantic would otherwise keep
-# a fresh set per object (~700 bytes each), a real cost at millions of calls.
-# It already holds every field, so pydantic's `add` on assignment never grows it.
-CHOICE_FIELDS = set(Choice.model_fields)
 
 
 def get(obj: Any, key: str, default: Any = None) -> Any:
@@ -107,15 +102,30 @@ def message_dict(message: Any) -> dict[str, Any]:
 def _logprob_entries(choice: Any) -> list[Any] | None:
     lp = get(choice, "logprobs")
     content = get(lp, "content") if lp is not None else None
-    return list(content) if content is not None else None
+    if content is None or isinstance(content, list):
+        return content
+    return list(content)
 
 
 def _logprob_values(entries: list[Any]) -> np.ndarray:
-    """float32 logprobs of the entries; one C-level pass (this runs per token)."""
+    """float32 logprobs of the entries; one C-level pass (this runs per token).
+
+    A missing, null or non-numeric entry reads as NaN, which the caller flags.
+    """
     if not entries:
         return np.zeros(0, np.float32)
     pick = itemgetter("logprob") if isinstance(entries[0], dict) else attrgetter("logprob")
-    return np.fromiter(map(pick, entries), dtype=np.float32, count=len(entries))
+    try:
+        return np.fromiter(map(pick, entries), dtype=np.float32, count=len(entries))
+    except (KeyError, AttributeError, TypeError, ValueError):
+        return np.array([_float_or_nan(get(e, "logprob")) for e in entries], dtype=np.float32)
+
+
+def _float_or_nan(value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return float("nan")
 
 
 def _token_ids_from_logprobs(entries: Sequence[Any]) -> list[int] | None:
@@ -126,6 +136,21 @@ def _token_ids_from_logprobs(entries: Sequence[Any]) -> list[int] | None:
             return None
         ids.append(int(tok[len("token_id:") :]))
     return ids
+
+
+def _no_nan(logprobs: np.ndarray, notes: list[str], strict: bool, index: int) -> bool:
+    """False (with a note) when some logprob is null or NaN: never pass NaN off as a logprob.
+
+    A JSON null reads as NaN in a float array. -inf stays: it is a real logprob.
+    """
+    bad = np.isnan(logprobs)
+    if not bad.any():
+        return True
+    msg = f"choice {index}: {int(bad.sum())} of {len(logprobs)} logprobs are null or NaN; logprobs dropped"
+    if strict:
+        raise TokenRecordError(msg)
+    notes.append(msg)
+    return False
 
 
 def _version(response: Any, default: int | None) -> int:
@@ -219,24 +244,19 @@ def extract_call(
         ids_arr = as_ids(ids)
         if logprobs is not None and not _check(len(ids_arr), "logprobs", len(logprobs), notes, strict, index):
             logprobs = None
+        if logprobs is not None and not _no_nan(logprobs, notes, strict, index):
+            logprobs = None
         if versions is None or not _check(len(ids_arr), "versions", len(versions), notes, strict, index):
             versions = Versions.constant(version, len(ids_arr))
-        else:
-            versions = Versions.from_array(versions)
-        # Fields are already converted and checked above: skip re-validation.
         choices_out.append(
-            build(
-                Choice,
-                CHOICE_FIELDS,
-                {
-                    "index": index,
-                    "ids": ids_arr,
-                    "logprobs": None if logprobs is None else as_logprobs(logprobs),
-                    "versions": versions,
-                    "finish_reason": get(raw, "finish_reason"),
-                    "message": message,
-                    "source": source,
-                },
+            Choice(
+                index=index,
+                ids=ids_arr,
+                logprobs=logprobs,
+                versions=versions,
+                finish_reason=get(raw, "finish_reason"),
+                message=message,
+                source=source,
             )
         )
 
@@ -294,12 +314,14 @@ class StreamAccumulator:
                 slot["arguments"] += get(fn, "arguments", "") or ""
             ids = get(raw, "token_ids")
             if ids is not None:
-                c["token_ids"] = (c["token_ids"] or []) + list(ids)
+                c["token_ids"] = c["token_ids"] or []
+                c["token_ids"].extend(ids)  # in place: a long stream stays linear
             if get(raw, "prompt_token_ids") is not None:
                 c["prompt_token_ids"] = list(get(raw, "prompt_token_ids"))
             entries = _logprob_entries(raw)
             if entries is not None:
-                c["logprobs"] = (c["logprobs"] or []) + entries
+                c["logprobs"] = c["logprobs"] or []
+                c["logprobs"].extend(entries)
             if get(raw, "finish_reason") is not None:
                 c["finish_reason"] = get(raw, "finish_reason")
 

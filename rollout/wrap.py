@@ -2,8 +2,9 @@
 
 Frameworks check `isinstance(client, AsyncOpenAI)`, so `wrap_client` returns a
 shallow copy of the client whose class is a cached subclass of the original
-that overrides just `chat`, `beta` and `responses`. Everything else (base URL,
-`get_interaction`, the HTTP pool) is the original's.
+that overrides just `chat`, `beta` and `responses` (each proxied on first
+access). Everything else (base URL, `get_interaction`, the HTTP pool) is the
+original's.
 
 Intercepted: `chat.completions.create` (plain and streamed),
 `chat.completions.parse`, `beta.chat.completions.parse`,
@@ -31,6 +32,11 @@ class PendingCall(Protocol):
     """One call in flight, as the recorder sees it (see `rollout.recorder.PendingCall`)."""
 
     done: bool
+    turn: Any  # token mode: set when the call goes as token ids
+
+    def send_tokens(self) -> Any: ...
+
+    async def asend_tokens(self) -> Any: ...
 
     def record(self, response: Any, client: Any) -> Any: ...
 
@@ -44,7 +50,9 @@ class PendingCall(Protocol):
 class CallSink(Protocol):
     """Where wrapped clients report their calls: a `Recorder`."""
 
-    def start_call(self, kwargs: dict[str, Any], *, endpoint: str) -> tuple[dict[str, Any], PendingCall]: ...
+    def start_call(
+        self, kwargs: dict[str, Any], *, endpoint: str, client: Any = None
+    ) -> tuple[dict[str, Any], PendingCall]: ...
 _SUBCLASSES: dict[type, type] = {}
 
 
@@ -61,10 +69,6 @@ class _Namespace:
     def compat_forwards_to(self) -> Any:
         """`compat.Forwarding`: compat judges the resource this proxy forwards to."""
         return self.__wrapped__
-
-
-def _is_async(fn: Any) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__)
 
 
 def _is_stream(kwargs: dict[str, Any], result: Any) -> bool:
@@ -91,21 +95,31 @@ class _Completions(_Namespace):
         return attr
 
     def create(self, **kwargs: Any) -> Any:
-        return self._recording(self.__wrapped__.create, self._endpoint)(**kwargs)
+        return self._call(self.__wrapped__.create, self._endpoint, kwargs)
 
     def _recording(self, fn: Any, endpoint: str) -> Any:
         def call(**kwargs: Any) -> Any:
-            sent, pending = self._recorder.start_call(kwargs, endpoint=_helper(kwargs, endpoint))
-            try:
-                result = fn(**sent)
-            except BaseException as exc:
-                pending.fail(exc)
-                raise
-            if inspect.isawaitable(result):  # a sync-looking function of an async client
-                return _finish_async(result, sent, pending, self._root)
-            return _finish(result, sent, pending, self._root)
+            return self._call(fn, endpoint, kwargs)
 
         return call
+
+    def _call(self, fn: Any, endpoint: str, kwargs: dict[str, Any]) -> Any:
+        """Record one call: the reply, a stream wrapped to record, or an awaitable of either."""
+        sent, pending = self._recorder.start_call(kwargs, endpoint=_helper(kwargs, endpoint), client=self._root)
+        if pending.turn is not None:
+            return self._tokens(fn, sent, pending)
+        return self._messages(fn, sent, pending)
+
+    def _tokens(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+        """Token mode: the stitched turn, or the messages path when it falls back."""
+        reply = pending.send_tokens()
+        return reply if reply is not None else self._messages(fn, sent, pending)
+
+    def _messages(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+        result = _invoke(fn, sent, pending)
+        if inspect.isawaitable(result):  # an async client's call (or a sync-looking function of one)
+            return _finish_async(result, sent, pending, self._root)
+        return _finish(result, sent, pending, self._root)
 
     def _recording_manager(self, fn: Any) -> Any:
         """The SDK's `.stream(...)` helper, run with this proxy as its resource.
@@ -128,14 +142,31 @@ class _AsyncCompletions(_Completions):
     """`chat.completions` of an async client: the twin of `_Completions`."""
 
     async def create(self, **kwargs: Any) -> Any:
-        return await self._recording(self.__wrapped__.create, self._endpoint)(**kwargs)
+        result = self._call(self.__wrapped__.create, self._endpoint, kwargs)
+        return await result if inspect.isawaitable(result) else result
 
     def _recording(self, fn: Any, endpoint: str) -> Any:
         async def call(**kwargs: Any) -> Any:
-            sent, pending = self._recorder.start_call(kwargs, endpoint=_helper(kwargs, endpoint))
-            return await _finish_async(fn(**sent), sent, pending, self._root)
+            result = self._call(fn, endpoint, kwargs)
+            return await result if inspect.isawaitable(result) else result
 
         return call
+
+    async def _tokens(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+        reply = await pending.asend_tokens()
+        if reply is not None:
+            return reply
+        result = self._messages(fn, sent, pending)
+        return await result if inspect.isawaitable(result) else result
+
+
+def _invoke(fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+    """Make the call; a call that fails at once leaves its trace."""
+    try:
+        return fn(**sent)
+    except BaseException as exc:
+        pending.fail(exc)
+        raise
 
 
 def _helper(kwargs: dict[str, Any], endpoint: str) -> str:
@@ -281,12 +312,8 @@ class _Responses(_Namespace):
         self._root = root
 
     def create(self, **kwargs: Any) -> Any:
-        sent, pending = self._recorder.start_call(kwargs, endpoint="responses")
-        try:
-            result = self.__wrapped__.create(**sent)
-        except BaseException as exc:
-            pending.fail(exc)
-            raise
+        sent, pending = self._recorder.start_call(kwargs, endpoint="responses", client=self._root)
+        result = _invoke(self.__wrapped__.create, sent, pending)
         if inspect.isawaitable(result):
             return _finish_responses_async(result, sent, pending, self._root)
         return _finish_responses(result, sent, pending, self._root)
@@ -305,40 +332,32 @@ async def _finish_responses_async(awaitable: Any, sent: dict[str, Any], pending:
 
 
 def _completions_proxy(inner: Any, recorder: CallSink, root: Any, endpoint: str) -> _Completions:
-    cls = _AsyncCompletions if _is_async(getattr(inner, "create", None)) else _Completions
+    from compat.clients import is_async_callable
+
+    cls = _AsyncCompletions if is_async_callable(getattr(inner, "create", None)) else _Completions
     return cls(inner, recorder, root, endpoint)
 
 
-def _attr(obj: Any, path: str) -> Any:
-    for part in path.split("."):
-        try:
-            obj = getattr(obj, part)
-        except Exception:
-            return None
-    return obj
+def _proxy(name: str, inner: Any, recorder: CallSink, root: Any) -> Any | None:
+    """The recording stand-in for `root.<name>` (which is `inner`), or None when
+    `inner` has no endpoint to record.
 
+    Built on first access, not at wrap time: reaching `client.beta` or
+    `client.responses` makes the openai SDK import large type modules, which
+    an agent that never calls them should not pay for (nor its GC scan).
+    """
+    from compat.clients import resolve  # at wrap time: `import rollout` stays light
 
-def _proxies(client: Any, recorder: CallSink) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    completions = _attr(client, "chat.completions")
-    if completions is not None and hasattr(completions, "create"):
-        out["chat"] = _Namespace(
-            client.chat,
-            completions=_completions_proxy(completions, recorder, client, "chat.completions"),
+    if name == "chat" and resolve(inner, "completions.create"):
+        return _Namespace(
+            inner, completions=_completions_proxy(inner.completions, recorder, root, "chat.completions")
         )
-    beta_completions = _attr(client, "beta.chat.completions")
-    if beta_completions is not None:
-        out["beta"] = _Namespace(
-            client.beta,
-            chat=_Namespace(
-                client.beta.chat,
-                completions=_completions_proxy(beta_completions, recorder, client, "beta.chat.completions"),
-            ),
-        )
-    responses = _attr(client, "responses")
-    if responses is not None and hasattr(responses, "create"):
-        out["responses"] = _Responses(responses, recorder, client)
-    return out
+    if name == "beta" and (resolve(inner, "chat.completions.parse") or resolve(inner, "chat.completions.create")):
+        completions = _completions_proxy(inner.chat.completions, recorder, root, "beta.chat.completions")
+        return _Namespace(inner, chat=_Namespace(inner.chat, completions=completions))
+    if name == "responses" and resolve(inner, "create"):
+        return _Responses(inner, recorder, root)
+    return None
 
 
 def _recording_type(cls: type) -> type:
@@ -347,10 +366,18 @@ def _recording_type(cls: type) -> type:
 
         def make(name: str) -> property:
             def fget(self: Any) -> Any:
-                proxies = self.__dict__.get("_rollout_proxies", {})
-                if name in proxies:
+                state = self.__dict__
+                proxies = state.get("_rollout_proxies")
+                if proxies is not None and name in proxies:
                     return proxies[name]
-                return getattr(super(sub, self), name)
+                # The client's own attribute: an instance attribute (duck clients, an
+                # SDK's cached_property value) or the class's.
+                inner = state[name] if name in state else getattr(super(sub, self), name)
+                if proxies is None:  # an instance the SDK made itself, not (yet) recording
+                    return inner
+                proxy = _proxy(name, inner, state["_rollout_recorder"], self)
+                proxies[name] = inner if proxy is None else proxy
+                return proxies[name]
 
             return property(fget)
 
@@ -360,9 +387,8 @@ def _recording_type(cls: type) -> type:
             def copy_(self: Any, *args: Any, **kwargs: Any) -> Any:
                 """`copy` / `with_options` give a client that records to the same recorder."""
                 new = getattr(cls, "copy")(self, *args, **kwargs)  # noqa: B009 (cls is any client type)
-                recorder = self.__dict__["_rollout_recorder"]
-                new.__dict__["_rollout_proxies"] = _proxies(new, recorder)
-                new.__dict__["_rollout_recorder"] = recorder
+                new.__dict__["_rollout_proxies"] = {}
+                new.__dict__["_rollout_recorder"] = self.__dict__["_rollout_recorder"]
                 return new
 
             namespace["copy"] = copy_
@@ -374,22 +400,36 @@ def _recording_type(cls: type) -> type:
 
 
 class _PlainProxy(_Namespace):
-    """Last resort for objects that cannot be copied: attributes pass through."""
+    """Last resort for clients that cannot be copied or re-classed (e.g. a fixed
+    `__slots__` layout): calls are recorded and attributes pass through, but
+    `isinstance` against the client's type no longer holds (a warning says so)."""
+
+    def __init__(self, inner: Any, recorder: CallSink) -> None:
+        super().__init__(inner, _rollout_recorder=recorder)
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self.__wrapped__, name)
+        proxy = _proxy(name, attr, self._rollout_recorder, self.__wrapped__) if name in _OVERRIDDEN else None
+        if proxy is None:
+            return attr
+        self.__dict__[name] = proxy  # found directly from now on
+        return proxy
 
 
 def wrap_client(client: Any, recorder: CallSink) -> Any:
     """A client of the same type that records through `recorder`."""
+    from compat.clients import resolve
+
     if getattr(client, "_rollout_recorder", None) is not None:
         raise ValueError("client is already wrapped by a Recorder")
-    if _attr(client, "chat.completions.create") is None and _attr(client, "responses.create") is None:
+    if resolve(client, "chat.completions.create") is None and resolve(client, "responses.create") is None:
         raise TypeError(f"{type(client).__name__} has neither chat.completions.create nor responses.create")
-    proxies = _proxies(client, recorder)
     try:
         wrapped = copy.copy(client)
         wrapped.__class__ = _recording_type(type(client))
-        wrapped.__dict__["_rollout_proxies"] = proxies
+        wrapped.__dict__["_rollout_proxies"] = {}
         wrapped.__dict__["_rollout_recorder"] = recorder
         return wrapped
     except (TypeError, AttributeError) as exc:
         logger.warning("cannot keep the type of %s (%s); returning a plain proxy", type(client).__name__, exc)
-        return _PlainProxy(client, _rollout_recorder=recorder, **proxies)
+        return _PlainProxy(client, recorder)

@@ -2,9 +2,11 @@
 
 `WireServer` is an httpx2 `MockTransport` handler, so tests drive the REAL
 openai SDK (request building, SSE parsing, retries) with no socket. It speaks
-the token-id dialects of interop.md §4: vLLM (top-level `prompt_token_ids`,
-per-choice `token_ids`, deltas when streaming), SGLang (both per choice),
-`token_id:N` logprob tokens, or plain OpenAI (no ids).
+the token-id dialects described in docs/wire.md: vLLM (top-level
+`prompt_token_ids`, per-choice `token_ids`, deltas when streaming), SGLang
+(both per choice), `token_id:N` logprob tokens, or plain OpenAI (no ids).
+With `tool_calls` set it replies with those calls, streamed as OpenAI-style
+tool-call deltas (id and name first, then the arguments in pieces).
 
 `FakeArealOpenAI` stands in for AReaL's `ArealOpenAI`, which cannot run here
 (it needs an inference engine). It mirrors the documented behaviour: an
@@ -66,6 +68,7 @@ class WireServer:
     fail_statuses: list[int] = field(default_factory=list)  # returned for the next requests
     delay_s: float = 0.0
     weight_version: int | None = None
+    tool_calls: list[dict[str, str]] | None = None  # [{"name", "arguments"}]: reply with these calls
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -85,15 +88,40 @@ class WireServer:
             return httpx2.Response(
                 200, headers={"content-type": "text/event-stream"}, content=self._sse(body)
             )
-        return httpx2.Response(200, json=self.completion(body))
+        # json.dumps writes NaN / -Infinity as Python's json (and vLLM's replies) do.
+        return httpx2.Response(200, content=json.dumps(self.completion(body)).encode(),
+                               headers={"content-type": "application/json"})
 
     # --- reply building ----------------------------------------------------------
 
     def _choice_tokens(self, body: dict[str, Any], index: int) -> list[int]:
+        """The ids "sampled" for choice `index`: the reply text, or the tool-call markup."""
+        if self.tool_calls is not None:
+            return ENC.encode("".join(f"<tool_call>{json.dumps(c)}</tool_call>" for c in self.tool_calls))
         text = self.responder(body["messages"], body)
         if index:
             text = f"{text} #{index}"
         return ENC.encode(text)
+
+    def _message(self, ids: list[int]) -> dict[str, Any]:
+        if self.tool_calls is None:
+            return {"role": "assistant", "content": ENC.decode(ids)}
+        calls = [
+            {"id": f"call_{k}", "type": "function", "function": {"name": c["name"], "arguments": c["arguments"]}}
+            for k, c in enumerate(self.tool_calls)
+        ]
+        return {"role": "assistant", "content": None, "tool_calls": calls}
+
+    def _tool_call_deltas(self) -> list[dict[str, Any]]:
+        """Each call as streamed deltas: id + name + empty arguments, then the arguments in 3 pieces."""
+        deltas: list[dict[str, Any]] = []
+        for k, c in enumerate(self.tool_calls or []):
+            deltas.append({"index": k, "id": f"call_{k}", "type": "function",
+                           "function": {"name": c["name"], "arguments": ""}})
+            args, step = c["arguments"], max(1, -(-len(c["arguments"]) // 3))
+            deltas += [{"index": k, "function": {"arguments": args[i : i + step]}}
+                       for i in range(0, len(args), step)]
+        return deltas
 
     def _logprobs(self, ids: list[int], body: dict[str, Any]) -> dict[str, Any] | None:
         if not body.get("logprobs"):
@@ -113,8 +141,8 @@ class WireServer:
             ids = self._choice_tokens(body, i)
             choice: dict[str, Any] = {
                 "index": i,
-                "message": {"role": "assistant", "content": ENC.decode(ids)},
-                "finish_reason": "stop",
+                "message": self._message(ids),
+                "finish_reason": "stop" if self.tool_calls is None else "tool_calls",
                 "logprobs": self._logprobs(ids, body),
             }
             if want_ids and self.dialect in ("vllm", "sglang"):
@@ -146,15 +174,22 @@ class WireServer:
         for c in full["choices"]:
             ids = c.get("token_ids") or self._choice_tokens(body, c["index"])
             lps = (c.get("logprobs") or {}).get("content")
-            for j, t in enumerate(ids):
-                delta: dict[str, Any] = {"content": ENC.decode([t])}
+            tool_deltas = self._tool_call_deltas()
+            # One chunk per token; tool-call deltas ride on the first chunks (extra ones follow).
+            for j in range(max(len(ids), len(tool_deltas))):
+                delta: dict[str, Any] = {}
+                if j < len(ids) and self.tool_calls is None:
+                    delta["content"] = ENC.decode([ids[j]])
+                if j < len(tool_deltas):
+                    delta["tool_calls"] = [tool_deltas[j]]
                 if j == 0:
                     delta["role"] = "assistant"
                 choice: dict[str, Any] = {"index": c["index"], "delta": delta, "finish_reason": None}
-                if "token_ids" in c:
-                    choice["token_ids"] = [t]
-                if lps:
-                    choice["logprobs"] = {"content": [lps[j]]}
+                if j < len(ids):
+                    if "token_ids" in c:
+                        choice["token_ids"] = [ids[j]]
+                    if lps:
+                        choice["logprobs"] = {"content": [lps[j]]}
                 chunk: dict[str, Any] = {
                     "id": full["id"], "object": "chat.completion.chunk", "created": full["created"],
                     "model": full["model"], "choices": [choice],
@@ -167,7 +202,7 @@ class WireServer:
             events.append({
                 "id": full["id"], "object": "chat.completion.chunk", "created": full["created"],
                 "model": full["model"],
-                "choices": [{"index": c["index"], "delta": {}, "finish_reason": "stop"}],
+                "choices": [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}],
             })
         lines = [f"data: {json.dumps(e)}\n\n" for e in events] + ["data: [DONE]\n\n"]
         return "".join(lines).encode()

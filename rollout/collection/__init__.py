@@ -1,6 +1,12 @@
-"""Parallel episode collection: the local asyncio executor and the Ray executor."""
+"""Parallel episode collection: the local asyncio executor and the Ray executor.
 
-from rollout.collection.backend import Backend, import_object
+The public surface: `collect` / `acollect` / `Collector`, their configs, the
+`Executor` protocol, the output sink and the summary. How one episode runs
+(`runner`) and how agents are imported (`backend.import_object`) are
+internals, imported from their modules where needed.
+"""
+
+from rollout.collection.backend import Backend
 from rollout.collection.config import (
     BackendSpec,
     CollectConfig,
@@ -14,7 +20,7 @@ from rollout.collection.executor import Executor
 from rollout.collection.output import EpisodeSink, done_uids
 from rollout.collection.progress import CollectSummary
 from rollout.collection.run import Collector, acollect, collect, iter_tasks, load_tasks
-from rollout.collection.runner import Job, apply_result, episode_seed, run_episode
+from rollout.collection.runner import Job
 
 __all__ = [
     "Backend",
@@ -30,13 +36,9 @@ __all__ = [
     "OutputSpec",
     "RaySpec",
     "acollect",
-    "apply_result",
     "collect",
     "done_uids",
-    "episode_seed",
-    "import_object",
     "iter_tasks",
     "load_config",
     "load_tasks",
-    "run_episode",
 ]

@@ -139,6 +139,7 @@ class Backend:
         )
 
     async def aclose(self) -> None:
+        await self.recorder.aclose()  # token mode's connections on this loop
         for slot in self.servers:
             for client in (slot.sync_client, slot.async_client):
                 close = getattr(client, "close", None)
@@ -150,6 +151,17 @@ class Backend:
                         await result
                 except Exception as exc:  # closing is best effort
                     logger.debug("closing client failed: %s", exc)
+
+
+def recorder_for(spec: BackendSpec, policy_version: int | None = None) -> Recorder:
+    """The recorder a worker records with: what the backend config asks of the servers."""
+    return Recorder(
+        request_token_ids=spec.request_token_ids,
+        request_logprobs=spec.request_logprobs,
+        token_mode=spec.token_mode,
+        policy_version=policy_version,
+        keep_finished=False,
+    )
 
 
 class EpisodeModel(OpenAICompatibleModel):

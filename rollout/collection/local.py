@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 
-from rollout.collection.backend import Backend
+from rollout.collection.backend import Backend, recorder_for
 from rollout.collection.config import CollectConfig
 from rollout.collection.runner import Agent, Job, run_episode
 from rollout.episode import Episode
-from rollout.recorder import Recorder
 
 
 async def run_bounded(
@@ -69,12 +68,7 @@ class LocalExecutor:
 
     async def run(self, jobs: Iterable[Job]) -> AsyncGenerator[Episode, None]:
         cfg = self.config
-        recorder = Recorder(
-            request_token_ids=cfg.backend.request_token_ids,
-            request_logprobs=cfg.backend.request_logprobs,
-            policy_version=self.policy_version,
-            keep_finished=False,
-        )
+        recorder = recorder_for(cfg.backend, self.policy_version)
         backend = Backend(cfg.backend, self.urls, recorder)
         try:
             async for episode in run_bounded(

@@ -47,17 +47,12 @@ class RolloutWorker:
     """Runs episodes inside a Ray actor. Decorated with `ray.remote` at start-up."""
 
     def __init__(self, config: dict[str, Any], agent: Agent | str, urls: list[str], worker_id: int) -> None:
-        from rollout.collection.backend import Backend, import_object
-        from rollout.recorder import Recorder
+        from rollout.collection.backend import Backend, import_object, recorder_for
 
         self.config = CollectConfig.model_validate(config)
         self.agent: Agent = import_object(agent) if isinstance(agent, str) else agent
         self.worker_id = worker_id
-        self.recorder = Recorder(
-            request_token_ids=self.config.backend.request_token_ids,
-            request_logprobs=self.config.backend.request_logprobs,
-            keep_finished=False,
-        )
+        self.recorder = recorder_for(self.config.backend)
         self.backend = Backend(self.config.backend, urls, self.recorder)
 
     async def run(self, job: Job, policy_version: int | None = None) -> Episode:

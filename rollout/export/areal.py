@@ -23,6 +23,7 @@ and field, so each token is copied once; see benchmarks/bench_export.py.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable
 from typing import Any, Literal
 
@@ -87,7 +88,7 @@ def to_areal(
         if rewards == "areal":
             by_id = {ep.id: ep for ep in episodes}
             samples = [
-                s.model_copy(update={"reward": areal_reward(by_id[s.episode_id], s.calls[-1][0])})
+                dataclasses.replace(s, reward=areal_reward(by_id[s.episode_id], s.calls[-1][0]))
                 for s in samples
             ]
     else:

@@ -3,15 +3,30 @@
 from __future__ import annotations
 
 from collections import Counter
-from typing import Any
+from collections.abc import Sequence
 
 import numpy as np
 
+from rollout.episode import Episode
 from rollout.inspect.decode import default_decoder, token_text
 from rollout.sample import assemble
 
 
-def summarize(episodes: list[Any]) -> str:
+def sent_as(episodes: Sequence[Episode]) -> str:
+    """How calls reached the server: as token ids, or as messages and why (token mode fallbacks)."""
+    tokens = 0
+    reasons: Counter[str] = Counter()
+    for ep in episodes:
+        for call in ep.calls:
+            if call.sent_as == "tokens":
+                tokens += 1
+            else:
+                reasons[call.fallback or "token mode off"] += 1
+    detail = ", ".join(f"{reason} {n}" for reason, n in reasons.most_common())
+    return f"as tokens {tokens}, as messages {sum(reasons.values())}" + (f" ({detail})" if detail else "")
+
+
+def summarize(episodes: Sequence[Episode]) -> str:
     statuses = Counter(e.status.value for e in episodes)
     rewards = [e.reward for e in episodes if e.reward is not None]
     calls = sum(len(e.calls) for e in episodes)
@@ -25,11 +40,12 @@ def summarize(episodes: list[Any]) -> str:
         f"mean reward     {np.mean(rewards):.4f}" if rewards else "mean reward     -",
         f"inexact eps     {inexact}",
         f"samples         {len(result)} (concat), merged turns {result.num_merged}, drift {result.num_drift}",
+        f"calls sent      {sent_as(episodes)}",
     ]
     return "\n".join(lines)
 
 
-def show_episode(episode: Any, limit: int = 64) -> str:
+def show_episode(episode: Episode, limit: int = 64) -> str:
     decode = default_decoder()
     out = [
         f"episode {episode.id} task={episode.task_id} sample={episode.sample} "
@@ -40,7 +56,8 @@ def show_episode(episode: Any, limit: int = 64) -> str:
     for call in episode.calls:
         out.append(
             f"-- call {call.index} (parent {call.parent}) prompt {len(call.prompt_ids)} tokens "
-            f"[{call.prompt_source.value}] latency {call.latency_s * 1000:.1f} ms"
+            f"[{call.prompt_source.value}] latency {call.latency_s * 1000:.1f} ms, sent as {call.sent_as}"
+            + (f" ({call.fallback})" if call.fallback else "")
         )
         for ch in call.choices:
             out.append(f"   choice {ch.index} finish={ch.finish_reason} [{ch.source.value}] {ch.message.get('content')!r}")

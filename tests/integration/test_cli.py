@@ -85,8 +85,10 @@ def test_collect_end_to_end(collected: Path) -> None:
         assert e.status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED)
         assert e.reward in (0.0, 1.0) and 1 <= e.metadata["turns"] <= 3
         assert len(e.calls) == e.metadata["turns"]
-        for call in e.calls:
-            assert call.prompt_source == TokenSource.VLLM and len(call.prompt_ids) > 0
+        for i, call in enumerate(e.calls):
+            # Token mode (the default): later turns go to the server as token ids.
+            expected = (TokenSource.VLLM, "messages") if i == 0 else (TokenSource.TOKEN_IN, "tokens")
+            assert (call.prompt_source, call.sent_as) == expected and len(call.prompt_ids) > 0
             assert call.request["max_tokens"] == 4  # from configs/local.yaml
             for choice in call.choices:
                 assert choice.source == TokenSource.VLLM and 0 < len(choice.ids) <= 4

@@ -76,10 +76,19 @@ def completions(episodes: list[Episode]) -> dict[str, list[list[int]]]:
 
 
 def assert_exact(episode: Episode) -> None:
+    """Every id is the server's: the first prompt as it rendered it, each later
+    prompt sent as tokens (token mode), extending the previous call's prompt and
+    sampled ids exactly."""
     assert episode.calls, episode.uid
-    for call in episode.calls:
-        assert call.prompt_source == TokenSource.VLLM
+    for i, call in enumerate(episode.calls):
         assert len(call.prompt_ids) > 0
+        if i == 0:
+            assert call.prompt_source == TokenSource.VLLM and call.sent_as == "messages"
+        else:
+            prev = episode.calls[i - 1]
+            assert call.prompt_source == TokenSource.TOKEN_IN and call.sent_as == "tokens", call.fallback
+            head = np.concatenate([prev.prompt_ids, prev.choices[0].ids])
+            assert call.prompt_ids[: len(head)].tolist() == head.tolist()
         for choice in call.choices:
             assert choice.source == TokenSource.VLLM
             assert len(choice.ids) > 0

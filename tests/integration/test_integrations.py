@@ -374,15 +374,20 @@ def test_rllm_episodes_load_in_rllm_with_the_servers_ids() -> None:
             )
             reply = step["chat_completions"][-1]
             assert reply["role"] == "assistant" and reply["content"] == step["model_response"]
-            # Exact ids: the server's own rendering of the input; the sampled ids decode to the reply.
-            assert step["prompt_ids"] == template.render(step["chat_completions"][:-1])
+            # Exact ids: the sampled ids decode to the reply; the first prompt is the
+            # server's own rendering, later prompts were sent as tokens (checked below).
+            if step is steps[0]:
+                assert step["prompt_ids"] == template.render(step["chat_completions"][:-1])
             assert ENC.decode([t for t in step["response_ids"] if t != END_ID]) == step["model_response"]
             assert step["weight_version"] == 0 and step["advantage"] is None
             assert step["info"]["exact"] is True and step["info"]["token_source"] == "vllm"
-        # The multi-turn history: each step's conversation extends the previous step's.
+        # The multi-turn history: each step's conversation extends the previous step's,
+        # and (token mode) its prompt ids extend the previous prompt and sampled ids.
         for prev, step in itertools.pairwise(steps):
             cc = step["chat_completions"]
             assert cc[: len(prev["chat_completions"])] == prev["chat_completions"]
+            head = prev["prompt_ids"] + prev["response_ids"]
+            assert step["prompt_ids"][: len(head)] == head
         if ep["is_correct"]:
             assert arithmetic.check(steps[-1]["model_response"], ep["task"])
     # rLLM's transform keeps every step: each sampled token is trained in some row.
@@ -394,21 +399,18 @@ def test_rllm_episodes_load_in_rllm_with_the_servers_ids() -> None:
     assert all(len(g["trajectories"]) == 2 and g["weight_version"] == 0 for g in groups)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="assemble(concat) merges a turn into a branch another turn already extended "
-    "(training that branch twice); rLLM starts a new row there (transform.py:394-398). "
-    "The lead's concat-trains-twice fix in rollout/sample.py closes this.",
-)
-def test_rllm_transform_rows_equal_to_verl_on_the_embedded_server() -> None:
+@pytest.mark.parametrize("token_mode", ["auto", "off"])
+def test_rllm_transform_rows_equal_to_verl_on_the_embedded_server(token_mode: str) -> None:
     from examples.rllm_episodes import collect_episodes
     from rollout.export import to_rllm, to_verl
     from tests.unit.test_rllm_contract import Episode as RllmEpisode
     from tests.unit.test_rllm_contract import batch_rows, transform_rows
 
-    # max_tokens=4: replies stop on length and the next turn re-renders them, so some
-    # turns do not extend the previous one and start new rows, in both.
-    ours = collect_episodes(limit=3, samples_per_task=2)
+    # Token mode: one row per episode. Off: max_tokens=4 replies stop on length and
+    # the next turn re-renders them, so some turns do not extend the previous one
+    # and start new rows, in both, training each sampled token once.
+    backend = {"kind": "embedded", "token_mode": token_mode, "sampling": {"temperature": 1.0, "max_tokens": 4}}
+    ours = collect_episodes(limit=3, samples_per_task=2, backend=backend)
     pad = 2**30  # no token the server samples or renders
     verl = to_verl(ours, pad_id=pad, uid="episode")["tensors"]
     rows = transform_rows([RllmEpisode.from_dict(d) for d in to_rllm(ours)])
@@ -418,6 +420,10 @@ def test_rllm_transform_rows_equal_to_verl_on_the_embedded_server() -> None:
         np.testing.assert_array_equal(theirs[key], verl[key], err_msg=key)
     np.testing.assert_array_equal(theirs["attention_mask"], verl["attention_mask"].astype(bool))
     np.testing.assert_array_equal(theirs["traj_rewards"], verl["rm_scores"])
+    sampled = sum(len(c.choices[0].ids) for e in ours for c in e.calls)
+    assert int(verl["response_mask"].sum()) == sampled
+    if token_mode == "auto":
+        assert len(verl["prompts"]) == len(ours)
 
 
 def arithmetic_tasks() -> list[str]:

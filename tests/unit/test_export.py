@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -646,7 +647,7 @@ def test_to_areal_accepts_episodes_and_empty() -> None:
 
 
 def test_to_areal_require_logprobs() -> None:
-    s = _samples()[0].model_copy(update={"has_logprobs": False})
+    s = dataclasses.replace(_samples()[0], has_logprobs=False)
     assert to_areal([s])["logprobs"].shape == (1, 7)
     with pytest.raises(MissingLogprobsError):
         to_areal([s], require_logprobs=True)
@@ -740,7 +741,7 @@ def test_to_verl_max_lengths_pad_and_truncate() -> None:
 
 def test_to_verl_omits_rollout_logprobs_when_missing() -> None:
     samples = _samples()
-    samples[1] = samples[1].model_copy(update={"has_logprobs": False})
+    samples[1] = dataclasses.replace(samples[1], has_logprobs=False)
     out = to_verl(samples)
     assert "rollout_log_probs" not in out["tensors"]
     assert out["meta_info"]["num_missing_logprobs"] == 1

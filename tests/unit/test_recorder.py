@@ -6,6 +6,7 @@ All calls go through the REAL openai SDK over `tests.fakes.WireServer`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -16,7 +17,7 @@ import numpy as np
 import openai
 import pytest
 
-from rollout import EpisodeStatus, Recorder, RewardError, UnscopedCallError
+from rollout import Episode, EpisodeStatus, Recorder, RewardError, UnscopedCallError
 from rollout.export import read_jsonl, write_jsonl
 from tests.fakes import API_KEY, ENC, WireServer, openai_clients, render_prompt
 
@@ -358,6 +359,46 @@ def test_tree_discount_keeps_branches_apart() -> None:
     assert flat.discount(0.9)[2] == pytest.approx(0.9)
 
 
+NUMPY_REWARDS = [np.float32(0.5), np.float64(0.25), np.int64(2), np.int32(-1), np.bool_(True)]
+
+
+@pytest.mark.parametrize("value", NUMPY_REWARDS, ids=lambda v: type(v).__name__)
+def test_numpy_scalar_rewards_are_accepted_as_floats(value: Any) -> None:
+    _, rec, client, _ = setup()
+    ep = three_call_episode(rec, client)
+    ep.reward = value
+    ep.set_reward(0, value)
+    ep.set_reward(ep.calls[1].id, value)
+    ep.set_last_reward(value)
+    built = Episode(reward=value)
+    for got in (ep.reward, built.reward, *(c.reward for c in ep.calls)):
+        assert type(got) is float and got == float(value)
+    assert ep.discount(1.0) == pytest.approx([3 * float(value), 2 * float(value), float(value)])
+
+
+BAD_REWARDS = [float("nan"), float("inf"), -float("inf"), np.float32("nan"), np.float64("-inf"), "1.0", [1.0]]
+
+
+@pytest.mark.parametrize("value", BAD_REWARDS, ids=repr)
+def test_non_finite_or_non_numeric_rewards_raise_naming_the_value(value: Any) -> None:
+    _, rec, client, _ = setup()
+    ep = three_call_episode(rec, client)
+    ep.reward = 1.0
+    ep.set_reward(0, 0.5)
+    shown = re.escape(repr(value))
+    with pytest.raises(RewardError, match=shown):
+        ep.reward = value
+    with pytest.raises(RewardError, match=shown):
+        ep.set_reward(0, value)
+    with pytest.raises(RewardError, match=shown):
+        ep.set_last_reward(value)
+    with pytest.raises(RewardError, match=shown):
+        Episode(reward=value)
+    assert ep.reward == 1.0 and ep.call_rewards() == [0.5, 0.0, 0.0]  # nothing half-written
+    assert issubclass(RewardError, ValueError)
+    ep.reward = None  # unsetting stays possible
+
+
 # ---------------------------------------------------------------- secrets
 
 
@@ -393,7 +434,7 @@ def test_credentials_never_stored_or_exported(tmp_path: Path) -> None:
     assert episodes[0] is ep and ep.metadata["failed_calls"]
     # ... but never the record nor the export.
     for e in episodes:
-        dumped = repr(e.model_dump())
+        dumped = repr(dataclasses.asdict(e))
         assert not SECRET_PATTERN.search(dumped), dumped
     path = tmp_path / "eps.jsonl"
     assert write_jsonl(episodes, path, append=False) == 2

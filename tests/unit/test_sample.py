@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -114,9 +115,13 @@ def test_concat_invariants(case: tuple[Episode, int | None, int | None]) -> None
     every = {(c, k) for c, call in enumerate(ep.calls) for k in range(len(call.choices))}
     assert set(merged) == every  # nothing dropped
     assert result.drift == []  # an unperturbed chain never drifts
-    # turn t always extends a branch of turn t-1, so each sample starts at call 0
-    assert all(s.calls[0][0] == 0 for s in result)
-    assert result.num_merged == sum(len(c.choices) for c in ep.calls[1:])
+    # turn t always extends a branch of turn t-1: its first choice continues that
+    # row; its other choices start rows of their own (the shared tokens unmasked)
+    assert all(s.calls[0][0] == 0 or s.calls[0][1] > 0 for s in result)
+    assert result.num_merged == len(ep.calls) - 1
+    assert sum(int(s.loss_mask.sum()) for s in result) == sum(
+        len(ch.ids) for c in ep.calls for ch in c.choices
+    )
     if all(len(c.choices) == 1 for c in ep.calls):
         assert len(result) == 1
         assert [c for c, _ in result[0].calls] == list(range(len(ep.calls)))
@@ -141,6 +146,80 @@ def test_drift_is_never_merged(case: tuple[Episode, int | None, int | None]) -> 
     assert (d.episode_id, d.call, d.parent, d.position) == (ep.id, bad_turn, bad_turn - 1, bad_pos)
     assert d.got == d.expected + 100
     assert result.num_drift == 1
+
+
+@st.composite
+def trees(draw: Any) -> Episode:
+    """An episode whose calls each continue a random earlier (call, choice), or
+    start afresh: agents that branch, retry and edit their history. A call's
+    parent is the call before it, as a message-level agent loop records it."""
+    calls: list[CallRecord] = []
+    for t in range(draw(st.integers(1, 7))):
+        bases = [(c, k) for c, call in enumerate(calls) for k in range(len(call.choices))]
+        base = draw(st.none() | st.sampled_from(bases)) if bases else None
+        if base is None:
+            prompt = draw(st.lists(st.integers(0, 50), min_size=1, max_size=6))
+        else:
+            c, k = base
+            prompt = calls[c].prompt_ids.tolist() + calls[c].choices[k].ids.tolist() + draw(ids_st)
+        n = draw(st.integers(1, 2))
+        choices = [_choice(draw(ids_st), i, version=t) for i in range(n)]
+        calls.append(
+            CallRecord(
+                index=t,
+                prompt_ids=prompt,
+                prompt_source=TokenSource.VLLM,
+                choices=choices,
+                parent=t - 1 if t else None,
+            )
+        )
+    return Episode(task_id="task", sample=3, calls=calls)
+
+
+@settings(max_examples=300, deadline=None)
+@given(trees())
+def test_concat_trains_each_sampled_token_once(ep: Episode) -> None:
+    result = assemble(ep)
+    for s in result:
+        _check_sample(ep, s)
+    # Each (call, choice) lands in exactly one row, so each sampled token is
+    # trained exactly once: masked tokens == sampled tokens.
+    merged = [pair for s in result for pair in s.calls]
+    assert sorted(merged) == sorted((c, k) for c, call in enumerate(ep.calls) for k in range(len(call.choices)))
+    sampled = sum(len(ch.ids) for call in ep.calls for ch in call.choices)
+    assert sum(int(s.loss_mask.sum()) for s in result) == sampled
+    # A call that does not continue its parent and starts a row of its own is drift;
+    # one that continues its parent never is.
+    drifted = {d.call for d in result.drift}
+    starts = {c for s in result for c, k in s.calls[:1] if k == 0}  # calls that merged nowhere
+    for c in range(1, len(ep.calls)):
+        call, parent = ep.calls[c], ep.calls[c - 1]
+        heads = [np.concatenate([parent.prompt_ids, ch.ids]) for ch in parent.choices]
+        continues = any(call.prompt_ids[: len(h)].tolist() == h.tolist() for h in heads)
+        if continues:
+            assert c not in drifted
+        elif c in starts:
+            assert c in drifted
+    assert drifted <= starts
+    assert result.num_drift == len(result.drift)
+
+
+def test_a_turn_that_skips_back_starts_a_row_and_is_drift() -> None:
+    """Turn 3 extends turn 1 but not turn 2 (turn 2 was re-rendered): turn 1's
+    sampled tokens must not be trained in two rows, and the skip is reported."""
+    ep = Episode(
+        calls=[
+            _call([1], _c([2])),
+            _call([1, 2, 5], _c([6]), parent=0),
+            _call([1, 2, 9], _c([7]), parent=1),
+        ]
+    )
+    result = assemble(ep)
+    rows = {tuple(s.calls): s for s in result}
+    assert set(rows) == {((0, 0), (1, 0)), ((2, 0),)}
+    assert rows[((2, 0),)].loss_mask.tolist() == [False, False, False, True]
+    assert sum(int(s.loss_mask.sum()) for s in result) == 3
+    assert [(d.call, d.parent, d.position) for d in result.drift] == [(2, 1, 2)]
 
 
 @settings(max_examples=100, deadline=None)
@@ -201,7 +280,7 @@ def test_drift_by_hand_reports_first_difference() -> None:
     )
     result = assemble(ep)
     assert len(result) == 2 and result.num_merged == 0
-    d = result.drift[0].model_dump()
+    d = dataclasses.asdict(result.drift[0])
     assert d == {
         "episode_id": ep.id,
         "call": 1,

@@ -142,6 +142,33 @@ def test_wrap_keeps_type_and_passes_attributes_through(kind: str) -> None:
         assert w.ping() == "pong"
 
 
+def test_wrap_builds_proxies_on_first_use_only() -> None:
+    """Reaching `client.beta` / `client.responses` imports large SDK modules; wrapping
+    must not, so an agent that only uses chat never pays for them (run in a fresh
+    interpreter: other tests may have imported them here)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[2])  # this checkout's rollout, not an installed one
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([root, os.environ.get("PYTHONPATH", "")])}
+    code = (
+        "import sys\n"
+        "from openai import OpenAI\n"
+        "from rollout import Recorder\n"
+        "rec = Recorder()\n"
+        "w = rec.wrap(OpenAI(api_key='k', base_url='http://127.0.0.1:9/v1'))\n"
+        "w.chat.completions.create\n"
+        "loaded = lambda p: any(m.startswith(p) for m in sys.modules)\n"
+        "print(loaded('openai.resources.beta'), loaded('openai.resources.responses'))\n"
+        "w.beta.chat.completions.parse\n"
+        "print(loaded('openai.resources.beta'), type(w.beta.chat.completions).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout
+    assert out.split("\n")[:2] == ["False False", "True _Completions"]
+
+
 def test_wrapping_twice_raises_and_original_is_untouched() -> None:
     server = WireServer(dialect="vllm")
     sync, _ = openai_clients(server)
@@ -221,7 +248,7 @@ def test_sdk_dialects_record_exact_tokens(dialect: str, mode: str, stream: bool,
         assert choice.exact
         want = {"vllm": TokenSource.VLLM, "token_id": TokenSource.LOGPROB_TOKENS}.get(dialect)
         if dialect == "sglang":
-            # SGLang sends per-choice prompt ids only when not streaming (interop §4).
+            # SGLang sends per-choice prompt ids only when not streaming (docs/wire.md).
             want = TokenSource.VLLM if stream else TokenSource.SGLANG
         assert choice.source == want
     # Prompt ids: whenever the server sent them, they are the server's rendering.
@@ -280,6 +307,20 @@ def test_requested_fields_are_added_to_the_wire_request(mode: str) -> None:
     assert server.requests[-1]["return_token_ids"] is True
     assert ep.calls[0].choices[0].logprobs is None
     assert ep.calls[0].choices[0].ids.tolist() == expected_ids(M)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sdk_not_given_sentinels_do_not_stop_requested_logprobs(mode: str) -> None:
+    """The SDK's own helpers (e.g. `.stream()`) pass `logprobs=omit` explicitly."""
+    import openai
+
+    server = WireServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, mode, rec)
+    for unset in (openai.NOT_GIVEN, openai.omit):
+        ep = run_in_episode(rec, client, mode, model="m", messages=M, logprobs=unset)
+        assert server.requests[-1]["logprobs"] is True
+        assert np.array_equal(ep.calls[0].choices[0].logprobs, expected_logprobs(expected_ids(M)))
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
@@ -395,19 +436,31 @@ def test_parse_is_recorded_with_ids(path: str, mode: str) -> None:
     assert server.requests[-1]["response_format"]["type"] == "json_schema"
 
 
-def test_sdk_stream_manager_records_all_token_ids() -> None:
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_sdk_stream_manager_records_all_token_ids(mode: str) -> None:
     server = WireServer(dialect="vllm")
     rec = Recorder(request_token_ids=True, request_logprobs=True)
-    client = wrapped(server, "sync", rec)
-    with rec.episode("t") as ep, client.chat.completions.stream(model="m", messages=M) as stream:
-        for _ in stream:
-            pass
+    client = wrapped(server, mode, rec)
+    if mode == "sync":
+        with rec.episode("t") as ep, client.chat.completions.stream(model="m", messages=M) as stream:
+            for _ in stream:
+                pass
+    else:
+
+        async def go() -> Any:
+            async with rec.episode("t") as ep, client.chat.completions.stream(model="m", messages=M) as s:
+                async for _ in s:
+                    pass
+            return ep
+
+        ep = asyncio.run(go())
     (call,) = ep.calls
     assert call.endpoint == "chat.completions.stream"
     ids = expected_ids(M)
     assert len(ids) > 1
-    # Either the ids are right, or the record must not claim to be exact.
-    assert call.choices[0].ids.tolist() == ids or not call.exact
+    # The helper streams through the recording create: every chunk's ids, exact.
+    assert call.choices[0].ids.tolist() == ids and call.exact
+    assert np.array_equal(call.choices[0].logprobs, expected_logprobs(ids))
 
 
 class DuckResponses:
@@ -620,3 +673,224 @@ def test_api_key_is_sent_but_not_stored() -> None:
     request = ep.calls[0].request
     assert "extra_headers" not in request
     assert request["extra_body"] == {"top_k": 2, "return_token_ids": True}
+
+
+# ---------------------------------------------------------------- null / NaN logprobs
+
+
+class BadLogprobServer(WireServer):
+    """vLLM reply whose second logprob entry is `bad` (JSON null, or NaN)."""
+
+    bad: Any = None
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = super().completion(body)
+        for c in out["choices"]:
+            if c["logprobs"]:
+                c["logprobs"]["content"][1]["logprob"] = self.bad
+        return out
+
+
+@pytest.mark.parametrize("bad", [None, float("nan")], ids=["null", "nan"])
+@pytest.mark.parametrize("stream", [False, True], ids=["plain", "stream"])
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_null_logprob_is_flagged_never_recorded_as_nan(mode: str, stream: bool, bad: Any) -> None:
+    server = BadLogprobServer(dialect="vllm")
+    server.bad = bad
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, mode, rec)
+    ep = run_in_episode(rec, client, mode, model="m", messages=M, stream=stream)
+    (call,) = ep.calls
+    choice = call.choices[0]
+    n = len(expected_ids(M))
+    assert choice.logprobs is None  # missing for this choice, not NaN passed off as a logprob
+    assert choice.ids.tolist() == expected_ids(M)  # the ids are still the exact ones
+    assert choice.exact and call.exact
+    assert f"choice 0: 1 of {n} logprobs are null or NaN; logprobs dropped" in call.notes
+    # Assembly then reports the sample as lacking logprobs instead of training on NaN.
+    from rollout import assemble
+
+    (sample,) = assemble(ep)
+    assert not sample.has_logprobs and not np.isnan(sample.logprobs).any()
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_null_logprob_raises_when_strict(mode: str) -> None:
+    server = BadLogprobServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True, request_logprobs=True, strict=True)
+    client = wrapped(server, mode, rec)
+    with pytest.raises(TokenRecordError, match="null or NaN"):
+        run_in_episode(rec, client, mode, model="m", messages=M)
+
+
+def test_minus_inf_logprob_is_kept() -> None:
+    """-inf is a real logprob (a token with probability 0 under the reported distribution)."""
+    server = BadLogprobServer(dialect="vllm")
+    server.bad = float("-inf")
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    ep = run_in_episode(rec, wrapped(server, "sync", rec), "sync", model="m", messages=M)
+    lps = ep.calls[0].choices[0].logprobs
+    assert lps is not None and lps[1] == -np.inf and ep.calls[0].notes == []
+
+
+# ---------------------------------------------------------------- async detection, failures at call time
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "areal"])
+def test_wrapped_client_keeps_its_sync_or_async_nature(kind: str) -> None:
+    import inspect
+
+    from compat.clients import is_async_client
+
+    sync, async_ = openai_clients(WireServer())
+    client: Any = {"sync": sync, "async": async_, "areal": FakeArealOpenAI()}[kind]
+    w = Recorder().wrap(client)
+    assert is_async_client(w) == is_async_client(client) == (kind != "sync")
+    assert inspect.iscoroutinefunction(w.chat.completions.create) == (kind != "sync")
+
+
+def test_async_call_rejected_before_sending_leaves_a_trace() -> None:
+    """The client raises at call time (a bad argument), before any coroutine exists."""
+    fake = FakeArealOpenAI()
+    rec = Recorder()
+    client = rec.wrap(fake)
+
+    async def go() -> Any:
+        async with rec.episode("t") as ep:
+            with pytest.raises(TypeError):
+                await client.chat.completions.create(model="m")  # no messages
+        return ep
+
+    ep = asyncio.run(go())
+    assert ep.calls == []
+    (failure,) = ep.metadata["failed_calls"]
+    assert failure["endpoint"] == "chat.completions" and "TypeError" in failure["error"]
+
+
+# ---------------------------------------------------------------- clients that cannot keep their type
+
+
+class SlottedClient:
+    """A client whose instances cannot be re-classed (fixed __slots__ layout)."""
+
+    __slots__ = ("chat", "name")
+
+    def __init__(self) -> None:
+        self.chat = SimpleNamespace(completions=DuckCompletions())
+        self.name = "slotted"
+
+
+def test_client_that_cannot_be_reclassed_gets_a_recording_proxy(caplog: pytest.LogCaptureFixture) -> None:
+    rec = Recorder()
+    client = SlottedClient()
+    with caplog.at_level("WARNING", logger="rollout.wrap"):
+        w = rec.wrap(client)
+    assert "plain proxy" in caplog.text
+    assert not isinstance(w, SlottedClient)  # the type could not be kept, and the log said so
+    assert w.name == "slotted"  # other attributes pass through
+    with rec.episode("t") as ep:
+        reply = w.chat.completions.create(model="m", messages=M)
+    assert reply["id"] == "duck-1"
+    (call,) = ep.calls
+    assert call.prompt_ids.tolist() == [1, 2, 3, 4] and call.choices[0].ids.tolist() == [7, 8, 9]
+    with pytest.raises(ValueError, match="already wrapped"):
+        rec.wrap(w)
+
+
+# ---------------------------------------------------------------- streams: tool calls, close
+
+
+TOOL_CALLS = [{"name": "add", "arguments": '{"a": 1, "b": 2}'},
+              {"name": "mul", "arguments": '{"a": 3, "b": 40}'}]
+
+
+def tool_call_ids() -> list[int]:
+    return ENC.encode("".join(f"<tool_call>{json.dumps(c)}</tool_call>" for c in TOOL_CALLS))
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_streamed_tool_call_deltas_are_folded_into_the_record(mode: str) -> None:
+    server = WireServer(dialect="vllm", tool_calls=TOOL_CALLS)
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, mode, rec)
+    ep = run_in_episode(rec, client, mode, model="m", messages=M, stream=True)
+    plain = run_in_episode(rec, client, mode, model="m", messages=M)
+    (call,) = ep.calls
+    choice = call.choices[0]
+    want = [{"id": f"call_{k}", "type": "function", "function": c} for k, c in enumerate(TOOL_CALLS)]
+    assert choice.message == {"role": "assistant", "tool_calls": want}
+    assert choice.message == plain.calls[0].choices[0].message  # streamed == not streamed
+    assert choice.finish_reason == "tool_calls"
+    ids = tool_call_ids()
+    assert choice.ids.tolist() == ids and call.exact
+    assert np.array_equal(choice.logprobs, expected_logprobs(ids))
+    # The arguments really arrived in pieces over several chunks.
+    sse = server._sse({"messages": M, "return_token_ids": True})
+    assert sse.count(b'"arguments"') >= 2 * 4
+
+
+def test_sync_stream_close_records_a_partial_call_at_once() -> None:
+    server = WireServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, "sync", rec)
+    with rec.episode("t") as ep:
+        stream = client.chat.completions.create(model="m", messages=M, stream=True)
+        it = iter(stream)
+        next(it), next(it)
+        stream.close()
+        assert len(ep.calls) == 1  # recorded by close(), not left to the episode's end
+        assert stream.response.is_closed  # and the SDK stream itself was closed
+    (call,) = ep.calls
+    ids = expected_ids(M)
+    assert call.choices[0].ids.tolist() == ids[:2]
+    assert np.array_equal(call.choices[0].logprobs, expected_logprobs(ids)[:2])
+    assert any("partial" in note for note in call.notes)
+
+
+@pytest.mark.parametrize("how", ["close", "aclose", "async with"])
+def test_async_stream_close_records_a_partial_call_at_once(how: str) -> None:
+    server = WireServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True, request_logprobs=True)
+    client = wrapped(server, "async", rec)
+
+    async def go() -> Any:
+        async with rec.episode("t") as ep:
+            stream = await client.chat.completions.create(model="m", messages=M, stream=True)
+            if how == "async with":
+                async with stream:
+                    await stream.__anext__()
+            else:
+                await stream.__anext__()
+                await getattr(stream, how)()
+            assert len(ep.calls) == 1
+            assert stream.response.is_closed
+        return ep
+
+    (call,) = asyncio.run(go()).calls
+    assert call.choices[0].ids.tolist() == expected_ids(M)[:1]
+    assert any("partial" in note for note in call.notes)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_stream_left_open_is_recorded_when_its_episode_ends(mode: str) -> None:
+    server = WireServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True)
+    client = wrapped(server, mode, rec)
+    if mode == "sync":
+        with rec.episode("t") as ep:
+            stream = client.chat.completions.create(model="m", messages=M, stream=True)
+            next(iter(stream))
+            assert ep.calls == []
+    else:
+
+        async def go() -> Any:
+            async with rec.episode("t") as ep:
+                stream = await client.chat.completions.create(model="m", messages=M, stream=True)
+                await stream.__anext__()
+                assert ep.calls == []
+            return ep
+
+        ep = asyncio.run(go())
+    (call,) = ep.calls
+    assert call.choices[0].ids.tolist() == expected_ids(M)[:1]
+    assert any("partial" in note for note in call.notes)

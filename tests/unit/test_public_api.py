@@ -1,0 +1,66 @@
+"""The public surface is deliberate: each package's `__all__` is exactly what it exports.
+
+In the manner of httpx's `test_exported_members`: a name imported into a
+package's namespace without being listed (or listed without existing) fails
+here, so internals do not leak into the API by accident. And the core
+import stays light: `from rollout import Recorder` does not load the
+collection stack.
+"""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+import types
+
+import pytest
+
+PACKAGES = [
+    "compat",
+    "rollout",
+    "rollout.collection",
+    "rollout.dialects",
+    "rollout.embedded",
+    "rollout.export",
+    "rollout.inspect",
+    "rollout.training",
+]
+
+
+@pytest.mark.parametrize("name", PACKAGES)
+def test_all_is_exactly_the_public_namespace(name: str) -> None:
+    package = importlib.import_module(name)
+    lazy = set(getattr(package, "_LAZY", ()))
+    public = {
+        member
+        for member, value in vars(package).items()
+        if not member.startswith("_")
+        and not isinstance(value, types.ModuleType)  # subpackages and modules
+        and member != "annotations"  # `from __future__ import annotations`
+    }
+    assert sorted(package.__all__) == sorted(public | lazy), name
+    assert len(set(package.__all__)) == len(package.__all__), f"{name}.__all__ has duplicates"
+    for member in package.__all__:
+        assert getattr(package, member) is not None
+
+
+def test_core_import_does_not_load_collection() -> None:
+    code = (
+        "import sys; from rollout import Recorder, assemble\n"
+        "heavy = [m for m in ('rollout.collection', 'aiohttp', 'yaml', 'tqdm', 'ray', 'pyarrow')"
+        " if m in sys.modules]\n"
+        "print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "", f"`from rollout import Recorder` loaded {out.stdout.strip()}"
+
+
+def test_lazy_names_resolve_to_the_collection_stack() -> None:
+    import rollout
+    import rollout.collection
+
+    assert rollout.collect is rollout.collection.collect
+    assert rollout.Collector is rollout.collection.Collector
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        _ = rollout.nope  # type: ignore[attr-defined]
