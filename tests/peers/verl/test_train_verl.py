@@ -27,6 +27,7 @@ from rollout.embedded.policy import sampling_distribution
 from rollout.embedded.torch_policy import TorchPolicy, TorchPolicyConfig, sampling_logprobs
 from rollout.embedded.weights import read_weights_npz, weights_to_npz
 from rollout.errors import OffPolicyError
+from rollout.sample import assemble
 from rollout.training import VerlTrainer
 
 pytestmark = pytest.mark.peers
@@ -99,6 +100,34 @@ def test_advantages_are_verls_grpo_over_episodes(trainer: VerlTrainer) -> None:
     rewards = data.batch["rm_scores"].sum(-1)
     if rewards.max() > rewards.min():  # some success in the batch: advantages are not all zero
         assert got.abs().sum() > 0
+
+
+def test_token_mode_serves_later_turns_as_ids_one_exact_row_per_episode() -> None:
+    # Token mode is on by default: every call after an episode's first reaches the torch
+    # server's token route as ids (parent prompt + sampled ids + bridge). With two-token
+    # replies, which message mode re-renders into other tokens ("1","2" -> "12"), each
+    # episode is still one row, with no drift, and the update runs on it.
+    two = [*SMALL, "collect.backend.sampling.max_tokens=2"]
+    with VerlTrainer(overrides=two, tasks=TASKS, agent=even) as t:
+        assert t.config.collect.backend.token_mode == "auto"
+        episodes = t.collect()
+        assert len(episodes) == 24
+        for episode in episodes:
+            assert [c.sent_as for c in episode.calls] == ["messages", "tokens"]
+            assert all(c.fallback is None for c in episode.calls[1:])  # no fallback to messages
+            assert all(ch.exact for c in episode.calls for ch in c.choices)
+        result = assemble(episodes)
+        assert result.num_drift == 0 and len(result) == len(episodes)  # one row per episode
+        data = t.export(episodes)
+        assert len(data) == 24
+        with torch.no_grad():
+            recomputed, _ = t.logprobs(data)
+        mask = data.batch["response_mask"].bool()
+        assert int(mask.sum()) > 48  # some replies took both tokens
+        assert float((recomputed - data.batch["rollout_log_probs"]).abs()[mask].max()) <= 1e-5
+        stats = t.iteration()
+        assert stats["rows"] == stats["episodes"] == 24 and math.isfinite(stats["pg_loss"])
+        assert stats["max_logprob_diff"] <= 1e-5 and t.server.weight_version() == 1
 
 
 def test_an_episode_over_several_rows_keeps_one_advantage() -> None:
