@@ -6,11 +6,11 @@ loudly when a recorded id, logprob or version is off.
 
 `train_verl` (and `VerlTrainer`, `load_train_config`) trains a small
 transformer with verl's own advantage and policy-loss functions on the same
-exports. They need torch, transformers and verl, so they are imported only
-when first used (`rollout.training.verl_trainer`).
+exports. They need torch, transformers and verl, so they live in
+`rollout.training.verl_trainer`, are loaded only when first asked for here
+(``from rollout.training import train_verl``), and are not in ``__all__``: a
+star import, or listing this package, must work without them installed.
 """
-
-from typing import Any
 
 from rollout.training.reinforce import (
     LOGPROB_TOLERANCE,
@@ -24,7 +24,7 @@ from rollout.training.reinforce import (
 _VERL = ("VerlTrainer", "load_train_config", "train_verl")
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     if name in _VERL:
         from rollout.training import verl_trainer
 
@@ -34,12 +34,9 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "LOGPROB_TOLERANCE",
-    "VerlTrainer",
     "check_on_policy",
     "check_versions",
     "grpo_gradient",
-    "load_train_config",
     "plot_rewards",
     "train",
-    "train_verl",
 ]
