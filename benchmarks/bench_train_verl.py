@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> None:
         "numpy_collect_s": round(baseline, 3),
         "collect_vs_numpy": round(mean("collect_s") / baseline, 2),
         "max_logprob_diff": max(h["max_logprob_diff"] for h in history),
+        "rows_equal_episodes": all(h["rows"] == h["episodes"] for h in history),
+        "calls": sum(h["calls"] for h in history),
+        "later_calls_as_messages": sum(h["later_calls_as_messages"] for h in history),
         "max_logprob_diff_per_iteration": [float(f"{h['max_logprob_diff']:.3g}") for h in history],
         "rewards": rewards,
     }

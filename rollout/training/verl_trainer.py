@@ -374,6 +374,11 @@ class VerlTrainer:
             "episodes": len(episodes),
             "rows": len(data),
             "mean_reward": float(np.mean([e.reward or 0.0 for e in episodes])) if episodes else 0.0,
+            "calls": sum(len(e.calls) for e in episodes),
+            # Token mode: an episode's later calls go as token ids; these fell back to messages.
+            "later_calls_as_messages": sum(
+                c.sent_as != "tokens" for e in episodes for c in e.calls[1:]
+            ),
         }
         with torch_threads(t.threads):
             start = time.perf_counter()

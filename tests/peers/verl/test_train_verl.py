@@ -63,6 +63,7 @@ def test_one_full_iteration_trains_and_stays_on_policy(trainer: VerlTrainer) -> 
     stats = trainer.iteration()
 
     assert stats["episodes"] == 24 and stats["rows"] == 24  # one exact row per episode
+    assert stats["calls"] == 48 and stats["later_calls_as_messages"] == 0  # token mode
     assert stats["sampled_tokens"] == 48  # two one-token turns each
     assert 0 < stats["mean_reward"] < 1
     assert math.isfinite(stats["pg_loss"]) and math.isfinite(stats["grad_norm"])
