@@ -61,7 +61,7 @@ _HASH_MULT = 0x9E3779B1
 
 @dataclass(frozen=True)
 class TorchPolicyConfig:
-    """Model size and vocabulary. Defaults: ~0.2 M parameters, ~1.3 ms per forward pass
+    """Model size and vocabulary. Defaults: ~0.2 M parameters, ~1.4 ms per forward pass
     of a 60-token prompt on one CPU thread (docs/training.md says why this size)."""
 
     hash_buckets: int = 512
