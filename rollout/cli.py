@@ -1,7 +1,7 @@
 """The `rollout` command: collect, serve, inspect, export.
 
     rollout collect [--config configs/local.yaml] [key=value ...]
-    rollout train [--iterations 40]
+    rollout train [--iterations 40] [--trainer numpy|verl]
     rollout serve [--port 8000 ...]
     rollout inspect runs/local.jsonl [--episode 0]
     rollout export runs/local.jsonl --to areal|rllm|verl --out FILE
@@ -97,12 +97,47 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from rollout.training import train
+    """Exit 0 when the target is reached; 1 when not (or off-policy data); 2 for a bad config."""
+    from rollout.errors import ConfigError, OffPolicyError
 
-    history = train(args.config, iterations=args.iterations, lr=args.lr, target=args.target, plot=args.plot)
+    try:
+        if args.trainer == "verl":
+            history, target = _train_verl(args)
+        else:
+            from rollout.training import train
+
+            target = 0.8 if args.target is None else args.target
+            history = train(
+                args.config or str(TRAIN_CONFIG), iterations=args.iterations or 40,
+                lr=12.5 if args.lr is None else args.lr, target=target,
+                plot=args.plot or "runs/train_tiny.png", overrides=args.overrides,
+            )  # fmt: skip
+    except ConfigError as exc:
+        print(f"rollout train: {exc}", file=sys.stderr)
+        return 2
+    except OffPolicyError as exc:
+        print(f"rollout train: {exc}", file=sys.stderr)
+        return 1
     first, last = history[0]["mean_reward"], history[-1]["mean_reward"]
     print(f"mean reward {first:.3f} -> {last:.3f} in {len(history)} iterations")
-    return 0 if last >= args.target else 1
+    return 0 if target is None or last >= target else 1
+
+
+def _train_verl(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float | None]:
+    """verl's update on the torch policy; flags override the config's `trainer` section."""
+    from rollout.errors import ConfigError
+
+    try:
+        from rollout.training.verl_trainer import load_train_config, train_verl
+    except ImportError as exc:
+        raise ConfigError(
+            f"--trainer verl needs torch, transformers and verl ({exc}); see docs/training.md"
+        ) from None
+    flags = {"iterations": args.iterations, "lr": args.lr, "target": args.target}
+    overrides = [*args.overrides, *(f"trainer.{k}={v}" for k, v in flags.items() if v is not None)]
+    config = load_train_config(args.config, overrides)
+    history = train_verl(config, plot=args.plot or "runs/train_verl.png")
+    return history, config.trainer.target
 
 
 def _load(path: str) -> list[Any]:
@@ -204,11 +239,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_serve)
 
     p = sub.add_parser("train", help="train the embedded policy from recorded data (proof it trains)")
-    p.add_argument("--config", default=str(TRAIN_CONFIG), help="default: the shipped train_tiny.yaml")
-    p.add_argument("--iterations", type=int, default=40)
-    p.add_argument("--lr", type=float, default=12.5)
-    p.add_argument("--target", type=float, default=0.8)
-    p.add_argument("--plot", default="runs/train_tiny.png")
+    p.add_argument("--trainer", choices=["numpy", "verl"], default="numpy",
+                   help="numpy: REINFORCE on the numpy policy; verl: verl's GRPO and PPO loss "
+                        "on a tiny transformer (needs torch, transformers, verl)")  # fmt: skip
+    p.add_argument("--config", help="default: the shipped train_tiny.yaml / train_verl.yaml")
+    p.add_argument("--iterations", type=_positive(int), help="default 40 / the config's")
+    p.add_argument("--lr", type=_positive(float), help="default 12.5 / the config's")
+    p.add_argument("--target", type=float, help="stop at this mean reward (default 0.8 / the config's)")
+    p.add_argument("--plot", help="reward curve PNG (default runs/train_tiny.png / runs/train_verl.png)")
+    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.lr=0.003")
     p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("inspect", help="summarize a file of episodes and show one")

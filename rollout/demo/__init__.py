@@ -20,4 +20,7 @@ TASKS = HERE / "arithmetic.jsonl"
 TRAIN_CONFIG = HERE / "train_tiny.yaml"
 """The config `rollout train` uses by default."""
 
-__all__ = ["AGENT", "TASKS", "TRAIN_CONFIG"]
+TRAIN_VERL_CONFIG = HERE / "train_verl.yaml"
+"""The config `rollout train --trainer verl` uses by default (a transformer, verl's update)."""
+
+__all__ = ["AGENT", "TASKS", "TRAIN_CONFIG", "TRAIN_VERL_CONFIG"]

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .policy import Distribution, Policy
+from .policy import Distribution
+from .policy_api import ServedPolicy
 from .protocol import SamplingRequest
 from .template import TOOL_CALL_PREFIX, parse_tool_call, token_bytes
 
@@ -67,7 +68,7 @@ class Generation:
 
     def __init__(
         self,
-        policy: Policy,
+        policy: ServedPolicy,
         prompt_ids: Sequence[int],
         params: SamplingRequest,
         max_tokens: int,

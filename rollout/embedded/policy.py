@@ -171,6 +171,10 @@ class Policy:
     def vocab_size(self) -> int:
         return int(self.vocab_ids.size)
 
+    @property
+    def max_model_len(self) -> int:
+        return self.config.max_model_len
+
     def vocab_index(self, token_id: int) -> int | None:
         """Position of ``token_id`` in the output vocabulary, if it is there."""
         return self._index.get(int(token_id))
@@ -206,7 +210,7 @@ class Policy:
         self, context_ids: Sequence[int], temperature: float = 1.0, top_p: float = 1.0
     ) -> Distribution:
         """The distribution sampling draws from: temperature, then top-p."""
-        return _sampling_distribution(self.logits(context_ids), self.vocab_ids, temperature, top_p)
+        return sampling_distribution(self.logits(context_ids), self.vocab_ids, temperature, top_p)
 
     def sample_next(
         self,
@@ -220,15 +224,7 @@ class Policy:
         Exactly one ``rng.random()`` draw per step (none when greedy), so
         a seeded generator reproduces the same tokens.
         """
-        dist = self.distribution(context_ids, temperature, top_p)
-        if dist.token_ids.size == 1:
-            if temperature >= GREEDY_BELOW:
-                rng.random()
-            return int(dist.token_ids[0]), float(dist.logprobs[0]), dist
-        cdf = np.exp(dist.logprobs).cumsum()
-        u = rng.random() * cdf[-1]
-        k = min(int(cdf.searchsorted(u, side="right")), cdf.size - 1)
-        return int(dist.token_ids[k]), float(dist.logprobs[k]), dist
+        return draw(self.distribution(context_ids, temperature, top_p), rng, temperature)
 
     def generate(
         self,
@@ -394,10 +390,31 @@ class Policy:
         return policy
 
 
-def _sampling_distribution(
+def draw(
+    dist: Distribution, rng: np.random.Generator, temperature: float
+) -> tuple[int, float, Distribution]:
+    """Inverse-CDF draw of one token: (token id, its sampling logprob, ``dist``).
+
+    Exactly one ``rng.random()`` per step (none when greedy), so a seeded
+    generator reproduces the same tokens whatever policy computed ``dist``.
+    """
+    if dist.token_ids.size == 1:
+        if temperature >= GREEDY_BELOW:
+            rng.random()
+        return int(dist.token_ids[0]), float(dist.logprobs[0]), dist
+    cdf = np.exp(dist.logprobs).cumsum()
+    u = rng.random() * cdf[-1]
+    k = min(int(cdf.searchsorted(u, side="right")), cdf.size - 1)
+    return int(dist.token_ids[k]), float(dist.logprobs[k]), dist
+
+
+def sampling_distribution(
     logits: np.ndarray, vocab_ids: np.ndarray, temperature: float, top_p: float
 ) -> Distribution:
-    """Temperature, then top-p truncation and renormalisation, in float64."""
+    """Temperature, then top-p truncation and renormalisation, in float64.
+
+    ``logits`` covers the output vocabulary ``vocab_ids``, in its order.
+    """
     # ndarray methods, not np.* wrappers: the same arithmetic, less overhead per step.
     order = (-logits).argsort(kind="stable")
     if temperature < GREEDY_BELOW:

@@ -18,6 +18,7 @@ from aiohttp import web
 
 from .app import build_app
 from .policy import Policy
+from .policy_api import ServedPolicy
 from .state import Limits, ServerState
 
 BACKLOG = 4096
@@ -52,7 +53,7 @@ class EmbeddedServer:
 
     def __init__(
         self,
-        policy: Policy | None = None,
+        policy: ServedPolicy | None = None,
         host: str = "127.0.0.1",
         port: int = 0,
         api_key: str | None = None,
@@ -90,7 +91,7 @@ class EmbeddedServer:
         return self.state.model_name
 
     @property
-    def policy(self) -> Policy:
+    def policy(self) -> ServedPolicy:
         """The policy serving new requests (do not mutate; use set_weights)."""
         return self.state.snapshot.policy
 

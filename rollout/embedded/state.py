@@ -9,7 +9,8 @@ import numpy as np
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from .policy import Policy, get_encoding
+from .policy import get_encoding
+from .policy_api import ServedPolicy
 from .template import ChatTemplate
 
 MiB = 1 << 20
@@ -40,7 +41,7 @@ class Limits(BaseModel):
 class Snapshot:
     """Weights and their version, swapped as one reference between requests."""
 
-    policy: Policy
+    policy: ServedPolicy
     version: int
 
 
@@ -49,7 +50,7 @@ class ServerState:
 
     def __init__(
         self,
-        policy: Policy,
+        policy: ServedPolicy,
         model_name: str,
         api_key: str | None,
         latency_s: float,
@@ -84,7 +85,7 @@ class ServerState:
 
     @property
     def max_model_len(self) -> int:
-        return self.snapshot.policy.config.max_model_len
+        return self.snapshot.policy.max_model_len
 
 
 STATE_KEY = web.AppKey("state", ServerState)
