@@ -33,12 +33,21 @@ from tests.fakes import ENC
 # --- shared -------------------------------------------------------------------------
 
 
-def check_exact_vllm_call(call: Any, template: ChatTemplate) -> None:
+def check_exact_vllm_call(call: Any, template: ChatTemplate, episode: Episode | None = None) -> None:
     """A call recorded from the embedded server: prompt ids are the server's own
-    rendering of the request, completion ids decode to the reply."""
-    assert call.prompt_source is TokenSource.VLLM
-    expected = template.render(call.request["messages"], call.request.get("tools"))
-    assert call.prompt_ids.tolist() == expected
+    rendering of the request (first calls), or, sent as tokens (token mode), the
+    parent's prompt and sampled ids and then the new messages' tokens; completion
+    ids decode to the reply."""
+    if call.sent_as == "tokens":
+        assert episode is not None and call.parent is not None
+        assert call.prompt_source is TokenSource.TOKEN_IN and call.fallback is None
+        parent = episode.calls[call.parent]
+        head = [*parent.prompt_ids.tolist(), *parent.choices[0].ids.tolist()]
+        assert call.prompt_ids.tolist()[: len(head)] == head
+    else:
+        assert call.prompt_source is TokenSource.VLLM
+        expected = template.render(call.request["messages"], call.request.get("tools"))
+        assert call.prompt_ids.tolist() == expected
     for choice in call.choices:
         assert choice.source is TokenSource.VLLM
         assert choice.logprobs is not None and len(choice.logprobs) == len(choice.ids)
@@ -93,7 +102,7 @@ def test_camel_example_records_exact_tokens_and_the_tool_schema(
         assert ep.calls, ep.error
         assert ep.exact
         for call in ep.calls:
-            check_exact_vllm_call(call, template)
+            check_exact_vllm_call(call, template, ep)
             assert call.request["model"] == "tiny"
         if ep.sample == 0:  # the tool agent: every request carried the add schema
             assert all(call.request["tools"] == [schema] for call in ep.calls)
@@ -262,9 +271,9 @@ def test_camel_model_run_arun_and_stream_with_wrapped_clients(
     template = ChatTemplate()
     calls = {ep.task_id: ep.calls for ep in (run_ep, arun_ep, stream_ep)}
     assert [len(c) for c in calls.values()] == [2, 1, 1]
-    for ep_calls in calls.values():
-        for call in ep_calls:
-            check_exact_vllm_call(call, template)
+    for ep in (run_ep, arun_ep, stream_ep):
+        for call in ep.calls:
+            check_exact_vllm_call(call, template, ep)
     plain, tooled = calls["run"]
     assert "tools" not in plain.request and tooled.request["tools"] == [schema]
     assert len(tooled.prompt_ids) > len(plain.prompt_ids)  # the server rendered the tool block
