@@ -389,6 +389,12 @@ class PendingCall:
         self.asked_logprobs = False
 
     @property
+    def record_blocks(self) -> bool:
+        """Recording may wait on the network: `tokenizer="server"` asks the server for ids.
+        Async callers then record off the event loop."""
+        return self.recorder.tokenizer == SERVER
+
+    @property
     def messages(self) -> list[dict[str, Any]]:
         if self.endpoint == "responses":
             return responses_input_as_messages(self.kwargs)

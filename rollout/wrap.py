@@ -21,6 +21,7 @@ import logging
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from compat.threads import to_thread
 from rollout.tokens import StreamAccumulator
 
 logger = logging.getLogger(__name__)
@@ -33,6 +34,9 @@ class PendingCall(Protocol):
 
     done: bool
     turn: Any  # token mode: set when the call goes as token ids
+
+    @property
+    def record_blocks(self) -> bool: ...  # recording may wait on the network: async callers use a thread
 
     def send_tokens(self) -> Any: ...
 
@@ -192,11 +196,19 @@ async def _settle(awaitable: Any, pending: PendingCall) -> Any:
         raise
 
 
+async def _arecord(pending: PendingCall, record: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+    """Record from async code: in a thread where recording waits on the network."""
+    if pending.record_blocks:
+        await to_thread(record, *args, **kwargs)
+    else:
+        record(*args, **kwargs)
+
+
 async def _finish_async(awaitable: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
     result = await _settle(awaitable, pending)
     if _is_stream(sent, result):
         return RecordingAsyncStream(result, pending, root)
-    pending.record(result, root)
+    await _arecord(pending, pending.record, result, root)
     return result
 
 
@@ -223,11 +235,10 @@ class _StreamTap:
     def _record(self, *, complete: bool) -> None:
         self._pending.record_stream(self._acc, self._root, complete=complete)
 
-    def _chunk(self, chunk: Any) -> Any:
+    def _add(self, chunk: Any) -> bool:
+        """Fold `chunk` in; True once every choice finished (time to record)."""
         self._acc.add(chunk)
-        if self._acc.finished:
-            self._record(complete=True)
-        return chunk
+        return self._acc.finished
 
     def _failed(self, exc: BaseException) -> None:
         if not self._pending.done:
@@ -251,7 +262,9 @@ class RecordingStream(_StreamTap):
         except BaseException as exc:
             self._failed(exc)
             raise
-        return self._chunk(chunk)
+        if self._add(chunk):
+            self._record(complete=True)
+        return chunk
 
     def close(self) -> None:
         self._record(complete=False)
@@ -278,15 +291,17 @@ class RecordingAsyncStream(_StreamTap):
         try:
             chunk = await self._it.__anext__()
         except StopAsyncIteration:
-            self._record(complete=True)
+            await _arecord(self._pending, self._record, complete=True)
             raise
         except BaseException as exc:
             self._failed(exc)
             raise
-        return self._chunk(chunk)
+        if self._add(chunk):
+            await _arecord(self._pending, self._record, complete=True)
+        return chunk
 
     async def close(self) -> None:
-        self._record(complete=False)
+        await _arecord(self._pending, self._record, complete=False)
         for name in ("close", "aclose"):
             fn = getattr(self._inner, name, None)
             if fn is not None:
@@ -328,7 +343,11 @@ def _finish_responses(result: Any, sent: dict[str, Any], pending: PendingCall, r
 
 
 async def _finish_responses_async(awaitable: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
-    return _finish_responses(await _settle(awaitable, pending), sent, pending, root)
+    result = await _settle(awaitable, pending)
+    if sent.get("stream"):
+        return _finish_responses(result, sent, pending, root)
+    await _arecord(pending, pending.record, result, root)
+    return result
 
 
 def _completions_proxy(inner: Any, recorder: CallSink, root: Any, endpoint: str) -> _Completions:

@@ -8,6 +8,7 @@ what message mode would have sampled.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import urllib.error
@@ -381,3 +382,56 @@ def test_logprobs_are_finite_numbers(server: EmbeddedServer) -> None:
     reply = generate(server, T.render(USER), max_tokens=10, logprobs=20, temperature=1e-300)
     for entry in reply["choices"][0]["logprobs"]["content"]:
         assert all(math.isfinite(e["logprob"]) for e in [entry, *entry["top_logprobs"]])
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["reply", "stream"])
+def test_a_server_tokenizer_records_off_the_event_loop(
+    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch, stream: bool
+) -> None:
+    """`tokenizer="server"` asks the server for ids while recording; from async code
+    that must not stall the event loop (other episodes go on meanwhile)."""
+    import time
+
+    from openai import AsyncOpenAI
+
+    from rollout import Recorder, TokenSource
+    from rollout.tokenizers import ServerTokenizer
+
+    original = ServerTokenizer._tokens
+
+    def slow_tokens(self: ServerTokenizer, body: dict[str, Any]) -> list[int]:
+        time.sleep(0.3)  # a remote server's /tokenize round trip
+        return original(self, body)
+
+    monkeypatch.setattr(ServerTokenizer, "_tokens", slow_tokens)
+    recorder = Recorder(request_token_ids=False, request_logprobs=True, tokenizer="server")
+    client = recorder.wrap(AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0))
+
+    async def scenario() -> tuple[Any, int]:
+        ticks = 0
+        done = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not done.is_set():
+                ticks += 1
+                await asyncio.sleep(0.01)
+
+        task = asyncio.create_task(ticker())
+        async with recorder.episode("t") as ep:
+            reply = await client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": "What is 2 + 3?"}], max_tokens=4,
+                stream=stream,
+            )
+            if stream:
+                async for _ in reply:
+                    pass
+        done.set()
+        await task
+        return ep, ticks
+
+    ep, ticks = asyncio.run(scenario())
+    (call,) = ep.calls
+    assert call.choices[0].source in (TokenSource.TOKENIZER_MATCHED, TokenSource.TOKENIZER)
+    assert len(call.prompt_ids) > 0
+    assert ticks >= 30, ticks  # >= 0.6 s of /tokenize waits, the loop ticking every 10 ms
