@@ -114,7 +114,9 @@ class HfTokenizer:
     def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
         if getattr(self._tok, "chat_template", None):
             ids = self._tok.apply_chat_template(messages, tools=tools, add_generation_prompt=True, tokenize=True)
-            return list(ids)
+            if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding (4.x: the ids)
+                ids = ids["input_ids"]
+            return [int(t) for t in ids]
         return self.completion_ids(plain_rendering(messages))
 
     def completion_ids(self, text: str) -> list[int]:
