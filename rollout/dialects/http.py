@@ -9,6 +9,10 @@ event loop (a connection is bound to the loop it was opened on), on asyncio
 streams. An aiohttp `ClientSession` did the same job first; its per-request
 machinery was most of a token-mode call's client CPU, and dropping it took a
 call from about 1.1 to 0.7 ms on a 2-core box (`benchmarks/bench_tokens.py`).
+
+Not supported: HTTP proxies (`HTTP(S)_PROXY`, which the SDK honours) and
+HTTP/2. A server reachable only through a proxy fails token mode's probe, so
+its calls go as messages through the SDK, each with that fallback reason.
 """
 
 from __future__ import annotations
