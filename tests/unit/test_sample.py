@@ -28,6 +28,16 @@ def _choice(ids: list[int], index: int = 0, *, logprobs: bool = True, version: i
     )
 
 
+def _call(prompt: list[int], *choices: Choice, parent: int | None = None, **kw: Any) -> CallRecord:
+    return CallRecord(
+        prompt_ids=prompt,
+        prompt_source=TokenSource.VLLM,
+        choices=list(choices),
+        parent=parent,
+        **kw,
+    )
+
+
 @st.composite
 def chains(draw: Any, perturb: bool = False) -> tuple[Episode, int | None, int | None]:
     """A multi-turn episode whose turn t prompt = turn t-1 prompt + a chosen reply + observation.
@@ -52,16 +62,7 @@ def chains(draw: Any, perturb: bool = False) -> tuple[Episode, int | None, int |
             prompt = list(prompt)
             prompt[bad_pos] += 100  # outside the 0..50 vocabulary: always differs
         reward = draw(st.none() | st.floats(-1, 1))
-        calls.append(
-            CallRecord(
-                index=t,
-                prompt_ids=prompt,
-                prompt_source=TokenSource.VLLM,
-                choices=choices,
-                parent=t - 1 if t else None,
-                reward=reward,
-            )
-        )
+        calls.append(_call(prompt, *choices, parent=t - 1 if t else None, index=t, reward=reward))
         picked = draw(st.integers(0, n - 1))
         prompt = prompt + choices[picked].ids.tolist() + draw(ids_st)
     ep = Episode(task_id="task", sample=3, calls=calls, reward=draw(st.none() | st.floats(0, 1)))
@@ -164,15 +165,7 @@ def trees(draw: Any) -> Episode:
             prompt = calls[c].prompt_ids.tolist() + calls[c].choices[k].ids.tolist() + draw(ids_st)
         n = draw(st.integers(1, 2))
         choices = [_choice(draw(ids_st), i, version=t) for i in range(n)]
-        calls.append(
-            CallRecord(
-                index=t,
-                prompt_ids=prompt,
-                prompt_source=TokenSource.VLLM,
-                choices=choices,
-                parent=t - 1 if t else None,
-            )
-        )
+        calls.append(_call(prompt, *choices, parent=t - 1 if t else None, index=t))
     return Episode(task_id="task", sample=3, calls=calls)
 
 
@@ -236,16 +229,6 @@ def test_individual_mode(case: tuple[Episode, int | None, int | None]) -> None:
 
 def _c(ids: list[int], index: int = 0) -> Choice:
     return Choice(index=index, ids=ids, versions=[0] * len(ids))
-
-
-def _call(prompt: list[int], *choices: Choice, parent: int | None = None, **kw: Any) -> CallRecord:
-    return CallRecord(
-        prompt_ids=prompt,
-        prompt_source=TokenSource.VLLM,
-        choices=list(choices),
-        parent=parent,
-        **kw,
-    )
 
 
 def test_two_turn_merge_by_hand() -> None:
