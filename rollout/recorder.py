@@ -21,34 +21,15 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
-from rollout.dialects import Generation, HttpError, adrive, drive
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import UnscopedCallError, explain_failure
-from rollout.record import (
-    NO_VERSION,
-    CallRecord,
-    Choice,
-    TokenRecordError,
-    TokenSource,
-    Versions,
-    as_ids,
-    as_logprobs,
-)
+from rollout.record import CallRecord, Choice, TokenRecordError, TokenSource, as_ids
 from rollout.redact import is_secret_name, redact, register_secret
-from rollout.replay import AsyncReplayStream, ReplayStream, chunks
-from rollout.stitch import (
-    StitchedTurn,
-    TokenServer,
-    Unavailable,
-    chat_completion,
-    plan_turn,
-    server_for,
-)
 from rollout.tokenizers import SERVER, ServerTokenizer, Tokenizer, load_tokenizer
+from rollout.tokenmode import Generation, TokenCall, TokenServer, Unavailable, plan_turn, server_for
 from rollout.tokens import (
     StreamAccumulator,
     extract_call,
-    message_dict,
     responses_api_as_chat,
     responses_input_as_messages,
 )
@@ -56,9 +37,6 @@ from rollout.tokens import (
     get as _get,
 )
 from rollout.wrap import wrap_client
-
-TOKEN_MODE_ERRORS = (Unavailable, HttpError, ValueError)
-"""What sends a token-mode call as messages instead (ValueError: a malformed token-route reply)."""
 
 _current: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "rollout_episode", default=None
@@ -215,7 +193,7 @@ class Recorder:
         keep_finished: keep finished episodes for `episodes()`; a collector
             that streams them to disk turns this off to bound memory.
         token_mode: "auto" sends an episode's later calls as token ids (parent
-            prompt + sampled ids + server-rendered bridge; see `rollout.stitch`)
+            prompt + sampled ids + server-rendered bridge; see `rollout.tokenmode`)
             where the parent's ids are exact and the server has a token route,
             so the episode stays one exact row; "off" sends every call as
             messages. Either way each record says how it was sent and why.
@@ -372,8 +350,8 @@ class Recorder:
 class PendingCall:
     """One call in flight: turns its reply (or stream, or failure) into a record."""
 
-    __slots__ = ("_t0", "asked_logprobs", "done", "endpoint", "episode", "fallback", "kwargs", "log",
-                 "recorder", "started", "turn")  # fmt: skip
+    __slots__ = ("_t0", "done", "endpoint", "episode", "fallback", "kwargs", "log", "recorder",
+                 "started", "turn")  # fmt: skip
 
     def __init__(self, recorder: Recorder, log: EpisodeLog, endpoint: str, kwargs: dict[str, Any]) -> None:
         self.recorder = recorder
@@ -384,9 +362,8 @@ class PendingCall:
         self.started = time.time()
         self._t0 = time.perf_counter()
         self.done = False
-        self.turn: StitchedTurn | None = None  # token mode: how this call goes as token ids
+        self.turn: TokenCall | None = None  # token mode: this call goes as token ids
         self.fallback: str | None = None  # token mode: why it goes as messages instead
-        self.asked_logprobs = False
 
     @property
     def record_blocks(self) -> bool:
@@ -439,11 +416,10 @@ class PendingCall:
         self.log.append(call, messages)
         return call
 
-    # --- token mode -------------------------------------------------------------------
+    # --- token mode: `rollout.tokenmode` sends, the recorder records -------------------
 
     def plan_tokens(self, client: Any, *, asked_logprobs: bool) -> None:
         """Decide whether this call goes as token ids (`turn`) or as messages (`fallback`)."""
-        self.asked_logprobs = asked_logprobs
         messages = self.kwargs.get("messages")
         found = self.log.parent_of(messages) if isinstance(messages, list) else None
         outcome = plan_turn(
@@ -455,64 +431,30 @@ class PendingCall:
         if isinstance(outcome, str):
             self.fallback = outcome
         else:
-            self.turn = outcome
+            self.turn = TokenCall(outcome, self.kwargs, asked_logprobs=asked_logprobs)
 
     def send_tokens(self) -> Any:
         """Send the stitched turn; the reply (or a replayed stream), or None when the
         call must go as messages after all (`fallback` says why)."""
         assert self.turn is not None
-        try:
-            gen = drive(self.turn.plan(), self.turn.server.http)
-        except TOKEN_MODE_ERRORS as exc:
-            return self._fall_back(exc)
-        reply = self._deliver(gen)
-        return ReplayStream(reply) if isinstance(reply, list) else reply
+        gen = self.turn.send()
+        return self._fell_back() if gen is None else self._deliver(gen, is_async=False)
 
     async def asend_tokens(self) -> Any:
         """The async twin of `send_tokens`."""
         assert self.turn is not None
-        try:
-            gen = await adrive(self.turn.plan(), self.turn.server.http)
-        except TOKEN_MODE_ERRORS as exc:
-            return self._fall_back(exc)
-        reply = self._deliver(gen)
-        return AsyncReplayStream(reply) if isinstance(reply, list) else reply
+        gen = await self.turn.asend()
+        return self._fell_back() if gen is None else self._deliver(gen, is_async=True)
 
-    def _fall_back(self, exc: Exception) -> None:
-        # A failed token route (down, overloaded, refused) goes as messages: the SDK then
-        # raises its own typed error if the server is really failing, as the agent expects.
-        self.fallback = str(exc) if isinstance(exc, Unavailable) else f"token route failed: {exc}"
-        self.turn = None
+    def _fell_back(self) -> None:
+        assert self.turn is not None
+        self.fallback, self.turn = self.turn.fallback, None
         return None
 
-    def _deliver(self, gen: Generation) -> Any:
-        """Record a token-mode generation; the ChatCompletion (or its chunks) for the agent."""
-        from openai.types.chat import ChatCompletion
-
+    def _deliver(self, gen: Generation, *, is_async: bool) -> Any:
+        """Record a token-mode generation; the ChatCompletion (or its stream) for the agent."""
         assert self.turn is not None
-        model = str(self.kwargs.get("model") or "")
-        reply = chat_completion(gen, model, logprobs=self.asked_logprobs)
-        source = TokenSource.SGLANG if self.turn.server.dialect == "sglang" else TokenSource.VLLM
-        version = gen.weight_version if gen.weight_version is not None else self.recorder.policy_version
-        choices = []
-        for c, wire in zip(gen.choices, reply["choices"], strict=True):
-            n = len(c.token_ids)
-            versions = (
-                Versions.from_array(c.versions)
-                if c.versions is not None
-                else Versions.constant(NO_VERSION if version is None else version, n)
-            )
-            choices.append(
-                Choice(
-                    index=c.index,
-                    ids=as_ids(c.token_ids),
-                    logprobs=None if c.logprobs is None else as_logprobs(c.logprobs),
-                    versions=versions,
-                    finish_reason=c.finish_reason,
-                    message=message_dict(wire["message"]),
-                    source=source,
-                )
-            )
+        choices, reply = self.turn.deliver(gen, self.recorder.policy_version)
         self.done = True
         call = CallRecord(
             id=reply["id"],
@@ -527,10 +469,7 @@ class PendingCall:
             sent_as="tokens",
         )
         self.log.append(call, self.messages)
-        if self.kwargs.get("stream"):
-            options = self.kwargs.get("stream_options") or {}
-            return chunks(reply, include_usage=bool(options.get("include_usage")))
-        return ChatCompletion.model_validate(reply)
+        return self.turn.agent_reply(reply, is_async=is_async)
 
     def record_stream(self, acc: StreamAccumulator, client: Any, *, complete: bool) -> CallRecord | None:
         if self.done:

@@ -153,7 +153,7 @@ class ServerTokenizer:
     """
 
     def __init__(self, http: Any, model: str) -> None:
-        self.http = http  # a rollout.dialects.JsonHttp on the server's root
+        self.http = http  # a rollout.tokenmode.transport.JsonHttp on the server's root
         self.model = model
         self._pieces: dict[bytes, int | None] = {}
 

@@ -21,7 +21,7 @@ from aiohttp import web
 from rollout import Episode, Recorder, TokenSource, assemble
 from rollout.embedded import END_ID, ChatTemplate, EmbeddedServer, Policy
 from rollout.embedded.template import TOOL_CALL_PREFIX, encode_text
-from rollout.stitch import EDITED_HISTORY, FIRST_CALL, TOOLS_CHANGED
+from rollout.tokenmode import EDITED_HISTORY, FIRST_CALL, TOOLS_CHANGED
 
 T = ChatTemplate()
 SYSTEM = {"role": "system", "content": "Answer with the number only."}
@@ -298,7 +298,7 @@ def test_a_repeated_new_turn_is_rendered_by_the_server_once(
     assert proxy.hits.count("/tokenize") == 3
     assert [c.sent_as for e in cached for c in e.calls].count("tokens") == 6
     # The same ids as a recorder that has the server render every bridge.
-    monkeypatch.setattr("rollout.stitch.RENDER_CACHE_KEY_CHARS", -1)
+    monkeypatch.setattr("rollout.tokenmode.server.RENDER_CACHE_KEY_CHARS", -1)
     fresh = episodes(Recorder(request_token_ids=True, request_logprobs=True))
     assert proxy.hits.count("/tokenize") == 3 + 2 + 6
     for a, b in zip(cached, fresh, strict=True):

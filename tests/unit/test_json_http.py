@@ -1,4 +1,4 @@
-"""Token mode's own HTTP client (`rollout.dialects.http.JsonHttp`), async side, against raw servers.
+"""Token mode's own HTTP client (`rollout.tokenmode.transport.JsonHttp`), async side, against raw servers.
 
 Each case serves scripted HTTP/1.1 bytes from an asyncio server, so the
 framing cases a real server may send (chunked bodies, `Connection: close`,
@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from rollout.dialects.http import HttpConnectionError, HttpError, HttpTimeoutError, JsonHttp
+from rollout.tokenmode.transport import HttpConnectionError, HttpError, HttpTimeoutError, JsonHttp
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
 

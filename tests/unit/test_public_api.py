@@ -20,7 +20,7 @@ PACKAGES = [
     "compat",
     "rollout",
     "rollout.collection",
-    "rollout.dialects",
+    "rollout.tokenmode",
     "rollout.embedded",
     "rollout.export",
     "rollout.inspect",

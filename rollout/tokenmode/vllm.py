@@ -21,9 +21,20 @@ docs/wire.md for the fields and the versions that introduced them.
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
-from rollout.dialects.base import Generation, Request, Sampled, version_of, versions_from_spans
+from rollout.record import TokenSource
+from rollout.tokenmode.dialect import Dialect
+from rollout.tokenmode.plan import (
+    Generation,
+    Plan,
+    Request,
+    Sampled,
+    version_of,
+    versions_from_spans,
+)
+from rollout.tokenmode.transport import HttpError
 
 GENERATE = "/inference/v1/generate"
 DERENDER = "/v1/chat/completions/derender"
@@ -50,7 +61,7 @@ def detokenize(model: str, ids: list[int]) -> Request:
 
 
 def generate(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Request:
-    """The generate request; `sampling` uses vLLM's engine names (see `rollout.stitch`)."""
+    """The generate request; `sampling` uses vLLM's engine names (see `rollout.tokenmode.stitch`)."""
     return Request(
         "POST",
         GENERATE,
@@ -195,3 +206,53 @@ def parse_completions(reply: Any, prompt_ids: list[int]) -> Generation:
         weight_version=version_of(reply.get("weight_version")),
         raw=reply,
     )
+
+
+class VllmDialect(Dialect):
+    """vLLM, and the embedded server (which speaks vLLM's routes)."""
+
+    owners: ClassVar[tuple[str, ...]] = ("vllm", "rollout")
+    source: ClassVar[TokenSource] = TokenSource.VLLM
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.route = "generate"  # or "completions" where generate is off
+        self.derender = True  # the server parses its own replies (tool calls, reasoning)
+
+    def render(self, model: str, messages: list[Any], tools: Any, ctk: Any, *, generation_prompt: bool) -> Plan:
+        reply = yield tokenize(model, messages, tools, add_generation_prompt=generation_prompt,
+                               chat_template_kwargs=ctk)  # fmt: skip
+        tokens = reply.get("tokens") if isinstance(reply, dict) else None
+        if isinstance(reply, dict) and isinstance(reply.get("max_model_len"), int):
+            self.max_model_len = reply["max_model_len"]
+        return tokens
+
+    def generate(self, model: str, prompt: list[int], sampling: dict[str, Any]) -> Plan:
+        if self.route == "generate":
+            try:
+                reply = yield generate(model, prompt, sampling)
+                return parse_generate(reply, prompt)
+            except HttpError as exc:
+                if not exc.unavailable:
+                    raise
+                self.route, self.derender = "completions", False  # e.g. 0.33 without --enable-scale-out
+        reply = yield completions(model, prompt, sampling)
+        return parse_completions(reply, prompt)
+
+    def detokenize(self, model: str, ids: list[int]) -> Plan:
+        reply = yield detokenize(model, ids)
+        return str(reply.get("prompt", "")) if isinstance(reply, dict) else ""
+
+    def fill_messages(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
+        """The server's derender (its own tool and reasoning parsers), else a client-side parse."""
+        if self.derender:
+            chat = {k: v for k, v in kwargs.items() if k in ("model", "messages", "tools", "tool_choice")}
+            try:
+                reply = yield derender(model, gen, chat)
+                apply_derender(gen, reply)
+                return
+            except HttpError as exc:
+                if not exc.unavailable:
+                    raise
+                self.derender = False
+        yield from super().fill_messages(model, gen, kwargs)

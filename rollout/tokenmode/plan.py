@@ -1,6 +1,6 @@
-"""What every token-mode dialect shares: requests as data, one result shape, two drivers.
+"""Requests as data, one result shape, two drivers: what token mode's logic runs on.
 
-A dialect's logic is a generator that yields `Request`s and receives each
+Token mode's logic is a generator that yields `Request`s and receives each
 reply (or has the request's `HttpError` thrown in), so the sync and the async
 paths run the same code: `drive` executes a plan with blocking calls,
 `adrive` with awaits. Nothing here knows a server's field names; those live
@@ -13,7 +13,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollout.dialects.http import JsonHttp
+from rollout.tokenmode.transport import JsonHttp
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class Generation:
 
 def drive(plan: Plan, http: JsonHttp) -> Any:
     """Run a plan with blocking requests."""
-    from rollout.dialects.http import HttpError
+    from rollout.tokenmode.transport import HttpError
 
     reply: Any = None
     error: HttpError | None = None
@@ -73,7 +73,7 @@ def drive(plan: Plan, http: JsonHttp) -> Any:
 
 async def adrive(plan: Plan, http: JsonHttp) -> Any:
     """The async twin of `drive`."""
-    from rollout.dialects.http import HttpError
+    from rollout.tokenmode.transport import HttpError
 
     reply: Any = None
     error: HttpError | None = None

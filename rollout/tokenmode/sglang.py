@@ -7,15 +7,24 @@ sent (`max_new_tokens`, not `max_tokens`). The reply's `output_ids` keep
 the matched stop token (only `text` is trimmed); logprobs arrive as
 `[logprob, token_id, text|null]` triples; `meta_info.weight_version` is
 always present. SGLang has no derender route: replies are parsed client-side
-(`rollout.dialects.hermes`). `/tokenize` takes `messages` as vLLM's does.
+(`rollout.tokenmode.hermes`). `/tokenize` takes `messages` as vLLM's does.
 """
 
 from __future__ import annotations
 
 import uuid
-from typing import Any
+from typing import Any, ClassVar
 
-from rollout.dialects.base import Generation, Request, Sampled, version_of, versions_from_spans
+from rollout.record import TokenSource
+from rollout.tokenmode.plan import (
+    Generation,
+    Plan,
+    Request,
+    Sampled,
+    version_of,
+    versions_from_spans,
+)
+from rollout.tokenmode.vllm import VllmDialect
 
 GENERATE = "/generate"
 
@@ -104,3 +113,19 @@ def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
         weight_version=version_of(meta.get("weight_version")),
         raw=reply,
     )
+
+
+class SglangDialect(VllmDialect):
+    """SGLang: vLLM's `/tokenize` with messages for the bridge, its own `/generate`,
+    replies parsed on the client (no derender route)."""
+
+    owners: ClassVar[tuple[str, ...]] = ("sglang",)
+    source: ClassVar[TokenSource] = TokenSource.SGLANG
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.derender = False
+
+    def generate(self, model: str, prompt: list[int], sampling: dict[str, Any]) -> Plan:
+        reply = yield generate(model, prompt, sampling)
+        return parse_generate(reply, prompt)

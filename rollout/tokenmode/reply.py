@@ -1,5 +1,6 @@
-"""A finished reply served as a stream: how token mode answers `stream=True` calls.
+"""The reply the agent gets in token mode: a `ChatCompletion`, or its chunks replayed.
 
+`chat_completion` builds the same object the chat endpoint would have sent.
 The token routes generate the whole reply first, so a streaming caller gets
 it replayed as `ChatCompletionChunk`s: the role and content (or tool calls)
 in one delta, the finish reason, then usage when `stream_options` asked for
@@ -9,8 +10,47 @@ it. The objects iterate and close like the SDK's `Stream` / `AsyncStream`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
+
+from rollout.tokenmode.plan import Generation
+
+
+def chat_completion(gen: Generation, model: str, *, logprobs: bool) -> dict[str, Any]:
+    """The reply the agent gets: a ChatCompletion, with vLLM's id fields like `return_token_ids`."""
+    choices = []
+    for c in gen.choices:
+        block: dict[str, Any] | None = None
+        if logprobs and c.logprobs is not None:
+            block = {
+                "content": [
+                    {"token": f"token_id:{t}", "logprob": lp, "bytes": None, "top_logprobs": []}
+                    for t, lp in zip(c.token_ids, c.logprobs, strict=True)
+                ]
+            }
+        choices.append({
+            "index": c.index,
+            "message": {"role": "assistant", **(c.message or {"content": c.text or ""})},
+            "finish_reason": c.finish_reason,
+            "logprobs": block,
+            "token_ids": c.token_ids,
+        })  # fmt: skip
+    n_out = sum(len(c.token_ids) for c in gen.choices)
+    return {
+        "id": gen.id if gen.id.startswith("chatcmpl-") else f"chatcmpl-{gen.id}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": model,
+        "choices": choices,
+        "usage": {
+            "prompt_tokens": len(gen.prompt_ids),
+            "completion_tokens": n_out,
+            "total_tokens": len(gen.prompt_ids) + n_out,
+        },
+        "prompt_token_ids": gen.prompt_ids,
+        **({"weight_version": gen.weight_version} if gen.weight_version is not None else {}),
+    }
 
 
 def chunks(reply: dict[str, Any], *, include_usage: bool) -> list[Any]:

@@ -1,0 +1,57 @@
+"""Token mode: an episode's later calls go to the server as token ids.
+
+One package holds it all, beside the recorder that records what it sends:
+
+- `stitch`: which calls can go as tokens (the parent, the new messages, the
+  parameters) and why others fall back to messages;
+- `server`: one server's facts (its dialect, its template's end-of-turn
+  tokens, cached renders) and the bridge: the new messages rendered by the
+  server's own template;
+- `dialect`, `vllm`, `sglang`: one object per wire protocol, chosen by the
+  probe; `hermes` parses replies on the client where the server cannot;
+- `call`: sends one stitched turn and turns the generation into the record's
+  choices and the `ChatCompletion` (or replayed stream, `replay`) the agent gets;
+- `plan`, `transport`: requests as data, run by a sync or an async driver over HTTP.
+"""
+
+from rollout.tokenmode import sglang, vllm  # noqa: F401  (defining a dialect registers it)
+from rollout.tokenmode.call import TokenCall
+from rollout.tokenmode.dialect import Dialect
+from rollout.tokenmode.plan import Generation, Request, Sampled
+from rollout.tokenmode.server import TokenServer, server_for
+from rollout.tokenmode.stitch import (
+    EDITED_HISTORY,
+    FIRST_CALL,
+    INEXACT_PARENT,
+    MULTIMODAL,
+    NO_NEW_MESSAGES,
+    NO_SERVER,
+    TOOLS_CHANGED,
+    StitchedTurn,
+    Unavailable,
+    plan_turn,
+)
+from rollout.tokenmode.transport import HttpConnectionError, HttpError, HttpTimeoutError
+
+__all__ = [
+    "EDITED_HISTORY",
+    "FIRST_CALL",
+    "INEXACT_PARENT",
+    "MULTIMODAL",
+    "NO_NEW_MESSAGES",
+    "NO_SERVER",
+    "TOOLS_CHANGED",
+    "Dialect",
+    "Generation",
+    "HttpConnectionError",
+    "HttpError",
+    "HttpTimeoutError",
+    "Request",
+    "Sampled",
+    "StitchedTurn",
+    "TokenCall",
+    "TokenServer",
+    "Unavailable",
+    "plan_turn",
+    "server_for",
+]

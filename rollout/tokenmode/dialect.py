@@ -1,0 +1,84 @@
+"""What a token-mode wire dialect is: one object per server, chosen by the probe.
+
+A dialect knows one server protocol's routes and field names: how the
+server renders messages to ids with its own chat template (for the
+bridge), how it generates from a token-id prompt, and how its reply becomes
+an assistant message. Everything else in token mode (matching a call to its
+parent, stitching, the reply the agent gets) is shared.
+
+Each method is a `Plan`: a generator of `Request`s (see `plan`), so one
+implementation serves the sync and the async driver. A dialect subclass
+names the `owned_by` values of `GET /v1/models` it speaks for and is
+registered by being defined; adding a server type means adding one module
+and importing it in `rollout.tokenmode`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, ClassVar
+
+from rollout.record import TokenSource
+from rollout.tokenmode import hermes
+from rollout.tokenmode.plan import Generation, Plan
+
+_BY_OWNER: dict[str, type[Dialect]] = {}
+
+
+class Dialect:
+    """One server's token protocol, plus what was learnt about that server."""
+
+    owners: ClassVar[tuple[str, ...]] = ()
+    """`owned_by` values of `GET /v1/models` that select this dialect."""
+    source: ClassVar[TokenSource] = TokenSource.TOKEN_IN
+    """How the sampled ids of its replies are labelled in records."""
+
+    def __init__(self) -> None:
+        self.max_model_len: int | None = None  # the context length, once the server said it
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for owner in cls.owners:
+            _BY_OWNER[owner] = cls
+
+    @staticmethod
+    def for_owner(owner: Any) -> Dialect | None:
+        """A fresh dialect for a server whose models are `owned_by` this, if one is known."""
+        cls = _BY_OWNER.get(owner) if isinstance(owner, str) else None
+        return None if cls is None else cls()
+
+    @property
+    def name(self) -> str:
+        return self.owners[0] if self.owners else type(self).__name__
+
+    # --- what each dialect implements -------------------------------------------------
+
+    def render(self, model: str, messages: list[Any], tools: Any, ctk: Any, *, generation_prompt: bool) -> Plan:
+        """The ids of `messages` under the server's own chat template (no BOS added)."""
+        raise NotImplementedError
+
+    def generate(self, model: str, prompt: list[int], sampling: dict[str, Any]) -> Plan:
+        """Generate from token ids; returns a `Generation`. `sampling` uses vLLM's
+        engine names (`rollout.tokenmode.stitch.sampling_params`)."""
+        raise NotImplementedError
+
+    def detokenize(self, model: str, ids: list[int]) -> Plan:
+        """The text of `ids` (special tokens kept as text)."""
+        raise NotImplementedError
+
+    # --- shared ------------------------------------------------------------------------
+
+    def fill_messages(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
+        """Set each choice's assistant message: parsed on the client (Hermes / Qwen
+        `<tool_call>` and `<think>`), from the server's text or a detokenize call.
+        Dialects whose server can parse its own replies override this."""
+        parse_tools = bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"
+        for choice in gen.choices:
+            if choice.text is None:
+                ids = choice.token_ids
+                if choice.finish_reason == "stop" and ids:
+                    ids = ids[:-1]  # the stop token is not text
+                choice.text = yield from self.detokenize(model, ids)
+            choice.message = hermes.parse_message(choice.text or "", tools=parse_tools)
+            if choice.message.get("tool_calls"):
+                choice.finish_reason = "tool_calls"
