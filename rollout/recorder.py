@@ -23,8 +23,10 @@ from typing import Any, Literal
 
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import UnscopedCallError, explain_failure
-from rollout.record import CallRecord, Choice, TokenRecordError, TokenSource, as_ids
-from rollout.redact import is_secret_name, redact, register_secret
+from rollout.lineage import EpisodeLog
+from rollout.record import CallRecord, TokenRecordError, TokenSource, as_ids
+from rollout.redact import register_secret
+from rollout.snapshot import scrub, unset
 from rollout.tokenizers import SERVER, ServerTokenizer, Tokenizer, load_tokenizer
 from rollout.tokenmode import Generation, TokenCall, TokenServer, Unavailable, plan_turn, server_for
 from rollout.tokens import (
@@ -41,137 +43,6 @@ from rollout.wrap import wrap_client
 _current: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "rollout_episode", default=None
 )
-
-# Never stored: per-call transport plumbing, and (with credential-named keys, by the
-# one redactor's naming rule) credentials.
-_DROP_KEYS = frozenset(
-    {"extra_headers", "extra_query", "api_key", "authorization", "headers", "timeout", "http_client"}
-)
-
-
-def _unset(value: Any) -> bool:
-    """The openai SDK's "argument not given" sentinels (its helpers pass them explicitly)."""
-    return type(value).__name__ in ("NotGiven", "Omit")
-
-
-def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
-    """The request as it may be stored: no headers, keys or transport objects.
-
-    Messages are copied, so later edits by the agent cannot change the record.
-    With `memo` (one per episode), a message already copied for an earlier call
-    and still equal is shared instead of copied again: a multi-turn episode
-    resends its whole history every turn, which would otherwise cost memory
-    quadratic in its length. `extra_body` goes through the one redactor.
-    """
-    out: dict[str, Any] = {}
-    for k, v in kwargs.items():
-        if k in _DROP_KEYS or is_secret_name(k) or _unset(v):
-            continue
-        if k == "response_format" and isinstance(v, type):
-            v = {"type": "pydantic", "name": v.__name__}
-        elif k == "extra_body" and isinstance(v, dict):
-            v = redact(v)
-        elif k == "messages":
-            v = [_copy_message(m, memo) for m in v]
-        out[k] = v
-    return out
-
-
-def _copy_message(m: Any, memo: dict[int, dict[str, Any]] | None) -> Any:
-    if not isinstance(m, dict):
-        return m
-    if memo is not None:
-        seen = memo.get(id(m))
-        if seen is not None and seen == m:
-            return seen
-    copied = dict(m)
-    if memo is not None:
-        memo[id(m)] = copied
-    return copied
-
-
-def _message_key(m: Any) -> tuple[Any, ...]:
-    """What identifies a message for prefix matching (ignores None-valued fields)."""
-    if hasattr(m, "model_dump"):
-        m = m.model_dump(exclude_none=True)
-    if not isinstance(m, dict):
-        return (repr(m),)
-    calls = tuple(
-        (c.get("function", {}).get("name"), c.get("function", {}).get("arguments"))
-        for c in (m.get("tool_calls") or [])
-        if isinstance(c, dict)
-    )
-    content = m.get("content")
-    if isinstance(content, list):
-        content = repr(content)
-    return (m.get("role"), content or None, calls, m.get("tool_call_id"))
-
-
-class EpisodeLog:
-    """What the recorder keeps for one open episode while its calls arrive.
-
-    - the prefix table: each call's messages + reply -> its index, so a new
-      call finds its parent (AReaL's interaction tree) with one hash per
-      assistant message;
-    - the message copies shared between calls (see `scrub`);
-    - how to record the episode's streams that are still open when it ends.
-    """
-
-    def __init__(self, episode: Episode, *, closes: bool = True) -> None:
-        self.episode = episode
-        self.closes = closes  # the unscoped bucket never ends: no memo that would only grow
-        self._lock = threading.Lock()
-        self._prefixes: dict[tuple[Any, ...], tuple[int, int]] = {}  # -> (call, choice)
-        self.copies: dict[int, dict[str, Any]] | None = {} if closes else None
-        self._open: list[Callable[[], Any]] = []
-
-    def append(self, call: CallRecord, messages: list[Any]) -> None:
-        """Add `call` to the episode, with its index and parent."""
-        keys = tuple(_message_key(m) for m in messages)
-        with self._lock:
-            call.index = len(self.episode.calls)
-            found = self._find_parent(keys)
-            call.parent = None if found is None else found[0][0]
-            self.episode.calls.append(call)
-            for choice in call.choices:  # children will look this call up by prefix
-                with_reply = (*keys, _message_key(choice.message))
-                self._prefixes[with_reply] = (call.index, choice.index)
-
-    def parent_of(self, messages: list[Any]) -> tuple[CallRecord, Choice, int] | None:
-        """The recorded call and choice whose messages + reply the longest prefix of
-        `messages` is, and that prefix's length (so `messages[end:]` is what is new)."""
-        keys = tuple(_message_key(m) for m in messages)
-        with self._lock:
-            found = self._find_parent(keys)
-            if found is None:
-                return None
-            (index, choice_index), end = found
-            call = self.episode.calls[index]
-        choice = next(c for c in call.choices if c.index == choice_index)
-        return call, choice, end
-
-    def _find_parent(self, keys: tuple[Any, ...]) -> tuple[tuple[int, int], int] | None:
-        """((call, choice), prefix length) of the longest recorded messages + reply prefix of `keys`."""
-        for end in range(len(keys), 0, -1):
-            if keys[end - 1][0] == "assistant":
-                found = self._prefixes.get(keys[:end])
-                if found is not None:
-                    return found, end
-        return None
-
-    def on_end(self, finalize: Callable[[], Any]) -> None:
-        """Run `finalize` when the episode ends (the unscoped bucket never does)."""
-        if self.closes:
-            with self._lock:
-                self._open.append(finalize)
-
-    def close(self) -> None:
-        """Record what is still open; called once, when the episode ends."""
-        with self._lock:
-            leftovers, self._open = self._open, []
-        for finalize in leftovers:  # streams nobody read to the end or closed
-            finalize()
-
 
 class Recorder:
     """Records every call made through the clients it wraps.
@@ -336,12 +207,12 @@ class Recorder:
                 extra = dict(sent.get("extra_body") or {})
                 extra.setdefault("return_token_ids", True)
                 sent["extra_body"] = extra
-            if self.request_logprobs and ("logprobs" not in sent or _unset(sent["logprobs"])):
+            if self.request_logprobs and ("logprobs" not in sent or unset(sent["logprobs"])):
                 sent["logprobs"] = True
         pending = PendingCall(self, self._log(episode), endpoint, sent)
         if self.token_mode == "auto":
             if endpoint == "chat.completions":
-                pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not _unset(kwargs["logprobs"]))
+                pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not unset(kwargs["logprobs"]))
             else:
                 pending.fallback = f"{endpoint} goes as messages"
         return sent, pending
