@@ -246,9 +246,14 @@ def compare(on: Run, off: Run) -> int:
             if len(x.prompt_ids) == 0 or not np.array_equal(x.prompt_ids, y.prompt_ids):
                 continue
             where = f"episode {e} call {i}"
-            assert reply_view(x) == reply_view(y), f"{where}: the records differ"
+            assert reply_view(x) == reply_view(y), (
+                f"{where}: the records differ:\n on  {reply_view(x)}\n off {reply_view(y)}"
+            )
             if on.seen and off.seen:
-                assert on.seen[e][i] == off.seen[e][i], f"{where}: the agent saw different replies"
+                assert on.seen[e][i] == off.seen[e][i], (
+                    f"{where}: the agent saw different replies:\n on  {on.seen[e][i]}\n"
+                    f" off {off.seen[e][i]}"
+                )
             compared += 1
     assert compared > 0, "no call had the same prompt ids in both modes: nothing was compared"
     return compared
