@@ -2,9 +2,10 @@
 
 Each framework runs the same kind of agent twice against the embedded server,
 through a recorder-wrapped client: with token mode on (`"auto"`) and off. The
-checks (`check_token_mode`, `check_messages_mode`, `compare`):
+checks (`sent_as_tokens`, `one_row_each`, `messages_only`, `compare`):
 
-- no call crashes in either mode (the framework's run returns);
+- no call crashes in either mode (the framework's run returns, and the agent
+  used its tool and answered);
 - with token mode on, every call after an episode's first goes as token ids, or
   its record names why not (`fallback`);
 - an episode without a fallback assembles into one exact row;
@@ -12,6 +13,10 @@ checks (`check_token_mode`, `check_messages_mode`, `compare`):
   modes gives the agent the same reply (content, tool calls, finish reason,
   logprobs, usage counts), as the record holds it and as the framework itself
   reports it; and at least one call is compared.
+
+`DifferentialTier` holds these checks as tests: a framework's test module
+subclasses it (as `Test<Framework>`) and gives `run_mode`, the agent run for one
+mode; each check is its own test, so one failing leaves the others' verdicts.
 
 The server's policy is `ToolPolicy`: the embedded random policy, made to call
 the first tool a fixed number of times after each user message and then
@@ -21,6 +26,7 @@ with real tool calls and ends by itself.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -28,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 
 from rollout import Episode, Recorder, assemble
 from rollout.embedded import EmbeddedServer, Policy
@@ -194,31 +201,41 @@ def _args(arguments: Any) -> Any:
     return arguments
 
 
-def check_token_mode(run: Run) -> dict[str, int]:
-    """Token mode on: later calls go as tokens or say why not; no fallback means one exact row."""
+def sent_as_tokens(run: Run) -> dict[str, int]:
+    """Token mode on: every call after an episode's first goes as tokens or names its fallback."""
     assert run.mode == "auto"
-    figures = {"episodes": len(run.episodes), "calls": 0, "tokens": 0, "fallbacks": 0, "rows": 0}
+    figures = {"episodes": len(run.episodes), "calls": 0, "tokens": 0, "fallbacks": 0}
     for ep in run.episodes:
         assert ep.calls, f"episode {ep.task_id}/{ep.sample}: no call was recorded"
         first, *later = ep.calls
         assert (first.sent_as, first.fallback) == ("messages", FIRST_CALL), _describe(first)
-        fallbacks = []
         for call in later:
             if call.sent_as != "tokens":
                 assert call.sent_as == "messages" and call.fallback, _describe(call)
-                fallbacks.append(call.fallback)
-        result = assemble([ep], mode="concat")
-        if not fallbacks:
-            assert len(result) == 1, f"{ep.task_id}: {len(result)} rows, no fallback: {_calls(ep)}"
-            assert result[0].exact and result.num_drift == 0, _calls(ep)
+                figures["fallbacks"] += 1
         figures["calls"] += len(ep.calls)
         figures["tokens"] += sum(1 for c in ep.calls if c.sent_as == "tokens")
-        figures["fallbacks"] += len(fallbacks)
-        figures["rows"] += len(result)
     return figures
 
 
-def check_messages_mode(run: Run) -> dict[str, int]:
+def one_row_each(run: Run) -> dict[str, int]:
+    """Token mode on: an episode whose calls name no fallback (after the first) is one exact row."""
+    assert run.mode == "auto"
+    figures = {"episodes": len(run.episodes), "without_fallback": 0, "rows": 0}
+    for ep in run.episodes:
+        assert ep.calls, f"episode {ep.task_id}/{ep.sample}: no call was recorded"
+        result = assemble([ep], mode="concat")
+        figures["rows"] += len(result)
+        if any(c.fallback for c in ep.calls[1:]):
+            continue
+        figures["without_fallback"] += 1
+        assert len(result) == 1, f"{ep.task_id}: {len(result)} rows, no fallback: {_calls(ep)}"
+        assert result[0].exact and result.num_drift == 0, _calls(ep)
+    assert figures["without_fallback"] > 0, "every episode has a fallback: nothing was checked"
+    return figures
+
+
+def messages_only(run: Run) -> dict[str, int]:
     """Token mode off: every call goes as messages, with the server's exact ids."""
     assert run.mode == "off"
     figures = {"episodes": len(run.episodes), "calls": 0, "rows": 0}
@@ -265,3 +282,48 @@ def _describe(call: Any) -> str:
 
 def _calls(ep: Episode) -> str:
     return "; ".join(_describe(c) for c in ep.calls)
+
+
+class DifferentialTier:
+    """The checks above as tests; subclass as `Test<Framework>` and define `run_mode`."""
+
+    calls_per_mode = 12
+    """2 episodes x 2 user turns x (2 tool calls + an answer), as every framework's test runs."""
+
+    @staticmethod
+    async def run_mode(base_url: str, mode: str) -> Run:
+        """Run the framework's agent on every task with token mode `mode`; raise if it fails."""
+        raise NotImplementedError
+
+    @pytest.fixture(scope="class")
+    def tools_server(self) -> Iterator[EmbeddedServer]:
+        with tool_server() as srv:
+            yield srv
+
+    @pytest.fixture(scope="class")
+    def on(self, tools_server: EmbeddedServer) -> Run:
+        """Token mode on: the framework's run must not crash."""
+        return asyncio.run(self.run_mode(tools_server.base_url, "auto"))
+
+    @pytest.fixture(scope="class")
+    def off(self, tools_server: EmbeddedServer) -> Run:
+        """Token mode off: the framework's run must not crash."""
+        return asyncio.run(self.run_mode(tools_server.base_url, "off"))
+
+    def test_token_mode_off_sends_every_call_as_messages(self, off: Run) -> None:
+        figures = messages_only(off)
+        print(f"off: {figures}")
+        assert figures["calls"] == self.calls_per_mode
+
+    def test_token_mode_on_sends_later_calls_as_tokens_or_names_why_not(self, on: Run) -> None:
+        figures = sent_as_tokens(on)
+        print(f"on: {figures}")
+        assert figures["calls"] == self.calls_per_mode
+
+    def test_token_mode_on_episode_without_fallback_is_one_exact_row(self, on: Run) -> None:
+        print(f"on: {one_row_each(on)}")
+
+    def test_same_prompt_ids_give_the_agent_the_same_reply_in_both_modes(
+        self, on: Run, off: Run
+    ) -> None:
+        print(f"compared: {compare(on, off)}")

@@ -12,7 +12,6 @@ call: content or function calls, finish reason, usage and logprobs.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -21,16 +20,7 @@ from autogen_agentchat.agents import AssistantAgent
 from autogen_agentchat.messages import TextMessage, ToolCallExecutionEvent
 from autogen_ext.models.openai import OpenAIChatCompletionClient
 
-from tests.agents.differential import (
-    MODES,
-    Run,
-    bump,
-    check_messages_mode,
-    check_token_mode,
-    compare,
-    recorder,
-    tool_server,
-)
+from tests.agents.differential import DifferentialTier, Run, bump, recorder
 
 pytestmark = pytest.mark.agents
 
@@ -71,9 +61,9 @@ async def run_mode(base_url: str, mode: str) -> Run:
         results: list[Any] = []
         create = client.create
 
-        async def tap(*args: Any, _create: Any = create, **kwargs: Any) -> Any:
+        async def tap(*args: Any, _create: Any = create, _out: list[Any] = results, **kwargs: Any) -> Any:
             result = await _create(*args, **kwargs)
-            results.append(result)
+            _out.append(result)
             return result
 
         client.create = tap  # type: ignore[method-assign]
@@ -95,11 +85,7 @@ async def run_mode(base_url: str, mode: str) -> Run:
     return run
 
 
-def test_autogen_assistant_agent_token_mode_on_and_off() -> None:
-    with tool_server() as server:
-        runs = {mode: asyncio.run(run_mode(server.base_url, mode)) for mode in MODES}
-    on = check_token_mode(runs["auto"])
-    off = check_messages_mode(runs["off"])
-    compared = compare(runs["auto"], runs["off"])
-    print(f"\nautogen: on {on}; off {off}; compared {compared}")
-    assert on["calls"] == off["calls"] == 12  # 2 episodes x 2 user turns x (2 tool calls + answer)
+class TestAutoGenAssistantAgent(DifferentialTier):
+    """AutoGen's AssistantAgent: each of the tier's checks (tests/agents/differential.py)."""
+
+    run_mode = staticmethod(run_mode)

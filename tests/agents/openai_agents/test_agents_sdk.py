@@ -10,7 +10,6 @@ output text with its logprobs, function calls, usage.
 
 from __future__ import annotations
 
-import asyncio
 import json
 from typing import Any
 
@@ -25,16 +24,7 @@ from agents import (
     set_tracing_disabled,
 )
 
-from tests.agents.differential import (
-    MODES,
-    Run,
-    bump,
-    check_messages_mode,
-    check_token_mode,
-    compare,
-    recorder,
-    tool_server,
-)
+from tests.agents.differential import DifferentialTier, Run, bump, recorder
 
 pytestmark = pytest.mark.agents
 
@@ -71,6 +61,7 @@ def seen(response: Any) -> dict[str, Any]:
 
 
 async def run_mode(base_url: str, mode: str) -> Run:
+    set_tracing_disabled(True)  # the SDK would otherwise export traces to api.openai.com
     rec = recorder(mode)
     client = rec.wrap(openai.AsyncOpenAI(base_url=base_url, api_key="unused", max_retries=0))
     agent = Agent(
@@ -97,12 +88,7 @@ async def run_mode(base_url: str, mode: str) -> Run:
     return run
 
 
-def test_agents_sdk_token_mode_on_and_off() -> None:
-    set_tracing_disabled(True)  # the SDK would otherwise export traces to api.openai.com
-    with tool_server() as server:
-        runs = {mode: asyncio.run(run_mode(server.base_url, mode)) for mode in MODES}
-    on = check_token_mode(runs["auto"])
-    off = check_messages_mode(runs["off"])
-    compared = compare(runs["auto"], runs["off"])
-    print(f"\nopenai-agents: on {on}; off {off}; compared {compared}")
-    assert on["calls"] == off["calls"] == 12  # 2 episodes x 2 user turns x (2 tool calls + answer)
+class TestAgentsSDK(DifferentialTier):
+    """The OpenAI Agents SDK: each of the tier's checks (tests/agents/differential.py)."""
+
+    run_mode = staticmethod(run_mode)
