@@ -296,19 +296,22 @@ class DifferentialTier:
         raise NotImplementedError
 
     @pytest.fixture(scope="class")
-    def tools_server(self) -> Iterator[EmbeddedServer]:
+    @classmethod
+    def tools_server(cls) -> Iterator[EmbeddedServer]:
         with tool_server() as srv:
             yield srv
 
     @pytest.fixture(scope="class")
-    def on(self, tools_server: EmbeddedServer) -> Run:
+    @classmethod
+    def on(cls, tools_server: EmbeddedServer) -> Run:
         """Token mode on: the framework's run must not crash."""
-        return asyncio.run(self.run_mode(tools_server.base_url, "auto"))
+        return asyncio.run(cls.run_mode(tools_server.base_url, "auto"))
 
     @pytest.fixture(scope="class")
-    def off(self, tools_server: EmbeddedServer) -> Run:
+    @classmethod
+    def off(cls, tools_server: EmbeddedServer) -> Run:
         """Token mode off: the framework's run must not crash."""
-        return asyncio.run(self.run_mode(tools_server.base_url, "off"))
+        return asyncio.run(cls.run_mode(tools_server.base_url, "off"))
 
     def test_token_mode_off_sends_every_call_as_messages(self, off: Run) -> None:
         figures = messages_only(off)
