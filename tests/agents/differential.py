@@ -44,6 +44,7 @@ from rollout.embedded.template import (
     FIM_PREFIX,
     TOOL_CALL_PREFIX,
     encode_text,
+    token_bytes,
 )
 from rollout.stitch import FIRST_CALL
 
@@ -129,8 +130,6 @@ class ToolPolicy(Policy):
 
 
 def _is_number(token_id: int) -> bool:
-    from rollout.embedded.template import token_bytes
-
     return token_bytes(token_id).decode("utf-8", "replace").isdigit()
 
 
