@@ -316,13 +316,21 @@ class PendingCall:
         """Send the stitched turn; the reply (or a replayed stream), or None when the
         call must go as messages after all (`fallback` says why)."""
         assert self.turn is not None
-        gen = self.turn.send()
+        try:
+            gen = self.turn.send()
+        except BaseException as exc:  # a timeout: the call fails as the SDK's would, with a trace
+            self.fail(exc)
+            raise
         return self._fell_back() if gen is None else self._deliver(gen, is_async=False)
 
     async def asend_tokens(self) -> Any:
         """The async twin of `send_tokens`."""
         assert self.turn is not None
-        gen = await self.turn.asend()
+        try:
+            gen = await self.turn.asend()
+        except BaseException as exc:
+            self.fail(exc)
+            raise
         return self._fell_back() if gen is None else self._deliver(gen, is_async=True)
 
     def _fell_back(self) -> None:
