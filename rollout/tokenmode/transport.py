@@ -30,6 +30,7 @@ import contextlib
 import json
 import ssl
 import sys
+import threading
 import time
 import urllib.parse
 import urllib.request
@@ -195,6 +196,7 @@ class JsonHttp:
         self._own_sync: Any = None  # a private sync client, when the wrapped one is async (or absent)
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
         self._net: _Net | None = None
+        self._lock = threading.Lock()
 
     @property
     def timeout(self) -> float | None:
@@ -242,17 +244,22 @@ class JsonHttp:
     def _sync_client(self) -> Any:
         if self._client is not None and not self._async_client:
             return self._client
-        if self._own_sync is None:
-            net = self._network()
-            httpx = _httpx_module(self._client)
-            kw: dict[str, Any] = {"timeout": None}
-            if net.known:
-                kw["verify"] = net.ssl if net.ssl is not None else True
-                kw["trust_env"] = False
-                if net.proxy is not None:
-                    kw["proxy"] = httpx.Proxy(net.proxy, headers=net.proxy_headers)
-            self._own_sync = httpx.Client(**kw)
-        return self._own_sync
+        with self._lock:
+            if self._own_sync is None:
+                self._own_sync = self._new_sync_client()
+            return self._own_sync
+
+    def _new_sync_client(self) -> Any:
+        """A sync httpx client with the wrapped (async) client's CA context and proxy."""
+        net = self._network()
+        httpx = _httpx_module(self._client)
+        kw: dict[str, Any] = {"timeout": None}
+        if net.known:
+            kw["verify"] = net.ssl if net.ssl is not None else True
+            kw["trust_env"] = False
+            if net.proxy is not None:
+                kw["proxy"] = httpx.Proxy(net.proxy, headers=net.proxy_headers)
+        return httpx.Client(**kw)
 
     def request(self, method: str, path: str, body: Any = None, options: CallOptions | None = None) -> Any:
         """One request with blocking I/O; its JSON reply, or a typed error."""
@@ -380,6 +387,7 @@ class JsonHttp:
         loop = asyncio.get_running_loop()
         session = self._sessions.get(loop)
         if session is None or session.closed:
+            self._forget_closed_loops()
             connector = aiohttp.TCPConnector(ssl=net.ssl if net.ssl is not None else True, limit=MAX_CONNECTIONS)
             session = self._sessions[loop] = aiohttp.ClientSession(
                 connector=connector,
@@ -387,6 +395,18 @@ class JsonHttp:
                 cookie_jar=aiohttp.DummyCookieJar(),
             )
         return session
+
+    def _forget_closed_loops(self) -> None:
+        """Drop the sessions of loops that ended without `aclose` (`asyncio.run` per episode):
+        a session holds its loop, so it would otherwise be kept, with its sockets, forever."""
+        for loop in [loop for loop in list(self._sessions) if loop.is_closed()]:
+            session = self._sessions.pop(loop, None)
+            connector = session.connector if session is not None else None
+            if session is not None:
+                session.detach()
+            if connector is not None:
+                with contextlib.suppress(Exception):
+                    connector._close()  # closes its sockets now; the loop cannot run a close any more
 
     async def _own_async(
         self, method: str, url: str, headers: dict[str, str], data: bytes | None, timeouts: Timeouts, what: str

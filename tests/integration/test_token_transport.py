@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import aiohttp
@@ -66,25 +67,32 @@ class Gateway:
         return [s for s in self.seen if s[0] == path]
 
 
-@pytest.fixture
-def gateway(server: EmbeddedServer) -> Iterator[Gateway]:
-    gw = Gateway(server)
+@contextmanager
+def serving(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Iterator[str]:
+    """An aiohttp app answering every path with `handle`, on 127.0.0.1 in a thread; its root URL."""
     app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", gw.handle)
+    app.router.add_route("*", "/{tail:.*}", handle)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
     site = web.TCPSite(runner, "127.0.0.1", 0)
     loop.run_until_complete(site.start())
-    gw.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield gw
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
         thread.join(10)
+
+
+@pytest.fixture
+def gateway(server: EmbeddedServer) -> Iterator[Gateway]:
+    gw = Gateway(server)
+    with serving(gw.handle) as url:
+        gw.url = url + "/v1"
+        yield gw
 
 
 def client(mode: str, gw: Gateway, recorder: Recorder, key: str = "sk-one", **options: Any) -> Any:
@@ -217,3 +225,32 @@ def test_a_cut_reply_reaches_the_agent_as_a_fallback_not_an_untyped_error(mode: 
     assert all(isinstance(r, openai.types.chat.ChatCompletion) for r in replies)
     assert [c.sent_as for c in ep.calls] == ["messages"] * 3
     assert "token route failed" in (ep.calls[1].fallback or "")
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_token_mode_goes_through_the_proxy_the_environment_names(
+    mode: str, server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: token mode's own client ignored HTTP_PROXY, so behind a proxy its requests
+    went straight to the server (or, where only the proxy can reach it, nowhere)."""
+    seen: list[str] = []
+
+    async def forward(request: web.Request) -> web.StreamResponse:  # an HTTP forward proxy
+        seen.append(request.path)
+        async with aiohttp.ClientSession() as s, s.request(
+            request.method, server.url + request.path_qs, data=await request.read(),
+            headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
+        ) as r:  # fmt: skip
+            return web.Response(body=await r.read(), status=r.status, content_type="application/json")
+
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "NO_PROXY", "no_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    with serving(forward) as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy)
+        rec = recorder()
+        cls = openai.OpenAI if mode == "sync" else openai.AsyncOpenAI
+        wrapped = rec.wrap(cls(base_url=server.base_url, api_key="k", max_retries=0))
+        with rec.episode("t") as ep:
+            turns(mode, wrapped)
+    assert [c.sent_as for c in ep.calls] == ["messages", "tokens", "tokens"]
+    assert {"/v1/chat/completions", "/v1/models", "/tokenize", GENERATE} <= set(seen), seen
