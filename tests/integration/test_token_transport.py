@@ -9,9 +9,11 @@ drives the real openai SDK through `Recorder.wrap`.
 from __future__ import annotations
 
 import asyncio
+import ssl
 import threading
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -24,6 +26,7 @@ from rollout.embedded import EmbeddedServer
 from rollout.tokenmode import HttpTimeoutError
 
 GENERATE = "/inference/v1/generate"
+TLS = Path(__file__).parent.parent / "data" / "tls"
 TOKEN_ROUTES = ("/v1/models", "/tokenize", GENERATE)
 SYSTEM = {"role": "system", "content": "Answer with the number only."}
 
@@ -68,19 +71,21 @@ class Gateway:
 
 
 @contextmanager
-def serving(handle: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> Iterator[str]:
+def serving(
+    handle: Callable[[web.Request], Awaitable[web.StreamResponse]], tls: ssl.SSLContext | None = None
+) -> Iterator[str]:
     """An aiohttp app answering every path with `handle`, on 127.0.0.1 in a thread; its root URL."""
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", handle)
     loop = asyncio.new_event_loop()
     runner = web.AppRunner(app)
     loop.run_until_complete(runner.setup())
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=tls)
     loop.run_until_complete(site.start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+        yield f"{'https' if tls else 'http'}://127.0.0.1:{runner.addresses[0][1]}"
     finally:
         asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
         loop.call_soon_threadsafe(loop.stop)
@@ -97,8 +102,9 @@ def gateway(server: EmbeddedServer) -> Iterator[Gateway]:
 
 def client(mode: str, gw: Gateway, recorder: Recorder, key: str = "sk-one", **options: Any) -> Any:
     options.setdefault("default_headers", {"X-Gateway-Key": "open-sesame"})
+    options.setdefault("base_url", gw.url)
     cls = openai.OpenAI if mode == "sync" else openai.AsyncOpenAI
-    return recorder.wrap(cls(base_url=gw.url, api_key=key, max_retries=0, **options))
+    return recorder.wrap(cls(api_key=key, max_retries=0, **options))
 
 
 def turns(mode: str, wrapped: Any, n: int = 3, seed: int = 0, **extra: Any) -> list[Any]:
@@ -254,3 +260,37 @@ def test_token_mode_goes_through_the_proxy_the_environment_names(
             turns(mode, wrapped)
     assert [c.sent_as for c in ep.calls] == ["messages", "tokens", "tokens"]
     assert {"/v1/chat/completions", "/v1/models", "/tokenize", GENERATE} <= set(seen), seen
+
+
+@pytest.mark.parametrize(
+    ("mode", "how"),
+    [
+        ("sync", "http_client"),
+        ("sync", "SSL_CERT_FILE"),
+        ("async", "http_client"),
+        ("async", "SSL_CERT_FILE"),
+        ("async", "aiohttp_client"),
+    ],
+)
+def test_token_mode_trusts_the_ca_bundle_the_client_trusts(
+    mode: str, how: str, gateway: Gateway, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server whose certificate only the client's CA bundle verifies. Before: token mode's
+    own client used the system's CAs (it did honour SSL_CERT_FILE), the probe failed, and
+    every call went as messages."""
+    gateway.open = True  # only the CA is under test
+    tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    tls.load_cert_chain(TLS / "server.pem", TLS / "server.key")
+    options: dict[str, Any] = {}
+    if how == "SSL_CERT_FILE":
+        monkeypatch.setenv("SSL_CERT_FILE", str(TLS / "ca.pem"))
+    else:
+        trusted = ssl.create_default_context(cafile=str(TLS / "ca.pem"))
+        factory = {"aiohttp_client": openai.DefaultAioHttpClient,
+                   "http_client": openai.DefaultHttpxClient if mode == "sync" else openai.DefaultAsyncHttpxClient}[how]  # fmt: skip
+        options["http_client"] = factory(verify=trusted)
+    with serving(gateway.handle, tls) as url:
+        rec = recorder()
+        with rec.episode("t") as ep:
+            turns(mode, client(mode, gateway, rec, base_url=url + "/v1", **options))
+    assert [c.sent_as for c in ep.calls] == ["messages", "tokens", "tokens"], [c.fallback for c in ep.calls]
