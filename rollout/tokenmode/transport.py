@@ -24,10 +24,11 @@ connecting; None waits as long as the server takes. A timeout is not an
 APITimeoutError would), rather than being re-sent as messages.
 
 Measured (`benchmarks/bench_tokens.py`, 2 shared cores): a token-mode call
-costs 0.79 ms of client CPU against 2.24 ms for the SDK's own `create`
-(0.35x; the hand-written HTTP/1.1 client this replaces: 0.34-0.35x in the
-same runs). aiohttp's `trust_env=True` re-reads the proxy environment on
-every request (+0.4 ms each), so the proxy is read once, from the client.
+costs 0.35-0.36x the client CPU of the SDK's own `create` (the hand-written
+HTTP/1.1 client this replaces: 0.34-0.35x in the same conditions); sync,
+through the client's httpx client, 0.51-0.54x (before: 0.60x). aiohttp's
+`trust_env=True` re-reads the proxy environment on every request (+0.4 ms
+each), so the proxy is read once, from the client's transport.
 """
 
 from __future__ import annotations
