@@ -28,7 +28,15 @@ from rollout.record import CallRecord, TokenRecordError, TokenSource, as_ids
 from rollout.redact import register_secret
 from rollout.snapshot import scrub, unset
 from rollout.tokenizers import SERVER, ServerTokenizer, Tokenizer, load_tokenizer
-from rollout.tokenmode import Generation, TokenCall, TokenServer, Unavailable, plan_turn, server_for
+from rollout.tokenmode import (
+    Generation,
+    TokenCall,
+    TokenServer,
+    TokenServers,
+    Unavailable,
+    plan_turn,
+    server_for,
+)
 from rollout.tokens import (
     StreamAccumulator,
     extract_call,
@@ -95,7 +103,7 @@ class Recorder:
         self.strict = strict
         self.keep_finished = keep_finished
         self.token_mode = token_mode
-        self._servers: dict[str, TokenServer] = {}  # token mode: one per server URL
+        self._servers = TokenServers()  # token mode: one transport per client, facts per URL + credentials
         self.unscoped = Episode(task_id="__unscoped__")
         self._finished: list[Episode] = []
         self._logs: dict[str, EpisodeLog] = {self.unscoped.id: EpisodeLog(self.unscoped, closes=False)}
@@ -137,8 +145,10 @@ class Recorder:
         return _current.get()
 
     def token_server(self, client: Any) -> TokenServer:
-        """Token mode's view of the server behind `client` (one per URL, shared by episodes)."""
-        return server_for(client, self._servers, self._lock)
+        """Token mode's view of the server behind `client`: its own transport (its URL,
+        headers, query, timeout, proxy and CA), the server's facts shared with the clients
+        that send the same URL and headers."""
+        return server_for(client, self._servers)
 
     def tokenizer_for(self, client: Any, model: str) -> Tokenizer | None:
         """The tokenizer for replies from `client`'s server (`tokenizer="server"`: its own)."""
@@ -149,21 +159,19 @@ class Recorder:
         except Unavailable:
             return None
         with self._lock:
-            key = f"{http.root} {model}"
+            key = f"{id(http)} {model}"  # per client transport: never another client's headers
             tok = self._server_tokenizers.get(key)
             if tok is None:
                 tok = self._server_tokenizers[key] = ServerTokenizer(http, model)
             return tok
 
     def close(self) -> None:
-        """Close token mode's sync connections (the clients you wrapped are yours to close)."""
-        for server in list(self._servers.values()):
-            server.http.close()
+        """Close token mode's own sync connections (the clients you wrapped are yours to close)."""
+        self._servers.close()
 
     async def aclose(self) -> None:
         """Close token mode's connections for this event loop (call it from that loop)."""
-        for server in list(self._servers.values()):
-            await server.http.aclose()
+        await self._servers.aclose()
 
     # --- used by the wrapper ---------------------------------------------------------
 
@@ -308,13 +316,21 @@ class PendingCall:
         """Send the stitched turn; the reply (or a replayed stream), or None when the
         call must go as messages after all (`fallback` says why)."""
         assert self.turn is not None
-        gen = self.turn.send()
+        try:
+            gen = self.turn.send()
+        except BaseException as exc:  # a timeout: the call fails as the SDK's would, with a trace
+            self.fail(exc)
+            raise
         return self._fell_back() if gen is None else self._deliver(gen, is_async=False)
 
     async def asend_tokens(self) -> Any:
         """The async twin of `send_tokens`."""
         assert self.turn is not None
-        gen = await self.turn.asend()
+        try:
+            gen = await self.turn.asend()
+        except BaseException as exc:
+            self.fail(exc)
+            raise
         return self._fell_back() if gen is None else self._deliver(gen, is_async=True)
 
     def _fell_back(self) -> None:
