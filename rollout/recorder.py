@@ -201,13 +201,15 @@ class Recorder:
                     f"{endpoint} called outside `recorder.episode(...)` (unscoped='refuse')"
                 )
             episode = self.unscoped
-        sent = dict(kwargs)
+        # The SDK's "not given" sentinels mean absent, as the SDK reads them: stripped once
+        # here, so neither mode (nor the record) ever sees one.
+        sent = {k: v for k, v in kwargs.items() if not unset(v)}
         if endpoint != "responses":
             if self.request_token_ids:
                 extra = dict(sent.get("extra_body") or {})
                 extra.setdefault("return_token_ids", True)
                 sent["extra_body"] = extra
-            if self.request_logprobs and ("logprobs" not in sent or unset(sent["logprobs"])):
+            if self.request_logprobs and "logprobs" not in sent:
                 sent["logprobs"] = True
         pending = PendingCall(self, self._log(episode), endpoint, sent)
         if self.token_mode == "auto":
