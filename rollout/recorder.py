@@ -212,6 +212,7 @@ class Recorder:
             if self.request_logprobs and "logprobs" not in sent:
                 sent["logprobs"] = True
         pending = PendingCall(self, self._log(episode), endpoint, sent)
+        pending.request = scrub(sent, pending.log.copies)  # the record's snapshot, taken now
         if self.token_mode == "auto":
             if endpoint == "chat.completions":
                 pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not unset(kwargs["logprobs"]))
@@ -224,7 +225,7 @@ class PendingCall:
     """One call in flight: turns its reply (or stream, or failure) into a record."""
 
     __slots__ = ("_t0", "done", "endpoint", "episode", "fallback", "kwargs", "log", "recorder",
-                 "started", "turn")  # fmt: skip
+                 "request", "started", "turn")  # fmt: skip
 
     def __init__(self, recorder: Recorder, log: EpisodeLog, endpoint: str, kwargs: dict[str, Any]) -> None:
         self.recorder = recorder
@@ -232,11 +233,18 @@ class PendingCall:
         self.episode = log.episode
         self.endpoint = endpoint
         self.kwargs = kwargs
+        self.request: dict[str, Any] | None = None  # the snapshot the record stores (`scrub`)
         self.started = time.time()
         self._t0 = time.perf_counter()
         self.done = False
         self.turn: TokenCall | None = None  # token mode: this call goes as token ids
         self.fallback: str | None = None  # token mode: why it goes as messages instead
+
+    def snapshot(self) -> dict[str, Any]:
+        """The request as recorded: taken when the call was made (`start_call`)."""
+        if self.request is None:
+            self.request = scrub(self.kwargs, self.log.copies)
+        return self.request
 
     @property
     def record_blocks(self) -> bool:
@@ -279,7 +287,7 @@ class PendingCall:
             prompt_ids=prompt,
             prompt_source=prompt_source,
             choices=choices,
-            request=scrub(self.kwargs, self.log.copies),
+            request=self.snapshot(),
             usage=usage,
             latency_s=time.perf_counter() - self._t0,
             started_at=self.started,
@@ -335,7 +343,7 @@ class PendingCall:
             prompt_ids=as_ids(gen.prompt_ids),
             prompt_source=TokenSource.TOKEN_IN,
             choices=choices,
-            request=scrub(self.kwargs, self.log.copies),
+            request=self.snapshot(),
             usage=reply["usage"],
             latency_s=time.perf_counter() - self._t0,
             started_at=self.started,

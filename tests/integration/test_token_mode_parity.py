@@ -120,3 +120,46 @@ def test_sdk_sentinels_are_absent_parameters_in_both_modes(server: EmbeddedServe
     assert_same_where_prompts_match(runs["auto"], runs["off"], logprobs=False)
     for call in (*on.calls, *off.calls):
         assert not any(type(v).__name__ in ("NotGiven", "Omit") for v in call.request.values())
+
+
+@pytest.mark.parametrize("mode", ["off", "auto"])
+def test_a_record_is_a_snapshot_of_the_call_in_both_modes(server: EmbeddedServer, mode: str) -> None:
+    """Later in-place edits by the agent (nested ones too) never rewrite an earlier record."""
+    recorder, client, _ = recording(server.base_url, token_mode=mode)
+    tools = copy.deepcopy(TOOLS)
+    question = {"role": "user", "content": [{"type": "text", "text": "What is 2 + 3?"}]}
+    messages: list[Any] = [SYSTEM, question]
+    with recorder.episode("t") as ep:
+        first = client.chat.completions.create(model="tiny", messages=messages, tools=tools, max_tokens=3, seed=1)
+        before = json.dumps(ep.calls[0].request, sort_keys=True)
+        messages += [as_message(first), user("Again.")]
+        client.chat.completions.create(model="tiny", messages=messages, tools=tools, max_tokens=3, seed=2)
+        second = json.dumps(ep.calls[1].request, sort_keys=True)
+        # The agent edits its own objects in place: a content part, a tool's schema, the tools list.
+        question["content"][0]["text"] = "What is 9 + 9?"
+        tools[0]["function"]["parameters"]["properties"]["a"] = {"type": "number"}
+        tools.append({"type": "function", "function": {"name": "mul", "parameters": {"type": "object"}}})
+    assert json.dumps(ep.calls[0].request, sort_keys=True) == before
+    assert json.dumps(ep.calls[1].request, sort_keys=True) == second
+    assert ep.calls[0].request["messages"][1]["content"][0]["text"] == "What is 2 + 3?"
+    assert [t["function"]["name"] for t in ep.calls[0].request["tools"]] == ["add"]
+    assert "a" not in ep.calls[0].request["tools"][0]["function"]["parameters"]["properties"]
+
+
+def test_a_tool_appended_to_the_same_list_is_a_changed_tools_list(server: EmbeddedServer) -> None:
+    """The stitched prompt must list every tool the agent sends: an in-place append is a change."""
+    recorder, client, _ = recording(server.base_url)
+    tools = copy.deepcopy(TOOLS)
+    messages: list[Any] = [SYSTEM, user("What is 2 + 3?")]
+    with recorder.episode("t") as ep:
+        first = client.chat.completions.create(model="tiny", messages=messages, tools=tools, max_tokens=3, seed=1)
+        messages += [as_message(first), user("Again.")]
+        tools.append({"type": "function", "function": {"name": "mul", "parameters": {"type": "object"}}})
+        second = client.chat.completions.create(model="tiny", messages=messages, tools=tools, max_tokens=3, seed=2)
+        tools[1]["function"]["description"] = "a * b"  # a nested edit is a change too
+        messages += [as_message(second), user("Again.")]
+        client.chat.completions.create(model="tiny", messages=messages, tools=tools, max_tokens=3, seed=3)
+        messages += [as_message(second), user("Again.")]
+    assert [c.parent for c in ep.calls] == [None, 0, 1]
+    assert [c.fallback for c in ep.calls[1:]] == [TOOLS_CHANGED, TOOLS_CHANGED]
+    assert [c.sent_as for c in ep.calls] == ["messages"] * 3
