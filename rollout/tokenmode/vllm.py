@@ -34,6 +34,7 @@ from rollout.tokenmode.plan import (
     version_of,
     versions_from_spans,
 )
+from rollout.tokenmode.stitch import plain
 from rollout.tokenmode.transport import HttpError
 
 GENERATE = "/inference/v1/generate"
@@ -246,7 +247,7 @@ class VllmDialect(Dialect):
     def fill_messages(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
         """The server's derender (its own tool and reasoning parsers), else a client-side parse."""
         if self.derender:
-            chat = {k: v for k, v in kwargs.items() if k in ("model", "messages", "tools", "tool_choice")}
+            chat = {k: plain(v) for k, v in kwargs.items() if k in ("model", "messages", "tools", "tool_choice")}
             try:
                 reply = yield derender(model, gen, chat)
                 apply_derender(gen, reply)

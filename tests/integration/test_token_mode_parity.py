@@ -12,19 +12,15 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import math
-import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import openai
 import pytest
-from aiohttp import web
 
 from rollout import Episode, Recorder
 from rollout.embedded import EmbeddedServer
-from rollout.tokenmode import EDITED_HISTORY, TOOLS_CHANGED
+from rollout.tokenmode import TOOLS_CHANGED
 
 SYSTEM = {"role": "system", "content": "Answer with the number only."}
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "a + b",
@@ -163,3 +159,67 @@ def test_a_tool_appended_to_the_same_list_is_a_changed_tools_list(server: Embedd
     assert [c.parent for c in ep.calls] == [None, 0, 1]
     assert [c.fallback for c in ep.calls[1:]] == [TOOLS_CHANGED, TOOLS_CHANGED]
     assert [c.sent_as for c in ep.calls] == ["messages"] * 3
+
+
+def _parent_then_child(
+    url: str, first: dict[str, Any], child: Callable[[list[Any], Any], tuple[list[Any], dict[str, Any]]],
+    policy_server: EmbeddedServer | None = None,
+) -> Episode:
+    recorder, client, _ = recording(url)
+    messages: list[Any] = [SYSTEM, user("What is 2 + 3?")]
+    with recorder.episode("t") as ep:
+        reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, seed=1, **first)
+        history, kwargs = child([*messages, as_message(reply)], reply)
+        client.chat.completions.create(model="tiny", messages=[*history, user("Again.")], max_tokens=3, seed=2,
+                                       **kwargs)  # fmt: skip
+    recorder.close()
+    return ep
+
+
+@pytest.mark.parametrize(
+    ("first", "edit", "reason"),
+    [
+        ({}, lambda h: ([h[0], {**h[1], "name": "bob"}, h[2]], {}), "message 1 differs from the parent call's (name)"),
+        ({"response_format": {"type": "json_object"}}, lambda h: (h, {}), "'response_format' changed"),
+        ({"extra_body": {"chat_template_kwargs": {"enable_thinking": False}}}, lambda h: (h, {}),
+         "extra_body['chat_template_kwargs'] changed"),
+        ({}, lambda h: (h, {"extra_body": {"chat_template_kwargs": {"enable_thinking": True}}}),
+         "extra_body['chat_template_kwargs'] changed"),
+        ({"tools": TOOLS, "tool_choice": "none"}, lambda h: (h, {"tools": TOOLS}), "'tool_choice' changed"),
+        ({}, lambda h: ([*h[:2], {**h[2], "name": "helper"}], {}), "the parent's reply differs"),
+    ],
+    ids=["name", "response_format", "ctk-dropped", "ctk-added", "tool_choice", "reply-name"],
+)
+def test_whatever_the_template_renders_must_match_the_parent(
+    server: EmbeddedServer, first: dict[str, Any], edit: Callable[[list[Any]], Any], reason: str
+) -> None:
+    """The prefix table matches role, content and tool calls; a stitched prompt must also carry the
+    history's names, tool-call ids and the request fields that change the rendering."""
+    ep = _parent_then_child(server.base_url, first, lambda h, _r: edit(h))
+    child = ep.calls[1]
+    assert child.sent_as == "messages" and child.parent == 0
+    assert reason in (child.fallback or ""), child.fallback
+
+
+def test_unchanged_fields_spelt_differently_still_stitch(server: EmbeddedServer) -> None:
+    """Defaults spelt out (tool_choice="auto" with tools, None-valued keys) are no change."""
+    def child(h: list[Any], reply: Any) -> tuple[list[Any], dict[str, Any]]:
+        return [{**h[0], "name": None}, h[1], reply.choices[0].message], {"tools": TOOLS, "tool_choice": "auto"}
+
+    ep = _parent_then_child(server.base_url, {"tools": TOOLS}, child)
+    assert ep.calls[1].sent_as == "tokens", ep.calls[1].fallback
+
+
+def test_a_renamed_tool_call_id_is_edited_history() -> None:
+    """Templates may render tool-call ids: an agent that rewrites them gets a messages-mode call."""
+    from tests.integration.test_token_mode import forced_tool_policy
+
+    with EmbeddedServer(policy=forced_tool_policy(), seed=0) as srv:
+        def child(h: list[Any], reply: Any) -> tuple[list[Any], dict[str, Any]]:
+            call = dict(h[2]["tool_calls"][0], id="call_0")
+            tool = {"role": "tool", "tool_call_id": "call_0", "content": "5"}
+            return [*h[:2], {**h[2], "tool_calls": [call]}, tool], {"tools": TOOLS}
+
+        ep = _parent_then_child(srv.base_url, {"tools": TOOLS}, child)
+    assert ep.calls[0].choices[0].message["tool_calls"]
+    assert "the parent's reply differs from what it sampled (tool_calls)" in (ep.calls[1].fallback or "")
