@@ -143,6 +143,8 @@ class TokenServer:
         after = yield from self._render(dialect, model, [dummy, *new_messages], parent.tools, ctk, True)
         if after[: len(before)] != before:
             raise Unavailable("the template renders the new messages differently after a turn")
+        if len(after) == len(before):  # the new messages (and the generation prompt) would be left out
+            raise Unavailable("bridge rendered no tokens for the new messages")
         stopped = bool(closing) and parent.sampled_ids[-1:] == closing[:1]
         join = closing[1:] if stopped else closing
         return [*join, *after[len(before) :]]

@@ -12,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-from collections.abc import Callable
+import math
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import openai
 import pytest
+from aiohttp import web
 
 from rollout import Episode, Recorder
 from rollout.embedded import EmbeddedServer
-from rollout.tokenmode import TOOLS_CHANGED
+from rollout.tokenmode import EDITED_HISTORY, TOOLS_CHANGED
 
 SYSTEM = {"role": "system", "content": "Answer with the number only."}
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "a + b",
@@ -97,6 +101,81 @@ def assert_same_where_prompts_match(
             matched += 1
     assert matched >= 1
     return matched
+
+
+Tamper = Callable[[str, Any, Any], Any]
+"""(path, request JSON, upstream reply JSON) -> the reply JSON to send instead (or `RAW(bytes)`)."""
+
+
+class RAW(bytes):
+    """A reply body sent as it is (not JSON-encoded by the proxy)."""
+
+
+class Proxy:
+    """A real HTTP server in front of the embedded server that rewrites chosen replies."""
+
+    def __init__(self, upstream: EmbeddedServer, tamper: Tamper) -> None:
+        self.upstream, self.tamper = upstream, tamper
+        self.hits: list[str] = []
+        self.bodies: list[tuple[str, Any]] = []
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        import aiohttp
+
+        self.hits.append(request.path)
+        raw = await request.read()
+        body = json.loads(raw) if raw else None
+        self.bodies.append((request.path, body))
+        async with aiohttp.ClientSession() as s, s.request(
+            request.method, self.upstream.url + request.path, data=raw,
+            headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
+        ) as r:  # fmt: skip
+            status, data = r.status, await r.read()
+        if status == 200 and r.content_type == "application/json":
+            out = self.tamper(request.path, body, json.loads(data))
+            data = out if isinstance(out, RAW) else json.dumps(out).encode()
+        return web.Response(body=data, status=status, content_type="application/json")
+
+
+@pytest.fixture
+def proxy(server: EmbeddedServer) -> Iterator[Callable[[Tamper], tuple[Proxy, str]]]:
+    """`proxy(tamper)` -> (the proxy, its base URL); stopped after the test."""
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    runners: list[web.AppRunner] = []
+
+    def start(tamper: Tamper) -> tuple[Proxy, str]:
+        p = Proxy(server, tamper)
+        app = web.Application(client_max_size=64 << 20)
+        app.router.add_route("*", "/{tail:.*}", p.handle)
+        runner = web.AppRunner(app)
+
+        async def up() -> int:
+            await runner.setup()
+            site = web.TCPSite(runner, "127.0.0.1", 0)
+            await site.start()
+            return int(runner.addresses[0][1])
+
+        port = asyncio.run_coroutine_threadsafe(up(), loop).result(10)
+        runners.append(runner)
+        return p, f"http://127.0.0.1:{port}/v1"
+
+    try:
+        yield start
+    finally:
+        for runner in runners:
+            asyncio.run_coroutine_threadsafe(runner.cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def on(path: str, change: Callable[[Any, Any], Any]) -> Tamper:
+    """A tamper that rewrites the replies of one route with `change(request, reply)`."""
+    return lambda p, req, rep: change(req, rep) if p == path else rep
+
+
+GENERATE = "/inference/v1/generate"
 
 
 # --- §1 what the agent sends ---------------------------------------------------------------
@@ -223,3 +302,33 @@ def test_a_renamed_tool_call_id_is_edited_history() -> None:
         ep = _parent_then_child(srv.base_url, {"tools": TOOLS}, child)
     assert ep.calls[0].choices[0].message["tool_calls"]
     assert "the parent's reply differs from what it sampled (tool_calls)" in (ep.calls[1].fallback or "")
+
+
+def test_a_bridge_that_renders_no_new_tokens_is_a_fallback(proxy: Callable[[Tamper], tuple[Proxy, str]]) -> None:
+    """A template that drops the new messages must not give a stitched prompt without them."""
+
+    alone: dict[str, list[int]] = {}
+
+    def drop_new(req: Any, rep: Any) -> Any:
+        messages = req.get("messages", [])
+        key = json.dumps(messages[:1])
+        if len(messages) == 1:
+            alone[key] = rep["tokens"]
+        elif key in alone:  # the placeholder turn + the new messages: only the placeholder's ids
+            rep["tokens"] = alone[key]
+        return rep
+
+    _, url = proxy(on("/tokenize", drop_new))
+    ep, replies = episode(url, "auto")
+    assert [c.sent_as for c in ep.calls] == ["messages"] * 3
+    assert all("bridge" in (c.fallback or "") for c in ep.calls[1:]), [c.fallback for c in ep.calls]
+
+
+@pytest.mark.parametrize("bad", [{"tokens": None}, {"tokens": ["x"]}, [], RAW(b"[[[")])
+def test_a_bridge_render_that_fails_is_a_fallback(proxy: Callable[[Tamper], tuple[Proxy, str]], bad: Any) -> None:
+    _, url = proxy(on("/tokenize", lambda req, rep: bad))
+    ep, replies = episode(url, "auto")
+    assert [c.sent_as for c in ep.calls] == ["messages"] * 3
+    assert all(c.fallback and "render" in c.fallback or "tokenize" in (c.fallback or "") for c in ep.calls[1:]), [
+        c.fallback for c in ep.calls
+    ]
