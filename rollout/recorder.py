@@ -348,6 +348,7 @@ class PendingCall:
             latency_s=time.perf_counter() - self._t0,
             started_at=self.started,
             sent_as="tokens",
+            notes=self.turn.notes,
         )
         self.log.append(call, self.messages)
         return self.turn.agent_reply(reply, is_async=is_async)

@@ -14,7 +14,13 @@ from typing import Any
 
 from rollout.record import NO_VERSION, Choice, Versions, as_ids, as_logprobs
 from rollout.tokenmode.plan import Generation, adrive, drive
-from rollout.tokenmode.reply import AsyncReplayStream, ReplayStream, chat_completion, chunks
+from rollout.tokenmode.reply import (
+    AsyncReplayStream,
+    ReplayStream,
+    chat_completion,
+    chunks,
+    sdk_object,
+)
 from rollout.tokenmode.stitch import StitchedTurn, Unavailable
 from rollout.tokenmode.transport import HttpError
 from rollout.tokens import message_dict
@@ -26,13 +32,14 @@ FALLBACK_ERRORS = (Unavailable, HttpError, ValueError)
 class TokenCall:
     """One call on its way as token ids."""
 
-    __slots__ = ("asked_logprobs", "fallback", "kwargs", "turn")
+    __slots__ = ("asked_logprobs", "fallback", "kwargs", "notes", "turn")
 
     def __init__(self, turn: StitchedTurn, kwargs: dict[str, Any], *, asked_logprobs: bool) -> None:
         self.turn = turn
         self.kwargs = kwargs
         self.asked_logprobs = asked_logprobs
         self.fallback: str | None = None  # why it went as messages after all
+        self.notes: list[str] = []  # for the record: what was odd about the reply
 
     def send(self) -> Generation | None:
         """The generation, or None when the call must go as messages (`fallback` says why)."""
@@ -64,6 +71,9 @@ class TokenCall:
         choices = []
         for c, wire in zip(gen.choices, reply["choices"], strict=True):
             n = len(c.token_ids)
+            if wire["finish_reason"] != c.finish_reason:
+                self.notes.append(f"choice {c.index}: finish_reason {c.finish_reason!r} is not one a chat "
+                                  f"endpoint sends; the agent got {wire['finish_reason']!r}")  # fmt: skip
             versions = (
                 Versions.from_array(c.versions)
                 if c.versions is not None
@@ -90,4 +100,4 @@ class TokenCall:
             return AsyncReplayStream(items) if is_async else ReplayStream(items)
         from openai.types.chat import ChatCompletion
 
-        return ChatCompletion.model_validate(reply)
+        return sdk_object(ChatCompletion, reply)

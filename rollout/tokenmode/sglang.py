@@ -24,6 +24,7 @@ from rollout.tokenmode.plan import (
     version_of,
     versions_from_spans,
 )
+from rollout.tokenmode.reply import raw_finish
 from rollout.tokenmode.vllm import VllmDialect
 
 GENERATE = "/generate"
@@ -64,9 +65,6 @@ def generate(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Req
     return Request("POST", GENERATE, body)
 
 
-_FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
-
-
 def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
     items = reply if isinstance(reply, list) else [reply]
     choices = []
@@ -94,7 +92,7 @@ def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
                 index=int(item.get("index", i)),
                 token_ids=ids,
                 logprobs=logprobs,
-                finish_reason=_FINISH.get(str(kind), "stop"),
+                finish_reason=raw_finish(kind),
                 versions=versions_from_spans(meta.get("weight_versions"), len(ids)),
                 text=item.get("text") if isinstance(item.get("text"), str) else None,
             )

@@ -34,6 +34,7 @@ from rollout.tokenmode.plan import (
     version_of,
     versions_from_spans,
 )
+from rollout.tokenmode.reply import raw_finish
 from rollout.tokenmode.stitch import plain
 from rollout.tokenmode.transport import HttpError
 
@@ -116,7 +117,7 @@ def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
                 index=int(c.get("index", i)),
                 token_ids=ids,
                 logprobs=_logprobs(c.get("logprobs"), ids),
-                finish_reason=str(c.get("finish_reason") or "stop"),
+                finish_reason=raw_finish(c.get("finish_reason")),
                 versions=versions_from_spans(c.get("weight_versions"), len(ids)),
                 text=c.get("text") if isinstance(c.get("text"), str) else None,
             )
@@ -161,7 +162,7 @@ def apply_derender(gen: Generation, reply: Any) -> None:
             raise ValueError("derender reply has a choice without a message")
         target.message = {k: v for k, v in message.items() if v is not None}
         if c.get("finish_reason"):
-            target.finish_reason = str(c["finish_reason"])
+            target.finish_reason = raw_finish(c["finish_reason"])
 
 
 def completions(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Request:
@@ -194,7 +195,7 @@ def parse_completions(reply: Any, prompt_ids: list[int]) -> Generation:
                 index=int(c.get("index", i)),
                 token_ids=ids,
                 logprobs=[float(v) for v in values] if ok and values is not None else None,
-                finish_reason=str(c.get("finish_reason") or "stop"),
+                finish_reason=raw_finish(c.get("finish_reason")),
                 versions=versions_from_spans(c.get("weight_versions"), len(ids)),
                 text=c.get("text") if isinstance(c.get("text"), str) else None,
             )

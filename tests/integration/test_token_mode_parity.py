@@ -332,3 +332,56 @@ def test_a_bridge_render_that_fails_is_a_fallback(proxy: Callable[[Tamper], tupl
     assert all(c.fallback and "render" in c.fallback or "tokenize" in (c.fallback or "") for c in ep.calls[1:]), [
         c.fallback for c in ep.calls
     ]
+
+
+# --- §2 what the server replies ------------------------------------------------------------
+
+
+def finishing(reason: Any) -> Tamper:
+    """Every generate and chat reply finishes with `reason` (vLLM sends "abort" for aborted requests)."""
+
+    def tamper(path: str, req: Any, rep: Any) -> Any:
+        if path in (GENERATE, "/v1/chat/completions") and isinstance(rep, dict):
+            for c in rep.get("choices", []):
+                c["finish_reason"] = reason
+        return rep
+
+    return tamper
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_an_aborted_reply_reaches_the_agent_as_in_messages_mode(
+    proxy: Callable[[Tamper], tuple[Proxy, str]], is_async: bool
+) -> None:
+    _, url = proxy(finishing("abort"))
+    runs = {m: episode(url, m, is_async=is_async) for m in ("off", "auto")}
+    on = runs["auto"][0]
+    assert [c.sent_as for c in on.calls] == ["messages", "tokens", "tokens"], [c.fallback for c in on.calls]
+    assert [r.choices[0].finish_reason for r in runs["auto"][1]] == ["abort"] * 3
+    assert_same_where_prompts_match(runs["auto"], runs["off"], logprobs=False)
+    assert [c.choices[0].finish_reason for c in on.calls] == ["abort"] * 3
+
+
+def test_an_aborted_reply_streams_as_in_messages_mode(proxy: Callable[[Tamper], tuple[Proxy, str]]) -> None:
+    _, url = proxy(finishing("abort"))
+    recorder, client, _ = recording(url)
+    with recorder.episode("t") as ep:
+        first = client.chat.completions.create(model="tiny", messages=[SYSTEM, user("2 + 3?")], max_tokens=3)
+        stream = client.chat.completions.create(
+            model="tiny", messages=[SYSTEM, user("2 + 3?"), as_message(first), user("Again.")], max_tokens=3,
+            stream=True, stream_options={"include_usage": True},
+        )  # fmt: skip
+        reasons = [c.choices[0].finish_reason for c in stream if c.choices and c.choices[0].finish_reason]
+    assert ep.calls[1].sent_as == "tokens" and reasons == ["abort"]
+
+
+def test_an_unknown_finish_reason_is_mapped_and_kept_raw_in_the_record(
+    proxy: Callable[[Tamper], tuple[Proxy, str]],
+) -> None:
+    _, url = proxy(on(GENERATE, lambda req, rep: finishing("cancelled")(GENERATE, req, rep)))
+    ep, replies = episode(url, "auto")
+    assert [c.sent_as for c in ep.calls] == ["messages", "tokens", "tokens"]
+    assert [r.choices[0].finish_reason for r in replies[1:]] == ["stop", "stop"]
+    openai.types.chat.ChatCompletion.model_validate(replies[1].model_dump())  # a valid reply
+    assert [c.choices[0].finish_reason for c in ep.calls[1:]] == ["cancelled", "cancelled"]
+    assert all(any("'cancelled'" in n for n in c.notes) for c in ep.calls[1:])
