@@ -25,8 +25,9 @@ from rollout.tokenmode.stitch import StitchedTurn, Unavailable
 from rollout.tokenmode.transport import HttpError
 from rollout.tokens import message_dict
 
-FALLBACK_ERRORS = (Unavailable, HttpError, ValueError)
-"""What sends a token-mode call as messages instead (ValueError: a malformed token-route reply)."""
+FALLBACK_ERRORS = (Unavailable, HttpError, ValueError, RecursionError)
+"""What sends a token-mode call as messages instead (ValueError: a malformed token-route reply,
+`MalformedReply`; RecursionError: JSON nested too deeply to decode)."""
 
 
 class TokenCall:
@@ -60,7 +61,12 @@ class TokenCall:
         return gen
 
     def _fall_back(self, exc: Exception) -> None:
-        self.fallback = str(exc) if isinstance(exc, Unavailable) else f"token route failed: {exc}"
+        if isinstance(exc, Unavailable):
+            self.fallback = str(exc)
+        elif isinstance(exc, RecursionError):
+            self.fallback = "token route failed: reply JSON nested too deeply"
+        else:
+            self.fallback = f"token route failed: {exc}"
 
     def deliver(self, gen: Generation, policy_version: int | None) -> tuple[list[Choice], dict[str, Any]]:
         """The record's choices and the reply (ChatCompletion as a dict) for `gen`."""

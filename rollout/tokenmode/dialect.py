@@ -25,6 +25,44 @@ from rollout.tokenmode.plan import Generation, Plan
 _BY_OWNER: dict[str, type[Dialect]] = {}
 
 
+class MalformedReply(ValueError):
+    """A token route answered 200 with JSON that is not the reply its protocol defines.
+
+    The call then goes as messages, with this text as its fallback reason."""
+
+
+def shown(value: Any, limit: int = 200) -> str:
+    """A short text of a reply for an error message (safe on any JSON, however deep)."""
+    try:
+        return repr(value)[:limit]
+    except RecursionError:
+        return f"<{type(value).__name__} nested too deeply>"
+
+
+def choice_object(c: Any, i: int, what: str) -> dict[str, Any]:
+    """Choice `i` of a reply, which must be a JSON object."""
+    if not isinstance(c, dict):
+        raise MalformedReply(f"{what} choice {i} is not an object: {shown(c)}")
+    return c
+
+
+def choice_index(c: dict[str, Any], i: int, what: str, key: str = "index") -> int:
+    """A choice's `index`: its position when absent, an int otherwise (not null, not a bool)."""
+    if key not in c:
+        return i
+    index = c[key]
+    if type(index) is not int or index < 0:
+        raise MalformedReply(f"{what} choice {i} has index {shown(index, 50)}, not a non-negative integer")
+    return index
+
+
+def token_list(ids: Any, i: int, what: str, key: str) -> list[int]:
+    """A choice's token ids: a list of non-negative ints (no bools, no floats)."""
+    if not isinstance(ids, list) or not all(type(t) is int and t >= 0 for t in ids):
+        raise MalformedReply(f"{what} choice {i} has no {key} list")
+    return ids
+
+
 class Dialect:
     """One server's token protocol, plus what was learnt about that server."""
 

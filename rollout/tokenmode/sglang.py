@@ -16,6 +16,7 @@ import uuid
 from typing import Any, ClassVar
 
 from rollout.record import TokenSource
+from rollout.tokenmode.dialect import MalformedReply, choice_index, choice_object, token_list
 from rollout.tokenmode.plan import (
     Generation,
     Plan,
@@ -67,15 +68,16 @@ def generate(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Req
 
 def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
     items = reply if isinstance(reply, list) else [reply]
+    if not items:
+        raise MalformedReply("generate reply has no choices")
     choices = []
     meta: dict[str, Any] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValueError(f"generate reply is not an object: {str(item)[:200]}")
+    for i, raw in enumerate(items):
+        item = choice_object(raw, i, "generate")
         meta = item.get("meta_info") or {}
-        ids = item.get("output_ids")
-        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
-            raise ValueError(f"generate choice {i} has no output_ids")
+        if not isinstance(meta, dict):
+            raise MalformedReply(f"generate choice {i} has meta_info that is not an object")
+        ids = token_list(item.get("output_ids"), i, "generate", "output_ids")
         triples = meta.get("output_token_logprobs")
         logprobs = None
         if isinstance(triples, list) and len(triples) == len(ids):
@@ -89,7 +91,7 @@ def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
         kind = finish.get("type") if isinstance(finish, dict) else finish
         choices.append(
             Sampled(
-                index=int(item.get("index", i)),
+                index=choice_index(item, i, "generate"),
                 token_ids=ids,
                 logprobs=logprobs,
                 finish_reason=raw_finish(kind),

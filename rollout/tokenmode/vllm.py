@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rollout.record import TokenSource
-from rollout.tokenmode.dialect import Dialect
+from rollout.tokenmode.dialect import Dialect, MalformedReply, choice_index, choice_object, shown, token_list
 from rollout.tokenmode.plan import (
     Generation,
     Plan,
@@ -105,16 +105,15 @@ def _logprobs(block: Any, ids: list[int]) -> list[float] | None:
 
 
 def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
-    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
-        raise ValueError(f"generate reply has no choices: {str(reply)[:200]}")
+    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list) or not reply["choices"]:
+        raise MalformedReply(f"generate reply has no choices: {shown(reply)}")
     choices = []
-    for i, c in enumerate(reply["choices"]):
-        ids = c.get("token_ids")
-        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
-            raise ValueError(f"generate choice {i} has no token_ids")
+    for i, raw in enumerate(reply["choices"]):
+        c = choice_object(raw, i, "generate")
+        ids = token_list(c.get("token_ids"), i, "generate", "token_ids")
         choices.append(
             Sampled(
-                index=int(c.get("index", i)),
+                index=choice_index(c, i, "generate"),
                 token_ids=ids,
                 logprobs=_logprobs(c.get("logprobs"), ids),
                 finish_reason=raw_finish(c.get("finish_reason")),
@@ -124,7 +123,7 @@ def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
         )
     echoed = reply.get("prompt_token_ids")
     if isinstance(echoed, list) and echoed != prompt_ids:
-        raise ValueError("the server generated from other prompt ids than were sent")
+        raise MalformedReply("the server generated from other prompt ids than were sent")
     return Generation(
         id=str(reply.get("request_id") or uuid.uuid4().hex),
         prompt_ids=prompt_ids,
@@ -153,13 +152,21 @@ def apply_derender(gen: Generation, reply: Any) -> None:
     """Set each choice's message (and finish reason) from a derendered ChatCompletion."""
     choices = reply.get("choices") if isinstance(reply, dict) else None
     if not isinstance(choices, list) or len(choices) != len(gen.choices):
-        raise ValueError("derender reply does not match the generation's choices")
+        raise MalformedReply("derender reply does not match the generation's choices")
     by_index = {c.index: c for c in gen.choices}
-    for c in choices:
-        target = by_index.get(int(c.get("index", 0)))
+    for i, raw in enumerate(choices):
+        c = choice_object(raw, i, "derender")
+        target = by_index.pop(choice_index(c, i, "derender"), None)
         message = c.get("message")
         if target is None or not isinstance(message, dict):
-            raise ValueError("derender reply has a choice without a message")
+            raise MalformedReply(f"derender choice {i} has no message for a generated choice")
+        if not (message.get("content") is None or isinstance(message.get("content"), str)):
+            raise MalformedReply(f"derender choice {i} has content that is not text")
+        calls = message.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict) for t in calls
+        )):
+            raise MalformedReply(f"derender choice {i} has malformed tool_calls")
         target.message = {k: v for k, v in message.items() if v is not None}
         if c.get("finish_reason"):
             target.finish_reason = raw_finish(c["finish_reason"])
@@ -178,13 +185,14 @@ def completions(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> 
 
 
 def parse_completions(reply: Any, prompt_ids: list[int]) -> Generation:
-    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
-        raise ValueError(f"completions reply has no choices: {str(reply)[:200]}")
+    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list) or not reply["choices"]:
+        raise MalformedReply(f"completions reply has no choices: {shown(reply)}")
     choices = []
-    for i, c in enumerate(reply["choices"]):
-        ids = c.get("token_ids")
-        if not isinstance(ids, list):
-            raise ValueError("completions reply has no token_ids (vLLM >= 0.10.2 sends them)")
+    for i, raw in enumerate(reply["choices"]):
+        c = choice_object(raw, i, "completions")
+        if "token_ids" not in c:
+            raise MalformedReply("completions reply has no token_ids (vLLM >= 0.10.2 sends them)")
+        ids = token_list(c.get("token_ids"), i, "completions", "token_ids")
         lp = c.get("logprobs")
         values = lp.get("token_logprobs") if isinstance(lp, dict) else None
         ok = isinstance(values, list) and len(values) == len(ids) and all(
@@ -192,7 +200,7 @@ def parse_completions(reply: Any, prompt_ids: list[int]) -> Generation:
         )
         choices.append(
             Sampled(
-                index=int(c.get("index", i)),
+                index=choice_index(c, i, "completions"),
                 token_ids=ids,
                 logprobs=[float(v) for v in values] if ok and values is not None else None,
                 finish_reason=raw_finish(c.get("finish_reason")),

@@ -385,3 +385,36 @@ def test_an_unknown_finish_reason_is_mapped_and_kept_raw_in_the_record(
     openai.types.chat.ChatCompletion.model_validate(replies[1].model_dump())  # a valid reply
     assert [c.choices[0].finish_reason for c in ep.calls[1:]] == ["cancelled", "cancelled"]
     assert all(any("'cancelled'" in n for n in c.notes) for c in ep.calls[1:])
+
+
+DEEP = RAW(b'{"choices": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+MALFORMED = {
+    "choice-not-object": (GENERATE, {"choices": [42]}),
+    "choices-not-list": (GENERATE, {"choices": "x"}),
+    "no-choices": (GENERATE, {"choices": []}),
+    "null-index": (GENERATE, {"choices": [{"index": None, "token_ids": [1, 2]}]}),
+    "bool-ids": (GENERATE, {"choices": [{"index": 0, "token_ids": [True]}]}),
+    "deep": (GENERATE, DEEP),
+    "derender-choice-null": ("/v1/chat/completions/derender", {"choices": [None]}),
+    "derender-null-index": ("/v1/chat/completions/derender", {"choices": [{"index": None, "message": {}}]}),
+    "derender-content-list": ("/v1/chat/completions/derender",
+                              {"choices": [{"index": 0, "message": {"content": [{"x": 1}]}}]}),
+    "derender-bad-calls": ("/v1/chat/completions/derender",
+                           {"choices": [{"index": 0, "message": {"content": "", "tool_calls": [1]}}]}),
+    "derender-deep": ("/v1/chat/completions/derender", DEEP),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_a_malformed_token_route_reply_is_a_fallback_with_its_reason(
+    proxy: Callable[[Tamper], tuple[Proxy, str]], case: str, is_async: bool
+) -> None:
+    route, bad = MALFORMED[case]
+    _, url = proxy(on(route, lambda req, rep: bad))
+    ep, replies = episode(url, "auto", is_async=is_async)
+    assert all(isinstance(r, openai.types.chat.ChatCompletion) for r in replies)
+    assert [c.sent_as for c in ep.calls] == ["messages"] * 3
+    for call in ep.calls[1:]:
+        assert (call.fallback or "").startswith("token route failed: "), call.fallback
+    assert "failed_calls" not in ep.metadata
