@@ -25,7 +25,14 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rollout.record import TokenSource
-from rollout.tokenmode.dialect import Dialect, MalformedReply, choice_index, choice_object, shown, token_list
+from rollout.tokenmode.dialect import (
+    Dialect,
+    MalformedReply,
+    choice_index,
+    choice_object,
+    shown,
+    token_list,
+)
 from rollout.tokenmode.plan import (
     Generation,
     Plan,
