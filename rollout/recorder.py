@@ -318,14 +318,22 @@ class PendingCall:
         """Send the stitched turn; the reply (or a replayed stream), or None when the
         call must go as messages after all (`fallback` says why)."""
         assert self.turn is not None
-        gen = self.turn.send()
-        return self._fell_back() if gen is None else self._deliver(gen, is_async=False)
+        try:
+            gen = self.turn.send()
+            return self._fell_back() if gen is None else self._deliver(gen, is_async=False)
+        except BaseException as exc:  # interrupted, or a failure: the same trace as messages mode
+            self.fail(exc)
+            raise
 
     async def asend_tokens(self) -> Any:
         """The async twin of `send_tokens`."""
         assert self.turn is not None
-        gen = await self.turn.asend()
-        return self._fell_back() if gen is None else self._deliver(gen, is_async=True)
+        try:
+            gen = await self.turn.asend()
+            return self._fell_back() if gen is None else self._deliver(gen, is_async=True)
+        except BaseException as exc:  # cancelled, or a failure: the same trace as messages mode
+            self.fail(exc)
+            raise
 
     def _fell_back(self) -> None:
         assert self.turn is not None

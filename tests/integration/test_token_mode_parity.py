@@ -417,3 +417,30 @@ def test_a_malformed_token_route_reply_is_a_fallback_with_its_reason(
     for call in ep.calls[1:]:
         assert (call.fallback or "").startswith("token route failed: "), call.fallback
     assert "failed_calls" not in ep.metadata
+
+
+def test_a_cancelled_call_leaves_the_same_trace_in_both_modes() -> None:
+    """An agent framework cancels a call (its own timeout): the episode says so, in either mode."""
+
+    async def run(url: str, mode: str) -> Episode:
+        recorder, _, client = recording(url, token_mode=mode)
+        async with recorder.episode("t") as ep:
+            messages: list[Any] = [SYSTEM, user("What is 2 + 3?")]
+            first = await client.chat.completions.create(model="tiny", messages=messages, max_tokens=2, seed=1)
+            messages += [as_message(first), user("Again.")]
+            task = asyncio.ensure_future(
+                client.chat.completions.create(model="tiny", messages=messages, max_tokens=2, seed=2)
+            )
+            await asyncio.sleep(0.5)  # the request is at the server, which takes 2 s per call
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+        await recorder.aclose()
+        return ep
+
+    with EmbeddedServer(seed=0, latency_s=2.0) as slow:
+        traces = {mode: asyncio.run(run(slow.base_url, mode)) for mode in ("off", "auto")}
+    for ep in traces.values():
+        assert len(ep.calls) == 1
+    assert traces["auto"].metadata["failed_calls"] == traces["off"].metadata["failed_calls"]
+    assert traces["auto"].metadata["failed_calls"][0]["error"].startswith("CancelledError")
