@@ -343,7 +343,7 @@ class PendingCall:
     def _deliver(self, gen: Generation, *, is_async: bool) -> Any:
         """Record a token-mode generation; the ChatCompletion (or its stream) for the agent."""
         assert self.turn is not None
-        choices, reply = self.turn.deliver(gen, self.recorder.policy_version)
+        choices, reply = self.turn.deliver(gen, self.recorder.policy_version, strict=self.recorder.strict)
         self.done = True
         call = CallRecord(
             id=reply["id"],

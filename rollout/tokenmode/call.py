@@ -12,7 +12,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from rollout.record import NO_VERSION, Choice, Versions, as_ids, as_logprobs
+import numpy as np
+
+from rollout.record import NO_VERSION, Choice, TokenRecordError, Versions, as_ids, as_logprobs
 from rollout.tokenmode.plan import Generation, adrive, drive
 from rollout.tokenmode.reply import (
     AsyncReplayStream,
@@ -68,8 +70,11 @@ class TokenCall:
         else:
             self.fallback = f"token route failed: {exc}"
 
-    def deliver(self, gen: Generation, policy_version: int | None) -> tuple[list[Choice], dict[str, Any]]:
-        """The record's choices and the reply (ChatCompletion as a dict) for `gen`."""
+    def deliver(
+        self, gen: Generation, policy_version: int | None, *, strict: bool = False
+    ) -> tuple[list[Choice], dict[str, Any]]:
+        """The record's choices and the reply (ChatCompletion as a dict) for `gen`;
+        what was odd about it goes to `notes` (`strict`: raises `TokenRecordError`)."""
         dialect = self.turn.server.dialect
         assert dialect is not None  # a turn ran, so the server was probed
         reply = chat_completion(gen, str(self.kwargs.get("model") or ""), logprobs=self.asked_logprobs)
@@ -85,11 +90,19 @@ class TokenCall:
                 if c.versions is not None
                 else Versions.constant(NO_VERSION if version is None else version, n)
             )
+            logprobs = None if c.logprobs is None else as_logprobs(c.logprobs)
+            if logprobs is not None and np.isnan(logprobs).any():  # never pass NaN off as a logprob
+                msg = (f"choice {c.index}: {int(np.isnan(logprobs).sum())} of {n} logprobs are null or NaN; "
+                       "logprobs dropped")  # fmt: skip
+                if strict:
+                    raise TokenRecordError(msg)
+                self.notes.append(msg)
+                logprobs = None
             choices.append(
                 Choice(
                     index=c.index,
                     ids=as_ids(c.token_ids),
-                    logprobs=None if c.logprobs is None else as_logprobs(c.logprobs),
+                    logprobs=logprobs,
                     versions=versions,
                     finish_reason=c.finish_reason,
                     message=message_dict(wire["message"]),

@@ -56,6 +56,14 @@ def choice_index(c: dict[str, Any], i: int, what: str, key: str = "index") -> in
     return index
 
 
+def logprob_value(value: Any) -> float:
+    """A logprob as a float; null or anything not a number reads as NaN, which the record
+    flags and keeps out of training (as `rollout.tokens` does for messages-mode replies)."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return float("nan")
+
+
 def token_list(ids: Any, i: int, what: str, key: str) -> list[int]:
     """A choice's token ids: a list of non-negative ints (no bools, no floats)."""
     if not isinstance(ids, list) or not all(type(t) is int and t >= 0 for t in ids):

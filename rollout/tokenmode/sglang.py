@@ -16,7 +16,13 @@ import uuid
 from typing import Any, ClassVar
 
 from rollout.record import TokenSource
-from rollout.tokenmode.dialect import MalformedReply, choice_index, choice_object, token_list
+from rollout.tokenmode.dialect import (
+    MalformedReply,
+    choice_index,
+    choice_object,
+    logprob_value,
+    token_list,
+)
 from rollout.tokenmode.plan import (
     Generation,
     Plan,
@@ -82,11 +88,8 @@ def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
         logprobs = None
         if isinstance(triples, list) and len(triples) == len(ids):
             pairs = [(t[0], t[1]) for t in triples if isinstance(t, list) and len(t) >= 2]
-            if len(pairs) == len(ids) and all(
-                isinstance(lp, (int, float)) and tid == want
-                for (lp, tid), want in zip(pairs, ids, strict=True)
-            ):
-                logprobs = [float(lp) for lp, _ in pairs]
+            if len(pairs) == len(ids) and all(tid == want for (_, tid), want in zip(pairs, ids, strict=True)):
+                logprobs = [logprob_value(lp) for lp, _ in pairs]  # null: NaN, flagged in the record
         finish = meta.get("finish_reason")
         kind = finish.get("type") if isinstance(finish, dict) else finish
         choices.append(

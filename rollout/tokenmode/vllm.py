@@ -30,6 +30,7 @@ from rollout.tokenmode.dialect import (
     MalformedReply,
     choice_index,
     choice_object,
+    logprob_value,
     shown,
     token_list,
 )
@@ -103,11 +104,9 @@ def _logprobs(block: Any, ids: list[int]) -> list[float] | None:
         return None
     out: list[float] = []
     for entry, tid in zip(entries, ids, strict=True):
-        lp = entry.get("logprob") if isinstance(entry, dict) else None
-        got = _entry_id(entry)
-        if not isinstance(lp, (int, float)) or (got is not None and got != tid):
+        if not isinstance(entry, dict) or (_entry_id(entry) not in (None, tid)):
             return None
-        out.append(float(lp))
+        out.append(logprob_value(entry.get("logprob")))  # null: NaN, flagged in the record
     return out
 
 
@@ -202,14 +201,12 @@ def parse_completions(reply: Any, prompt_ids: list[int]) -> Generation:
         ids = token_list(c.get("token_ids"), i, "completions", "token_ids")
         lp = c.get("logprobs")
         values = lp.get("token_logprobs") if isinstance(lp, dict) else None
-        ok = isinstance(values, list) and len(values) == len(ids) and all(
-            isinstance(v, (int, float)) for v in values
-        )
+        ok = isinstance(values, list) and len(values) == len(ids)
         choices.append(
             Sampled(
                 index=choice_index(c, i, "completions"),
                 token_ids=ids,
-                logprobs=[float(v) for v in values] if ok and values is not None else None,
+                logprobs=[logprob_value(v) for v in values] if ok and values is not None else None,
                 finish_reason=raw_finish(c.get("finish_reason")),
                 versions=versions_from_spans(c.get("weight_versions"), len(ids)),
                 text=c.get("text") if isinstance(c.get("text"), str) else None,

@@ -22,7 +22,7 @@ import openai
 import pytest
 from aiohttp import web
 
-from rollout import Episode, Recorder
+from rollout import Episode, Recorder, TokenRecordError
 from rollout.embedded import EmbeddedServer
 from rollout.tokenmode import EDITED_HISTORY, TOOLS_CHANGED
 
@@ -111,11 +111,14 @@ class RAW(bytes):
     """A reply body sent as it is (not JSON-encoded by the proxy)."""
 
 
+DERENDER = "/v1/chat/completions/derender"
+
+
 class Proxy:
     """A real HTTP server in front of the embedded server that rewrites chosen replies."""
 
-    def __init__(self, upstream: EmbeddedServer, tamper: Tamper) -> None:
-        self.upstream, self.tamper = upstream, tamper
+    def __init__(self, upstream: EmbeddedServer, tamper: Tamper, refuse: tuple[str, ...] = ()) -> None:
+        self.upstream, self.tamper, self.refuse = upstream, tamper, refuse
         self.hits: list[str] = []
         self.bodies: list[tuple[str, Any]] = []
 
@@ -126,6 +129,8 @@ class Proxy:
         raw = await request.read()
         body = json.loads(raw) if raw else None
         self.bodies.append((request.path, body))
+        if request.path in self.refuse:  # a route this server does not have
+            return web.json_response({"error": {"message": "Not Found"}}, status=404)
         async with aiohttp.ClientSession() as s, s.request(
             request.method, self.upstream.url + request.path, data=raw,
             headers={"Content-Type": request.headers.get("Content-Type", "application/json")},
@@ -138,15 +143,15 @@ class Proxy:
 
 
 @pytest.fixture
-def proxy(server: EmbeddedServer) -> Iterator[Callable[[Tamper], tuple[Proxy, str]]]:
-    """`proxy(tamper)` -> (the proxy, its base URL); stopped after the test."""
+def proxy(server: EmbeddedServer) -> Iterator[Callable[..., tuple[Proxy, str]]]:
+    """`proxy(tamper, refuse=(routes,))` -> (the proxy, its base URL); stopped after the test."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     runners: list[web.AppRunner] = []
 
-    def start(tamper: Tamper) -> tuple[Proxy, str]:
-        p = Proxy(server, tamper)
+    def start(tamper: Tamper, refuse: tuple[str, ...] = ()) -> tuple[Proxy, str]:
+        p = Proxy(server, tamper, refuse)
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/{tail:.*}", p.handle)
         runner = web.AppRunner(app)
@@ -304,7 +309,7 @@ def test_a_renamed_tool_call_id_is_edited_history() -> None:
     assert "the parent's reply differs from what it sampled (tool_calls)" in (ep.calls[1].fallback or "")
 
 
-def test_a_bridge_that_renders_no_new_tokens_is_a_fallback(proxy: Callable[[Tamper], tuple[Proxy, str]]) -> None:
+def test_a_bridge_that_renders_no_new_tokens_is_a_fallback(proxy: Callable[..., tuple[Proxy, str]]) -> None:
     """A template that drops the new messages must not give a stitched prompt without them."""
 
     alone: dict[str, list[int]] = {}
@@ -325,7 +330,7 @@ def test_a_bridge_that_renders_no_new_tokens_is_a_fallback(proxy: Callable[[Tamp
 
 
 @pytest.mark.parametrize("bad", [{"tokens": None}, {"tokens": ["x"]}, [], RAW(b"[[[")])
-def test_a_bridge_render_that_fails_is_a_fallback(proxy: Callable[[Tamper], tuple[Proxy, str]], bad: Any) -> None:
+def test_a_bridge_render_that_fails_is_a_fallback(proxy: Callable[..., tuple[Proxy, str]], bad: Any) -> None:
     _, url = proxy(on("/tokenize", lambda req, rep: bad))
     ep, _ = episode(url, "auto")
     assert [c.sent_as for c in ep.calls] == ["messages"] * 3
@@ -350,7 +355,7 @@ def finishing(reason: Any) -> Tamper:
 
 @pytest.mark.parametrize("is_async", [False, True])
 def test_an_aborted_reply_reaches_the_agent_as_in_messages_mode(
-    proxy: Callable[[Tamper], tuple[Proxy, str]], is_async: bool
+    proxy: Callable[..., tuple[Proxy, str]], is_async: bool
 ) -> None:
     _, url = proxy(finishing("abort"))
     runs = {m: episode(url, m, is_async=is_async) for m in ("off", "auto")}
@@ -361,7 +366,7 @@ def test_an_aborted_reply_reaches_the_agent_as_in_messages_mode(
     assert [c.choices[0].finish_reason for c in on.calls] == ["abort"] * 3
 
 
-def test_an_aborted_reply_streams_as_in_messages_mode(proxy: Callable[[Tamper], tuple[Proxy, str]]) -> None:
+def test_an_aborted_reply_streams_as_in_messages_mode(proxy: Callable[..., tuple[Proxy, str]]) -> None:
     _, url = proxy(finishing("abort"))
     recorder, client, _ = recording(url)
     with recorder.episode("t") as ep:
@@ -375,7 +380,7 @@ def test_an_aborted_reply_streams_as_in_messages_mode(proxy: Callable[[Tamper], 
 
 
 def test_an_unknown_finish_reason_is_mapped_and_kept_raw_in_the_record(
-    proxy: Callable[[Tamper], tuple[Proxy, str]],
+    proxy: Callable[..., tuple[Proxy, str]],
 ) -> None:
     _, url = proxy(on(GENERATE, lambda req, rep: finishing("cancelled")(GENERATE, req, rep)))
     ep, replies = episode(url, "auto")
@@ -394,20 +399,20 @@ MALFORMED = {
     "null-index": (GENERATE, {"choices": [{"index": None, "token_ids": [1, 2]}]}),
     "bool-ids": (GENERATE, {"choices": [{"index": 0, "token_ids": [True]}]}),
     "deep": (GENERATE, DEEP),
-    "derender-choice-null": ("/v1/chat/completions/derender", {"choices": [None]}),
-    "derender-null-index": ("/v1/chat/completions/derender", {"choices": [{"index": None, "message": {}}]}),
-    "derender-content-list": ("/v1/chat/completions/derender",
+    "derender-choice-null": (DERENDER, {"choices": [None]}),
+    "derender-null-index": (DERENDER, {"choices": [{"index": None, "message": {}}]}),
+    "derender-content-list": (DERENDER,
                               {"choices": [{"index": 0, "message": {"content": [{"x": 1}]}}]}),
-    "derender-bad-calls": ("/v1/chat/completions/derender",
+    "derender-bad-calls": (DERENDER,
                            {"choices": [{"index": 0, "message": {"content": "", "tool_calls": [1]}}]}),
-    "derender-deep": ("/v1/chat/completions/derender", DEEP),
+    "derender-deep": (DERENDER, DEEP),
 }  # fmt: skip
 
 
 @pytest.mark.parametrize("is_async", [False, True])
 @pytest.mark.parametrize("case", sorted(MALFORMED))
 def test_a_malformed_token_route_reply_is_a_fallback_with_its_reason(
-    proxy: Callable[[Tamper], tuple[Proxy, str]], case: str, is_async: bool
+    proxy: Callable[..., tuple[Proxy, str]], case: str, is_async: bool
 ) -> None:
     route, bad = MALFORMED[case]
     _, url = proxy(on(route, lambda req, rep: bad))
@@ -444,3 +449,36 @@ def test_a_cancelled_call_leaves_the_same_trace_in_both_modes() -> None:
         assert len(ep.calls) == 1
     assert traces["auto"].metadata["failed_calls"] == traces["off"].metadata["failed_calls"]
     assert traces["auto"].metadata["failed_calls"][0]["error"].startswith("CancelledError")
+
+
+@pytest.mark.parametrize("bad", [None, math.nan], ids=["null", "nan"])
+def test_null_and_nan_logprobs_are_flagged_and_kept_out_of_training_in_both_modes(
+    proxy: Callable[..., tuple[Proxy, str]], bad: Any
+) -> None:
+    """As `rollout.tokens` does for a messages-mode reply: a note, and no logprobs for training."""
+
+    def tamper(path: str, req: Any, rep: Any) -> Any:
+        if path in (GENERATE, "/v1/chat/completions"):
+            rep["choices"][0]["logprobs"]["content"][-1]["logprob"] = bad
+        return rep
+
+    _, url = proxy(tamper, refuse=(DERENDER,))  # without derender: the client reads the generate reply
+    runs = {m: episode(url, m) for m in ("off", "auto")}
+    assert [c.sent_as for c in runs["auto"][0].calls] == ["messages", "tokens", "tokens"], [c.fallback for c in runs["auto"][0].calls]
+    for mode, (ep, _) in runs.items():
+        for call in ep.calls:
+            assert call.choices[0].logprobs is None, mode
+            n = len(call.choices[0].ids)
+            assert f"choice 0: 1 of {n} logprobs are null or NaN; logprobs dropped" in call.notes, (mode, call.notes)
+    # strict=True: a TokenRecordError after the call, in token mode as in messages mode.
+    _, url = proxy(lambda path, req, rep: tamper(path, req, rep) if path == GENERATE else rep, refuse=(DERENDER,))
+    strict = Recorder(request_token_ids=True, request_logprobs=True, strict=True)
+    client = strict.wrap(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
+    with strict.episode("t") as ep:
+        messages: list[Any] = [SYSTEM, user("2 + 3?")]
+        first = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4)
+        with pytest.raises(TokenRecordError, match="null or NaN"):
+            client.chat.completions.create(model="tiny", messages=[*messages, as_message(first), user("Again.")],
+                                           max_tokens=4)  # fmt: skip
+    assert len(ep.calls) == 1 and len(ep.metadata["failed_calls"]) == 1
+    assert "null or NaN" in ep.metadata["failed_calls"][0]["error"]
