@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 
 from rollout.record import TokenSource
 from rollout.tokenmode import hermes
-from rollout.tokenmode.plan import Generation, Plan
+from rollout.tokenmode.plan import Generation, Plan, Sampled
 
 _BY_OWNER: dict[str, type[Dialect]] = {}
 
@@ -112,6 +112,15 @@ class Dialect:
         """The text of `ids` (special tokens kept as text)."""
         raise NotImplementedError
 
+    def stop_reason(self, gen: Generation, choice: Sampled) -> tuple[bool, Any]:
+        """(whether the server said, what stopped `choice`): a stop token id, a stop string,
+        or None for EOS, as vLLM's `stop_reason` (the reply's choice of the same index)."""
+        raw = gen.raw.get("choices") if isinstance(gen.raw, dict) else None
+        for c in raw if isinstance(raw, list) else []:
+            if isinstance(c, dict) and c.get("index", choice.index) == choice.index and "stop_reason" in c:
+                return True, c["stop_reason"]
+        return False, None
+
     # --- shared ------------------------------------------------------------------------
 
     def fill_messages(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
@@ -119,12 +128,21 @@ class Dialect:
         `<tool_call>` and `<think>`), from the server's text or a detokenize call.
         Dialects whose server can parse its own replies override this."""
         parse_tools = bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"
+        extra = kwargs.get("extra_body") or {}
+        keep_stop = bool(extra.get("include_stop_str_in_output"))
         for choice in gen.choices:
             if choice.text is None:
-                ids = choice.token_ids
+                ids, cut = choice.token_ids, None
                 if choice.finish_reason == "stop" and ids:
-                    ids = ids[:-1]  # the stop token is not text
-                choice.text = yield from self.detokenize(model, ids)
+                    said, stop = self.stop_reason(gen, choice)
+                    if isinstance(stop, str):  # a stop string: its ids are text, cut where it starts
+                        cut = None if keep_stop else stop
+                    elif not said or stop is None or stop == ids[-1]:
+                        ids = ids[:-1]  # the stop token (EOS, or a stop_token_ids match) is not text
+                text = yield from self.detokenize(model, ids)
+                if cut and (at := text.find(cut)) >= 0:
+                    text = text[:at]
+                choice.text = text
             choice.message = hermes.parse_message(choice.text or "", tools=parse_tools)
             if choice.message.get("tool_calls"):
                 choice.finish_reason = "tool_calls"

@@ -132,3 +132,13 @@ class SglangDialect(VllmDialect):
     def generate(self, model: str, prompt: list[int], sampling: dict[str, Any]) -> Plan:
         reply = yield generate(model, prompt, sampling)
         return parse_generate(reply, prompt)
+
+    def stop_reason(self, gen: Generation, choice: Sampled) -> tuple[bool, Any]:
+        """SGLang's `meta_info.finish_reason.matched`: the stop token id (EOS included) or string."""
+        items = gen.raw if isinstance(gen.raw, list) else [gen.raw]
+        item = items[choice.index] if choice.index < len(items) else None
+        meta = item.get("meta_info") if isinstance(item, dict) else None
+        finish = meta.get("finish_reason") if isinstance(meta, dict) else None
+        if isinstance(finish, dict) and "matched" in finish:
+            return True, finish["matched"]
+        return False, None

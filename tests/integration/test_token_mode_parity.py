@@ -482,3 +482,47 @@ def test_null_and_nan_logprobs_are_flagged_and_kept_out_of_training_in_both_mode
                                            max_tokens=4)  # fmt: skip
     assert len(ep.calls) == 1 and len(ep.metadata["failed_calls"]) == 1
     assert "null or NaN" in ep.metadata["failed_calls"][0]["error"]
+
+
+def _second_turn(url: str, seed: int, **kw: Any) -> tuple[Episode, Any]:
+    """A messages-mode first call, then a stitched second one with `kw`; (episode, second reply)."""
+    recorder, client, _ = recording(url)
+    messages: list[Any] = [SYSTEM, user("What is 2 + 3?")]
+    with recorder.episode("t") as ep:
+        first = client.chat.completions.create(model="tiny", messages=messages, max_tokens=4, seed=1)
+        second = client.chat.completions.create(model="tiny", messages=[*messages, as_message(first), user("Again.")],
+                                                seed=seed, **kw)  # fmt: skip
+    recorder.close()
+    assert ep.calls[1].sent_as == "tokens", ep.calls[1].fallback
+    return ep, second
+
+
+def test_text_ends_where_the_servers_own_parse_ends_it(proxy: Callable[..., tuple[Proxy, str]],
+                                                       server: EmbeddedServer) -> None:  # fmt: skip
+    """Without derender the client detokenizes: a stop string's ids are text (cut where the string
+    starts), only a stop token (EOS, a stop_token_ids match) is left out, as the server's parse does."""
+    _, bare = proxy(lambda path, req, rep: rep, refuse=(DERENDER,))
+    checked = {"stop string": 0, "eos": 0, "stop token": 0}
+    for seed in range(12):
+        _, free = _second_turn(server.base_url, seed, max_tokens=16)
+        text = free.choices[0].message.content or ""
+        # A stop string: a character whose first occurrence is not at the start.
+        stops = [ch for i, ch in enumerate(text) if i > 0 and text.find(ch) == i and ch.strip()]
+        cases: list[tuple[str, dict[str, Any]]] = [("eos", {"max_tokens": 16})]
+        if stops:
+            cases.append(("stop string", {"max_tokens": 16, "stop": [stops[-1]]}))
+        ep_free, _ = _second_turn(server.base_url, seed, max_tokens=16)
+        ids = ep_free.calls[1].choices[0].ids.tolist()
+        if len(ids) > 2:
+            cases.append(("stop token", {"max_tokens": 16, "extra_body": {"stop_token_ids": [ids[1]]}}))
+        for name, kw in cases:
+            ep_a, ref = _second_turn(server.base_url, seed, **kw)  # the server's derender
+            ep_b, got = _second_turn(bare, seed, **kw)  # the client's own parse
+            if name == "eos" and ref.choices[0].finish_reason != "stop":
+                continue
+            assert ref.choices[0].finish_reason == "stop", name
+            assert (got.choices[0].message.content, got.choices[0].finish_reason) == (
+                ref.choices[0].message.content, ref.choices[0].finish_reason), (name, seed)  # fmt: skip
+            assert ep_b.calls[1].choices[0].ids.tolist() == ep_a.calls[1].choices[0].ids.tolist()
+            checked[name] += 1
+    assert all(checked.values()), checked

@@ -43,3 +43,33 @@ def test_a_malformed_sglang_reply_is_a_typed_error(reply: Any) -> None:
 def test_a_malformed_completions_reply_is_a_typed_error(reply: Any) -> None:
     with pytest.raises(MalformedReply):
         vllm.parse_completions(reply, [1, 2])
+
+
+def _fill(dialect: Any, gen: Any, texts: dict[tuple[int, ...], str]) -> list[tuple[int, ...]]:
+    """Run `fill_messages` answering each detokenize request from `texts`; the ids it asked for."""
+    asked = []
+    plan = dialect.fill_messages("m", gen, {})
+    reply = None
+    try:
+        while True:
+            request = plan.send(reply)
+            ids = tuple(request.body["tokens"])
+            asked.append(ids)
+            reply = {"prompt": texts[ids]}
+    except StopIteration:
+        return asked
+
+
+@pytest.mark.parametrize(
+    ("matched", "asked", "content"),
+    [("</a>", (5, 6, 7), "hi"), (7, (5, 6), "hi</"), (9, (5, 6, 7), "hi</a>")],
+    ids=["stop-string", "stop-token", "other-token"],
+)
+def test_sglang_text_keeps_a_stop_strings_ids_and_drops_a_stop_token(
+    matched: Any, asked: tuple[int, ...], content: str
+) -> None:
+    reply = {"output_ids": [5, 6, 7], "meta_info": {"finish_reason": {"type": "stop", "matched": matched}}}
+    gen = sglang.parse_generate(reply, [1])
+    texts = {(5, 6, 7): "hi</a>", (5, 6): "hi</"}
+    assert _fill(sglang.SglangDialect(), gen, texts) == [asked]
+    assert gen.choices[0].message == {"role": "assistant", "content": content}
