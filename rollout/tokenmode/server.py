@@ -149,6 +149,25 @@ class TokenServer:
         join = closing[1:] if stopped else closing
         return [*join, *after[len(before) :]]
 
+    def max_model_len(self, dialect: Dialect, model: str) -> Plan:
+        """The context length: from `/tokenize` replies, else the model card (`GET /v1/models`,
+        vLLM's and SGLang's `max_model_len`). A server that reports neither cannot say how
+        long a reply without `max_tokens` may be, so such calls go as messages."""
+        if dialect.max_model_len is None:
+            try:
+                reply = yield Request("GET", "/v1/models")
+            except HttpError as exc:
+                raise Unavailable(f"context length unknown: {exc}") from exc
+            data = reply.get("data") if isinstance(reply, dict) else None
+            cards = [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+            card = next((d for d in cards if d.get("id") == model), cards[0] if cards else {})
+            limit = card.get("max_model_len")
+            if type(limit) is int and limit > 0:
+                dialect.max_model_len = limit
+        if dialect.max_model_len is None:
+            raise Unavailable("the server reports no context length (max_model_len) for a call without max_tokens")
+        return dialect.max_model_len
+
     # --- one turn -------------------------------------------------------------------
 
     def turn(self, parent: Parent, new_messages: list[Any], kwargs: Mapping[str, Any]) -> Plan:
@@ -160,8 +179,9 @@ class TokenServer:
         bridge = yield from self.bridge(dialect, model, parent, new_messages, ctk)
         prompt = [*parent.prompt_ids, *parent.sampled_ids, *bridge]
         budget = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
-        if budget is None:  # chat semantics: the rest of the context
-            budget = (dialect.max_model_len or len(prompt) + 16) - len(prompt)
+        if budget is None:  # chat semantics: the rest of the context (the server refuses a full one)
+            limit = yield from self.max_model_len(dialect, model)
+            budget = max(1, limit - len(prompt))
         sampling = sampling_params(kwargs, int(budget))
         try:
             gen: Generation = yield from dialect.generate(model, prompt, sampling)

@@ -237,7 +237,7 @@ class VllmDialect(Dialect):
         reply = yield tokenize(model, messages, tools, add_generation_prompt=generation_prompt,
                                chat_template_kwargs=ctk)  # fmt: skip
         tokens = reply.get("tokens") if isinstance(reply, dict) else None
-        if isinstance(reply, dict) and isinstance(reply.get("max_model_len"), int):
+        if isinstance(reply, dict) and type(reply.get("max_model_len")) is int and reply["max_model_len"] > 0:
             self.max_model_len = reply["max_model_len"]
         return tokens
 

@@ -526,3 +526,41 @@ def test_text_ends_where_the_servers_own_parse_ends_it(proxy: Callable[..., tupl
             assert ep_b.calls[1].choices[0].ids.tolist() == ep_a.calls[1].choices[0].ids.tolist()
             checked[name] += 1
     assert all(checked.values()), checked
+
+
+def _without_max_model_len(path: str, req: Any, rep: Any) -> Any:
+    if path == "/tokenize" and isinstance(rep, dict):
+        rep.pop("max_model_len", None)
+    return rep
+
+
+def test_a_call_without_max_tokens_gets_the_rest_of_the_context(
+    proxy: Callable[..., tuple[Proxy, str]], server: EmbeddedServer
+) -> None:
+    """As the chat endpoint gives it, when /tokenize does not say the context length: the model card does."""
+    seen_by, url = proxy(_without_max_model_len)
+    runs = {m: episode(url, m, max_tokens=None) for m in ("off", "auto")}
+    on = runs["auto"][0]
+    assert [c.sent_as for c in on.calls] == ["messages", "tokens", "tokens"], [c.fallback for c in on.calls]
+    limit = server.state.max_model_len
+    generated = [b for p, b in seen_by.bodies if p == GENERATE]
+    assert [g["sampling_params"]["max_tokens"] for g in generated] == [limit - len(g["token_ids"]) for g in generated]
+    assert all(c.choices[0].finish_reason == "stop" for c in on.calls)  # not cut at 16 tokens
+    assert_same_where_prompts_match(runs["auto"], runs["off"], logprobs=False)
+
+
+def test_a_server_that_reports_no_context_length_sends_such_calls_as_messages(
+    proxy: Callable[..., tuple[Proxy, str]],
+) -> None:
+    def tamper(path: str, req: Any, rep: Any) -> Any:
+        if path == "/v1/models":
+            for card in rep["data"]:
+                card.pop("max_model_len", None)
+        return _without_max_model_len(path, req, rep)
+
+    _, url = proxy(tamper)
+    ep, _ = episode(url, "auto", max_tokens=None)
+    assert [c.sent_as for c in ep.calls] == ["messages"] * 3
+    assert all("context length" in (c.fallback or "") for c in ep.calls[1:]), [c.fallback for c in ep.calls]
+    ep, _ = episode(url, "auto", max_tokens=3)  # with max_tokens, nothing to ask
+    assert [c.sent_as for c in ep.calls] == ["messages", "tokens", "tokens"]
