@@ -35,7 +35,7 @@ FALLBACK_ERRORS = (Unavailable, HttpError, ValueError, RecursionError)
 class TokenCall:
     """One call on its way as token ids."""
 
-    __slots__ = ("asked_logprobs", "fallback", "kwargs", "notes", "turn")
+    __slots__ = ("asked_logprobs", "fallback", "kwargs", "notes", "turn", "views")
 
     def __init__(self, turn: StitchedTurn, kwargs: dict[str, Any], *, asked_logprobs: bool) -> None:
         self.turn = turn
@@ -43,11 +43,12 @@ class TokenCall:
         self.asked_logprobs = asked_logprobs
         self.fallback: str | None = None  # why it went as messages after all
         self.notes: list[str] = []  # for the record: what was odd about the reply
+        self.views: dict[int, list[Any]] = {}  # choice index -> logprobs.content the agent gets
 
     def send(self) -> Generation | None:
         """The generation, or None when the call must go as messages (`fallback` says why)."""
         try:
-            gen: Generation = drive(self.turn.plan(), self.turn.server.http)
+            gen, self.views = drive(self.turn.plan(), self.turn.server.http)
         except FALLBACK_ERRORS as exc:
             self._fall_back(exc)
             return None
@@ -56,7 +57,7 @@ class TokenCall:
     async def asend(self) -> Generation | None:
         """The async twin of `send`."""
         try:
-            gen: Generation = await adrive(self.turn.plan(), self.turn.server.http)
+            gen, self.views = await adrive(self.turn.plan(), self.turn.server.http)
         except FALLBACK_ERRORS as exc:
             self._fall_back(exc)
             return None
@@ -77,7 +78,8 @@ class TokenCall:
         what was odd about it goes to `notes` (`strict`: raises `TokenRecordError`)."""
         dialect = self.turn.server.dialect
         assert dialect is not None  # a turn ran, so the server was probed
-        reply = chat_completion(gen, str(self.kwargs.get("model") or ""), logprobs=self.asked_logprobs)
+        reply = chat_completion(gen, str(self.kwargs.get("model") or ""),
+                                logprobs=self.views if self.asked_logprobs else None)  # fmt: skip
         version = gen.weight_version if gen.weight_version is not None else policy_version
         choices = []
         for c, wire in zip(gen.choices, reply["choices"], strict=True):

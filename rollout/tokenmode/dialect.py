@@ -24,6 +24,9 @@ from rollout.tokenmode.plan import Generation, Plan, Sampled
 
 _BY_OWNER: dict[str, type[Dialect]] = {}
 
+TOKEN_TEXT_CACHE = 1 << 18
+"""Token texts a dialect keeps (a vocabulary's worth)."""
+
 
 class MalformedReply(ValueError):
     """A token route answered 200 with JSON that is not the reply its protocol defines.
@@ -71,6 +74,12 @@ def token_list(ids: Any, i: int, what: str, key: str) -> list[int]:
     return ids
 
 
+def _named(t: int, lp: float, texts: dict[int, str] | None) -> dict[str, Any]:
+    """A logprobs entry's token as the chat endpoint names it (`token_id:N` without texts)."""
+    text = f"token_id:{t}" if texts is None else texts.get(t, "")
+    return {"token": text, "logprob": lp, "bytes": list(text.encode("utf-8", errors="replace"))}
+
+
 class Dialect:
     """One server's token protocol, plus what was learnt about that server."""
 
@@ -81,6 +90,7 @@ class Dialect:
 
     def __init__(self) -> None:
         self.max_model_len: int | None = None  # the context length, once the server said it
+        self._texts: dict[int, str] = {}  # token id -> its text (`token_texts`)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -121,12 +131,68 @@ class Dialect:
                 return True, c["stop_reason"]
         return False, None
 
+    def top_candidates(self, gen: Generation, choice: Sampled) -> list[list[tuple[int, float]]] | None:
+        """Per sampled token, the top candidates (id, logprob) the reply carried, if any.
+        vLLM's generate entries list the sampled token first, then the top k."""
+        raw = gen.raw.get("choices") if isinstance(gen.raw, dict) else None
+        for c in raw if isinstance(raw, list) else []:
+            if not (isinstance(c, dict) and c.get("index", choice.index) == choice.index):
+                continue
+            block = c.get("logprobs")
+            entries = block.get("content") if isinstance(block, dict) else None
+            if not isinstance(entries, list) or len(entries) != len(choice.token_ids):
+                return None
+            out = []
+            for e in entries:
+                tops = e.get("top_logprobs") if isinstance(e, dict) else None
+                if not isinstance(tops, list):
+                    return None
+                out.append([(t["token_id"], logprob_value(t.get("logprob"))) for t in tops[1:]
+                            if isinstance(t, dict) and type(t.get("token_id")) is int])  # fmt: skip
+            return out
+        return None
+
     # --- shared ------------------------------------------------------------------------
+
+    def token_texts(self, model: str, ids: set[int]) -> Plan:
+        """Each id's text, as the chat endpoint names tokens in logprobs: one detokenize per id
+        not seen before (a server's token texts never change, so they are kept)."""
+        out: dict[int, str] = {}
+        for t in sorted(ids):
+            text = self._texts.get(t)
+            if text is None:
+                text = yield from self.detokenize(model, [t])
+                if len(self._texts) < TOKEN_TEXT_CACHE:
+                    self._texts[t] = text
+            out[t] = text
+        return out
+
+    def logprob_views(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
+        """Each choice's `logprobs.content` as the chat endpoint would send it (token text,
+        bytes, `top_logprobs`), for a server that did not build it (no derender)."""
+        if not kwargs.get("logprobs"):
+            return {}
+        extra = kwargs.get("extra_body") or {}
+        as_ids = extra.get("return_tokens_as_token_ids") is True
+        k = int(kwargs.get("top_logprobs") or 0)
+        views: dict[int, list[dict[str, Any]]] = {}
+        for choice in gen.choices:
+            if choice.logprobs is None:
+                continue
+            tops = self.top_candidates(gen, choice) if k else None
+            wanted = {*choice.token_ids, *(t for row in tops or [] for t, _ in row[:k])}
+            texts = None if as_ids else (yield from self.token_texts(model, wanted))
+            views[choice.index] = [
+                {**_named(t, lp, texts), "top_logprobs": [_named(u, v, texts) for u, v in (tops[j][:k] if tops else [])]}
+                for j, (t, lp) in enumerate(zip(choice.token_ids, choice.logprobs, strict=True))
+            ]
+        return views
 
     def fill_messages(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
         """Set each choice's assistant message: parsed on the client (Hermes / Qwen
         `<tool_call>` and `<think>`), from the server's text or a detokenize call.
-        Dialects whose server can parse its own replies override this."""
+        Dialects whose server can parse its own replies override this. Returns the
+        logprobs views the agent gets (`logprob_views`)."""
         parse_tools = bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"
         extra = kwargs.get("extra_body") or {}
         keep_stop = bool(extra.get("include_stop_str_in_output"))
@@ -146,3 +212,4 @@ class Dialect:
             choice.message = hermes.parse_message(choice.text or "", tools=parse_tools)
             if choice.message.get("tool_calls"):
                 choice.finish_reason = "tool_calls"
+        return (yield from self.logprob_views(model, gen, kwargs))

@@ -51,18 +51,16 @@ def sdk_object(cls: Any, data: dict[str, Any]) -> Any:
     return construct_type(type_=cls, value=data)
 
 
-def chat_completion(gen: Generation, model: str, *, logprobs: bool) -> dict[str, Any]:
-    """The reply the agent gets: a ChatCompletion, with vLLM's id fields like `return_token_ids`."""
+def chat_completion(gen: Generation, model: str, *, logprobs: dict[int, list[Any]] | None) -> dict[str, Any]:
+    """The reply the agent gets: a ChatCompletion, with vLLM's id fields like `return_token_ids`.
+
+    `logprobs`: each choice's `logprobs.content` as the chat endpoint builds it (token text,
+    bytes, top_logprobs; see `Dialect.logprob_views`), or None when the agent did not ask."""
     choices = []
     for c in gen.choices:
         block: dict[str, Any] | None = None
-        if logprobs and c.logprobs is not None:
-            block = {
-                "content": [
-                    {"token": f"token_id:{t}", "logprob": lp, "bytes": None, "top_logprobs": []}
-                    for t, lp in zip(c.token_ids, c.logprobs, strict=True)
-                ]
-            }
+        if logprobs is not None and c.index in logprobs:
+            block = {"content": logprobs[c.index]}
         choices.append({
             "index": c.index,
             "message": {"role": "assistant", **(c.message or {"content": c.text or ""})},

@@ -171,7 +171,8 @@ class TokenServer:
     # --- one turn -------------------------------------------------------------------
 
     def turn(self, parent: Parent, new_messages: list[Any], kwargs: Mapping[str, Any]) -> Plan:
-        """Stitch, generate and parse one call; returns the `Generation` (messages filled)."""
+        """Stitch, generate and parse one call; returns the `Generation` (messages filled)
+        and each choice's logprobs view for the agent (`Dialect.logprob_views`)."""
         dialect = yield from self.probe()
         model = str(kwargs.get("model") or "")
         extra = kwargs.get("extra_body") or {}
@@ -189,8 +190,8 @@ class TokenServer:
             if exc.unavailable:
                 self._give_up(f"server has no token route: {exc}")
             raise
-        yield from dialect.fill_messages(model, gen, kwargs)
-        return gen
+        views = yield from dialect.fill_messages(model, gen, kwargs)
+        return gen, views
 
 
 def server_for(client: Any, cache: dict[str, TokenServer], lock: threading.Lock) -> TokenServer:

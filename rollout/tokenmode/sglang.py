@@ -13,6 +13,7 @@ always present. SGLang has no derender route: replies are parsed client-side
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rollout.record import TokenSource
@@ -69,6 +70,8 @@ def generate(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Req
     }
     if isinstance(top, int) and top > 0:
         body["top_logprobs_num"] = top
+    if top is not None:  # the agent's logprobs view names each token by its text
+        body["return_text_in_logprobs"] = True
     return Request("POST", GENERATE, body)
 
 
@@ -133,12 +136,39 @@ class SglangDialect(VllmDialect):
         reply = yield generate(model, prompt, sampling)
         return parse_generate(reply, prompt)
 
+    def _meta(self, gen: Generation, choice: Sampled) -> dict[str, Any]:
+        items = gen.raw if isinstance(gen.raw, list) else [gen.raw]
+        item = items[choice.index] if 0 <= choice.index < len(items) else None
+        meta = item.get("meta_info") if isinstance(item, dict) else None
+        return meta if isinstance(meta, dict) else {}
+
+    def top_candidates(self, gen: Generation, choice: Sampled) -> list[list[tuple[int, float]]] | None:
+        """`meta_info.output_top_logprobs`: per token, `[logprob, token_id, text]` triples."""
+        rows = self._meta(gen, choice).get("output_top_logprobs")
+        if not isinstance(rows, list) or len(rows) != len(choice.token_ids):
+            return None
+        out = []
+        for row in rows:
+            triples = [t for t in row if isinstance(t, list) and len(t) >= 2] if isinstance(row, list) else []
+            out.append([(t[1], logprob_value(t[0])) for t in triples if type(t[1]) is int])
+        return out
+
+    def logprob_views(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
+        """As the base class builds them, with the token texts SGLang sent in its triples
+        (`return_text_in_logprobs`), so no detokenize call is needed for those."""
+        for choice in gen.choices:
+            meta = self._meta(gen, choice)
+            tops = meta.get("output_top_logprobs")
+            rows: list[Any] = [meta.get("output_token_logprobs"), *(tops if isinstance(tops, list) else [])]
+            for row in rows:
+                for t in row if isinstance(row, list) else []:
+                    if isinstance(t, list) and len(t) >= 3 and type(t[1]) is int and isinstance(t[2], str):
+                        self._texts.setdefault(t[1], t[2])
+        return (yield from super().logprob_views(model, gen, kwargs))
+
     def stop_reason(self, gen: Generation, choice: Sampled) -> tuple[bool, Any]:
         """SGLang's `meta_info.finish_reason.matched`: the stop token id (EOS included) or string."""
-        items = gen.raw if isinstance(gen.raw, list) else [gen.raw]
-        item = items[choice.index] if choice.index < len(items) else None
-        meta = item.get("meta_info") if isinstance(item, dict) else None
-        finish = meta.get("finish_reason") if isinstance(meta, dict) else None
+        finish = self._meta(gen, choice).get("finish_reason")
         if isinstance(finish, dict) and "matched" in finish:
             return True, finish["matched"]
         return False, None

@@ -47,6 +47,8 @@ from rollout.tokenmode.stitch import plain
 from rollout.tokenmode.transport import HttpError
 
 GENERATE = "/inference/v1/generate"
+_DERENDER_KEYS = ("model", "messages", "tools", "tool_choice", "logprobs", "top_logprobs")
+"""What of the chat request the derender reads: its parsers' inputs and the logprobs layout."""
 DERENDER = "/v1/chat/completions/derender"
 COMPLETIONS = "/v1/completions"
 
@@ -154,8 +156,10 @@ def derender(model: str, gen: Generation, chat_request: dict[str, Any]) -> Reque
     )
 
 
-def apply_derender(gen: Generation, reply: Any) -> None:
-    """Set each choice's message (and finish reason) from a derendered ChatCompletion."""
+def apply_derender(gen: Generation, reply: Any) -> dict[int, list[Any]]:
+    """Set each choice's message (and finish reason) from a derendered ChatCompletion;
+    returns its logprobs views (`logprobs.content` per choice index), the chat endpoint's own."""
+    views: dict[int, list[Any]] = {}
     choices = reply.get("choices") if isinstance(reply, dict) else None
     if not isinstance(choices, list) or len(choices) != len(gen.choices):
         raise MalformedReply("derender reply does not match the generation's choices")
@@ -174,8 +178,15 @@ def apply_derender(gen: Generation, reply: Any) -> None:
         )):
             raise MalformedReply(f"derender choice {i} has malformed tool_calls")
         target.message = {k: v for k, v in message.items() if v is not None}
+        block = c.get("logprobs")
+        content = block.get("content") if isinstance(block, dict) else None
+        if isinstance(content, list) and len(content) == len(target.token_ids) and all(
+            isinstance(e, dict) for e in content
+        ):
+            views[target.index] = content
         if c.get("finish_reason"):
             target.finish_reason = raw_finish(c["finish_reason"])
+    return views
 
 
 def completions(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Request:
@@ -260,13 +271,19 @@ class VllmDialect(Dialect):
     def fill_messages(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
         """The server's derender (its own tool and reasoning parsers), else a client-side parse."""
         if self.derender:
-            chat = {k: plain(v) for k, v in kwargs.items() if k in ("model", "messages", "tools", "tool_choice")}
+            chat = {k: plain(v) for k, v in kwargs.items() if k in _DERENDER_KEYS}
+            extra = kwargs.get("extra_body") or {}
+            if extra.get("return_tokens_as_token_ids") is not None:
+                chat["return_tokens_as_token_ids"] = extra["return_tokens_as_token_ids"]
             try:
                 reply = yield derender(model, gen, chat)
-                apply_derender(gen, reply)
-                return
+                views = apply_derender(gen, reply)
             except HttpError as exc:
                 if not exc.unavailable:
                     raise
                 self.derender = False
-        yield from super().fill_messages(model, gen, kwargs)
+            else:
+                if len(views) < sum(c.logprobs is not None for c in gen.choices) and kwargs.get("logprobs"):
+                    views = {**(yield from self.logprob_views(model, gen, kwargs)), **views}
+                return views
+        return (yield from super().fill_messages(model, gen, kwargs))

@@ -17,14 +17,13 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import openai
 import pytest
 from aiohttp import web
 
 from rollout import Episode, Recorder, TokenRecordError
 from rollout.embedded import EmbeddedServer
-from rollout.tokenmode import EDITED_HISTORY, TOOLS_CHANGED
+from rollout.tokenmode import TOOLS_CHANGED
 
 SYSTEM = {"role": "system", "content": "Answer with the number only."}
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "a + b",
@@ -564,3 +563,25 @@ def test_a_server_that_reports_no_context_length_sends_such_calls_as_messages(
     assert all("context length" in (c.fallback or "") for c in ep.calls[1:]), [c.fallback for c in ep.calls]
     ep, _ = episode(url, "auto", max_tokens=3)  # with max_tokens, nothing to ask
     assert [c.sent_as for c in ep.calls] == ["messages", "tokens", "tokens"]
+
+
+@pytest.mark.parametrize("derender", [True, False], ids=["derender", "client-parse"])
+@pytest.mark.parametrize(
+    "ask",
+    [{"logprobs": True}, {"logprobs": True, "top_logprobs": 3},
+     {"logprobs": True, "top_logprobs": 2, "extra_body": {"return_tokens_as_token_ids": True}}],
+    ids=["logprobs", "top3", "as-ids"],
+)  # fmt: skip
+def test_the_agent_sees_the_logprobs_messages_mode_shows(
+    proxy: Callable[..., tuple[Proxy, str]], derender: bool, ask: dict[str, Any]
+) -> None:
+    """Token text, bytes and top_logprobs, not `token_id:N` (unless the agent asked for those)."""
+    _, url = proxy(lambda path, req, rep: rep, refuse=() if derender else (DERENDER,))
+    runs = {m: episode(url, m, turns=4, **ask) for m in ("off", "auto")}
+    assert [c.sent_as for c in runs["auto"][0].calls] == ["messages"] + ["tokens"] * 3
+    assert assert_same_where_prompts_match(runs["auto"], runs["off"], logprobs=True) >= 2
+    for reply in runs["auto"][1]:
+        entries = reply.choices[0].logprobs.content
+        assert entries and all(len(e.top_logprobs) == ask.get("top_logprobs", 0) for e in entries)
+        as_ids = "extra_body" in ask
+        assert all(e.token.startswith("token_id:") == as_ids for e in entries)

@@ -73,3 +73,23 @@ def test_sglang_text_keeps_a_stop_strings_ids_and_drops_a_stop_token(
     texts = {(5, 6, 7): "hi</a>", (5, 6): "hi</"}
     assert _fill(sglang.SglangDialect(), gen, texts) == [asked]
     assert gen.choices[0].message == {"role": "assistant", "content": content}
+
+
+def test_sglang_logprobs_view_names_tokens_by_the_text_it_sent() -> None:
+    """`return_text_in_logprobs` triples give the agent's view its token texts without detokenize."""
+    reply = {"output_ids": [5, 6], "meta_info": {
+        "finish_reason": {"type": "length"},
+        "output_token_logprobs": [[-0.5, 5, "he"], [-0.25, 6, "llo"]],
+        "output_top_logprobs": [[[-0.5, 5, "he"], [-1.5, 9, "hi"]], [[-0.25, 6, "llo"], [-2.0, 7, "y"]]]}}  # fmt: skip
+    gen = sglang.parse_generate(reply, [1])
+    dialect = sglang.SglangDialect()
+    plan = dialect.logprob_views("m", gen, {"logprobs": True, "top_logprobs": 2})
+    with pytest.raises(StopIteration) as done:
+        plan.send(None)  # no request: every text was in the reply
+    view = done.value.value[0]
+    assert [(e["token"], e["logprob"], e["bytes"]) for e in view] == [("he", -0.5, list(b"he")),
+                                                                     ("llo", -0.25, list(b"llo"))]  # fmt: skip
+    # SGLang's rows are the top k themselves (vLLM's generate repeats the sampled token first).
+    assert [[t["token"] for t in e["top_logprobs"]] for e in view] == [["he", "hi"], ["llo", "y"]]
+    body = sglang.generate("m", [1], {"max_tokens": 2, "logprobs": 1}).body
+    assert body["return_text_in_logprobs"] is True and body["top_logprobs_num"] == 1
