@@ -184,8 +184,13 @@ def _message_view(m: Any, fields: tuple[str, ...] | None = None) -> dict[str, An
         data = {k: v for k, v in data.items() if k in fields}
     if not data.get("content"):
         data.pop("content", None)  # "" and None render alike
-    if not data.get("tool_calls"):
-        data.pop("tool_calls", None)
+    calls = data.pop("tool_calls", None)
+    if calls:  # what templates render of a call: its id, name and arguments (not "type")
+        data["tool_calls"] = [
+            {k: (c.get(k) if k == "id" else (c.get("function") or {}).get(k)) for k in ("id", "name", "arguments")}
+            if isinstance(c, dict) else c
+            for c in calls
+        ]
     return data
 
 
