@@ -242,7 +242,7 @@ def plan_turn(
     edited = edited_prefix(kwargs["messages"][:end], call.request.get("messages"), choice.message)
     if edited is not None:
         return edited
-    tools = _given(kwargs.get("tools"))
+    tools = plain(kwargs.get("tools"))  # JSON for the bridge render, however the agent built it
     new = plain(list(kwargs["messages"][end:]))  # a copy: what is rendered is what is recorded
     if not new:
         return NO_NEW_MESSAGES

@@ -11,6 +11,9 @@ from __future__ import annotations
 import numpy as np
 import openai
 import pytest
+
+pytest.importorskip("verl", reason="peer tier: run tests/peers/run.sh (verl venv)")
+
 import torch
 
 from rollout.embedded import EmbeddedServer, WeightPushError, push_weights
