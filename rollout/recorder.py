@@ -209,15 +209,18 @@ class Recorder:
                     f"{endpoint} called outside `recorder.episode(...)` (unscoped='refuse')"
                 )
             episode = self.unscoped
-        sent = dict(kwargs)
+        # The SDK's "not given" sentinels mean absent, as the SDK reads them: stripped once
+        # here, so neither mode (nor the record) ever sees one.
+        sent = {k: v for k, v in kwargs.items() if not unset(v)}
         if endpoint != "responses":
             if self.request_token_ids:
                 extra = dict(sent.get("extra_body") or {})
                 extra.setdefault("return_token_ids", True)
                 sent["extra_body"] = extra
-            if self.request_logprobs and ("logprobs" not in sent or unset(sent["logprobs"])):
+            if self.request_logprobs and "logprobs" not in sent:
                 sent["logprobs"] = True
         pending = PendingCall(self, self._log(episode), endpoint, sent)
+        pending.request = scrub(sent, pending.log.copies)  # the record's snapshot, taken now
         if self.token_mode == "auto":
             if endpoint == "chat.completions":
                 pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not unset(kwargs["logprobs"]))
@@ -230,7 +233,7 @@ class PendingCall:
     """One call in flight: turns its reply (or stream, or failure) into a record."""
 
     __slots__ = ("_t0", "done", "endpoint", "episode", "fallback", "kwargs", "log", "recorder",
-                 "started", "turn")  # fmt: skip
+                 "request", "started", "turn")  # fmt: skip
 
     def __init__(self, recorder: Recorder, log: EpisodeLog, endpoint: str, kwargs: dict[str, Any]) -> None:
         self.recorder = recorder
@@ -238,11 +241,18 @@ class PendingCall:
         self.episode = log.episode
         self.endpoint = endpoint
         self.kwargs = kwargs
+        self.request: dict[str, Any] | None = None  # the snapshot the record stores (`scrub`)
         self.started = time.time()
         self._t0 = time.perf_counter()
         self.done = False
         self.turn: TokenCall | None = None  # token mode: this call goes as token ids
         self.fallback: str | None = None  # token mode: why it goes as messages instead
+
+    def snapshot(self) -> dict[str, Any]:
+        """The request as recorded: taken when the call was made (`start_call`)."""
+        if self.request is None:
+            self.request = scrub(self.kwargs, self.log.copies)
+        return self.request
 
     @property
     def record_blocks(self) -> bool:
@@ -285,7 +295,7 @@ class PendingCall:
             prompt_ids=prompt,
             prompt_source=prompt_source,
             choices=choices,
-            request=scrub(self.kwargs, self.log.copies),
+            request=self.snapshot(),
             usage=usage,
             latency_s=time.perf_counter() - self._t0,
             started_at=self.started,
@@ -318,20 +328,20 @@ class PendingCall:
         assert self.turn is not None
         try:
             gen = self.turn.send()
-        except BaseException as exc:  # a timeout: the call fails as the SDK's would, with a trace
+            return self._fell_back() if gen is None else self._deliver(gen, is_async=False)
+        except BaseException as exc:  # interrupted, or a failure: the same trace as messages mode
             self.fail(exc)
             raise
-        return self._fell_back() if gen is None else self._deliver(gen, is_async=False)
 
     async def asend_tokens(self) -> Any:
         """The async twin of `send_tokens`."""
         assert self.turn is not None
         try:
             gen = await self.turn.asend()
-        except BaseException as exc:
+            return self._fell_back() if gen is None else self._deliver(gen, is_async=True)
+        except BaseException as exc:  # cancelled, or a failure: the same trace as messages mode
             self.fail(exc)
             raise
-        return self._fell_back() if gen is None else self._deliver(gen, is_async=True)
 
     def _fell_back(self) -> None:
         assert self.turn is not None
@@ -341,7 +351,7 @@ class PendingCall:
     def _deliver(self, gen: Generation, *, is_async: bool) -> Any:
         """Record a token-mode generation; the ChatCompletion (or its stream) for the agent."""
         assert self.turn is not None
-        choices, reply = self.turn.deliver(gen, self.recorder.policy_version)
+        choices, reply = self.turn.deliver(gen, self.recorder.policy_version, strict=self.recorder.strict)
         self.done = True
         call = CallRecord(
             id=reply["id"],
@@ -349,11 +359,12 @@ class PendingCall:
             prompt_ids=as_ids(gen.prompt_ids),
             prompt_source=TokenSource.TOKEN_IN,
             choices=choices,
-            request=scrub(self.kwargs, self.log.copies),
+            request=self.snapshot(),
             usage=reply["usage"],
             latency_s=time.perf_counter() - self._t0,
             started_at=self.started,
             sent_as="tokens",
+            notes=self.turn.notes,
         )
         self.log.append(call, self.messages)
         return self.turn.agent_reply(reply, is_async=is_async)

@@ -246,9 +246,13 @@ class TorchPolicy:
             arr = np.asarray(weights[name])
             if arr.shape != tuple(p.shape):
                 raise ValueError(f"weight {name!r} has shape {arr.shape}, expected {tuple(p.shape)}")
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"weight {name!r} has non-finite values")
-            new[name] = torch.from_numpy(arr.astype(np.float32))
+            if arr.dtype.kind not in "fiu":
+                raise ValueError(f"weight {name!r} has dtype {arr.dtype}, expected real numbers")
+            with np.errstate(over="ignore", invalid="ignore"):
+                arr32 = arr.astype(np.float32)  # the model's dtype: a float64 1e300 becomes inf here
+            if not np.all(np.isfinite(arr32)):
+                raise ValueError(f"weight {name!r} has non-finite values (as float32, the model's dtype)")
+            new[name] = torch.from_numpy(arr32)
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(new[name])

@@ -180,14 +180,36 @@ class TokenServer:
         after = yield from self._render(dialect, model, [dummy, *new_messages], parent.tools, ctk, True)
         if after[: len(before)] != before:
             raise Unavailable("the template renders the new messages differently after a turn")
+        if len(after) == len(before):  # the new messages (and the generation prompt) would be left out
+            raise Unavailable("bridge rendered no tokens for the new messages")
         stopped = bool(closing) and parent.sampled_ids[-1:] == closing[:1]
         join = closing[1:] if stopped else closing
         return [*join, *after[len(before) :]]
 
+    def max_model_len(self, dialect: Dialect, model: str) -> Plan:
+        """The context length: from `/tokenize` replies, else the model card (`GET /v1/models`,
+        vLLM's and SGLang's `max_model_len`). A server that reports neither cannot say how
+        long a reply without `max_tokens` may be, so such calls go as messages."""
+        if dialect.max_model_len is None:
+            try:
+                reply = yield Request("GET", "/v1/models")
+            except HttpError as exc:
+                raise Unavailable(f"context length unknown: {exc}") from exc
+            data = reply.get("data") if isinstance(reply, dict) else None
+            cards = [d for d in data if isinstance(d, dict)] if isinstance(data, list) else []
+            card = next((d for d in cards if d.get("id") == model), cards[0] if cards else {})
+            limit = card.get("max_model_len")
+            if type(limit) is int and limit > 0:
+                dialect.max_model_len = limit
+        if dialect.max_model_len is None:
+            raise Unavailable("the server reports no context length (max_model_len) for a call without max_tokens")
+        return dialect.max_model_len
+
     # --- one turn -------------------------------------------------------------------
 
     def turn(self, parent: Parent, new_messages: list[Any], kwargs: Mapping[str, Any]) -> Plan:
-        """Stitch, generate and parse one call; returns the `Generation` (messages filled).
+        """Stitch, generate and parse one call; returns the `Generation` (messages filled)
+        and each choice's logprobs view for the agent (`Dialect.logprob_views`).
 
         Its requests carry the call's own `timeout=`, `extra_headers` and `extra_query`."""
         plan = self._turn(parent, new_messages, kwargs)
@@ -202,8 +224,9 @@ class TokenServer:
         bridge = yield from self.bridge(dialect, model, parent, new_messages, ctk)
         prompt = [*parent.prompt_ids, *parent.sampled_ids, *bridge]
         budget = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
-        if budget is None:  # chat semantics: the rest of the context
-            budget = (dialect.max_model_len or len(prompt) + 16) - len(prompt)
+        if budget is None:  # chat semantics: the rest of the context (the server refuses a full one)
+            limit = yield from self.max_model_len(dialect, model)
+            budget = max(1, limit - len(prompt))
         sampling = sampling_params(kwargs, int(budget))
         try:
             gen: Generation = yield from dialect.generate(model, prompt, sampling)
@@ -211,8 +234,8 @@ class TokenServer:
             if exc.unavailable:
                 self._give_up(f"server has no token route: {exc}")
             raise
-        yield from dialect.fill_messages(model, gen, kwargs)
-        return gen
+        views = yield from dialect.fill_messages(model, gen, kwargs)
+        return gen, views
 
 
 def client_settings(client: Any) -> tuple[str, dict[str, str], dict[str, str], Any, Any]:

@@ -46,7 +46,7 @@ from rollout.embedded.template import (
     encode_text,
     token_bytes,
 )
-from rollout.stitch import FIRST_CALL
+from rollout.tokenmode import FIRST_CALL
 
 MODES = ("auto", "off")
 """Token mode on, then off: the same agent, the same tasks, in this order."""
