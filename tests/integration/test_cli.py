@@ -392,8 +392,19 @@ def test_collect_and_train_from_an_installed_wheel_with_no_checkout(tmp_path: Pa
     if built.returncode != 0:  # no setuptools/wheel reachable for the isolated build
         pytest.skip(f"cannot build a wheel here: {built.stderr[-500:]}")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # The dependencies come from the environment running this test (a virtualenv, or the
+    # system's): a path-only .pth puts its site-packages after the venv's own, so the wheel's
+    # code wins, and the outer environment's .pth files (an editable install of this checkout)
+    # are not run. `--system-site-packages` would see the base interpreter's packages instead,
+    # which lack the project's dependencies when the tests run from a virtualenv.
+    outer = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    Path(purelib, "outer_environment.pth").write_text("".join(f"{p}\n" for p in outer))
     subprocess.run(
         [str(python), "-m", "pip", "install", "--no-deps", "-q", *map(str, wheels.glob("*.whl"))],
         check=True, capture_output=True, timeout=300,
