@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
 import areal  # noqa: F401  (the peer: a broken install fails this tier; tests/peers/conftest.py)
-
+import pytest
 from transformers import AutoTokenizer
 
 from rollout.tokenizers import HfTokenizer, load_tokenizer, pair

@@ -15,10 +15,8 @@ import math
 import numpy as np
 import openai
 import pytest
-
-import verl  # noqa: F401  (the peer: a broken install fails this tier; tests/peers/conftest.py)
-
 import torch
+import verl  # noqa: F401  (the peer: a broken install fails this tier; tests/peers/conftest.py)
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
 from rollout.collection import load_tasks
