@@ -27,7 +27,7 @@ from rollout.collection.config import (
     validate_config,
 )
 from rollout.collection.executor import Executor
-from rollout.collection.output import EpisodeSink, done_uids
+from rollout.collection.output import EpisodeSink, JournalIndex
 from rollout.collection.progress import CollectSummary, Progress
 from rollout.collection.runner import Agent, Job, episode_seed
 from rollout.episode import Episode
@@ -88,15 +88,23 @@ def _jobs(
                 yield Job(task_id, sample, task, episode_seed(config.seed + batch, task_id, sample))
 
 
-def _count(config: CollectConfig, tasks: TaskSource, skip: set[str]) -> tuple[int, int]:
-    """(episodes requested, already done) in one checking pass: bad tasks fail before the run."""
-    requested = done = 0
+def _count(
+    config: CollectConfig, tasks: TaskSource, skip: set[str], failed: set[str]
+) -> tuple[int, int, int]:
+    """(episodes requested, already done, of those: failed) in one checking pass.
+
+    Bad tasks fail here, before the run.
+    """
+    requested = done = done_failed = 0
     for task_id, _ in iter_tasks(tasks, config.limit):
         requested += config.samples_per_task
-        done += sum(f"{task_id}:{k}" in skip for k in range(config.samples_per_task))
+        for k in range(config.samples_per_task):
+            uid = f"{task_id}:{k}"
+            done += uid in skip
+            done_failed += uid in skip and uid in failed
     if not requested:
         raise _no_tasks(tasks)
-    return requested, done
+    return requested, done, done_failed
 
 
 def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
@@ -274,11 +282,13 @@ async def acollect(
     if not isinstance(source, str | Path):
         source = list(source)  # read twice: checked and counted first, then run
     out = cfg.output
-    skip = done_uids(out.path, retry_failed=out.retry_failed) if out.path and out.resume else set()
-    requested, skipped = _count(cfg, source, skip)
+    journal = JournalIndex.scan(out.path) if out.path and out.resume else JournalIndex()
+    skip = journal.done(out.retry_failed)
+    requested, skipped, skipped_failed = _count(cfg, source, skip, journal.failed())
     # Tasks and jobs stream from here: a file of a million tasks is never all in memory.
     jobs = _jobs(cfg, iter_tasks(source, cfg.limit), skip)
     progress = Progress(summary or CollectSummary(), cfg, total=requested - skipped, skipped=skipped)
+    progress.summary.skipped_failed = skipped_failed
     with collector, EpisodeSink(out) as sink:
         stream = collector.arun(jobs)
         try:

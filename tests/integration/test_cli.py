@@ -309,10 +309,13 @@ def test_a_run_where_every_episode_failed_exits_1_and_can_be_retried(tmp_path: P
     assert summary_rows(failed.stdout)["finished"] == "3"  # the table is still printed
     assert {e.status for e in read_jsonl(out)} == {EpisodeStatus.ERROR}
 
-    # A plain resume counts failed episodes as done ...
+    # A plain resume counts failed episodes as done, and says they failed: exit 1, not success.
     resumed = rollout(*args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert summary_rows(resumed.stdout)["skipped (already on disk)"] == "3"
+    assert resumed.returncode == 1, resumed.stdout
+    rows = summary_rows(resumed.stdout)
+    assert rows["skipped (already on disk)"] == "3" and rows["finished"] == "0"
+    assert rows["  failed (--retry-failed reruns them)"] == "3"
+    assert "all 3 failed" in resumed.stderr and "--retry-failed" in resumed.stderr, resumed.stderr
     # ... and --retry-failed runs them again (the journal keeps both attempts).
     retried = rollout(*args, "--retry-failed")
     assert retried.returncode == 0, retried.stderr
