@@ -171,17 +171,33 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from rollout.export import json_default, to_areal, to_rllm, to_verl, write_verl
+EXPORT_SUFFIXES = {"areal": (".npz",), "verl": (".npz",), "rllm": (".json", ".jsonl")}
+"""What `rollout export --to X` writes: numpy arrays (.npz), or rLLM's episode dicts as a
+JSON array (.json) or one per line (.jsonl). Any other --out is refused, not renamed."""
 
-    episodes = _load(args.file)
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rollout.export import to_areal, to_rllm, to_verl, write_verl
+    from rollout.export.rows import json_default
+
     out = Path(args.out)
+    suffixes = EXPORT_SUFFIXES[args.to]
+    if out.suffix.lower() not in suffixes:
+        print(f"rollout export: --to {args.to} writes {' or '.join(suffixes)}; "
+              f"--out {out} has another extension", file=sys.stderr)  # fmt: skip
+        return 2
+    episodes = _load(args.file)
     out.parent.mkdir(parents=True, exist_ok=True)
     if args.to == "rllm":
-        out.write_text(json.dumps(to_rllm(episodes), default=json_default))
+        rows = to_rllm(episodes)
+        if out.suffix.lower() == ".jsonl":
+            out.write_text("".join(json.dumps(r, default=json_default) + "\n" for r in rows))
+        else:
+            out.write_text(json.dumps(rows, default=json_default))
     elif args.to == "areal":
         areal: dict[str, Any] = to_areal(episodes)
-        np.savez(out, **areal)
+        with out.open("wb") as f:  # a path would get ".npz" appended by numpy
+            np.savez(f, **areal)
     else:
         write_verl(to_verl(episodes), out)  # DataProto.from_dict(**read_verl(out)) loads it
     print(f"wrote {out} ({args.to}, {len(episodes)} episodes)")
@@ -260,7 +276,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="convert episodes for a trainer")
     p.add_argument("file")
     p.add_argument("--to", choices=["areal", "rllm", "verl"], required=True)
-    p.add_argument("--out", required=True, help=".npz for areal/verl, .json for rllm")
+    p.add_argument("--out", required=True,
+                   help="the file to write: .npz for areal/verl; .json or .jsonl for rllm")  # fmt: skip
     p.set_defaults(fn=_cmd_export)
     return parser
 

@@ -24,7 +24,7 @@ from rollout.cli import main
 from rollout.collection import done_uids
 from rollout.demo import TASKS as DEMO_TASKS
 from rollout.episode import EpisodeStatus
-from rollout.export import read_jsonl, read_verl
+from rollout.export import read_jsonl, read_verl, to_verl, write_verl
 from rollout.export.jsonl import CorruptLineWarning
 from rollout.record import TokenSource
 
@@ -147,6 +147,26 @@ def test_export_areal_rllm_verl(collected: Path, tmp_path: Path) -> None:
     assert t["responses"].shape == t["response_mask"].shape == t["rm_scores"].shape
     assert t["prompts"].shape[1] + t["responses"].shape[1] == t["input_ids"].shape[1]
     assert len(v["non_tensors"]["uid"]) == rows and v["meta_info"]["num_truncated"] == 0
+
+
+def test_export_writes_the_path_it_names_or_refuses(collected: Path, tmp_path: Path) -> None:
+    """--out is the file written, in its extension's format; a mismatched extension exits 2."""
+    lines = tmp_path / "r.jsonl"
+    proc = rollout("export", str(collected), "--to", "rllm", "--out", str(lines))
+    assert proc.returncode == 0 and f"wrote {lines} " in proc.stdout, proc.stderr
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert len(rows) == 8 and all(isinstance(r, dict) and r["trajectories"] for r in rows)
+    for fmt, name in (("areal", "a.json"), ("verl", "v.jsonl"), ("rllm", "r.npz"), ("rllm", "r")):
+        out = tmp_path / name
+        proc = rollout("export", str(collected), "--to", fmt, "--out", str(out))
+        assert proc.returncode == 2, (fmt, name, proc.stdout)
+        assert proc.stderr.startswith("rollout export: ") and proc.stderr.count("\n") == 1
+        assert str(out) in proc.stderr and "Traceback" not in proc.stderr
+        assert not out.exists() and not Path(f"{out}.npz").exists(), (fmt, name)  # nothing written
+    # The library writes the path it is given, too (numpy would append ".npz" to a name).
+    bare = tmp_path / "batch"
+    write_verl(to_verl(read_jsonl(collected)), bare)
+    assert bare.exists() and read_verl(bare)["tensors"]["input_ids"].shape[0] >= 8
 
 
 def test_kill_and_resume(tmp_path: Path) -> None:
