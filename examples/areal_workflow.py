@@ -36,14 +36,16 @@ test double, or with any `AsyncOpenAI`.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
 from compat import OpenAICompatibleModel
-from examples import arithmetic
 from rollout import Episode, Recorder
+from rollout.demo import arithmetic
 from rollout.export.areal import RewardRule, areal_tensors, to_areal
 from rollout.sample import FAILED_STATUSES
 
@@ -161,6 +163,10 @@ async def arun_episode(
 
 def main() -> dict[str, Any]:
     """Runs the workflow on the embedded server with a plain AsyncOpenAI (no AReaL, only torch)."""
+    if importlib.util.find_spec("torch") is None:  # areal_tensors returns torch tensors
+        print("examples/areal_workflow.py needs torch: pip install 'rollout-compat[torch]'",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
     from openai import AsyncOpenAI
 
     from rollout.embedded import EmbeddedServer

@@ -140,16 +140,37 @@ def _train_verl(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float |
     return history, config.trainer.target
 
 
+class UsageError(Exception):
+    """A bad argument or input file: `main` prints it as one line and exits 2."""
+
+
 def _load(path: str) -> list[Any]:
+    """The episodes of a JSONL journal or Parquet file/folder; UsageError for anything else."""
+    from rollout.errors import CorruptLineWarning, RolloutError
     from rollout.export import read_jsonl, read_parquet
 
     p = Path(path)
     if not p.exists():
-        raise SystemExit(f"rollout: {p} does not exist")
-    if p.is_dir() or p.suffix == ".parquet":
-        parts = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
-        return [ep for part in parts for ep in read_parquet(part)]
-    return read_jsonl(p)
+        raise UsageError(f"{p} does not exist")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CorruptLineWarning)
+        try:
+            if p.is_dir() or p.suffix == ".parquet":
+                parts = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
+                episodes = [ep for part in parts for ep in read_parquet(part)]
+            else:
+                episodes = read_jsonl(p)
+        except (RolloutError, ValueError, OSError) as exc:
+            raise UsageError(f"{p} is not a file of rollout episodes: {exc}") from None
+    if not episodes:
+        why = f" ({caught[0].message})" if caught else ""
+        raise UsageError(
+            f"{p} holds no rollout episodes{why}; give a JSONL journal or Parquet "
+            "written by `rollout collect`"
+        )
+    for w in caught:  # a journal with a damaged line still loads; say which line was skipped
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return episodes
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -284,9 +305,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        return int(args.fn(args))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            code = int(args.fn(args))
+        sys.stdout.flush()  # here, so a closed pipe is caught below, not at exit
+        return code
+    except UsageError as exc:
+        print(f"rollout {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `rollout inspect ... | head`: the reader has gone, which is no error. Point stdout at
+        # /dev/null so the interpreter's last flush at exit does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -48,9 +49,15 @@ def _task_items(tasks: TaskSource) -> Iterator[Any]:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    task = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if isinstance(task, list):  # a JSON file of tasks, not JSONL: not one task
+                    raise ConfigError(
+                        f"{path}:{lineno}: holds a JSON array; a tasks file has one task per "
+                        "line (JSONL), each a JSON object"
+                    )
+                yield task
 
 
 def iter_tasks(tasks: TaskSource, limit: int | None = None) -> Iterator[tuple[str, Any]]:
@@ -174,6 +181,11 @@ class Collector:
             raise ConfigError(f"agent: {exc}") from None
         if not callable(self.agent):
             raise ConfigError(f"agent {spec!r} is not callable")
+        key_env = self.config.backend.api_key_env
+        if key_env and os.environ.get(key_env) is None:  # before a server or worker starts
+            raise ConfigError(
+                f"backend.api_key_env names {key_env!r}, which is not set (export {key_env}=...)"
+            )
         if self.config.backend.tokenizer is not None:  # a tokenizer that cannot load fails here, before any episode
             load_tokenizer(self.config.backend.tokenizer)
         self.policy_version: int | None = None

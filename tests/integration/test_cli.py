@@ -529,3 +529,89 @@ def test_bad_config_as_a_process(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "backend.smapling" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+# ------------------------------------------------------------ one-line errors
+
+
+def one_line(err: str, command: str) -> bool:
+    return err.startswith(f"rollout {command}: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_unset_api_key_variable_exits_2_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    out = tmp_path / "o.jsonl"
+    code = main(["collect", "--config", str(REPO / "configs/vllm.yaml"), f"output.path={out}",
+                 f"output.parquet={tmp_path}/parts", "progress=false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and one_line(err, "collect") and "VLLM_API_KEY" in err, err
+    assert not out.exists()
+
+
+NOT_RECORDS = {
+    "notes.txt": b"hello\n",
+    "other.jsonl": b'{"task_id": "x", "a": 1}\n',
+    "array.json": b"[1, 2]\n",
+    "picture.png": (REPO / "docs/train_verl.png").read_bytes(),
+    "empty.jsonl": b"",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_RECORDS))
+def test_inspect_and_export_of_a_file_that_is_not_a_record_exit_2(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(NOT_RECORDS[name])
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err, "inspect") and str(path) in err, err
+    assert main(["export", str(path), "--to", "verl", "--out", str(tmp_path / "v.npz")]) == 2
+    assert one_line(capsys.readouterr().err, "export")
+    assert not (tmp_path / "v.npz").exists()
+
+
+def test_a_tasks_file_holding_one_json_array_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([{"id": "a", "a": 1, "b": 2, "answer": 3}] * 2))
+    code = main(["collect", "--config", str(REPO / "configs/local.yaml"), f"tasks={tasks}",
+                 f"output.path={tmp_path}/o.jsonl", "progress=false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and one_line(err, "collect") and "JSON array" in err, err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["inspect", "collect"])
+def test_a_closed_stdout_pipe_is_silent(command: str, collected: Path, tmp_path: Path) -> None:
+    """`rollout inspect ... | head`: the reader leaves early; no BrokenPipeError on stderr."""
+    args = {
+        "inspect": ["inspect", str(collected), "--tokens", "1000"],
+        "collect": ["collect", "--config", "configs/local.yaml", f"output.path={tmp_path}/o.jsonl",
+                    "limit=1", "samples_per_task=1", "progress=false"],
+    }[command]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "rollout.cli", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `head` does once it has its lines: every write now fails
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err  # 128 + SIGPIPE, as a killed `yes | head` writer
+    assert err == "", err
+
+
+@pytest.mark.parametrize(
+    ("example", "module", "extra"),
+    [("areal_workflow", "torch", "rollout-compat[torch]"), ("camel_agent", "camel", "rollout-compat[camel]")],
+)
+def test_an_example_without_its_extra_says_which_in_one_line(example: str, module: str, extra: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    proc = subprocess.run([sys.executable, f"examples/{example}.py"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert extra in proc.stderr and "Traceback" not in proc.stderr
