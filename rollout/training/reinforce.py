@@ -173,6 +173,7 @@ def plot_rewards(history: list[dict[str, Any]], path: str | Path, log: Callable[
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # runs/ on a fresh checkout
     fig.savefig(path, dpi=100)
     plt.close(fig)
     log(f"wrote {path}")
