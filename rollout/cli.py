@@ -1,8 +1,8 @@
-"""The `rollout` command: collect, serve, inspect, export.
+"""The `rollout` command: collect, train, serve, inspect, export.
 
     rollout collect [--config configs/local.yaml] [key=value ...]
-    rollout train [--iterations 40] [--trainer numpy|verl]
-    rollout serve [--port 8000 ...]
+    rollout train [--iterations 40] [--trainer numpy|verl] [--save policy.npz]
+    rollout serve [--port 8000] [--weights policy.npz ...]
     rollout inspect runs/local.jsonl [--episode 0]
     rollout export runs/local.jsonl --to areal|rllm|verl --out FILE
 """
@@ -110,7 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             history = train(
                 args.config or str(TRAIN_CONFIG), iterations=args.iterations or 40,
                 lr=12.5 if args.lr is None else args.lr, target=target,
-                plot=args.plot or "runs/train_tiny.png", overrides=args.overrides,
+                plot=args.plot or "runs/train_tiny.png", overrides=args.overrides, save=args.save,
             )  # fmt: skip
     except ConfigError as exc:
         print(f"rollout train: {exc}", file=sys.stderr)
@@ -133,9 +133,12 @@ def _train_verl(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float |
         raise ConfigError(
             f"--trainer verl needs torch, transformers and verl ({exc}); see docs/training.md"
         ) from None
+    if args.save:
+        raise ConfigError("--save writes the numpy policy; --trainer verl does not take it")
     flags = {"iterations": args.iterations, "lr": args.lr, "target": args.target}
-    overrides = [*args.overrides, *(f"trainer.{k}={v}" for k, v in flags.items() if v is not None)]
-    config = load_train_config(args.config, overrides)
+    config = load_train_config(
+        args.config, args.overrides, **{k: v for k, v in flags.items() if v is not None}
+    )
     history = train_verl(config, plot=args.plot or "runs/train_verl.png")
     return history, config.trainer.target
 
@@ -225,6 +228,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+TRAIN_OVERRIDE_EXAMPLES = {"numpy": "samples_per_task=8", "verl": "trainer.lr=0.003"}
+"""The overrides `rollout train --help` shows, one per trainer (tests check each config takes its own)."""
+
+
 def _positive(kind: type[float] | type[int]) -> Any:
     """An argparse type: a number of ``kind`` above zero."""
 
@@ -259,7 +266,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("ROLLOUT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $ROLLOUT_API_KEY)")  # fmt: skip
     p.add_argument("--model", default="tiny", help="served model name (default tiny)")
-    p.add_argument("--weights", help="policy .npz written by Policy.save")
+    p.add_argument("--weights", help="policy .npz: `rollout train --save PATH` writes one")
     p.add_argument("--latency-ms", type=float, default=0.0, help="fixed delay per request")
     p.add_argument("--latency-per-token-ms", type=float, default=0.0,
                    help="delay per decode step")  # fmt: skip
@@ -284,7 +291,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive(float), help="default 12.5 / the config's")
     p.add_argument("--target", type=float, help="stop at this mean reward (default 0.8 / the config's)")
     p.add_argument("--plot", help="reward curve PNG (default runs/train_tiny.png / runs/train_verl.png)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.lr=0.003")
+    p.add_argument("--save", metavar="PATH",
+                   help="write the trained numpy policy here (.npz), for `rollout serve --weights`")  # fmt: skip
+    p.add_argument("overrides", nargs="*",
+                   help=f"key=value config overrides, e.g. {TRAIN_OVERRIDE_EXAMPLES['numpy']} "
+                        f"(--trainer verl: {TRAIN_OVERRIDE_EXAMPLES['verl']})")  # fmt: skip
     p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("inspect", help="summarize a file of episodes and show one")

@@ -24,6 +24,7 @@ from rollout.collection.config import (
     CollectConfig,
     ConfigError,
     apply_overrides,
+    deep_merge,
     load_config,
     validate_config,
 )
@@ -114,16 +115,6 @@ def _count(
     return requested, done, done_failed
 
 
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
-
-
 def resolve_config(
     config: CollectConfig | str | Path | None, overrides: list[str] | None, settings: dict[str, Any]
 ) -> CollectConfig:
@@ -132,7 +123,7 @@ def resolve_config(
         data = apply_overrides(config.model_dump(), overrides or [])
     else:
         data = load_config(config, overrides).model_dump()
-    return validate_config(_deep_merge(data, settings))
+    return validate_config(deep_merge(data, settings))
 
 
 @contextlib.contextmanager

@@ -103,9 +103,13 @@ def train(
     tasks: Any = None,
     log: Callable[[str], None] = print,
     plot: str | Path | None = None,
+    save: str | Path | None = None,
     **settings: Any,
 ) -> list[dict[str, Any]]:
-    """Collect, check, update, push; repeat. Returns one stats dict per iteration."""
+    """Collect, check, update, push; repeat. Returns one stats dict per iteration.
+
+    `save`: write the trained policy there (`Policy.load`, `rollout serve --weights`).
+    """
     from rollout.collection import Collector
     from rollout.embedded import push_weights
 
@@ -151,6 +155,10 @@ def train(
             collector.set_policy_version(
                 pushed, hook=lambda w=weights, v=pushed: push_weights(url, w, v)  # type: ignore[misc]
             )
+    if save is not None:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        policy.save(save)
+        log(f"wrote {save} (the trained policy: rollout serve --weights {save})")
     if plot is not None:
         plot_rewards(history, plot, log)
     return history

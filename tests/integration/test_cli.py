@@ -7,8 +7,10 @@ output, a run killed with SIGKILL part-way and resumed, and bad configs
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,9 +22,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rollout.cli import main
+from rollout.cli import build_parser, main
 from rollout.collection import done_uids
+from rollout.collection.config import load_config
 from rollout.demo import TASKS as DEMO_TASKS
+from rollout.demo import TRAIN_CONFIG
 from rollout.episode import EpisodeStatus
 from rollout.export import read_jsonl, read_verl, to_verl, write_verl
 from rollout.export.jsonl import CorruptLineWarning
@@ -463,7 +467,9 @@ def test_collect_and_train_from_an_installed_wheel_with_no_checkout(tmp_path: Pa
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["backend.smapling.temperature=1"], "backend.smapling"),
+        (["backend.smapling.temperature=1"], "unknown key 'backend.smapling' (did you mean 'backend.sampling'?)"),
+        (["samples_per_tsk=2"], "unknown key 'samples_per_tsk' (did you mean 'samples_per_task'?)"),
+        (["output.pth=x.jsonl"], "(did you mean 'output.path'?)"),
         (["agnet=x"], "agnet"),
         (["concurrency=0"], "concurrency"),
         (["executor=foo"], "executor"),
@@ -615,3 +621,34 @@ def test_an_example_without_its_extra_says_which_in_one_line(example: str, modul
                           capture_output=True, text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
     assert extra in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ help
+
+
+def test_the_top_level_help_names_every_command() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert parser.description is not None
+    assert all(name in parser.description for name in commands), parser.description
+
+
+def test_the_train_help_override_example_is_one_the_default_trainer_takes() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train_help = subparsers.choices["train"].format_help()
+    example = re.search(r"e\.g\.\s+(\S+=\S+)", train_help)
+    assert example is not None, train_help
+    load_config(TRAIN_CONFIG, [example.group(1)])  # the numpy trainer's config takes it
+
+
+def test_train_save_writes_a_policy_serve_can_load(tmp_path: Path) -> None:
+    from rollout.embedded import Policy
+
+    saved = tmp_path / "policy" / "p.npz"
+    code = main(["train", "--iterations", "1", "--target", "2", "--plot", str(tmp_path / "p.png"),
+                 "--save", str(saved), "samples_per_task=2", "limit=4", "backend.embedded.seed=3"])  # fmt: skip
+    assert code == 1  # the target (2) is out of reach; the policy is saved all the same
+    policy = Policy.load(saved)  # what `rollout serve --weights` does
+    # The trainer's policy (seed 3; one all-zero-reward batch leaves it as it started).
+    assert np.array_equal(policy.W, Policy(seed=3).W) and not np.array_equal(policy.W, Policy(seed=0).W)
