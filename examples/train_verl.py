@@ -21,7 +21,7 @@ import json
 import sys
 from pathlib import Path
 
-from rollout.demo import TRAIN_VERL_CONFIG
+from rollout.demo import TASKS, TRAIN_VERL_CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
 
     config = load_train_config(args.config, args.overrides)
     Path(args.history).parent.mkdir(parents=True, exist_ok=True)
-    history = train_verl(config, plot=args.plot)
+    history = train_verl(config, plot=args.plot, tasks=config.collect.tasks or str(TASKS))
     Path(args.history).write_text(json.dumps(history, indent=1))
     first, last = history[0]["mean_reward"], history[-1]["mean_reward"]
     print(f"mean reward {first:.3f} -> {last:.3f} in {len(history)} iterations "

@@ -22,17 +22,23 @@ from typing import Any
 
 import numpy as np
 
-from rollout.demo import TRAIN_CONFIG
+from rollout import demo
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
     """Exit 0; 2 for a bad config or no tasks; 1 for a run with nothing to train; 130 on Ctrl-C."""
     from rollout.collection import ConfigError, collect
+    from rollout.collection.config import apply_overrides, validate_config
     from rollout.errors import NoTrainableDataError, OutputLockedError
 
     overrides = [*args.overrides, *(["output.retry_failed=true"] if args.retry_failed else [])]
     try:
-        summary = collect(args.config, overrides=overrides)
+        if args.config is None:  # the shipped demo: the arithmetic agent on its 48 tasks
+            config: Any = validate_config(apply_overrides(dict(demo.COLLECT), overrides))
+            overrides = []
+        else:
+            config = args.config
+        summary = collect(config, overrides=overrides)
     except (ConfigError, OutputLockedError) as exc:
         print(f"rollout collect: {exc}", file=sys.stderr)
         return 2
@@ -108,7 +114,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             target = 0.8 if args.target is None else args.target
             history = train(
-                args.config or str(TRAIN_CONFIG), iterations=args.iterations or 40,
+                args.config or str(demo.TRAIN_CONFIG), iterations=args.iterations or 40,
+                tasks=None if args.config else str(demo.TASKS),
                 lr=12.5 if args.lr is None else args.lr, target=target,
                 plot=args.plot or "runs/train_tiny.png", overrides=args.overrides, save=args.save,
             )  # fmt: skip
@@ -139,7 +146,8 @@ def _train_verl(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float |
     config = load_train_config(
         args.config, args.overrides, **{k: v for k, v in flags.items() if v is not None}
     )
-    history = train_verl(config, plot=args.plot or "runs/train_verl.png")
+    tasks = None if args.config else str(demo.TASKS)
+    history = train_verl(config, plot=args.plot or "runs/train_verl.png", tasks=tasks)
     return history, config.trainer.target
 
 

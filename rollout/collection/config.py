@@ -15,7 +15,6 @@ from typing import Any, Literal, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rollout import demo
 from rollout.errors import ConfigError
 
 
@@ -105,10 +104,11 @@ class RaySpec(_Strict):
 class CollectConfig(_Strict):
     """One collection run: agent, tasks, backend, executor and output."""
 
-    # Import path of `episode(task, model)`, and the tasks (a JSONL path or a list).
-    # The defaults are the arithmetic demo shipped in the package (rollout/demo).
-    agent: str = demo.AGENT
-    tasks: str | list[dict[str, Any]] = str(demo.TASKS)
+    # Import path of `episode(task, model)`, and the tasks (a JSONL path or a list). No
+    # defaults: a run says what it runs (`agent=`/`tasks=` also come as arguments). The CLI's
+    # shipped demo (rollout/demo) names the arithmetic agent and tasks itself.
+    agent: str | None = None
+    tasks: str | list[dict[str, Any]] | None = None
     limit: int | None = Field(default=None, ge=1)
     samples_per_task: int = Field(default=1, ge=1)
     seed: int = 0

@@ -86,6 +86,17 @@ def load_tasks(tasks: TaskSource, limit: int | None = None) -> list[tuple[str, A
     return out
 
 
+def require_tasks(tasks: TaskSource | None, config: CollectConfig) -> TaskSource:
+    """The tasks given, else the config's; a ConfigError when neither names any."""
+    source = tasks if tasks is not None else config.tasks
+    if source is None:
+        raise ConfigError(
+            "no tasks: set `tasks:` in the config (a JSONL file, one task per line), "
+            "or pass tasks=<a path or a list>"
+        )
+    return source
+
+
 def _jobs(
     config: CollectConfig, tasks: Iterable[tuple[str, Any]], skip: set[str], batch: int = 0
 ) -> Iterator[Job]:
@@ -165,6 +176,10 @@ class Collector:
     ) -> None:
         self.config = resolve_config(config, overrides, settings)
         spec = agent if agent is not None else self.config.agent
+        if spec is None:
+            raise ConfigError(
+                "no agent: set `agent: module:function` in the config, or pass agent=<episode function>"
+            )
         self._agent_spec: Agent | str = spec
         try:
             self.agent: Agent = import_object(spec) if isinstance(spec, str) else spec
@@ -219,9 +234,11 @@ class Collector:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def jobs(self, tasks: Iterable[Any] | str, skip: set[str] | None = None) -> list[Job]:
-        """Jobs for the next batch (its seeds differ from the previous batch's)."""
-        jobs = list(_jobs(self.config, load_tasks(tasks, self.config.limit), skip or set(), self.batches))
+    def jobs(self, tasks: TaskSource | None = None, skip: set[str] | None = None) -> list[Job]:
+        """Jobs for the next batch (its seeds differ from the previous batch's); tasks: the config's
+        when not given."""
+        source = require_tasks(tasks, self.config)
+        jobs = list(_jobs(self.config, load_tasks(source, self.config.limit), skip or set(), self.batches))
         self.batches += 1
         return jobs
 
@@ -255,7 +272,7 @@ class Collector:
         finally:
             await stream.aclose()
 
-    def run_batch(self, tasks: Iterable[Any] | str) -> list[Episode]:
+    def run_batch(self, tasks: TaskSource | None = None) -> list[Episode]:
         """One batch, kept in memory (for training loops)."""
         jobs = self.jobs(tasks)
 
@@ -281,7 +298,7 @@ async def acollect(
     """
     collector = Collector(config, agent=agent, overrides=overrides, **settings)
     cfg = collector.config
-    source = tasks if tasks is not None else cfg.tasks
+    source = require_tasks(tasks, cfg)
     if not isinstance(source, str | Path):
         source = list(source)  # read twice: checked and counted first, then run
     out = cfg.output

@@ -111,6 +111,7 @@ def train(
     `save`: write the trained policy there (`Policy.load`, `rollout serve --weights`).
     """
     from rollout.collection import Collector
+    from rollout.collection.run import require_tasks
     from rollout.embedded import push_weights
 
     settings.setdefault("output", {"path": None})
@@ -126,9 +127,10 @@ def train(
         embedded = cfg.backend.embedded
         policy = Policy.load(embedded.weights) if embedded.weights else Policy(seed=embedded.seed)
         url = collector.urls[0]
+        source = require_tasks(tasks, cfg)
         for it in range(iterations):
             version = it  # the weights pushed after iteration it-1
-            episodes = collector.run_batch(tasks if tasks is not None else cfg.tasks)
+            episodes = collector.run_batch(source)
             check_versions(episodes, version)
             batch = to_verl(episodes)
             max_diff = check_on_policy(policy, batch, temperature, top_p)

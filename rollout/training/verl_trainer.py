@@ -54,6 +54,7 @@ from rollout.collection.config import (
     load_yaml_config,
     validate,
 )
+from rollout.collection.run import require_tasks
 from rollout.demo import TRAIN_VERL_CONFIG
 from rollout.embedded import push_weights
 from rollout.embedded.torch_policy import TorchPolicy, TorchPolicyConfig
@@ -222,7 +223,7 @@ class VerlTrainer:
         sampling = backend.sampling
         self.temperature = float(sampling.get("temperature", 1.0))
         self.top_p = float(sampling.get("top_p", 1.0))
-        self.tasks = tasks if tasks is not None else cfg.collect.tasks
+        self.tasks = require_tasks(tasks, cfg.collect)
         t = cfg.trainer
         self.policy = TorchPolicy(cfg.model)
         self.optimizer = torch.optim.AdamW(

@@ -25,6 +25,7 @@ import pytest
 from aiohttp import web
 
 from rollout.collection import (
+    Collector,
     CollectSummary,
     ConfigError,
     acollect,
@@ -696,6 +697,25 @@ def test_collect_reports_config_errors_before_running(tmp_path: Path) -> None:
     (tmp_path / "blank.jsonl").write_text("\n\n")
     with pytest.raises(ConfigError, match="no tasks"):
         collect(agent=one_turn, tasks=str(tmp_path / "blank.jsonl"), **FAST)
+
+
+def test_the_library_asks_for_the_agent_and_tasks_it_runs(tmp_path: Path) -> None:
+    """No demo defaults: without tasks (or agent) a run is a ConfigError, not the 48
+    arithmetic tasks on the user's agent."""
+    ran: list[Any] = []
+
+    async def mine(task: Any, model: Any) -> float:
+        ran.append(task)
+        return 0.0
+
+    with pytest.raises(ConfigError, match="no tasks: set `tasks:`"):
+        collect(agent=mine, **FAST)
+    with pytest.raises(ConfigError, match="no agent: set `agent:"):
+        collect(tasks=tasks(1), **FAST)
+    with pytest.raises(ConfigError, match="no tasks"), Collector(agent=mine, **FAST) as c:
+        c.run_batch()
+    assert ran == []
+    assert load_config().agent is None and load_config().tasks is None
 
 
 def test_bad_agent_path_is_a_config_error() -> None:
