@@ -46,8 +46,7 @@ from typing import Any, Literal
 from compat import OpenAICompatibleModel
 from rollout import Episode, Recorder
 from rollout.demo import arithmetic
-from rollout.export.areal import RewardRule, areal_tensors, to_areal
-from rollout.sample import FAILED_STATUSES
+from rollout.export import RewardRule, areal_tensors, to_areal
 
 logger = logging.getLogger(__name__)
 
@@ -130,7 +129,7 @@ class AgentWorkflow:
                     ep.metadata.update({k: v for k, v in result.items() if k != "reward"})
         except Exception:  # the scope marked the episode failed; assemble() skips it
             logger.warning("episode %s failed: %s", ep.uid, ep.error)
-        if ep.calls and ep.status not in FAILED_STATUSES:
+        if ep.calls and not ep.failed:
             # Keep AReaL's own interaction cache in step, for anything that reads it.
             set_last = getattr(client, "set_last_reward", None)
             if callable(set_last):

@@ -23,8 +23,8 @@ import numpy as np
 import pytest
 
 from rollout.cli import build_parser, main
-from rollout.collection import done_uids
 from rollout.collection.config import load_config
+from rollout.collection.output import done_uids
 from rollout.demo import TASKS as DEMO_TASKS
 from rollout.demo import TRAIN_CONFIG
 from rollout.episode import EpisodeStatus

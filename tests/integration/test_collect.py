@@ -32,9 +32,9 @@ from rollout.collection import (
     ConfigError,
     acollect,
     collect,
-    done_uids,
     load_config,
 )
+from rollout.collection.output import done_uids
 from rollout.collection.runner import apply_result
 from rollout.embedded import EmbeddedServer
 from rollout.episode import Episode, EpisodeStatus
