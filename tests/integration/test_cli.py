@@ -459,6 +459,13 @@ def test_collect_and_train_from_an_installed_wheel_with_no_checkout(tmp_path: Pa
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "mean reward" in trained.stdout
+    page = elsewhere / "episode.html"  # the page's style is package data (inspect/page.css)
+    shown = subprocess.run(
+        [str(rollout_cli), "inspect", "runs/episodes.jsonl", "--html", str(page)],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert ".t.s.b20" in page.read_text() and ".sample-head" in page.read_text()
 
 
 # ------------------------------------------------------------------ bad configs
