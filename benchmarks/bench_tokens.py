@@ -312,6 +312,7 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(mode: str, iterations: int, max_tokens: int | None) -> dict[str, Any]:
     """One `train()` run; how its calls were sent is read off each batch's version check."""
+    from rollout.demo import TASKS
     from rollout.training import LOGPROB_TOLERANCE, reinforce, train
 
     sent: dict[str, int] = {}
@@ -330,7 +331,8 @@ def _train(mode: str, iterations: int, max_tokens: int | None) -> dict[str, Any]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # to_verl's note on episodes spanning rows
-            history = train(iterations=iterations, target=None, log=lambda _: None, backend=backend)
+            history = train(iterations=iterations, target=None, log=lambda _: None, backend=backend,
+                            tasks=str(TASKS))
     finally:
         reinforce.check_versions = check
     episodes = sum(h["episodes"] for h in history)

@@ -103,10 +103,15 @@ def train(
     tasks: Any = None,
     log: Callable[[str], None] = print,
     plot: str | Path | None = None,
+    save: str | Path | None = None,
     **settings: Any,
 ) -> list[dict[str, Any]]:
-    """Collect, check, update, push; repeat. Returns one stats dict per iteration."""
+    """Collect, check, update, push; repeat. Returns one stats dict per iteration.
+
+    `save`: write the trained policy there (`Policy.load`, `rollout serve --weights`).
+    """
     from rollout.collection import Collector
+    from rollout.collection.run import require_tasks
     from rollout.embedded import push_weights
 
     settings.setdefault("output", {"path": None})
@@ -122,9 +127,10 @@ def train(
         embedded = cfg.backend.embedded
         policy = Policy.load(embedded.weights) if embedded.weights else Policy(seed=embedded.seed)
         url = collector.urls[0]
+        source = require_tasks(tasks, cfg)
         for it in range(iterations):
             version = it  # the weights pushed after iteration it-1
-            episodes = collector.run_batch(tasks if tasks is not None else cfg.tasks)
+            episodes = collector.run_batch(source)
             check_versions(episodes, version)
             batch = to_verl(episodes)
             max_diff = check_on_policy(policy, batch, temperature, top_p)
@@ -151,6 +157,10 @@ def train(
             collector.set_policy_version(
                 pushed, hook=lambda w=weights, v=pushed: push_weights(url, w, v)  # type: ignore[misc]
             )
+    if save is not None:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        policy.save(save)
+        log(f"wrote {save} (the trained policy: rollout serve --weights {save})")
     if plot is not None:
         plot_rewards(history, plot, log)
     return history
@@ -173,6 +183,7 @@ def plot_rewards(history: list[dict[str, Any]], path: str | Path, log: Callable[
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # runs/ on a fresh checkout
     fig.savefig(path, dpi=100)
     plt.close(fig)
     log(f"wrote {path}")

@@ -39,8 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from verl import DataProto
 from verl.trainer.config.algorithm import AlgoConfig
 from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_policy_loss_fn
@@ -48,7 +47,14 @@ from verl.workers.config import ActorConfig
 
 import rollout.export.verl_advantage  # noqa: F401  (registers episode_grpo / episode_rloo with verl)
 from rollout.collection import Collector
-from rollout.collection.config import CollectConfig, apply_overrides
+from rollout.collection.config import (
+    CollectConfig,
+    apply_overrides,
+    deep_merge,
+    load_yaml_config,
+    validate,
+)
+from rollout.collection.run import require_tasks
 from rollout.demo import TRAIN_VERL_CONFIG
 from rollout.embedded import push_weights
 from rollout.embedded.torch_policy import TorchPolicy, TorchPolicyConfig
@@ -101,22 +107,25 @@ class TrainVerlConfig(_Strict):
 
 
 def load_train_config(
-    config: TrainVerlConfig | str | Path | None = None, overrides: Iterable[str] = ()
+    config: TrainVerlConfig | str | Path | None = None,
+    overrides: Iterable[str] = (),
+    **settings: Any,
 ) -> TrainVerlConfig:
-    """A YAML file (default: the shipped arithmetic run) and ``key=value`` overrides."""
+    """A YAML file (default: the shipped arithmetic run), ``key=value`` overrides, then settings.
+
+    Settings are taken as `rollout.training.train` takes them: a trainer setting by
+    name (``lr=1e-3``, ``iterations=5``) and any other name a collect setting
+    (``samples_per_task=8``).
+    """
     if isinstance(config, TrainVerlConfig):
-        data = config.model_dump()
+        data = apply_overrides(config.model_dump(), list(overrides))
     else:
-        path = Path(config if config is not None else TRAIN_VERL_CONFIG)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping")
-    try:
-        return TrainVerlConfig.model_validate(apply_overrides(data, list(overrides)))
-    except ValidationError as err:
-        raise ConfigError(f"invalid train config: {err}") from None
+        path = config if config is not None else TRAIN_VERL_CONFIG
+        data = load_yaml_config(TrainVerlConfig, path, overrides, what="train config").model_dump()
+    for key, value in settings.items():
+        section = "trainer" if key in TrainerSettings.model_fields else "collect"
+        data[section] = deep_merge(data.get(section) or {}, {key: value})
+    return validate(TrainVerlConfig, data, what="train config")
 
 
 @contextlib.contextmanager
@@ -202,9 +211,11 @@ class VerlTrainer:
         overrides: Iterable[str] = (),
         tasks: Any = None,
         agent: Any = None,
+        **settings: Any,
     ) -> None:
-        """``tasks`` and ``agent`` (an ``episode(task, model)`` callable) replace the config's."""
-        self.config = cfg = load_train_config(config, overrides)
+        """``tasks`` and ``agent`` (an ``episode(task, model)`` callable) replace the config's;
+        ``settings`` as `load_train_config` takes them."""
+        self.config = cfg = load_train_config(config, overrides, **settings)
         self.agent = agent
         backend = cfg.collect.backend
         if backend.kind != "embedded":
@@ -212,7 +223,7 @@ class VerlTrainer:
         sampling = backend.sampling
         self.temperature = float(sampling.get("temperature", 1.0))
         self.top_p = float(sampling.get("top_p", 1.0))
-        self.tasks = tasks if tasks is not None else cfg.collect.tasks
+        self.tasks = require_tasks(tasks, cfg.collect)
         t = cfg.trainer
         self.policy = TorchPolicy(cfg.model)
         self.optimizer = torch.optim.AdamW(
@@ -427,9 +438,13 @@ def train_verl(
     agent: Any = None,
     log: Callable[[str], None] = print,
     plot: str | Path | None = None,
+    **settings: Any,
 ) -> list[dict[str, Any]]:
-    """Run the loop until ``trainer.iterations`` or ``trainer.target``; one stats dict per iteration."""
-    with VerlTrainer(config, overrides=overrides, tasks=tasks, agent=agent) as trainer:
+    """Run the loop until ``trainer.iterations`` or ``trainer.target``; one stats dict per iteration.
+
+    As `rollout.training.train`: ``train_verl(config, lr=1e-3, samples_per_task=8)``.
+    """
+    with VerlTrainer(config, overrides=overrides, tasks=tasks, agent=agent, **settings) as trainer:
         t = trainer.config.trainer
         log(f"model: {trainer.policy.describe()}")
         for _ in range(t.iterations):
