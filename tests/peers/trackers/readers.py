@@ -8,12 +8,16 @@
   0.31 ships no Python reader for it (its Go core reads it), so the framing
   is unpacked here and every record parsed by wandb's own classes; the
   tables are the JSON files wandb writes under files/media/table.
+  wandb's core process writes that file on its own time: `run.finish()` can
+  return before the records are on disk (seen under load), so the reader
+  waits for the run's `exit` record, as `wandb sync` would need it.
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +41,8 @@ def tb_texts(log_dir: Path, tag: str) -> list[tuple[int, str]]:
     """TensorBoard text summaries: tensorboardX writes them as `<tag>/text_summary` tensors."""
     acc = tb_run(log_dir)
     return [
-        (e.step, b"".join(e.tensor_proto.string_val).decode()) for e in acc.Tensors(f"{tag}/text_summary")
+        (e.step, b"".join(e.tensor_proto.string_val).decode())
+        for e in acc.Tensors(f"{tag}/text_summary")
     ]
 
 
@@ -45,7 +50,9 @@ def mlflow_run(root: Path, run_name: str, experiment: str = "rollout") -> tuple[
     client = MlflowClient(tracking_uri=f"sqlite:///{root.resolve() / 'mlflow.db'}")
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"no mlflow experiment {experiment!r}"
-    runs = client.search_runs([exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'")
+    runs = client.search_runs(
+        [exp.experiment_id], filter_string=f"attributes.run_name = '{run_name}'"
+    )
     assert len(runs) == 1, f"{len(runs)} mlflow runs named {run_name!r}"
     return client, runs[0].info.run_id
 
@@ -86,14 +93,27 @@ def wandb_run_dir(root: Path) -> Path:
     return runs[0]
 
 
+def _complete_run(path: Path, timeout_s: float = 60.0) -> list[Any]:
+    """The run file's records, once its `exit` record is written."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        records = []
+        for raw in _wandb_records(path):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(raw)
+            records.append(record)
+        if any(r.WhichOneof("record_type") == "exit" for r in records):
+            return records
+        assert time.monotonic() < deadline, f"{path}: no exit record after {timeout_s} s"
+        time.sleep(0.2)
+
+
 def wandb_history(run_dir: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """(history rows, config) of an offline run, from its .wandb file."""
+    """(history rows, config) of a finished offline run, from its .wandb file."""
     (path,) = run_dir.glob("run-*.wandb")
     rows: list[dict[str, Any]] = []
     config: dict[str, Any] = {}
-    for raw in _wandb_records(path):
-        record = wandb_internal_pb2.Record()
-        record.ParseFromString(raw)
+    for record in _complete_run(path):
         kind = record.WhichOneof("record_type")
         if kind == "history":
             rows.append({
