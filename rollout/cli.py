@@ -4,7 +4,7 @@
     rollout train [--iterations 40] [--trainer numpy|verl]
     rollout serve [--port 8000 ...]
     rollout inspect runs/local.jsonl [--episode 0]
-    rollout export runs/local.jsonl --to areal|rllm|verl --out FILE
+    rollout export runs/local.jsonl --to areal|rllm|verl|hf --out FILE
 """
 
 from __future__ import annotations
@@ -177,6 +177,16 @@ def _cmd_export(args: argparse.Namespace) -> int:
     episodes = _load(args.file)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.to == "hf":
+        from rollout.export.hf import write_hf
+
+        try:
+            rows = write_hf(episodes, out)
+        except ImportError as exc:
+            print(f"rollout export: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {out} (hf datasets, {rows} training samples from {len(episodes)} episodes)")
+        return 0
     if args.to == "rllm":
         out.write_text(json.dumps(to_rllm(episodes), default=json_default))
     elif args.to == "areal":
@@ -259,8 +269,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="convert episodes for a trainer")
     p.add_argument("file")
-    p.add_argument("--to", choices=["areal", "rllm", "verl"], required=True)
-    p.add_argument("--out", required=True, help=".npz for areal/verl, .json for rllm")
+    p.add_argument("--to", choices=["areal", "rllm", "verl", "hf"], required=True)
+    p.add_argument("--out", required=True,
+                   help=".npz for areal/verl, .json for rllm, a directory for hf (datasets' save_to_disk)")  # fmt: skip
     p.set_defaults(fn=_cmd_export)
     return parser
 
