@@ -9,15 +9,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from collections.abc import Mapping
+import warnings
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from rollout.episode import Episode
+from rollout.redact import redact_text
 from rollout.tracking.config import TrackingSpec
 from rollout.tracking.metrics import COLUMNS, EpisodeStats, sample_rows
-from rollout.tracking.tracker import Tracker
+from rollout.tracking.tracker import Tracker, TrackerWarning
+
+
+@contextlib.contextmanager
+def guard(tracker: Tracker, what: str) -> Iterator[None]:
+    """rollout's own side of logging fails like a tracker: one warning, then no more logging."""
+    try:
+        yield
+    except Exception as exc:
+        warnings.warn(
+            f"tracking failed to {what} ({type(exc).__name__}: {redact_text(str(exc))[:300]}); "
+            "no more logging this run. The run goes on.",
+            TrackerWarning,
+            stacklevel=4,
+        )
+        tracker.close()
 
 
 def open_tracker(spec: TrackingSpec, kind: str, config: Mapping[str, Any]) -> Tracker | None:
@@ -38,6 +56,11 @@ class CollectLog:
         self._sample: list[list[list[Any]]] = []  # reservoir: each episode's rows
 
     def update(self, episode: Episode) -> None:
+        if self.tracker:
+            with guard(self.tracker, "count an episode"):
+                self._update(episode)
+
+    def _update(self, episode: Episode) -> None:
         self.stats.update(episode)
         k = self.spec.samples
         if k:
@@ -57,11 +80,12 @@ class CollectLog:
     def close(self) -> None:
         step = self.stats.episodes
         try:
-            if step != self._logged:
-                self._log()
-            self.tracker.table(
-                "collect/samples", COLUMNS, [r for rows in self._sample for r in rows], step
-            )
+            with guard(self.tracker, "log the end of the run"):
+                if step != self._logged:
+                    self._log()
+                self.tracker.table(
+                    "collect/samples", COLUMNS, [r for rows in self._sample for r in rows], step
+                )
         finally:
             self.tracker.close()
 
@@ -74,6 +98,11 @@ class TrainLog:
         self.spec = spec
 
     def iteration(self, stats: Mapping[str, Any], episodes: list[Episode]) -> None:
+        if self.tracker:
+            with guard(self.tracker, "log an iteration"):
+                self._iteration(stats, episodes)
+
+    def _iteration(self, stats: Mapping[str, Any], episodes: list[Episode]) -> None:
         step = int(stats["iteration"])
         batch = EpisodeStats()
         for ep in episodes:

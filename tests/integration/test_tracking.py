@@ -154,6 +154,26 @@ def test_a_tracker_failing_mid_run_is_dropped_with_one_warning(
     assert summary.finished == 6
 
 
+def test_a_bug_in_rollouts_own_logging_code_does_not_fail_the_run(
+    tmp_path: Path, recording: type[Recording], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(self: EpisodeStats, episode: Any) -> None:
+        raise KeyError("a field the counter did not expect")
+
+    monkeypatch.setattr(EpisodeStats, "update", broken)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        summary = collect(
+            limit=2, samples_per_task=2, progress=False, output={"path": str(tmp_path / "e.jsonl")},
+            tracking={"trackers": ["tensorboard"], "interval_s": 0},
+        )  # fmt: skip
+    (message,) = [str(w.message) for w in caught if issubclass(w.category, TrackerWarning)]
+    assert message.startswith("tracking failed to count an episode (KeyError")
+    assert summary.finished == len(read_jsonl(tmp_path / "e.jsonl")) == 4
+    (rec,) = recording.instances
+    assert rec.closed and rec.logs == []
+
+
 def test_the_tracker_sends_numbers_only() -> None:
     with Tracker(TrackingSpec()) as tracker:  # no trackers: a no-op that still filters
         assert not tracker and tracker.active == []
