@@ -63,7 +63,7 @@ def plot(log_dir: Path, png: Path) -> None:
     axes[2].legend(fontsize=7, ncol=2)
     for ax in axes:
         ax.grid(alpha=0.3)
-    fig.suptitle(f"one run, read back from TensorBoard events ({log_dir})", fontsize=9)
+    fig.suptitle(f"run {log_dir.name}, read back from its TensorBoard events", fontsize=9)
     fig.tight_layout()
     png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(png, dpi=80)
