@@ -4,7 +4,7 @@
     rollout train [--iterations 40] [--trainer numpy|verl] [--save policy.npz]
     rollout serve [--port 8000] [--weights policy.npz ...]
     rollout inspect runs/local.jsonl [--episode 0]
-    rollout export runs/local.jsonl --to areal|rllm|verl --out FILE
+    rollout export runs/local.jsonl --to areal|rllm|verl|hf --out FILE
 """
 
 from __future__ import annotations
@@ -205,7 +205,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 EXPORT_SUFFIXES = {"areal": (".npz",), "verl": (".npz",), "rllm": (".json", ".jsonl")}
 """What `rollout export --to X` writes: numpy arrays (.npz), or rLLM's episode dicts as a
-JSON array (.json) or one per line (.jsonl). Any other --out is refused, not renamed."""
+JSON array (.json) or one per line (.jsonl). Any other --out is refused, not renamed.
+`--to hf` writes a `datasets` directory (save_to_disk)."""
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -213,13 +214,23 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from rollout.export.rows import json_default
 
     out = Path(args.out)
-    suffixes = EXPORT_SUFFIXES[args.to]
-    if out.suffix.lower() not in suffixes:
+    suffixes = EXPORT_SUFFIXES.get(args.to)  # hf writes a directory
+    if suffixes is not None and out.suffix.lower() not in suffixes:
         print(f"rollout export: --to {args.to} writes {' or '.join(suffixes)}; "
               f"--out {out} has another extension", file=sys.stderr)  # fmt: skip
         return 2
     episodes = _load(args.file)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.to == "hf":
+        from rollout.export.hf import write_hf
+
+        try:
+            n_rows = write_hf(episodes, out)
+        except ImportError as exc:
+            print(f"rollout export: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {out} (hf datasets, {n_rows} training samples from {len(episodes)} episodes)")
+        return 0
     if args.to == "rllm":
         rows = to_rllm(episodes)
         if out.suffix.lower() == ".jsonl":
@@ -315,9 +326,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="convert episodes for a trainer")
     p.add_argument("file")
-    p.add_argument("--to", choices=["areal", "rllm", "verl"], required=True)
+    p.add_argument("--to", choices=["areal", "rllm", "verl", "hf"], required=True)
     p.add_argument("--out", required=True,
-                   help="the file to write: .npz for areal/verl; .json or .jsonl for rllm")  # fmt: skip
+                   help="the file to write: .npz for areal/verl; .json or .jsonl for rllm; "
+                        "a directory for hf (datasets' save_to_disk)")  # fmt: skip
     p.set_defaults(fn=_cmd_export)
     return parser
 

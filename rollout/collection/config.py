@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from rollout.errors import ConfigError
+from rollout.tracking.config import TrackingSpec
 
 
 class _Strict(BaseModel):
@@ -125,6 +126,8 @@ class CollectConfig(_Strict):
     # A run with no trainable token (no sampled id that is exact, or a tokenizer's id checked
     # against the server's token) says so in its summary and exits non-zero.
     allow_untrainable: bool = False
+    # Experiment trackers (wandb, mlflow, tensorboard): docs/trackers.md.
+    tracking: TrackingSpec = Field(default_factory=lambda: TrackingSpec())
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:

@@ -34,6 +34,7 @@ from rollout.collection.progress import CollectSummary, Progress
 from rollout.collection.runner import Agent, Job, episode_seed
 from rollout.episode import Episode
 from rollout.tokenizers import load_tokenizer
+from rollout.tracking import CollectLog, open_tracker
 
 TaskSource = str | Path | Iterable[Any]
 
@@ -307,18 +308,27 @@ async def acollect(
     requested, skipped, skipped_failed = _count(cfg, source, skip, journal.failed())
     # Tasks and jobs stream from here: a file of a million tasks is never all in memory.
     jobs = _jobs(cfg, iter_tasks(source, cfg.limit), skip)
-    progress = Progress(summary or CollectSummary(), cfg, total=requested - skipped, skipped=skipped)
-    progress.summary.skipped_failed = skipped_failed
-    with collector, EpisodeSink(out) as sink:
-        stream = collector.arun(jobs)
-        try:
-            async for episode in stream:
-                sink.write(episode)
-                progress.update(episode)
-                yield episode
-        finally:
-            await stream.aclose()
-            progress.close()
+    # Trackers start before the clock: mlflow's first start sets up its store (seconds).
+    tracker = open_tracker(cfg.tracking, "collect", cfg.model_dump(mode="json"))
+    log = CollectLog(tracker, cfg.tracking, seed=cfg.seed) if tracker is not None else None
+    try:
+        progress = Progress(summary or CollectSummary(), cfg, total=requested - skipped, skipped=skipped)
+        progress.summary.skipped_failed = skipped_failed
+        with collector, EpisodeSink(out) as sink:
+            stream = collector.arun(jobs)
+            try:
+                async for episode in stream:
+                    sink.write(episode)  # on disk before any tracker sees it
+                    progress.update(episode)
+                    if log is not None:
+                        log.update(episode)
+                    yield episode
+            finally:
+                await stream.aclose()
+                progress.close()
+    finally:
+        if log is not None:
+            log.close()
 
 
 def collect(

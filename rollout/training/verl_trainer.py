@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from verl import DataProto
 from verl.trainer.config.algorithm import AlgoConfig
 from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_policy_loss_fn
@@ -60,6 +60,7 @@ from rollout.embedded import push_weights
 from rollout.embedded.torch_policy import TorchPolicy, TorchPolicyConfig
 from rollout.errors import ConfigError, OffPolicyError
 from rollout.export import to_verl
+from rollout.tracking import TrackingSpec, TrainLog, open_tracker
 from rollout.training.reinforce import check_versions, plot_rewards
 
 
@@ -104,6 +105,15 @@ class TrainVerlConfig(_Strict):
     collect: CollectConfig = Field(default_factory=CollectConfig)
     model: TorchPolicyConfig = Field(default_factory=TorchPolicyConfig)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Experiment trackers for the training run (docs/trackers.md); the same key as `rollout train`'s."""
+
+    @model_validator(mode="after")
+    def _one_tracking_block(self) -> TrainVerlConfig:
+        # The collector inside the trainer does not log on its own: a block there would do nothing.
+        if self.collect.tracking.enabled:
+            raise ValueError("set trackers in the top-level `tracking` block, not in `collect.tracking`")
+        return self
 
 
 def load_train_config(
@@ -249,6 +259,7 @@ class VerlTrainer:
         self._shuffle = torch.Generator().manual_seed(t.seed)
         self.server = ServerProcess(cfg.model, backend.model, backend.embedded.seed)
         self.collector: Collector | None = None
+        self.tracked: TrainLog | None = None
         self.version = 0
         self.history: list[dict[str, Any]] = []
 
@@ -266,10 +277,15 @@ class VerlTrainer:
         except BaseException:
             self.server.stop()
             raise
+        cfg = self.config
+        tracker = open_tracker(cfg.tracking, "train-verl", cfg.model_dump(mode="json"))
+        self.tracked = TrainLog(tracker, cfg.tracking) if tracker is not None else None
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
+            if self.tracked is not None:
+                self.tracked.close()
             if self.collector is not None:
                 self.collector.close()
         finally:
@@ -336,10 +352,11 @@ class VerlTrainer:
                     rollout_is_weights=None,
                 )
                 loss = pg_loss
-                if t.entropy_coeff:  # as verl's actor loss (workers/utils/losses.py:ppo_loss)
-                    ent = agg_loss(entropy, mask, t.loss_agg_mode, **self.actor.global_batch_info)
+                # As verl's actor loss (workers/utils/losses.py:ppo_loss); logged whatever the coefficient.
+                ent = agg_loss(entropy, mask, t.loss_agg_mode, **self.actor.global_batch_info)
+                if t.entropy_coeff:
                     loss = pg_loss - t.entropy_coeff * ent
-                    entropies.append(float(ent.detach()))
+                entropies.append(float(ent.detach()))
                 middle = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -355,7 +372,7 @@ class VerlTrainer:
             "pg_clipfrac": float(np.mean(clipfrac)),
             "ppo_kl": float(np.mean(kl)),
             "grad_norm": float(np.mean(norms)),
-            **({"entropy": float(np.mean(entropies))} if entropies else {}),
+            "entropy": float(np.mean(entropies)),
         }
 
     def push(self) -> None:
@@ -385,6 +402,7 @@ class VerlTrainer:
             "episodes": len(episodes),
             "rows": len(data),
             "mean_reward": float(np.mean([e.reward or 0.0 for e in episodes])) if episodes else 0.0,
+            "reward_std": float(np.std([e.reward or 0.0 for e in episodes])) if episodes else 0.0,
             "calls": sum(len(e.calls) for e in episodes),
             # Token mode: an episode's later calls go as token ids; these fell back to messages.
             "later_calls_as_messages": sum(
@@ -417,6 +435,8 @@ class VerlTrainer:
         stats.update(timing)
         stats["total_s"] = sum(timing.values())
         self.history.append(stats)
+        if self.tracked is not None:
+            self.tracked.iteration(stats, episodes)
         return stats
 
 

@@ -34,7 +34,7 @@ for peer in "${peers[@]}"; do
   start=$(date +%s)
   log=$(mktemp)
   # -p no:cacheprovider: the venvs share the checkout, and one cache is the main tier's.
-  ROLLOUT_PEER=$peer PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$python" -m pytest -p no:cacheprovider \
+  ROLLOUT_PEER=$peer ROLLOUT_PEER_TIER=$peer PYTHONPATH="$REPO${PYTHONPATH:+:$PYTHONPATH}" "$python" -m pytest -p no:cacheprovider \
     -m "$TIER" "tests/$TIER/$peer" -o addopts="" -q \
     -W "ignore::UserWarning:verl.workers.engine" 2>&1 | tee "$log"
   rc=${PIPESTATUS[0]}
