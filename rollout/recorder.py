@@ -202,7 +202,7 @@ class Recorder:
                 )
             episode = self.unscoped
         sent = dict(kwargs)
-        if endpoint != "responses":
+        if not _responses_api(endpoint):
             if self.request_token_ids:
                 extra = dict(sent.get("extra_body") or {})
                 extra.setdefault("return_token_ids", True)
@@ -216,6 +216,12 @@ class Recorder:
             else:
                 pending.fallback = f"{endpoint} goes as messages"
         return sent, pending
+
+
+def _responses_api(endpoint: str) -> bool:
+    """Whether calls to `endpoint` speak the Responses API (`responses`, `responses.parse`,
+    `beta.responses`, ...), not chat completions."""
+    return endpoint.removeprefix("beta.").split(".")[0] == "responses"
 
 
 class PendingCall:
@@ -244,14 +250,14 @@ class PendingCall:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        if self.endpoint == "responses":
+        if _responses_api(self.endpoint):
             return responses_input_as_messages(self.kwargs)
         return list(self.kwargs.get("messages") or [])
 
     def record(self, response: Any, client: Any) -> CallRecord:
         """Build and store the record for a complete reply."""
         self.done = True
-        if self.endpoint == "responses":
+        if _responses_api(self.endpoint):
             response = responses_api_as_chat(response)
         messages = self.messages
         rec = self.recorder
