@@ -218,6 +218,20 @@ class Recorder:
         return sent, pending
 
 
+def _wire_messages(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with pydantic messages as the dicts the SDK would send (its `_transform`:
+    `model_dump(exclude_unset=True, mode="json")`): token mode's own requests are plain JSON."""
+    messages = kwargs.get("messages")
+    if not isinstance(messages, list) or not any(hasattr(m, "model_dump") for m in messages):
+        return kwargs
+    plain = [
+        m.model_dump(exclude_unset=True, mode="json", exclude=getattr(m, "__api_exclude__", None))
+        if hasattr(m, "model_dump") else m
+        for m in messages
+    ]  # fmt: skip
+    return {**kwargs, "messages": plain}
+
+
 def _responses_api(endpoint: str) -> bool:
     """Whether calls to `endpoint` speak the Responses API (`responses`, `responses.parse`,
     `beta.responses`, ...), not chat completions."""
@@ -299,8 +313,9 @@ class PendingCall:
         """Decide whether this call goes as token ids (`turn`) or as messages (`fallback`)."""
         messages = self.kwargs.get("messages")
         found = self.log.parent_of(messages) if isinstance(messages, list) else None
+        kwargs = _wire_messages(self.kwargs)
         outcome = plan_turn(
-            self.kwargs,
+            kwargs,
             found,
             earlier_calls=bool(self.episode.calls),
             server=lambda: self.recorder.token_server(client),
@@ -308,7 +323,7 @@ class PendingCall:
         if isinstance(outcome, str):
             self.fallback = outcome
         else:
-            self.turn = TokenCall(outcome, self.kwargs, asked_logprobs=asked_logprobs)
+            self.turn = TokenCall(outcome, kwargs, asked_logprobs=asked_logprobs)
 
     def send_tokens(self) -> Any:
         """Send the stitched turn; the reply (or a replayed stream), or None when the
