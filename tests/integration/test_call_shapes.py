@@ -227,11 +227,10 @@ def test_with_streaming_response_is_recorded_sync_and_async(server: EmbeddedServ
 def test_a_streamed_raw_response_read_as_bytes_fails_its_call_loudly(server: EmbeddedServer) -> None:
     """Bytes read past parse() cannot be folded into a record: the call is a failure with the reason."""
     rec, sync, _ = recorder_and_clients(server, "off")
-    with rec.episode("t") as ep:
-        with sync.chat.completions.with_streaming_response.create(
-            model="tiny", messages=[SYSTEM, user("hi")], max_tokens=3, stream=True
-        ) as response:
-            body = b"".join(response.iter_bytes())
+    with rec.episode("t") as ep, sync.chat.completions.with_streaming_response.create(
+        model="tiny", messages=[SYSTEM, user("hi")], max_tokens=3, stream=True
+    ) as response:
+        body = b"".join(response.iter_bytes())
     assert b"data:" in body
     assert ep.calls == []
     (failure,) = ep.metadata["failed_calls"]
