@@ -219,17 +219,31 @@ class Recorder:
 
 
 def _wire_messages(kwargs: dict[str, Any]) -> dict[str, Any]:
-    """`kwargs` with pydantic messages as the dicts the SDK would send (its `_transform`:
-    `model_dump(exclude_unset=True, mode="json")`): token mode's own requests are plain JSON."""
+    """`kwargs` with pydantic objects in its messages (a message, or a tool call inside a dict)
+    as the dicts the SDK itself would send (its `_transform`: `model_dump(exclude_unset=True,
+    mode="json")`): token mode's own requests are plain JSON."""
     messages = kwargs.get("messages")
-    if not isinstance(messages, list) or not any(hasattr(m, "model_dump") for m in messages):
+    if not isinstance(messages, list) or not any(_has_model(m) for m in messages):
         return kwargs
-    plain = [
-        m.model_dump(exclude_unset=True, mode="json", exclude=getattr(m, "__api_exclude__", None))
-        if hasattr(m, "model_dump") else m
-        for m in messages
-    ]  # fmt: skip
-    return {**kwargs, "messages": plain}
+    return {**kwargs, "messages": [_wire(m) for m in messages]}
+
+
+def _has_model(x: Any) -> bool:
+    if hasattr(x, "model_dump"):
+        return True
+    if isinstance(x, dict):
+        return any(_has_model(v) for v in x.values())
+    return isinstance(x, list) and any(_has_model(v) for v in x)
+
+
+def _wire(x: Any) -> Any:
+    if hasattr(x, "model_dump"):
+        return x.model_dump(exclude_unset=True, mode="json", exclude=getattr(x, "__api_exclude__", None))
+    if isinstance(x, dict):
+        return {k: _wire(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_wire(v) for v in x]
+    return x
 
 
 def _responses_api(endpoint: str) -> bool:
