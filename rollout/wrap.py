@@ -317,7 +317,7 @@ class _LegacyCompletions(_Resource):
 
 
 class _AsyncLegacyCompletions(_LegacyCompletions):
-    async def create(self, **kwargs: Any) -> Any:  # type: ignore[override]
+    async def create(self, **kwargs: Any) -> Any:
         self._refuse(self._endpoint + ".create", kwargs, " (the legacy Completions API)")
 
 
