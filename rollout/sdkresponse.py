@@ -108,8 +108,9 @@ class _Tapped:
         """The body was never read through `parse()`: its call fails with the reason."""
         if self.pending.done:
             return
-        if self.stream is not None:
-            self.stream._record(complete=False)
+        if self.stream is not None:  # what was read is recorded, as partial
+            tap = getattr(self.stream, "_tap", None) or self.stream.__dict__.get("_rollout_tap")
+            tap.record(complete=False)
             return
         from rollout.errors import UnrecordedCallError
 
@@ -220,3 +221,25 @@ async def asynthesize(kind: str, reply: Any, root: Any, *, elapsed_s: float) -> 
     if hasattr(reply, "model_dump_json"):
         return _response(kind, root, reply.model_dump_json().encode(), stream=False, elapsed_s=elapsed_s)
     return _response(kind, root, _sse([chunk async for chunk in reply]), stream=True, elapsed_s=elapsed_s)
+
+
+def _sdk_client(root: Any) -> bool:
+    from openai._base_client import BaseClient
+
+    return isinstance(root, BaseClient)
+
+
+def as_sdk_stream(reply: Any, root: Any) -> Any:
+    """A token-mode replayed stream as the SDK's own `Stream` (what a streamed chat call returns
+    without the wrapper: `.response`, the stream helpers); unchanged for a client not the SDK's."""
+    if not _sdk_client(root) or hasattr(reply, "model_dump_json"):
+        return reply
+    return synthesize("true", reply, root, elapsed_s=0.0).parse()
+
+
+async def aas_sdk_stream(reply: Any, root: Any) -> Any:
+    """The async twin of `as_sdk_stream`."""
+    if not _sdk_client(root) or hasattr(reply, "model_dump_json"):
+        return reply
+    return (await asynthesize("true", reply, root, elapsed_s=0.0)).parse()
+

@@ -41,7 +41,16 @@ from typing import Any, Protocol
 
 from compat.threads import to_thread
 from rollout.errors import UnrecordedCallError
-from rollout.sdkresponse import asettle, asynthesize, is_sdk_response, raw_kind, settle, synthesize
+from rollout.sdkresponse import (
+    aas_sdk_stream,
+    as_sdk_stream,
+    asettle,
+    asynthesize,
+    is_sdk_response,
+    raw_kind,
+    settle,
+    synthesize,
+)
 from rollout.tokens import StreamAccumulator
 from rollout.tokens import get as _get
 
@@ -181,8 +190,8 @@ class _Resource(_Namespace):
         return call
 
     def _named(self, endpoint: str) -> _Resource:
-        """This proxy, recording its `create` calls under `endpoint` (the chat helper names itself)."""
-        return self
+        """A twin of this proxy that records its `create` calls under `endpoint`."""
+        return type(self)(self.__wrapped__, self._recorder, self._root, endpoint)
 
     def _call(self, fn: Any, endpoint: str, kwargs: dict[str, Any]) -> Any:
         """Record one call: the reply, a stream wrapped to record, or an awaitable of either."""
@@ -198,7 +207,9 @@ class _Resource(_Namespace):
         if reply is None:
             return self._messages(fn, sent, pending)
         kind = raw_kind(sent)
-        return reply if kind is None else synthesize(kind, reply, self._root, elapsed_s=time.perf_counter() - t0)
+        if kind is None:
+            return as_sdk_stream(reply, self._root)
+        return synthesize(kind, reply, self._root, elapsed_s=time.perf_counter() - t0)
 
     def _messages(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
         result = _invoke(fn, sent, pending)
@@ -207,11 +218,11 @@ class _Resource(_Namespace):
         return self._finish(result, sent, pending)
 
     def _tap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
-        """The stream, wrapped so that it records its call."""
-        return RecordingStream(stream, pending, root)
+        """The stream, recording its call as it is read."""
+        return tap_stream(stream, pending, root, _Chunks(), is_async=False)
 
     def _atap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
-        return RecordingAsyncStream(stream, pending, root)
+        return tap_stream(stream, pending, root, _Chunks(), is_async=True)
 
     def _finish(self, result: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
         if raw_kind(sent) is not None and is_sdk_response(result):
@@ -261,7 +272,7 @@ class _AsyncResource(_Resource):
             return await result if inspect.isawaitable(result) else result
         kind = raw_kind(sent)
         if kind is None:
-            return reply
+            return await aas_sdk_stream(reply, self._root)
         return await asynthesize(kind, reply, self._root, elapsed_s=time.perf_counter() - t0)
 
 
@@ -291,14 +302,11 @@ class _Responses(_Resource):
         if kwargs.get("background") is True:
             self._refuse(self._endpoint, kwargs, "(background=True) (its reply arrives later, by retrieve)")
 
-    def _named(self, endpoint: str) -> _Resource:
-        return type(self)(self.__wrapped__, self._recorder, self._root, endpoint)
-
     def _tap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
-        return RecordingStream(stream, pending, root, _Events())
+        return tap_stream(stream, pending, root, _Events(), is_async=False)
 
     def _atap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
-        return RecordingAsyncStream(stream, pending, root, _Events())
+        return tap_stream(stream, pending, root, _Events(), is_async=True)
 
 
 class _AsyncResponses(_AsyncResource, _Responses):
@@ -399,40 +407,145 @@ class _Events:
             pending.fail(RuntimeError(f"Responses stream {why}"))
 
 
-class _StreamTap:
-    """What the sync and async recording streams share.
+class _Tap:
+    """One streamed call being recorded.
 
-    Chunks (or events) pass through unchanged and are folded into one reply;
-    the call is recorded at the last chunk, at a usage chunk after every choice
+    Chunks (or events) are folded into one reply as the agent reads them; the
+    call is recorded at the last chunk, at a usage chunk after every choice
     finished (callers may stop reading there), or at `close()`. A stream still
     open when its episode ends is recorded then, as partial, so a call is never lost.
     """
 
-    def __init__(self, inner: Any, pending: PendingCall, root: Any, fold: _Chunks | _Events | None = None) -> None:
+    __slots__ = ("fold", "pending", "root")
+
+    def __init__(self, pending: PendingCall, root: Any, fold: _Chunks | _Events) -> None:
+        self.pending = pending
+        self.root = root
+        self.fold = fold
+        pending.on_episode_end(lambda: self.record(complete=False))
+
+    def record(self, *, complete: bool) -> None:
+        self.fold.record(self.pending, self.root, complete=complete)
+
+    def add(self, chunk: Any) -> bool:
+        """Fold `chunk` in; True once the call is complete (time to record)."""
+        return self.fold.add(chunk)
+
+    def failed(self, exc: BaseException) -> None:
+        if not self.pending.done:
+            self.pending.fail(exc)
+
+    def next(self, step: Callable[[], Any]) -> Any:
+        """The next chunk from `step()`, folded in (a sync stream)."""
+        try:
+            chunk = step()
+        except StopIteration:
+            self.record(complete=True)
+            raise
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+        if self.add(chunk):
+            self.record(complete=True)
+        return chunk
+
+    async def anext(self, step: Callable[[], Any]) -> Any:
+        """The async twin of `next`."""
+        try:
+            chunk = await step()
+        except StopAsyncIteration:
+            await _arecord(self.pending, self.record, complete=True)
+            raise
+        except BaseException as exc:
+            self.failed(exc)
+            raise
+        if self.add(chunk):
+            await _arecord(self.pending, self.record, complete=True)
+        return chunk
+
+
+def tap_stream(stream: Any, pending: PendingCall, root: Any, fold: _Chunks | _Events, *, is_async: bool) -> Any:
+    """`stream`, recording its call as it is read.
+
+    The SDK's own `Stream` / `AsyncStream` is re-classed in place (a cached
+    subclass that folds each chunk in), so the agent keeps the SDK's type
+    (`isinstance(s, openai.Stream)`, `.response`, the stream helpers built on
+    it); any other stream is wrapped in a `RecordingStream`.
+    """
+    from openai import AsyncStream, Stream
+
+    tap = _Tap(pending, root, fold)
+    if type(stream) in (Stream, AsyncStream) or type(stream) in _STREAM_TYPES.values():
+        stream.__dict__["_rollout_tap"] = tap
+        stream.__class__ = _recording_stream_type(type(stream))
+        return stream
+    return RecordingAsyncStream(stream, tap) if is_async else RecordingStream(stream, tap)
+
+
+_STREAM_TYPES: dict[type, type] = {}
+
+
+def _recording_stream_type(cls: type) -> type:
+    """A cached subclass of the SDK's `Stream` (or `AsyncStream`) whose chunks are folded in."""
+    if cls in _STREAM_TYPES.values():
+        return cls
+    if cls in _STREAM_TYPES:
+        return _STREAM_TYPES[cls]
+    namespace: dict[str, Any] = {}
+    base: Any = cls
+    if hasattr(cls, "__anext__"):
+
+        async def anext_(self: Any) -> Any:
+            return await self.__dict__["_rollout_tap"].anext(lambda: base.__anext__(self))
+
+        async def aiter_(self: Any) -> Any:
+            while True:
+                try:
+                    chunk = await self.__anext__()
+                except StopAsyncIteration:
+                    return
+                yield chunk
+
+        async def aclose(self: Any) -> None:
+            tap = self.__dict__["_rollout_tap"]
+            await _arecord(tap.pending, tap.record, complete=False)
+            await base.close(self)
+
+        namespace.update(__anext__=anext_, __aiter__=aiter_, close=aclose)
+    else:
+
+        def next_(self: Any) -> Any:
+            return self.__dict__["_rollout_tap"].next(lambda: base.__next__(self))
+
+        def iter_(self: Any) -> Any:
+            while True:
+                try:
+                    chunk = self.__next__()
+                except StopIteration:
+                    return
+                yield chunk
+
+        def close(self: Any) -> None:
+            self.__dict__["_rollout_tap"].record(complete=False)
+            base.close(self)
+
+        namespace.update(__next__=next_, __iter__=iter_, close=close)
+    sub = type(f"Recording{cls.__name__}", (cls,), namespace)
+    sub.__module__ = cls.__module__
+    _STREAM_TYPES[cls] = sub
+    return sub
+
+
+class RecordingStream:
+    """A sync stream that is not the SDK's (a duck client's): wrapped, recording its call (see `_Tap`)."""
+
+    def __init__(self, inner: Any, tap: _Tap) -> None:
         self._inner = inner
-        self._pending = pending
-        self._root = root
-        self._fold = fold if fold is not None else _Chunks()
+        self._tap = tap
         self._it: Any = None
-        pending.on_episode_end(lambda: self._record(complete=False))
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
-
-    def _record(self, *, complete: bool) -> None:
-        self._fold.record(self._pending, self._root, complete=complete)
-
-    def _add(self, chunk: Any) -> bool:
-        """Fold `chunk` in; True once the call is complete (time to record)."""
-        return self._fold.add(chunk)
-
-    def _failed(self, exc: BaseException) -> None:
-        if not self._pending.done:
-            self._pending.fail(exc)
-
-
-class RecordingStream(_StreamTap):
-    """A sync stream that records its call (see `_StreamTap`)."""
 
     def __iter__(self) -> RecordingStream:
         return self
@@ -440,20 +553,10 @@ class RecordingStream(_StreamTap):
     def __next__(self) -> Any:
         if self._it is None:
             self._it = iter(self._inner)
-        try:
-            chunk = next(self._it)
-        except StopIteration:
-            self._record(complete=True)
-            raise
-        except BaseException as exc:
-            self._failed(exc)
-            raise
-        if self._add(chunk):
-            self._record(complete=True)
-        return chunk
+        return self._tap.next(lambda: next(self._it))
 
     def close(self) -> None:
-        self._record(complete=False)
+        self._tap.record(complete=False)
         close = getattr(self._inner, "close", None)
         if close is not None:
             close()
@@ -465,8 +568,16 @@ class RecordingStream(_StreamTap):
         self.close()
 
 
-class RecordingAsyncStream(_StreamTap):
+class RecordingAsyncStream:
     """The async twin of `RecordingStream`."""
+
+    def __init__(self, inner: Any, tap: _Tap) -> None:
+        self._inner = inner
+        self._tap = tap
+        self._it: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
 
     def __aiter__(self) -> RecordingAsyncStream:
         return self
@@ -474,20 +585,10 @@ class RecordingAsyncStream(_StreamTap):
     async def __anext__(self) -> Any:
         if self._it is None:
             self._it = self._inner.__aiter__()
-        try:
-            chunk = await self._it.__anext__()
-        except StopAsyncIteration:
-            await _arecord(self._pending, self._record, complete=True)
-            raise
-        except BaseException as exc:
-            self._failed(exc)
-            raise
-        if self._add(chunk):
-            await _arecord(self._pending, self._record, complete=True)
-        return chunk
+        return await self._tap.anext(lambda: self._it.__anext__())
 
     async def close(self) -> None:
-        await _arecord(self._pending, self._record, complete=False)
+        await _arecord(self._tap.pending, self._tap.record, complete=False)
         for name in ("close", "aclose"):
             fn = getattr(self._inner, name, None)
             if fn is not None:

@@ -235,3 +235,57 @@ def test_a_streamed_raw_response_read_as_bytes_fails_its_call_loudly(server: Emb
     assert ep.calls == []
     (failure,) = ep.metadata["failed_calls"]
     assert "UnrecordedCallError" in failure["error"] and "without parse()" in failure["error"]
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_streams_keep_the_sdks_type_and_are_recorded(server: EmbeddedServer, mode: str) -> None:
+    """A recorded stream is still an `openai.Stream` / `AsyncStream`, in messages and token mode alike."""
+    rec, sync, async_ = recorder_and_clients(server, mode)
+    messages = [SYSTEM, user("What is 5 + 5?")]
+    kinds: list[type] = []
+
+    def history(*texts: str) -> list[Any]:
+        out = list(messages)
+        for text in texts:
+            out += [{"role": "assistant", "content": text}, user("Again.")]
+        return out
+
+    with rec.episode("sync") as ep_sync:
+        stream = sync.chat.completions.create(model="tiny", messages=messages, max_tokens=3, stream=True)
+        kinds.append(type(stream))
+        first = "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+        raw = sync.chat.completions.with_raw_response.create(model="tiny", messages=history(first), max_tokens=3,
+                                                              stream=True)  # fmt: skip
+        kinds.append(type(raw.parse()))
+        with raw.parse() as again:
+            text = "".join(c.choices[0].delta.content or "" for c in again if c.choices)
+        third = sync.chat.completions.create(model="tiny", messages=history(first, text), max_tokens=3, stream=True)
+        kinds.append(type(third))
+        assert third.response.status_code == 200  # what the SDK's stream helpers read
+        list(third)
+
+    async def go() -> Episode:
+        async with rec.episode("async") as ep:
+            stream = await async_.chat.completions.create(model="tiny", messages=messages, max_tokens=3, stream=True)
+            kinds.append(type(stream))
+            first = "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+            raw = await async_.chat.completions.with_raw_response.create(
+                model="tiny", messages=history(first), max_tokens=3, stream=True
+            )
+            kinds.append(type(raw.parse()))
+            async with raw.parse() as again:
+                text = "".join([c.choices[0].delta.content or "" async for c in again if c.choices])
+            third = await async_.chat.completions.create(model="tiny", messages=history(first, text), max_tokens=3,
+                                                         stream=True)  # fmt: skip
+            kinds.append(type(third))
+            _ = [c async for c in third]
+        await rec.aclose()
+        return ep
+
+    ep_async = asyncio.run(go())
+    assert all(issubclass(k, openai.Stream) for k in kinds[:3])
+    assert all(issubclass(k, openai.AsyncStream) for k in kinds[3:])
+    for ep in (ep_sync, ep_async):
+        assert len(ep.calls) == 3 and not ep.metadata.get("failed_calls")
+        assert [c.sent_as for c in ep.calls] == (["messages", "tokens", "tokens"] if mode == "auto" else ["messages"] * 3)
+        assert [c.parent for c in ep.calls] == [None, 0, 1]

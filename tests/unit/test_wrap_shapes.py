@@ -286,3 +286,27 @@ def test_unrecordable_calls_are_refused_before_sending(what: str, mode: str) -> 
     assert server.requests == []  # nothing was sent
     (failure,) = ep.metadata["failed_calls"]
     assert "UnrecordedCallError" in failure["error"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_beta_stream_helper_is_recorded_under_its_own_name(mode: str) -> None:
+    """LangChain streams structured output with `root_client.beta.chat.completions.stream(...)`."""
+    server = WireServer(dialect="vllm")
+    rec = Recorder(request_token_ids=True)
+    sync, async_ = openai_clients(server)
+    client = rec.wrap(async_ if mode == "async" else sync)
+
+    async def go() -> Any:
+        async with rec.episode("t") as ep:
+            manager = client.beta.chat.completions.stream(model="m", messages=M)
+            if mode == "async":
+                async with manager as stream:
+                    _ = [e async for e in stream]
+            else:
+                with manager as stream:
+                    list(stream)
+        return ep
+
+    ep = asyncio.run(go())
+    (call,) = ep.calls
+    assert call.endpoint == "beta.chat.completions.stream" and call.exact
