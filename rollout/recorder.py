@@ -211,7 +211,7 @@ class Recorder:
                 sent["logprobs"] = True
         pending = PendingCall(self, self._log(episode), endpoint, sent)
         if self.token_mode == "auto":
-            if endpoint == "chat.completions":
+            if endpoint in ("chat.completions", "chat.completions.stream"):
                 pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not unset(kwargs["logprobs"]))
             else:
                 pending.fallback = f"{endpoint} goes as messages"
@@ -327,7 +327,7 @@ class PendingCall:
         """Decide whether this call goes as token ids (`turn`) or as messages (`fallback`)."""
         messages = self.kwargs.get("messages")
         found = self.log.parent_of(messages) if isinstance(messages, list) else None
-        kwargs = _wire_messages(self.kwargs)
+        kwargs = _wire_messages({k: v for k, v in self.kwargs.items() if not unset(v)})  # the SDK's helpers send sentinels
         outcome = plan_turn(
             kwargs,
             found,

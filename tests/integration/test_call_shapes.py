@@ -289,3 +289,35 @@ def test_streams_keep_the_sdks_type_and_are_recorded(server: EmbeddedServer, mod
         assert len(ep.calls) == 3 and not ep.metadata.get("failed_calls")
         assert [c.sent_as for c in ep.calls] == (["messages", "tokens", "tokens"] if mode == "auto" else ["messages"] * 3)
         assert [c.parent for c in ep.calls] == [None, 0, 1]
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_the_sdk_stream_helper_goes_in_token_mode(server: EmbeddedServer, is_async: bool) -> None:
+    """`chat.completions.stream(...)` (it sends the SDK's omit sentinels) is stitched like `create`."""
+    rec, sync, async_ = recorder_and_clients(server)
+    finals: list[Any] = []
+
+    async def agent() -> Episode:
+        async with rec.episode("t") as ep:
+            messages: list[Any] = [SYSTEM, user("What is 2 + 3?")]
+            for turn in range(3):
+                kwargs = {"model": "tiny", "messages": messages, "max_tokens": 64, "seed": turn}
+                if is_async:
+                    async with async_.chat.completions.stream(**kwargs) as stream:
+                        _ = [e async for e in stream]
+                        finals.append(await stream.get_final_completion())
+                else:
+                    with sync.chat.completions.stream(**kwargs) as stream:
+                        list(stream)
+                        finals.append(stream.get_final_completion())
+                text = finals[-1].choices[0].message.content
+                messages = [*messages, {"role": "assistant", "content": text}, user("Again.")]
+        await rec.aclose()
+        return ep
+
+    ep = asyncio.run(agent())
+    assert [c.endpoint for c in ep.calls] == ["chat.completions.stream"] * 3
+    assert [c.sent_as for c in ep.calls] == ["messages", "tokens", "tokens"]
+    assert [f.choices[0].message.content for f in finals] == [c.choices[0].message["content"] for c in ep.calls]
+    result = assemble([ep])
+    assert len(result) == 1 and result.num_drift == 0
