@@ -61,12 +61,22 @@ def settle(result: Any, pending: Any, root: Any, tap: Tap, *, stream: bool) -> A
     if stream:
         return _recording(result, pending, root, tap)
     try:
-        parsed = result.parse()
-    except BaseException as exc:
-        pending.fail(exc)
-        raise
-    pending.record(parsed, root)
+        reply = result.parse()
+    except Exception as exc:  # e.g. a structured reply cut off by max_tokens: the agent's parse() raises it
+        reply = _body(result, pending, exc)
+    if reply is not None:
+        pending.record(reply, root)
     return result
+
+
+def _body(result: Any, pending: Any, exc: Exception) -> Any:
+    """The reply as the JSON body, when the SDK's parse fails: the generation is still recorded,
+    and the agent meets the SDK's error at its own `parse()`, as without the wrapper."""
+    try:
+        return result.http_response.json()
+    except Exception:
+        pending.fail(exc)
+        return None
 
 
 async def asettle(result: Any, pending: Any, root: Any, tap: Tap, record: Callable[..., Any], *, stream: bool) -> Any:
@@ -74,13 +84,13 @@ async def asettle(result: Any, pending: Any, root: Any, tap: Tap, record: Callab
     if stream:
         return _recording(result, pending, root, tap)
     try:
-        parsed = result.parse()
-        if inspect.isawaitable(parsed):  # AsyncAPIResponse.parse is a coroutine, LegacyAPIResponse's is not
-            parsed = await parsed
-    except BaseException as exc:
-        pending.fail(exc)
-        raise
-    await record(pending, pending.record, parsed, root)
+        reply = result.parse()
+        if inspect.isawaitable(reply):  # AsyncAPIResponse.parse is a coroutine, LegacyAPIResponse's is not
+            reply = await reply
+    except Exception as exc:
+        reply = _body(result, pending, exc)
+    if reply is not None:
+        await record(pending, pending.record, reply, root)
     return result
 
 

@@ -714,6 +714,8 @@ class _PlainProxy(_Namespace):
         super().__init__(inner, _rollout_recorder=recorder)
 
     def __getattr__(self, name: str) -> Any:
+        if name in _RAW_VIEWS:
+            return super().__getattr__(name)  # rebuilt over this proxy, so its calls record
         attr = getattr(self.__wrapped__, name)
         proxy = _proxy(name, attr, self._rollout_recorder, self.__wrapped__) if name in _OVERRIDDEN else None
         if proxy is None:

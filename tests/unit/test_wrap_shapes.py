@@ -310,3 +310,31 @@ def test_beta_stream_helper_is_recorded_under_its_own_name(mode: str) -> None:
     ep = asyncio.run(go())
     (call,) = ep.calls
     assert call.endpoint == "beta.chat.completions.stream" and call.exact
+
+
+def test_a_raw_structured_reply_the_sdk_cannot_parse_is_still_recorded() -> None:
+    """The generation is recorded from the JSON body; the agent meets the SDK's error at its own parse()."""
+    server = WireServer(dialect="vllm")  # replies "ok 2": not an `Answer`
+    rec = Recorder(request_token_ids=True)
+    sync, _ = openai_clients(server)
+    client = rec.wrap(sync)
+    with rec.episode("t") as ep:
+        raw = client.chat.completions.with_raw_response.parse(model="m", messages=M, response_format=Answer)
+        with pytest.raises(Exception, match=r"(?i)json|validation"):
+            raw.parse()
+    (call,) = ep.calls
+    assert call.choices[0].message["content"] == "ok 2" and call.choices[0].ids.tolist() == ENC.encode("ok 2")
+    assert not ep.metadata.get("failed_calls")
+
+
+def test_the_plain_proxy_fallback_records_raw_views_too() -> None:
+    """A client that cannot be re-classed gets `_PlainProxy`: its client-level raw view records too."""
+    from rollout.wrap import _PlainProxy
+
+    server = WireServer(dialect="vllm")
+    sync, _ = openai_clients(server)
+    rec = Recorder(request_token_ids=True)
+    proxy: Any = _PlainProxy(sync, rec)
+    with rec.episode("t") as ep:
+        raw = proxy.with_raw_response.chat.completions.create(model="m", messages=M)
+    assert type(raw) is LegacyAPIResponse and len(ep.calls) == 1
