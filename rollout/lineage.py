@@ -106,11 +106,11 @@ def _reshaped(sent: Any, recorded: Any) -> list[str]:
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return [] if a == b else ["differs"]
     what = []
-    if a.get("content") != b.get("content"):
-        if isinstance(a.get("content"), list) or isinstance(b.get("content"), list):
-            what.append("text sent as content parts" if isinstance(a.get("content"), list) else "content parts sent as text")
-        else:
-            what.append("empty content sent as " + repr(a.get("content")))
+    if (a.get("content") or None) != (b.get("content") or None):  # "" and None render alike
+        if isinstance(a.get("content"), list):
+            what.append("text sent as content parts")
+        elif isinstance(b.get("content"), list):
+            what.append("content parts sent as text")
     ca, cb = a.get("tool_calls") or [], b.get("tool_calls") or []
     if cb and not ca:
         what.append("tool_calls dropped")
