@@ -12,7 +12,7 @@ episode's `failed_calls`); nothing passes through unrecorded:
 
 - `chat.completions`: `create` (plain and streamed; token mode), `parse`,
   `stream` (the SDK's helper, run over the proxy so it streams through the
-  recording `create`), and the same through `with_raw_response` /
+  recording `create`; token mode), and the same through `with_raw_response` /
   `with_streaming_response` (the SDK's views rebuilt over the proxy;
   `rollout.sdkresponse` records what they return, and in token mode hands back
   the SDK's own raw-response type). `retrieve`, `update`, `list`, `delete` and
@@ -26,8 +26,11 @@ episode's `failed_calls`); nothing passes through unrecorded:
 - `completions` (the legacy text Completions API): refused.
 
 `copy` / `with_options` and the client-level `with_raw_response` /
-`with_streaming_response` give clients and views that record too. Sync and
-async clients get twin proxies over the same `PendingCall` logic.
+`with_streaming_response` give clients and views that record too. The agent
+gets the SDK's own types: a recorded `Stream` is the SDK's object re-classed
+in place (`tap_stream`), a token-mode reply a `ChatCompletion` or the SDK's
+`Stream` / raw response built over the body the endpoint would have sent.
+Sync and async clients get twin proxies over the same `PendingCall` logic.
 """
 
 from __future__ import annotations
