@@ -30,6 +30,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rollout.lineage import call_signatures, message_text
 from rollout.record import CallRecord, Choice
 from rollout.tokenmode.plan import Plan
 
@@ -177,20 +178,23 @@ def rendered_change(kwargs: Mapping[str, Any], parent_request: Mapping[str, Any]
 
 
 def _message_view(m: Any, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """What of a message is compared with the parent's: every field, with the spellings a
+    framework varies (text parts, JSON formatting of arguments, tool-call ids, None
+    fields) normalised as the prefix table normalises them (`rollout.lineage`, which
+    notes such re-shaping on the record)."""
     data = plain(m)
     if not isinstance(data, dict):
         return {"message": data}
     if fields is not None:
         data = {k: v for k, v in data.items() if k in fields}
-    if not data.get("content"):
-        data.pop("content", None)  # "" and None render alike
-    calls = data.pop("tool_calls", None)
-    if calls:  # what templates render of a call: its id, name and arguments (not "type")
-        data["tool_calls"] = [
-            {k: (c.get(k) if k == "id" else (c.get("function") or {}).get(k)) for k in ("id", "name", "arguments")}
-            if isinstance(c, dict) else c
-            for c in calls
-        ]
+    data.pop("tool_call_id", None)  # an opaque handle; renamed ids are noted, not edits
+    content = message_text(data.pop("content", None))
+    if content is not None:
+        data["content"] = content  # "" and None render alike
+    if data.get("tool_calls"):
+        data["tool_calls"] = call_signatures(data)
+    else:
+        data.pop("tool_calls", None)
     return data
 
 
@@ -210,6 +214,8 @@ def edited_prefix(prefix: list[Any], parent_messages: Any, reply: Mapping[str, A
             keys = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
             return f"{EDITED_HISTORY}: message {i} differs from the parent call's ({', '.join(keys)})"
     mine, theirs = _message_view(prefix[-1], _REPLY_FIELDS), _message_view(reply, _REPLY_FIELDS)
+    if "tool_calls" not in mine:  # a framework that drops the calls it sends back (noted by lineage)
+        theirs.pop("tool_calls", None)
     if mine != theirs:
         keys = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
         return f"{EDITED_HISTORY}: the parent's reply differs from what it sampled ({', '.join(keys)})"
