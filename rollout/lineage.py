@@ -182,6 +182,11 @@ class EpisodeLog:
         choice = next(c for c in call.choices if c.index == choice_index)
         return call, choice, end
 
+    def continued(self, call: CallRecord, choice: Choice) -> list[int]:
+        """The calls that already continued this call's choice (a new child is then a branch)."""
+        with self._lock:
+            return list(self._children.get((call.index, choice.index), ()))
+
     def _find_parent(self, keys: tuple[Key, ...]) -> tuple[tuple[int, int], int] | None:
         """((call, choice), prefix length) of the longest recorded messages + reply prefix of `keys`;
         a prefix that matches only once its tool calls are set aside counts where the re-sent

@@ -351,6 +351,7 @@ class PendingCall:
             found,
             earlier_calls=bool(self.episode.calls),
             server=lambda: self.recorder.token_server(client),
+            continued=() if found is None else self.log.continued(found[0], found[1]),
         )
         if isinstance(outcome, str):
             self.fallback = outcome

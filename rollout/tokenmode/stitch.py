@@ -26,7 +26,7 @@ the call goes as messages and the record says why (`CallRecord.fallback`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -45,6 +45,7 @@ INEXACT_PARENT = "parent ids are not exact"
 TOOLS_CHANGED = "tools changed since the parent call"
 NO_NEW_MESSAGES = "no new messages after the parent's reply"
 NO_SERVER = "client has no HTTP base URL"
+BRANCH = "branch"  # + which calls already continued the parent: the episode cannot stay one row
 
 # Chat parameters the token routes honour; anything else sends the call as messages.
 _SAMPLING = ("n", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
@@ -228,11 +229,16 @@ def plan_turn(
     *,
     earlier_calls: bool,
     server: Callable[[], TokenServer],
+    continued: Sequence[int] = (),
 ) -> StitchedTurn | str:
     """The stitched turn for a call, or the reason it goes as messages.
 
     `found` is the parent: the recorded call and choice whose messages + reply
-    the call's messages extend, and how many messages that covers.
+    the call's messages extend, and how many messages that covers. `continued`
+    lists the calls that already continued that parent: a retry, or an agent
+    whose history went back to an earlier turn (CAMEL's memory reorders
+    replies). Such a call starts a new row whichever way it goes, so it goes
+    as messages and the record names the branch.
     """
     reason = fallback_reason(kwargs)
     if reason is not None:
@@ -240,6 +246,8 @@ def plan_turn(
     if found is None:
         return EDITED_HISTORY if earlier_calls else FIRST_CALL
     call, choice, end = found
+    if continued:
+        return f"{BRANCH}: continues call {call.index}, which call(s) {list(continued)} had already continued"
     if not (call.prompt_source.exact and choice.exact) or len(call.prompt_ids) == 0:
         return INEXACT_PARENT
     changed = rendered_change(kwargs, call.request)

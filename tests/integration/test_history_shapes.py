@@ -20,7 +20,7 @@ import pytest
 
 from rollout import Episode, Recorder, assemble
 from rollout.embedded import END_ID, ChatTemplate, EmbeddedServer
-from rollout.tokenmode import EDITED_HISTORY
+from rollout.tokenmode import BRANCH, EDITED_HISTORY
 from tests.integration.test_token_mode import TOOLS, forced_tool_policy
 
 T = ChatTemplate()
@@ -170,7 +170,8 @@ def test_a_changed_turn_matches_nothing(tool_server: EmbeddedServer, edit: str) 
 
 
 def test_an_older_or_shorter_parent_is_never_silent(server: EmbeddedServer) -> None:
-    """A call that continues a turn another call already continued, or skips an edited reply, says so."""
+    """A call that continues a turn another call already continued, or skips an edited reply, says so:
+    a note on the record, and in token mode a `branch` fallback (it cannot stay in its parent's row)."""
     rec, client = recording(server)
     with rec.episode("t") as ep:
         base: list[Any] = [SYSTEM, user("What is 2 + 3?")]
@@ -187,8 +188,9 @@ def test_an_older_or_shorter_parent_is_never_silent(server: EmbeddedServer) -> N
     assert any("which call(s) [1] had already continued" in n for n in retry.notes)
     assert any("assistant message(s) [4]" in n and "not sampled ids" in n for n in skip.notes)
     assert any("which call(s) [1, 2] had already continued" in n for n in skip.notes)
-    assert_stitched_exactly(ep, 2, 0, [user("Once more.")])
-    assert_stitched_exactly(ep, 3, 0, [user("Again."), edited, user("Sure?")])
+    # Each starts a new row whichever way it goes: token mode sends it as messages, naming the branch.
+    assert retry.sent_as == "messages" and retry.fallback == f"{BRANCH}: continues call 0, which call(s) [1] had already continued"
+    assert skip.sent_as == "messages" and (skip.fallback or "").startswith(f"{BRANCH}: continues call 0")
 
 
 def test_in_messages_mode_a_re_shaped_turn_links_its_parent_and_the_drift_is_counted(tool_server: EmbeddedServer) -> None:
