@@ -14,7 +14,7 @@ import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from compat.threads import to_thread
+from compat import to_thread
 from rollout.tokens import StreamAccumulator
 from rollout.tokens import get as _get
 
