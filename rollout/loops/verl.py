@@ -227,6 +227,22 @@ class InProcessTransport(httpx.AsyncBaseTransport):
         return httpx.Response(200, json=reply)
 
 
+_RENDERS: dict[int, tuple[Any, TokenServer]] = {}
+"""Per tokenizer: the template facts and renders its episodes share (one `TokenServer` each)."""
+
+
+def shared_renders(server: TokenServer, tokenizer: Any) -> None:
+    """Let `server` share the bridge renders of earlier episodes with the same tokenizer: a
+    render depends only on the template and the request, never on the episode."""
+    held = _RENDERS.get(id(tokenizer))
+    if held is None or held[0] is not tokenizer:  # the tokenizer is kept, so its id is not reused
+        _RENDERS[id(tokenizer)] = (tokenizer, server)
+        return
+    first = held[1]
+    server._closing, server._placeholder, server._rendered = first._closing, first._placeholder, first._rendered
+    server._lock = first._lock
+
+
 class _LoopRecorder(Recorder):
     """A recorder whose token mode talks to the agent loop's in-process engine."""
 
@@ -319,6 +335,7 @@ class EpisodeAgentLoop(AgentLoopBase):
         engine = VerlEngine(self, sampling_params, self.tool_format)
         max_len = self.prompt_length + self.response_length
         server = in_process_server(engine, max_model_len=max_len, name="verl")
+        shared_renders(server, self.tokenizer)
         recorder = _LoopRecorder(server, request_token_ids=True, request_logprobs=True)
         http = httpx.AsyncClient(transport=InProcessTransport(server, self.model_name))
         from openai import AsyncOpenAI
@@ -494,16 +511,18 @@ def _objects(values: list[Any]) -> np.ndarray:
     return out
 
 
-def task_batch(tasks: list[Any], samples_per_task: int, *, agent_name: str = AGENT_NAME) -> Any:
-    """A `DataProto` of rows for `generate_sequences`: each task `samples_per_task` times, with
-    `task`, `task_id`, `sample`, `agent_name`, `raw_prompt` (verl records it) and `uid`
+def task_batch(tasks: Any, samples_per_task: int, *, agent_name: str = AGENT_NAME) -> Any:
+    """A `DataProto` of rows for `generate_sequences`: each task `samples_per_task` times.
+
+    `tasks` is what `rollout.collection.load_tasks` takes (a JSONL path or task dicts, ids
+    from their ``id``). Each row holds `task`, `task_id`, `sample`, `agent_name`,
+    `raw_prompt` (verl records it: the task's ``messages``, else empty) and `uid`
     ((task id, "task_id:sample"): the group key `rollout.export.verl_advantage` reads)."""
     from verl import DataProto
 
-    rows = []
-    for i, task in enumerate(tasks):
-        task_id = str(task.get("id", i)) if isinstance(task, Mapping) else str(i)
-        rows += [(task, task_id, s) for s in range(samples_per_task)]
+    from rollout.collection import load_tasks
+
+    rows = [(task, task_id, s) for task_id, task in load_tasks(tasks) for s in range(samples_per_task)]
     raw = [list(t.get("messages") or []) if isinstance(t, Mapping) else [] for t, _, _ in rows]
     return DataProto.from_dict(non_tensors={
         "task": _objects([t for t, _, _ in rows]),
@@ -513,6 +532,27 @@ def task_batch(tasks: list[Any], samples_per_task: int, *, agent_name: str = AGE
         "raw_prompt": _objects(raw),
         "uid": _objects([(i, f"{i}:{s}") for _, i, s in rows]),
     })  # fmt: skip
+
+
+def compact(data: Any) -> Any:
+    """The batch without the padding columns every row shares (verl pads to `prompt_length` /
+    `response_length`): the same tokens, masks and positions, narrower. Nothing attended is cut."""
+    from verl import DataProto
+
+    b = data.batch
+    width_p = b["prompts"].shape[1]
+    attention = b["attention_mask"].bool()
+    first = int((~attention[:, :width_p]).sum(-1).min())  # the fewest left-pad columns of any row
+    last = int(attention[:, width_p:].sum(-1).max())  # the longest response
+    tensors = {}
+    for key, value in b.items():
+        if key in ("input_ids", "attention_mask", "position_ids"):
+            tensors[key] = value[:, first : width_p + last]
+        elif key == "prompts":
+            tensors[key] = value[:, first:]
+        else:  # responses, response_mask, rollout_log_probs, rm_scores: [N, R]
+            tensors[key] = value[:, :last]
+    return DataProto.from_dict(tensors=tensors, non_tensors=dict(data.non_tensor_batch), meta_info=dict(data.meta_info))
 
 
 def episodes_of(data: Any) -> list[Episode]:

@@ -264,3 +264,38 @@ def test_what_cannot_be_one_row_is_counted_never_cut_silently(tmp_path: Path, mo
     assert isinstance(info.value, MultiRowEpisodeError) or isinstance(info.value.__cause__, MultiRowEpisodeError)
     assert AGENT_NAME == "rollout_episode"
     assert np.all(out.batch["attention_mask"].sum(-1).numpy() > 0)
+
+
+async def even(task: dict, model: Any) -> float:
+    """Two turns; reward 1 when the last reply is an even number (about half are)."""
+    messages = [{"role": "user", "content": f"Say an even number, task {task['id']}."}]
+    for _ in range(2):
+        reply = (await model.arun(messages)).choices[0].message.content or ""
+        messages += [{"role": "assistant", "content": reply}, {"role": "user", "content": "Again."}]
+    return float(reply.strip().isdigit() and int(reply) % 2 == 0)
+
+
+def test_one_training_iteration_collected_by_verls_agent_loop() -> None:
+    from rollout.embedded import push_weights
+    from rollout.errors import OffPolicyError
+    from rollout.training import VerlTrainer
+
+    small = ["collect.samples_per_task=4", "trainer.mini_batches=2", "trainer.rollout=agent_loop"]
+    with VerlTrainer(overrides=small, tasks=TASKS[:3], agent=even) as t:
+        assert t.worker is not None and type(t.worker).__name__ == "AgentLoopWorker"
+        before = {k: v.copy() for k, v in t.policy.get_weights().items()}
+        stats = t.iteration()
+        assert stats["episodes"] == stats["rows"] == 12 and stats["calls"] == 24
+        assert stats["later_calls_as_messages"] == 0 and stats["multi_row_episodes"] == 0
+        assert stats["truncated_episodes"] == stats["failed_episodes"] == stats["dropped_tokens"] == 0
+        assert stats["sampled_tokens"] == 24 and 0 <= stats["max_logprob_diff"] <= 1e-5
+        after = t.policy.get_weights()
+        assert all(not np.array_equal(before[k], after[k]) for k in before)  # every tensor stepped
+        assert t.server.weight_version() == 1
+        episodes, data = t.collect_batch()  # the next batch: the new version, verl's own rows
+        assert data is not None and len(data) == 12
+        assert {int(v) for e in episodes for c in e.calls for v in c.choices[0].versions.to_array()} == {1}
+        other = TorchPolicy(TorchPolicyConfig(seed=123))
+        push_weights(t.server.url, other.get_weights(), 1)  # behind the trainer's back
+        with pytest.raises(OffPolicyError, match="recorded logprobs differ"):
+            t.iteration(step=False)
