@@ -54,7 +54,7 @@ class EpisodeAgent:
         fn = import_object(self.episode) if isinstance(self.episode, str) else self.episode
         if not callable(fn):
             raise TypeError(f"episode must be callable, got {type(fn).__name__}")
-        return fn  # type: ignore[no-any-return]
+        return fn
 
     async def run(self, data: Any, **extra_kwargs: Any) -> float:
         """Run the episode on AReaL's session client; its reward as a float (AReaL's contract)."""

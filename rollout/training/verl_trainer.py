@@ -302,8 +302,9 @@ class VerlTrainer:
         self._workdir = tempfile.TemporaryDirectory(prefix="rollout-agent-loop-")
         loops = write_agent_loop_config(
             Path(self._workdir.name) / "agent_loops.yaml",
-            [agent_loop_entry(agent, model=cfg.collect.backend.model, sampling=asked,
-                              timeout_s=cfg.collect.episode_timeout_s)],
+            # No per-episode timeout: verl starts every row of the batch at once (agent_loop.py:
+            # 642-654), so a row's wall time includes its wait for the others' generations.
+            [agent_loop_entry(agent, model=cfg.collect.backend.model, sampling=asked)],
         )  # fmt: skip
         config = verl_config(
             hf_model.model_dir(cfg.model),
@@ -313,7 +314,7 @@ class VerlTrainer:
             overrides=[f"actor_rollout_ref.rollout.{k}={v}" for k, v in verl_side.items()],
         )
         quiet_verl_logs()
-        return AgentLoopWorker(config, EmbeddedLLMClient(config, self.server.url))
+        return AgentLoopWorker(config, EmbeddedLLMClient(config, self.server.url, timeout_s=600.0))
 
     # ---------------------------------------------------------------- steps
 
@@ -384,6 +385,8 @@ class VerlTrainer:
                 mb = data.select_idxs(idx)
                 b = mb.batch
                 mask = b["response_mask"].bool()
+                if not bool(mask.any()):  # only rows that train nothing (failed episodes): no step
+                    continue
                 log_prob, entropy = self.logprobs(mb)
                 pg_loss, metrics = self.loss_fn(
                     old_log_prob=b["old_log_probs"],
@@ -492,6 +495,8 @@ def format_stats(s: dict[str, Any]) -> str:
         f"max|dlogp| {s['max_logprob_diff']:.1e}  loss {s.get('pg_loss', float('nan')):+.4f}  "
         f"collect {s['collect_s']:.1f}s export {s['export_s']:.2f}s loss {s['loss_s']:.2f}s "
         f"step {s['step_s']:.2f}s push {s['push_s']:.2f}s"
+        + "".join(f"  {k} {s[k]}" for k in ("failed_episodes", "truncated_episodes", "multi_row_episodes")
+                  if s.get(k))
     )
 
 

@@ -21,10 +21,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import areal  # noqa: F401  (the peer: a failed import fails this tier)
-
+import pytest
 import torch
 import uvicorn
 from areal.api.io_struct import ModelRequest, ModelResponse
