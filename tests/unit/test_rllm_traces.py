@@ -290,3 +290,11 @@ def test_a_flow_whose_episode_returns_no_reward_is_a_typed_error(server: Embedde
     flow = RllmFlow(silent, sampling={"max_tokens": 1}, trajectory=Trajectory)
     with pytest.raises(RewardError, match="no reward"):
         asyncio.run(flow({"id": "x"}, AgentConfig(base_url=server.base_url, model="tiny", session_uid="s")))
+
+
+def test_the_one_agent_example_runs_as_rllm_flows(server: EmbeddedServer) -> None:
+    from examples.one_agent_three_trainers import TASKS as EXAMPLE_TASKS
+    from examples.one_agent_three_trainers import run_rllm
+
+    out = run_rllm(server.url)
+    assert out["flows"] == len(EXAMPLE_TASKS) and all(r in (0.0, 1.0) for r in out["rewards"])

@@ -171,3 +171,14 @@ def test_the_legacy_arealopenai_workflow_runs_the_same_function(tokenizer: Any) 
     for call, (prompt, sampled, logprobs) in zip(episode.calls, engine.calls, strict=True):
         assert call.prompt_ids.tolist() == prompt and call.choices[0].ids.tolist() == sampled
         assert call.choices[0].logprobs.tolist() == pytest.approx(logprobs)
+
+
+def test_the_one_agent_example_runs_under_areal() -> None:
+    from examples.one_agent_three_trainers import TASKS as EXAMPLE_TASKS
+    from examples.one_agent_three_trainers import run_areal
+    from rollout.embedded import EmbeddedServer
+
+    with EmbeddedServer(model_name="tiny") as srv:
+        out = run_areal(srv.url)  # AReaL's proxy over the embedded server's token route
+    assert out["episodes"] == len(EXAMPLE_TASKS) and all(n >= 1 for n in out["rows"])
+    assert all(r in (0.0, 1.0) for r in out["rewards"])

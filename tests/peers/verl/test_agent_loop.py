@@ -299,3 +299,13 @@ def test_one_training_iteration_collected_by_verls_agent_loop() -> None:
         push_weights(t.server.url, other.get_weights(), 1)  # behind the trainer's back
         with pytest.raises(OffPolicyError, match="recorded logprobs differ"):
             t.iteration(step=False)
+
+
+def test_the_one_agent_example_runs_under_verl() -> None:
+    from examples.one_agent_three_trainers import TASKS as EXAMPLE_TASKS
+    from examples.one_agent_three_trainers import run_verl
+
+    with EmbeddedServer(model_name="tiny") as srv:
+        out = run_verl(srv.url)
+    assert out["rows"] == 2 * len(EXAMPLE_TASKS) and len(out["rewards"]) == out["rows"]
+    assert out["trained_tokens"] >= out["rows"] and out["later_calls_as_tokens"] >= 0
