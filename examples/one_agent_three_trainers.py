@@ -6,7 +6,7 @@
   ``rollout_episode`` (`rollout.loops.verl`); the result is verl's own padded batch.
 - AReaL 1.0.4: AReaL's own `OpenAIProxyWorkflow` runs it as an agent object
   (`rollout.loops.areal.EpisodeAgent`) against AReaL's own proxy, which records the tokens.
-- rLLM (main @ 9beb6e0): it is an `@rllm.rollout` flow (`rollout.loops.rllm.RllmFlow`).
+- rLLM (main @ 9beb6e0): it is an `@rllm.rollout` flow (`rollout.loops.rllm.rllm_flow`).
 
 Everything runs offline on the embedded server (the numpy policy, cl100k ids), each part in
 the environment that has its trainer (tests/peers/setup.sh builds them):
@@ -138,15 +138,15 @@ def run_areal(url: str) -> dict[str, Any]:
 
 def run_rllm(url: str) -> dict[str, Any]:
     """rLLM: the episode as an `@rllm.rollout` flow (rLLM's own types when it is installed)."""
-    from rollout.loops.rllm import RllmFlow
+    from rollout.loops.rllm import rllm_flow
 
     try:
         import rllm
 
-        flow: Any = rllm.rollout(name="solver")(RllmFlow(EPISODE, sampling=SAMPLING))
+        flow: Any = rllm.rollout(name="solver")(rllm_flow(EPISODE, sampling=SAMPLING))
         config_cls: Any = rllm.types.AgentConfig
     except ImportError:  # not on PyPI: the same call shape, with stand-ins for its types
-        flow, config_cls = RllmFlow(EPISODE, sampling=SAMPLING, trajectory=SimpleNamespace), SimpleNamespace
+        flow, config_cls = rllm_flow(EPISODE, sampling=SAMPLING, trajectory=SimpleNamespace), SimpleNamespace
     results = []
     for i, task in enumerate(TASKS):
         config = config_cls(base_url=f"{url}/v1", model="tiny", session_uid=f"session-{i}")

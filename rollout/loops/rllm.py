@@ -16,7 +16,7 @@ package registries; tests/unit/test_rllm_traces.py restates what is used here):
   trajectories by position and keeps the trajectory's `reward`
   (`enrich_episode_with_traces`, rllm/engine/agentflow_engine.py:102-248).
 
-`RllmFlow(episode)` is such a function: the episode gets a
+`rllm_flow(episode)` makes such a function: the episode gets a
 `compat.OpenAICompatibleModel` on `config.base_url` (the gateway's session
 URL) and `config.model`, and the flow returns one `Trajectory` carrying the
 episode's reward (and its metadata), which enrichment keeps while the
@@ -27,7 +27,7 @@ mode) go through rLLM's own trace-to-step conversion.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from typing import Any
 
 from compat import OpenAICompatibleModel
@@ -48,11 +48,20 @@ def _task_data(task: Any) -> Any:
     return task
 
 
-class RllmFlow:
-    """`await flow(task, config)` -> an rLLM `Trajectory` holding the episode's reward.
+def rllm_flow(
+    episode: Callable[[Any, Any], Any] | str,
+    *,
+    name: str = "solver",
+    sampling: Mapping[str, Any] | None = None,
+    wrap: Callable[[Any], Any] | None = None,
+    trajectory: type | None = None,
+) -> Callable[[Any, Any], Awaitable[Any]]:
+    """An rLLM flow: `await flow(task, config)` -> an rLLM `Trajectory` holding the episode's reward.
 
-    Decorate it as rLLM does: ``solver = rllm.rollout(name="solver")(RllmFlow(episode))``
-    (`AgentFlowFn` awaits it, rollout_decorator.py:82-90).
+    Decorate it as rLLM does: ``solver = rllm.rollout(name="solver")(rllm_flow(episode))``.
+    It is a plain `async def` function, because rLLM's `AgentFlowFn` awaits only what
+    `inspect.iscoroutinefunction` accepts and runs anything else in a thread
+    (rollout_decorator.py:72 and :82-90), where a callable object's coroutine would never run.
 
     Args:
         episode: the function, or its import path ``"module:name"``.
@@ -62,49 +71,34 @@ class RllmFlow:
         wrap: e.g. ``recorder.wrap``: applied to the client, to record the calls here too.
         trajectory: the `Trajectory` class (default: `rllm.types.Trajectory`, imported on use).
     """
+    settings = dict(sampling or {})
 
-    def __init__(
-        self,
-        episode: Callable[[Any, Any], Any] | str,
-        *,
-        name: str = "solver",
-        sampling: Mapping[str, Any] | None = None,
-        wrap: Callable[[Any], Any] | None = None,
-        trajectory: type | None = None,
-    ) -> None:
-        self.episode = episode
-        self.name = name
-        self.sampling = dict(sampling or {})
-        self.wrap = wrap
-        self._trajectory = trajectory
-        self.__name__ = name
-        self.__qualname__ = name
-
-    async def __call__(self, task: Any, config: Any) -> Any:
+    async def flow(task: Any, config: Any) -> Any:
         from openai import AsyncOpenAI
 
-        fn = import_object(self.episode) if isinstance(self.episode, str) else self.episode
+        fn = import_object(episode) if isinstance(episode, str) else episode
         client: Any = AsyncOpenAI(base_url=config.base_url, api_key="EMPTY", max_retries=0)
-        if self.wrap is not None:
-            client = self.wrap(client)
-        model = OpenAICompatibleModel(config.model, dict(self.sampling), async_client=client)
+        if wrap is not None:
+            client = wrap(client)
+        model = OpenAICompatibleModel(config.model, dict(settings), async_client=client)
         data = _task_data(task)
-        episode = Episode(task_id=str(getattr(task, "id", "") or ""), task=data)
+        ep = Episode(task_id=str(getattr(task, "id", "") or ""), task=data)
         try:
-            apply_result(episode, await _call_agent(fn, data, model))
+            apply_result(ep, await _call_agent(fn, data, model))
         finally:
-            close = getattr(client, "close", None)
-            if close is not None:
-                await close()
-        if episode.reward is None:
+            await client.close()
+        if ep.reward is None:
             raise RewardError("the episode returned no reward; the rLLM trajectory needs one")
-        cls = self._trajectory
+        cls = trajectory
         if cls is None:
             from rllm.types import Trajectory
 
             cls = Trajectory
-        return cls(name=self.name, steps=[], reward=float(episode.reward),
-                   metadata={**episode.metadata, "session_uid": config.session_uid})  # fmt: skip
+        return cls(name=name, steps=[], reward=float(ep.reward),
+                   metadata={**ep.metadata, "session_uid": config.session_uid})  # fmt: skip
+
+    flow.__name__ = flow.__qualname__ = name
+    return flow
 
 
 def _message(choice: Any) -> dict[str, Any]:

@@ -23,6 +23,7 @@ transform (restated in test_rllm_contract) builds exactly the rows `to_verl` pac
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +38,7 @@ from rollout.embedded import EmbeddedServer
 from rollout.episode import Episode as OurEpisode
 from rollout.errors import RewardError
 from rollout.export import to_verl
-from rollout.loops.rllm import RLLM_COMMIT, RllmFlow, to_rllm_traces
+from rollout.loops.rllm import RLLM_COMMIT, rllm_flow, to_rllm_traces
 from rollout.record import CallRecord, Choice, TokenSource
 from tests.unit.test_rllm_contract import RLLM_COMMIT as EXPORT_PIN
 from tests.unit.test_rllm_contract import (
@@ -251,12 +252,13 @@ def server() -> Any:
 
 def test_an_episode_function_runs_as_an_rllm_flow_and_its_traces_become_verls_rows(server: EmbeddedServer) -> None:
     recorder = Recorder(request_token_ids=True, request_logprobs=True)  # here: the gateway's recording
-    flow = RllmFlow(arithmetic.episode, sampling={"max_tokens": 2}, wrap=recorder.wrap, trajectory=Trajectory)
+    flow = rllm_flow(arithmetic.episode, sampling={"max_tokens": 2}, wrap=recorder.wrap, trajectory=Trajectory)
     tasks = [Task(id=f"add-{a}-{b}", instruction="", metadata={"id": f"add-{a}-{b}", "a": a, "b": b, "answer": a + b})
              for a, b in ((1, 2), (30, 40), (5, 5))]  # fmt: skip
     episodes, ours = [], []
     for k, task in enumerate(tasks):
         config = AgentConfig(base_url=server.base_url, model="tiny", session_uid=f"sess-{k}")
+        assert inspect.iscoroutinefunction(flow)  # AgentFlowFn awaits only these (rollout_decorator.py:72, :82-84)
         with recorder.episode(task_id=task.id, sample=0) as ep:
             result = asyncio.run(flow(task, config))  # what AgentFlowFn.arun awaits
         assert isinstance(result, Trajectory) and result.reward in (0.0, 1.0)
@@ -287,7 +289,7 @@ def test_a_flow_whose_episode_returns_no_reward_is_a_typed_error(server: Embedde
     async def silent(task: dict, model: Any) -> None:
         await model.arun([{"role": "user", "content": "hi"}])
 
-    flow = RllmFlow(silent, sampling={"max_tokens": 1}, trajectory=Trajectory)
+    flow = rllm_flow(silent, sampling={"max_tokens": 1}, trajectory=Trajectory)
     with pytest.raises(RewardError, match="no reward"):
         asyncio.run(flow({"id": "x"}, AgentConfig(base_url=server.base_url, model="tiny", session_uid="s")))
 
