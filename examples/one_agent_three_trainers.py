@@ -42,6 +42,7 @@ def run_verl(url: str) -> dict[str, Any]:
         EmbeddedLLMClient,
         agent_loop_entry,
         episodes_of,
+        generate,
         task_batch,
         verl_config,
         write_agent_loop_config,
@@ -51,7 +52,7 @@ def run_verl(url: str) -> dict[str, Any]:
         loops = write_agent_loop_config(Path(tmp) / "loops.yaml", [agent_loop_entry(EPISODE, sampling=SAMPLING)])
         config = verl_config(hf_model.model_dir(), prompt_length=128, response_length=64, agent_loop_config=loops)
         worker = AgentLoopWorker(config, EmbeddedLLMClient(config, url))
-        out = asyncio.run(worker.generate_sequences(task_batch(TASKS, 2)))
+        out = asyncio.run(generate(worker, task_batch(TASKS, 2)))
     return {
         "rows": len(out), "rewards": out.batch["rm_scores"].sum(-1).tolist(),
         "trained_tokens": int(out.batch["response_mask"].sum()),

@@ -563,3 +563,14 @@ def episodes_of(data: Any) -> list[Episode]:
 def run_sync(coro: Any) -> Any:
     """Run a coroutine to completion from sync code (verl's worker methods are async)."""
     return asyncio.run(coro)
+
+
+async def generate(worker: Any, batch: Any) -> Any:
+    """`worker.generate_sequences(batch)`, then close its client's connections of this event
+    loop (each `run_sync` is a new loop; `EmbeddedLLMClient` keeps a pool per loop)."""
+    try:
+        return await worker.generate_sequences(batch)
+    finally:
+        close = getattr(worker.llm_client, "aclose", None)
+        if close is not None:
+            await close()

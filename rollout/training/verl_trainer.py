@@ -328,10 +328,10 @@ class VerlTrainer:
         data = None
         with torch_threads(1):
             if self.worker is not None:
-                from rollout.loops.verl import compact, episodes_of, run_sync, task_batch
+                from rollout.loops.verl import compact, episodes_of, generate, run_sync, task_batch
 
                 batch = task_batch(self.tasks, self.config.collect.samples_per_task)
-                data = compact(run_sync(self.worker.generate_sequences(batch)))
+                data = compact(run_sync(generate(self.worker, batch)))
                 episodes = episodes_of(data)
             else:
                 episodes = self.collector.run_batch(self.tasks)

@@ -36,6 +36,7 @@ from rollout.loops.verl import (
     MultiRowEpisodeError,
     agent_loop_entry,
     episodes_of,
+    generate,
     quiet_verl_logs,
     run_sync,
     task_batch,
@@ -100,7 +101,7 @@ def test_verls_worker_rows_equal_to_verl_of_the_same_episodes(
     entry = agent_loop_entry("rollout.demo.arithmetic:episode", sampling={"max_tokens": 2})
     worker = make_worker(tmp_path, model_path, srv.base_url, [entry])
     batch = task_batch(TASKS, 3)
-    out = run_sync(worker.generate_sequences(batch))
+    out = run_sync(generate(worker, batch))
 
     episodes = episodes_of(out)
     assert len(out) == len(episodes) == 12
@@ -179,7 +180,7 @@ def test_tool_calls_are_parsed_by_verls_parser_and_tool_tokens_are_masked(
     script = Scripted(config, tokenizer, texts)
     entry = agent_loop_entry(f"{HERE}:tool_episode", sampling={"max_tokens": 40})
     worker = make_worker(tmp_path, model_path, None, [entry], client=script, p=P * 4, r=R * 4)
-    out = run_sync(worker.generate_sequences(task_batch(TASKS[:1], 1)))
+    out = run_sync(generate(worker, task_batch(TASKS[:1], 1)))
     (episode,) = episodes_of(out)
     assert episode.reward == 1.0  # the agent saw the parsed call, ran the tool, then the answer
     first = episode.calls[0].choices[0]
@@ -239,7 +240,7 @@ def test_what_cannot_be_one_row_is_counted_never_cut_silently(tmp_path: Path, mo
     rows = [task_batch(TASKS[:1], 1, agent_name=name) for name in ("edits", "raises", "long")]
     from verl import DataProto
 
-    out = run_sync(worker.generate_sequences(DataProto.concat(rows)))
+    out = run_sync(generate(worker, DataProto.concat(rows)))
     nt = out.non_tensor_batch
     edited, _failed, long = episodes_of(out)
     # An edited history: the second call went as messages, two rows; the last call's row is kept.
@@ -260,7 +261,7 @@ def test_what_cannot_be_one_row_is_counted_never_cut_silently(tmp_path: Path, mo
     assert out.batch["responses"].shape[1] == 4
     # multi_row: error refuses the episode instead of picking a row.
     with pytest.raises(Exception, match="rows") as info:
-        run_sync(worker.generate_sequences(task_batch(TASKS[:1], 1, agent_name="strict")))
+        run_sync(generate(worker, task_batch(TASKS[:1], 1, agent_name="strict")))
     assert isinstance(info.value, MultiRowEpisodeError) or isinstance(info.value.__cause__, MultiRowEpisodeError)
     assert AGENT_NAME == "rollout_episode"
     assert np.all(out.batch["attention_mask"].sum(-1).numpy() > 0)
