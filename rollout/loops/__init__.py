@@ -1,0 +1,1 @@
+"""Trainers' own rollout loops running an unchanged `episode(task, model)` function."""
