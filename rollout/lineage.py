@@ -26,7 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rollout.episode import Episode
-from rollout.record import CallRecord, Choice
+from rollout.record import CallRecord, ChoiceRecord
 
 Key = tuple[Any, ...]
 
@@ -169,7 +169,7 @@ class EpisodeLog:
                 self._loose.setdefault(_loose(with_reply), (call.index, choice.index, with_reply))
         call.notes.extend(notes)
 
-    def parent_of(self, messages: list[Any]) -> tuple[CallRecord, Choice, int] | None:
+    def parent_of(self, messages: list[Any]) -> tuple[CallRecord, ChoiceRecord, int] | None:
         """The recorded call and choice whose messages + reply the longest prefix of
         `messages` is, and that prefix's length (so `messages[end:]` is what is new)."""
         keys = tuple(_message_key(m) for m in messages)
@@ -182,7 +182,7 @@ class EpisodeLog:
         choice = next(c for c in call.choices if c.index == choice_index)
         return call, choice, end
 
-    def continued(self, call: CallRecord, choice: Choice) -> list[int]:
+    def continued(self, call: CallRecord, choice: ChoiceRecord) -> list[int]:
         """The calls that already continued this call's choice (a new child is then a branch)."""
         with self._lock:
             return list(self._children.get((call.index, choice.index), ()))

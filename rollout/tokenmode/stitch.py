@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from rollout.lineage import call_signatures, message_text
-from rollout.record import CallRecord, Choice
+from rollout.record import CallRecord, ChoiceRecord
 from rollout.tokenmode.plan import Plan
 
 if TYPE_CHECKING:
@@ -225,7 +225,7 @@ def edited_prefix(prefix: list[Any], parent_messages: Any, reply: Mapping[str, A
 
 def plan_turn(
     kwargs: dict[str, Any],
-    found: tuple[CallRecord, Choice, int] | None,
+    found: tuple[CallRecord, ChoiceRecord, int] | None,
     *,
     earlier_calls: bool,
     server: Callable[[], TokenServer],

@@ -13,7 +13,7 @@ import pytest
 
 from rollout import Episode
 from rollout.lineage import EpisodeLog
-from rollout.record import CallRecord, Choice
+from rollout.record import CallRecord, ChoiceRecord
 
 SYSTEM = {"role": "system", "content": "s"}
 ASK = {"role": "user", "content": "add 2 and 3"}
@@ -24,7 +24,7 @@ TEXT_REPLY = {"role": "assistant", "content": "five"}
 
 def logged(reply: dict[str, Any]) -> EpisodeLog:
     log = EpisodeLog(Episode(task_id="t"))
-    log.append(CallRecord(request={"messages": [SYSTEM, ASK]}, choices=[Choice(message=reply)]), [SYSTEM, ASK])
+    log.append(CallRecord(request={"messages": [SYSTEM, ASK]}, choices=[ChoiceRecord(message=reply)]), [SYSTEM, ASK])
     return log
 
 

@@ -39,7 +39,7 @@ from rollout.episode import Episode as OurEpisode
 from rollout.errors import RewardError
 from rollout.export import to_verl
 from rollout.loops.rllm import RLLM_COMMIT, rllm_flow, to_rllm_traces
-from rollout.record import CallRecord, Choice, TokenSource
+from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from tests.unit.test_rllm_contract import RLLM_COMMIT as EXPORT_PIN
 from tests.unit.test_rllm_contract import (
     Episode,
@@ -209,8 +209,8 @@ def test_restated_conversion_reads_a_gateway_record_as_rllm_does() -> None:
         enrich_episode_with_traces(coerce_to_episode(None, {}, "solver"), [TraceRecord(trace_id="x", session_id="s")], "u", {})
 
 
-def _choice(ids: list[int], logprobs: list[float] | None, message: dict[str, Any], version: int = 2) -> Choice:
-    return Choice(ids=ids, logprobs=logprobs, versions=[version] * len(ids), source=TokenSource.VLLM,
+def _choice(ids: list[int], logprobs: list[float] | None, message: dict[str, Any], version: int = 2) -> ChoiceRecord:
+    return ChoiceRecord(ids=ids, logprobs=logprobs, versions=[version] * len(ids), source=TokenSource.VLLM,
                   finish_reason="stop", message=message)  # fmt: skip
 
 
