@@ -37,12 +37,12 @@ def run_verl(url: str) -> dict[str, Any]:
     """verl: the agent loop, in verl's own worker, built from verl's own config."""
     from verl.experimental.agent_loop import AgentLoopWorker
 
-    from rollout.loops import hf_model
-    from rollout.loops.verl import (
+    from rollout.loops import (
         EmbeddedLLMClient,
         agent_loop_entry,
         episodes_of,
         generate,
+        model_dir,
         task_batch,
         verl_config,
         write_agent_loop_config,
@@ -50,7 +50,7 @@ def run_verl(url: str) -> dict[str, Any]:
 
     with tempfile.TemporaryDirectory() as tmp:
         loops = write_agent_loop_config(Path(tmp) / "loops.yaml", [agent_loop_entry(EPISODE, sampling=SAMPLING)])
-        config = verl_config(hf_model.model_dir(), prompt_length=128, response_length=64, agent_loop_config=loops)
+        config = verl_config(model_dir(), prompt_length=128, response_length=64, agent_loop_config=loops)
         worker = AgentLoopWorker(config, EmbeddedLLMClient(config, url))
         out = asyncio.run(generate(worker, task_batch(TASKS, 2)))
     return {
@@ -58,33 +58,6 @@ def run_verl(url: str) -> dict[str, Any]:
         "trained_tokens": int(out.batch["response_mask"].sum()),
         "later_calls_as_tokens": sum(c.sent_as == "tokens" for e in episodes_of(out) for c in e.calls[1:]),
     }  # fmt: skip
-
-
-class EmbeddedEngine:
-    """AReaL's `InferenceEngine.agenerate` over the embedded server's token route."""
-
-    def __init__(self, url: str) -> None:
-        from rollout.tokenmode.transport import JsonHttp
-
-        self.http = JsonHttp(url)
-
-    def get_version(self) -> int:
-        return 0
-
-    async def agenerate(self, req: Any) -> Any:
-        from areal.api.io_struct import ModelResponse
-
-        from rollout.tokenmode.vllm import parse_generate
-
-        g = req.gconfig
-        params = {"max_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p, "logprobs": 0}
-        body = {"token_ids": list(req.input_ids), "sampling_params": params}
-        choice = parse_generate(await self.http.arequest("POST", "/inference/v1/generate", body), req.input_ids).choices[0]
-        return ModelResponse(
-            input_tokens=list(req.input_ids), output_tokens=choice.token_ids, output_logprobs=choice.logprobs or [],
-            output_versions=choice.versions or [0] * len(choice.token_ids),
-            stop_reason="length" if choice.finish_reason == "length" else "stop", tokenizer=req.tokenizer,
-        )  # fmt: skip
 
 
 def run_areal(url: str) -> dict[str, Any]:
@@ -102,12 +75,11 @@ def run_areal(url: str) -> dict[str, Any]:
     from areal.infra.workflow_context import WorkflowContext
     from areal.infra.workflow_executor import check_trajectory_format
 
-    from rollout.loops import hf_model
-    from rollout.loops.areal import EpisodeAgent
+    from rollout.loops import EpisodeAgent, TokenRouteEngine, load_hf_tokenizer
 
-    engine = EmbeddedEngine(url)
+    engine = TokenRouteEngine(url)
     proxy._engine = engine  # what the proxy's /create_engine + /call "initialize" set up
-    proxy._openai_client = ArealOpenAI(engine=engine, tokenizer=hf_model.load_tokenizer(), chat_template_type="concat")
+    proxy._openai_client = ArealOpenAI(engine=engine, tokenizer=load_hf_tokenizer(), chat_template_type="concat")
     proxy._admin_api_key = DEFAULT_ADMIN_API_KEY
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,7 +111,7 @@ def run_areal(url: str) -> dict[str, Any]:
 
 def run_rllm(url: str) -> dict[str, Any]:
     """rLLM: the episode as an `@rllm.rollout` flow (rLLM's own types when it is installed)."""
-    from rollout.loops.rllm import rllm_flow
+    from rollout.loops import rllm_flow
 
     try:
         import rllm

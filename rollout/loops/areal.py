@@ -30,6 +30,8 @@ from rollout.collection.backend import import_object
 from rollout.collection.runner import _call_agent, apply_result
 from rollout.episode import Episode
 from rollout.errors import RewardError
+from rollout.tokenmode.transport import JsonHttp
+from rollout.tokenmode.vllm import parse_generate
 
 
 class EpisodeAgent:
@@ -71,3 +73,28 @@ class EpisodeAgent:
         if episode.reward is None:
             raise RewardError("the episode returned no reward; AReaL's workflow needs one (a number)")
         return float(episode.reward)
+
+
+class TokenRouteEngine:
+    """AReaL's `InferenceEngine.agenerate` over a vLLM-format token route (`POST
+    /inference/v1/generate`: the embedded server, or vLLM with `--enable-scale-out`), for
+    running `EpisodeAgent` in AReaL's proxy workflow without a GPU engine."""
+
+    def __init__(self, url: str) -> None:
+        self.http = JsonHttp(url)
+
+    def get_version(self) -> int:
+        return 0
+
+    async def agenerate(self, req: Any) -> Any:
+        from areal.api.io_struct import ModelResponse
+
+        g = req.gconfig
+        params = {"max_tokens": g.max_new_tokens, "temperature": g.temperature, "top_p": g.top_p, "logprobs": 0}
+        body = {"token_ids": list(req.input_ids), "sampling_params": params}
+        choice = parse_generate(await self.http.arequest("POST", "/inference/v1/generate", body), req.input_ids).choices[0]
+        return ModelResponse(
+            input_tokens=list(req.input_ids), output_tokens=choice.token_ids, output_logprobs=choice.logprobs or [],
+            output_versions=choice.versions or [0] * len(choice.token_ids),
+            stop_reason="length" if choice.finish_reason == "length" else "stop", tokenizer=req.tokenizer,
+        )  # fmt: skip
