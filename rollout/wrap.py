@@ -42,6 +42,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from compat import is_async_callable, resolve
 from rollout.errors import UnrecordedCallError
 from rollout.sdkresponse import (
     aas_sdk_stream,
@@ -359,7 +360,6 @@ async def _settle(awaitable: Any, pending: PendingCall) -> Any:
 def _resource(kind: tuple[type[_Resource], type[_Resource]], inner: Any, recorder: CallSink, root: Any,
               endpoint: str) -> _Resource:  # fmt: skip
     """The sync or async proxy class of `kind` for `inner`."""
-    from compat import is_async_callable
 
     cls = kind[1] if is_async_callable(getattr(inner, "create", None)) else kind[0]
     return cls(inner, recorder, root, endpoint)
@@ -380,7 +380,6 @@ class _Beta(_Namespace):
         self._root = root
 
     def __getattr__(self, name: str) -> Any:
-        from compat import resolve
 
         attr = super().__getattr__(name)
         if name == "chat" and resolve(attr, "completions.create"):
@@ -402,7 +401,6 @@ def _proxy(name: str, inner: Any, recorder: CallSink, root: Any) -> Any | None:
     `client.responses` makes the openai SDK import large type modules, which
     an agent that never calls them should not pay for (nor its GC scan).
     """
-    from compat import resolve  # at wrap time: `import rollout` stays light
 
     if name == "chat" and resolve(inner, "completions.create"):
         return _Namespace(inner, completions=_resource(_COMPLETIONS, inner.completions, recorder, root, "chat.completions"))
@@ -475,7 +473,6 @@ class _PlainProxy(_Namespace):
 
 def wrap_client(client: Any, recorder: CallSink) -> Any:
     """A client of the same type that records through `recorder`."""
-    from compat import resolve
 
     if getattr(client, "_rollout_recorder", None) is not None:
         raise ValueError("client is already wrapped by a Recorder")
