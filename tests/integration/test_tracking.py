@@ -20,6 +20,7 @@ import rollout.tracking.backends as backends
 from rollout import collect
 from rollout.cli import main
 from rollout.collection import load_config
+from rollout.demo import COLLECT
 from rollout.errors import ConfigError
 from rollout.export import read_jsonl
 from rollout.redact import register_secret
@@ -53,6 +54,7 @@ def test_missing_tracker_libraries_warn_and_the_run_loses_nothing(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = collect(
+        **COLLECT,
             limit=3, samples_per_task=2, progress=False, output={"path": str(journal)},
             tracking={"trackers": ["wandb", "mlflow", "tensorboard"], "dir": str(tmp_path / "t")},
         )  # fmt: skip
@@ -109,6 +111,7 @@ def test_collection_logs_per_tick_and_at_the_end_with_keys_redacted(
     register_secret(secret)
     journal = tmp_path / "eps.jsonl"
     summary = collect(
+        agent=COLLECT["agent"],
         limit=4, samples_per_task=2, progress=False, output={"path": str(journal)},
         tasks=[{"id": f"t{i}", "a": i, "b": 1, "answer": i + 1, "note": f"Bearer {secret}"} for i in range(4)],
         tracking={"trackers": ["tensorboard"], "interval_s": 0, "samples": 2, "run_name": f"r-{secret}"},
@@ -141,6 +144,7 @@ def test_a_tracker_failing_mid_run_is_dropped_with_one_warning(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = collect(
+        **COLLECT,
             limit=3, samples_per_task=2, progress=False, output={"path": str(tmp_path / "e.jsonl")},
             tracking={"trackers": ["tensorboard"], "interval_s": 0},
         )  # fmt: skip
@@ -164,6 +168,7 @@ def test_a_bug_in_rollouts_own_logging_code_does_not_fail_the_run(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = collect(
+        **COLLECT,
             limit=2, samples_per_task=2, progress=False, output={"path": str(tmp_path / "e.jsonl")},
             tracking={"trackers": ["tensorboard"], "interval_s": 0},
         )  # fmt: skip
@@ -207,7 +212,7 @@ def test_export_to_hf_without_datasets_says_which_extra(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     journal = tmp_path / "eps.jsonl"
-    collect(limit=1, progress=False, output={"path": str(journal)})
+    collect(**COLLECT, limit=1, progress=False, output={"path": str(journal)})
     monkeypatch.setitem(sys.modules, "datasets", None)
     assert main(["export", str(journal), "--to", "hf", "--out", str(tmp_path / "hf")]) == 2
     assert "pip install 'rollout-compat[datasets]'" in capsys.readouterr().err

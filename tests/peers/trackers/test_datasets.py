@@ -13,6 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from rollout import collect
+from rollout.demo import COLLECT
 from rollout.export import read_jsonl
 from rollout.sample import assemble
 
@@ -23,6 +24,7 @@ pytestmark = pytest.mark.peers
 def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
     collect(
+        **COLLECT,
         limit=5, samples_per_task=2, progress=False, seed=3,
         output={"path": str(out / "eps.jsonl"), "parquet": str(out / "parquet"), "parquet_batch": 4},
     )  # fmt: skip

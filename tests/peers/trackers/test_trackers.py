@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 
 from rollout import collect
+from rollout.demo import COLLECT
 from rollout.export import read_jsonl
 from rollout.redact import register_secret
 from rollout.tracking import TrackerWarning
@@ -45,6 +46,7 @@ def tracking(root: Path, name: str, **extra: Any) -> dict[str, Any]:
 def test_collection_reaches_all_three_trackers_and_they_agree(tmp_path: Path) -> None:
     root, journal = tmp_path / "tracking", tmp_path / "eps.jsonl"
     summary = collect(
+        **COLLECT,
         limit=6, samples_per_task=2, progress=False, output={"path": str(journal)},
         tracking=tracking(root, "collect-1", interval_s=0, samples=3),
     )  # fmt: skip
@@ -152,6 +154,7 @@ def test_keys_never_reach_a_tracker(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     register_secret(secret)  # as the wrapped clients do with their keys
     root = tmp_path / "tracking"
     collect(
+        tasks=COLLECT["tasks"],
         agent="tests.peers.trackers.agents:leaky", limit=2, progress=False, output={"path": None},
         backend={"api_key_env": "ROLLOUT_TEST_KEY"},
         tracking=tracking(root, f"run-{secret}", interval_s=0),
@@ -181,6 +184,7 @@ def test_a_tracker_that_fails_to_start_or_write_warns_and_the_run_goes_on(
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         summary = collect(
+            **COLLECT,
             limit=4, samples_per_task=2, progress=False, output={"path": str(journal)},
             tracking=tracking(
                 root, "broken", interval_s=0, mlflow={"tracking_uri": f"sqlite:///{blocker}/mlflow.db"}
