@@ -16,7 +16,10 @@
 # The venv is reused while those files, this script and the project's dependencies are
 # unchanged (their sha256 is the stamp) and the peer is still installed; otherwise it is
 # rebuilt from scratch. An optional <peer>/prepare.sh makes the peer's data (AReaL's
-# tokenizer) into <home>/cache, once.
+# tokenizer, llama.cpp's server binary and model) into <home>/cache, once.
+# The venv must import the peer: the module named <peer>, or the one in <peer>/import.txt
+# (first word that is not a comment); an import.txt with none means the peer is not Python
+# (llama.cpp: its prepare.sh builds and runs the binary, and fails if it cannot).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 HOME_DIR=${ROLLOUT_PEERS_HOME:-$HOME/.cache/rollout-compat/peers}
@@ -46,13 +49,19 @@ for peer in "${peers[@]}"; do
   dir=tests/peers/$peer
   venv=$HOME_DIR/venvs/$peer
   [ -f "$dir/requirements.txt" ] || { echo "no $dir/requirements.txt" >&2; exit 2; }
-  stamp=$({ cat tests/peers/setup.sh "$dir"/requirements.txt "$dir"/no-deps.txt 2>/dev/null;
+  stamp=$({ cat tests/peers/setup.sh "$dir"/requirements.txt "$dir"/no-deps.txt "$dir"/import.txt 2>/dev/null;
             project_requirements; } | sha256sum | cut -d' ' -f1)
+  module=$peer
+  if [ -f "$dir/import.txt" ]; then
+    module=$({ grep -v '^[[:space:]]*#' "$dir/import.txt" || true; } | awk 'NF {print $1; exit}')
+  fi
+  check="import importlib.util as u, sys; sys.exit(u.find_spec('$module') is None)"
+  [ -n "$module" ] || check="pass"
   start=$(date +%s)
   # Reuse check: the stamp, and the peer still installed (find_spec: importing verl or areal
   # takes 15-20 s; the full import is checked once, when the venv is built).
   if [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp")" = "$stamp" ] \
-     && "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('$peer') is None)" 2>/dev/null; then
+     && "$venv/bin/python" -c "$check" 2>/dev/null; then
     state=reused
   else
     rm -rf "$venv"
@@ -64,7 +73,7 @@ for peer in "${peers[@]}"; do
     fi
     project_requirements > "$venv/project-requirements.txt"
     pip_quiet "$venv/bin/pip" install -q -r "$venv/project-requirements.txt"
-    "$venv/bin/python" -c "import $peer"
+    [ -z "$module" ] || "$venv/bin/python" -c "import $module"
     echo "$stamp" > "$venv/.stamp"
     state=built
   fi
