@@ -24,8 +24,9 @@ from tests.peers.llamacpp.test_wire import eos_id
 
 pytestmark = pytest.mark.peers
 
-SYSTEM = {"role": "system", "content": "Answer with the number only."}
-AGAIN = {"role": "user", "content": "Wrong. What is 2 + 3?"}
+SYSTEM = {"role": "system", "content": "Answer in one short sentence."}
+QUESTION = {"role": "user", "content": "What is the capital of France?"}
+AGAIN = {"role": "user", "content": "Wrong. Try again."}
 
 
 def recording(llama: LlamaServer, **options: Any) -> tuple[Recorder, openai.OpenAI, openai.AsyncOpenAI]:
@@ -35,8 +36,8 @@ def recording(llama: LlamaServer, **options: Any) -> tuple[Recorder, openai.Open
     return recorder, sync, async_
 
 
-def three_turns(client: openai.OpenAI, max_tokens: int = 24) -> list[Any]:
-    messages: list[dict[str, Any]] = [SYSTEM, {"role": "user", "content": "What is 2 + 3?"}]
+def three_turns(client: openai.OpenAI, max_tokens: int = 64) -> list[Any]:
+    messages: list[dict[str, Any]] = [SYSTEM, QUESTION]
     replies = []
     for _ in range(3):
         reply = client.chat.completions.create(
@@ -88,20 +89,18 @@ def test_sync_episode_is_one_exact_row(llama: LlamaServer) -> None:
     recorder.close()
 
 
-def test_async_streamed_episode_is_one_exact_row(llama: LlamaServer) -> None:
+def test_async_episode_is_one_exact_row(llama: LlamaServer) -> None:
     recorder, _, client = recording(llama)
 
     async def run() -> tuple[Episode, list[str]]:
         texts = []
         async with recorder.episode("t") as ep:
-            messages: list[dict[str, Any]] = [SYSTEM, {"role": "user", "content": "What is 4 + 4?"}]
+            messages: list[dict[str, Any]] = [SYSTEM, {"role": "user", "content": "What colour is the sky?"}]
             for _ in range(3):
-                stream = await client.chat.completions.create(
-                    model=MODEL_NAME, messages=messages, max_tokens=24, temperature=0, stream=True,
-                    stream_options={"include_usage": True},
-                )  # fmt: skip
-                parts = [c.choices[0].delta.content or "" async for c in stream if c.choices]
-                texts.append("".join(parts))
+                reply = await client.chat.completions.create(
+                    model=MODEL_NAME, messages=messages, max_tokens=64, temperature=0
+                )
+                texts.append(reply.choices[0].message.content or "")
                 messages = [*messages, {"role": "assistant", "content": texts[-1]}, AGAIN]
         await recorder.aclose()
         return ep, texts
@@ -110,6 +109,30 @@ def test_async_streamed_episode_is_one_exact_row(llama: LlamaServer) -> None:
     assert len(ep.calls) == 3
     assert_one_exact_row(llama, ep)
     assert [c.choices[0].message["content"] for c in ep.calls] == texts
+
+
+def test_a_streamed_chat_reply_is_not_exact_and_says_why(llama: LlamaServer) -> None:
+    """A streamed chat reply carries a token's logprob only in a chunk with new text
+    (server-task.cpp 1111-1150): the end-of-turn token has none, so its ids are not all
+    the sampled ids, and the record says so."""
+    recorder, _, client = recording(llama, token_mode="off")
+
+    async def run() -> Episode:
+        async with recorder.episode("t") as ep:
+            stream = await client.chat.completions.create(
+                model=MODEL_NAME, messages=[SYSTEM, QUESTION], max_tokens=64, temperature=0, stream=True,
+                stream_options={"include_usage": True},
+            )  # fmt: skip
+            async for _ in stream:
+                pass
+        await recorder.aclose()
+        return ep
+
+    (call,) = asyncio.run(run()).calls
+    assert call.prompt_source is TokenSource.SERVER_RENDER and call.choices[0].finish_reason == "stop"
+    assert not call.choices[0].exact
+    n = call.usage["completion_tokens"] if call.usage else None
+    assert any(f"its logprobs name {n - 1} of the {n} sampled tokens" in x for x in call.notes), call.notes
 
 
 def test_a_call_cut_by_max_tokens_is_joined_with_the_end_of_turn(llama: LlamaServer) -> None:
@@ -144,7 +167,7 @@ def test_a_chat_reply_cut_by_a_stop_string_is_not_exact(llama: LlamaServer) -> N
     the sampled ids, so the record says so instead of passing them off as exact."""
     recorder, client, _ = recording(llama, token_mode="off")
     plain = openai.OpenAI(base_url=llama.base_url, api_key="unused", max_retries=0)
-    messages = [{"role": "user", "content": "Name three colours."}]
+    messages = [QUESTION]
     text = plain.chat.completions.create(model=MODEL_NAME, messages=messages, temperature=0,
                                          max_tokens=32).choices[0].message.content  # fmt: skip
     assert text and len(text.split()) > 2

@@ -15,7 +15,7 @@ from tests.peers.llamacpp.conftest import MODEL_NAME, LlamaServer
 
 pytestmark = pytest.mark.peers
 
-MESSAGES = [{"role": "user", "content": "Name three colours."}]
+MESSAGES = [{"role": "user", "content": "What is the capital of France? One word."}]
 
 
 def prompt_ids(llama: LlamaServer, messages: list[dict[str, Any]]) -> list[int]:
@@ -40,7 +40,7 @@ def test_models_say_llamacpp_and_the_slot_context(llama: LlamaServer) -> None:
 def test_chat_logprobs_name_every_sampled_token_by_id(llama: LlamaServer) -> None:
     client = openai.OpenAI(base_url=llama.base_url, api_key="unused", max_retries=0)
     reply = client.chat.completions.create(
-        model=MODEL_NAME, messages=MESSAGES, logprobs=True, top_logprobs=1, temperature=0, max_tokens=64,
+        model=MODEL_NAME, messages=MESSAGES, logprobs=True, top_logprobs=1, temperature=0, max_tokens=128,
         extra_body={"return_token_ids": True},
     )  # fmt: skip
     choice = reply.choices[0]
@@ -60,7 +60,7 @@ def test_chat_logprobs_name_every_sampled_token_by_id(llama: LlamaServer) -> Non
 
 def test_completion_takes_token_ids_and_returns_every_sampled_id(llama: LlamaServer) -> None:
     ids = prompt_ids(llama, MESSAGES)
-    reply = llama.post("/completion", {"prompt": ids, "n_predict": 64, "temperature": 0, "n_probs": 1,
+    reply = llama.post("/completion", {"prompt": ids, "n_predict": 128, "temperature": 0, "n_probs": 1,
                                        "return_tokens": True})  # fmt: skip
     assert reply["stop_type"] == "eos" and reply["tokens_evaluated"] == len(ids)
     tokens = reply["tokens"]
@@ -73,12 +73,12 @@ def test_completion_takes_token_ids_and_returns_every_sampled_id(llama: LlamaSer
 
 def test_a_stop_string_keeps_its_tokens_and_drops_their_probs(llama: LlamaServer) -> None:
     ids = prompt_ids(llama, MESSAGES)
-    full = llama.post("/completion", {"prompt": ids, "n_predict": 64, "temperature": 0, "return_tokens": True})
+    full = llama.post("/completion", {"prompt": ids, "n_predict": 128, "temperature": 0, "return_tokens": True})
     tokens = full["tokens"]
     # A stop string that is the text of the 4th and 5th sampled tokens.
     stop = llama.post("/detokenize", {"tokens": tokens[3:5]})["content"]
     assert stop.strip() and stop not in llama.post("/detokenize", {"tokens": tokens[:3]})["content"]
-    reply = llama.post("/completion", {"prompt": ids, "n_predict": 64, "temperature": 0, "n_probs": 1,
+    reply = llama.post("/completion", {"prompt": ids, "n_predict": 128, "temperature": 0, "n_probs": 1,
                                        "return_tokens": True, "stop": [stop]})  # fmt: skip
     assert reply["stop_type"] == "word" and reply["stopping_word"] == stop
     assert reply["tokens"] == tokens[:5]  # the stop string's tokens are kept
