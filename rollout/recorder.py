@@ -264,7 +264,7 @@ class PendingCall:
                 tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
                 policy_version=rec.policy_version,
                 strict=rec.strict,
-                request=self.kwargs,
+                request=None if self.endpoint == "responses" else self.kwargs,
             )
         except TokenRecordError as exc:  # the reply reached the caller's code path: leave a trace
             self.fail(exc)
