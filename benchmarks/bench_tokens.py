@@ -22,6 +22,8 @@ Prints ONE JSON line with a section per part (`--parts`, default all):
   Every new user turn is unique, so each token-mode call makes all three
   requests (/tokenize, generate, derender); `tokens_repeated` sends the same
   "Again." each turn, which token mode's bridge cache renders once.
+  `sync_*`: the same later turns through the sync `OpenAI` client, plain and
+  wrapped (token mode's sync requests go through the client's own httpx client).
   Runners are interleaved after a warm-up and medians are reported.
   Target: tokens / sdk <= 0.5.
 - `train`: `rollout train` (the numpy trainer on the shipped
@@ -209,6 +211,40 @@ async def _run(url: str, runner: str, tasks: list[dict[str, Any]], concurrency: 
     return {"total": time.process_time() - c0, "per_turn": per_turn, "sent": sent}
 
 
+def _run_sync(url: str, runner: str, tasks: list[dict[str, Any]]) -> list[float]:
+    """The sync twin, sequential: per-turn CPU of `OpenAI.chat.completions.create`, plain
+    ("sdk") or wrapped with token mode on ("tokens", over the client's own httpx client)."""
+    import openai
+
+    from rollout import Recorder
+
+    client = openai.OpenAI(base_url=url, api_key="unused", max_retries=0, timeout=120)
+    recorder = None
+    if runner == "tokens":
+        recorder = Recorder(request_token_ids=True, request_logprobs=True, keep_finished=False)
+        client = recorder.wrap(client)
+    per_turn = [0.0] * TURNS
+    try:
+        for k, task in enumerate(tasks):
+            replies: list[str] = []
+            scope = recorder.episode(task_id=task["id"], sample=k) if recorder is not None else None
+            if scope is not None:
+                scope.__enter__()
+            for turn in range(TURNS):
+                kw = _kwargs(_unique(task, turn, replies), k * 10 + turn, recorder is not None)
+                c0 = time.process_time()
+                resp = client.chat.completions.create(**kw)
+                per_turn[turn] += time.process_time() - c0
+                replies.append(resp.choices[0].message.content or "")
+            if scope is not None:
+                scope.__exit__(None, None, None)
+    finally:
+        if recorder is not None:
+            recorder.close()
+        client.close()
+    return per_turn
+
+
 def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
     runners = ("sdk", "sdk_aiohttp", "messages", "tokens", "tokens_repeated")
     tasks = make_tasks(args.cpu_episodes)
@@ -220,6 +256,9 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
         for r in runners:  # warm-up: imports, connection pools, server caches
             asyncio.run(_run(url, r, make_tasks(20), 1))
             asyncio.run(_run(url, r, make_tasks(args.concurrency), args.concurrency))
+        sync: dict[str, list[float]] = {"sdk": [], "tokens": []}
+        for r in sync:
+            _run_sync(url, r, make_tasks(20))
         for rep in range(args.repeats):
             order = runners if rep % 2 == 0 else runners[::-1]
             for r in order:
@@ -227,6 +266,8 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
                 seq[r].append(out)
                 sent[r] = out["sent"]
                 conc[r].append(asyncio.run(_run(url, r, tasks, args.concurrency))["total"])
+            for r in sync:
+                sync[r].append(sum(_run_sync(url, r, tasks)[1:]))
         if args.profile:
             prof = cProfile.Profile()
             prof.enable()
@@ -244,6 +285,7 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
     first = {r: ms([o["per_turn"][0] for o in v], n) for r, v in seq.items()}
     every = {r: ms([sum(o["per_turn"]) for o in v], n * TURNS) for r, v in seq.items()}
     concurrent = {r: ms(v, n * TURNS) for r, v in conc.items()}
+    sync_later = {r: ms(v, n * (TURNS - 1)) for r, v in sync.items()}
     return {
         "episodes": n,
         "turns": TURNS,
@@ -260,6 +302,8 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
         "concurrency": args.concurrency,
         "concurrent_ms_per_call": concurrent,
         "concurrent_tokens_vs_sdk": round(concurrent["tokens"] / concurrent["sdk"], 4),
+        "sync_sequential_ms_per_call": {"later_turns": sync_later},
+        "sync_tokens_vs_sdk": round(sync_later["tokens"] / sync_later["sdk"], 4),
     }
 
 
@@ -268,6 +312,7 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
 
 def _train(mode: str, iterations: int, max_tokens: int | None) -> dict[str, Any]:
     """One `train()` run; how its calls were sent is read off each batch's version check."""
+    from rollout.demo import TASKS
     from rollout.training import LOGPROB_TOLERANCE, reinforce, train
 
     sent: dict[str, int] = {}
@@ -286,7 +331,8 @@ def _train(mode: str, iterations: int, max_tokens: int | None) -> dict[str, Any]
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # to_verl's note on episodes spanning rows
-            history = train(iterations=iterations, target=None, log=lambda _: None, backend=backend)
+            history = train(iterations=iterations, target=None, log=lambda _: None, backend=backend,
+                            tasks=str(TASKS))
     finally:
         reinforce.check_versions = check
     episodes = sum(h["episodes"] for h in history)

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from rollout.collection import Collector
+from rollout.demo import TASKS
 from rollout.training import load_train_config, train_verl
 
 
@@ -32,7 +33,7 @@ def numpy_collect_s(config) -> float:  # type: ignore[no-untyped-def]
     """One batch with the numpy policy served in process (what `rollout train` does)."""
     with Collector(config.collect) as collector:
         start = time.perf_counter()
-        collector.run_batch(config.collect.tasks)
+        collector.run_batch(config.collect.tasks or str(TASKS))
         return time.perf_counter() - start
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> None:
         print(line, file=sys.stderr, flush=True)
 
     start = time.perf_counter()
-    history = train_verl(config, plot=args.plot, log=log)
+    history = train_verl(config, plot=args.plot, log=log, tasks=config.collect.tasks or str(TASKS))
     wall = time.perf_counter() - start
     Path(args.history).parent.mkdir(parents=True, exist_ok=True)
     Path(args.history).write_text(json.dumps(history, indent=1))

@@ -45,7 +45,16 @@ def in_chain(exc: BaseException | None, test: type[BaseException] | tuple[type[B
 
 
 def retry_after_s(exc: BaseException | None) -> float | None:
-    """The wait a server asked for (`retry-after-ms` or `Retry-After`, seconds or a date)."""
+    """The wait a server asked for (`retry-after-ms` or `Retry-After`, seconds or a date).
+
+    Read from the first exception in `exc`'s cause chain that carries a response:
+    the SDK's 429 under a model error, under the agent's own exception. So a
+    whole episode's retry waits what the server asked, as a single call's does.
+    """
+    seen = 0
+    while exc is not None and seen < 10 and getattr(exc, "response", None) is None:
+        exc = exc.__cause__ or exc.__context__
+        seen += 1
     response = getattr(exc, "response", None)
     headers = getattr(response, "headers", None)
     if headers is None:

@@ -36,16 +36,17 @@ test double, or with any `AsyncOpenAI`.
 from __future__ import annotations
 
 import asyncio
+import importlib.util
 import json
 import logging
+import sys
 from collections.abc import Callable
 from typing import Any, Literal
 
 from compat import OpenAICompatibleModel
-from examples import arithmetic
 from rollout import Episode, Recorder
-from rollout.export.areal import RewardRule, areal_tensors, to_areal
-from rollout.sample import FAILED_STATUSES
+from rollout.demo import arithmetic
+from rollout.export import RewardRule, areal_tensors, to_areal
 
 logger = logging.getLogger(__name__)
 
@@ -128,7 +129,7 @@ class AgentWorkflow:
                     ep.metadata.update({k: v for k, v in result.items() if k != "reward"})
         except Exception:  # the scope marked the episode failed; assemble() skips it
             logger.warning("episode %s failed: %s", ep.uid, ep.error)
-        if ep.calls and ep.status not in FAILED_STATUSES:
+        if ep.calls and not ep.failed:
             # Keep AReaL's own interaction cache in step, for anything that reads it.
             set_last = getattr(client, "set_last_reward", None)
             if callable(set_last):
@@ -161,6 +162,10 @@ async def arun_episode(
 
 def main() -> dict[str, Any]:
     """Runs the workflow on the embedded server with a plain AsyncOpenAI (no AReaL, only torch)."""
+    if importlib.util.find_spec("torch") is None:  # areal_tensors returns torch tensors
+        print("examples/areal_workflow.py needs torch: pip install 'rollout-compat[torch]'",
+              file=sys.stderr)  # fmt: skip
+        raise SystemExit(2)
     from openai import AsyncOpenAI
 
     from rollout.embedded import EmbeddedServer

@@ -23,10 +23,17 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any
 
-from camel.agents import ChatAgent
-from camel.toolkits import FunctionTool
+try:
+    from camel.agents import ChatAgent
+    from camel.toolkits import FunctionTool
+except ImportError:
+    if __name__ != "__main__":  # imported (the camel peer tier): a missing camel must fail there
+        raise
+    print("examples/camel_agent.py needs camel-ai: pip install 'rollout-compat[camel]'", file=sys.stderr)
+    raise SystemExit(2) from None
 from openai import AsyncOpenAI, OpenAI
 
 from compat import OpenAICompatibleModel

@@ -34,8 +34,7 @@ from typing import Any
 
 from rollout.collection import collect
 from rollout.demo import TASKS
-from rollout.embedded.policy import Policy
-from rollout.embedded.template import TOOL_CALL_PREFIX, encode_text
+from rollout.embedded import TOOL_CALL_PREFIX, Policy, get_encoding
 from rollout.sample import assemble
 
 MAX_TURNS = 4
@@ -92,7 +91,7 @@ def tool_policy(path: Path, bias: float = 6.0, seed: int = 0) -> Path:
     """The embedded random policy, nudged to start replies with its tool-call prefix."""
     policy = Policy(seed=seed)
     weights = policy.get_weights()
-    prefix = policy.vocab_index(encode_text(TOOL_CALL_PREFIX)[0])
+    prefix = policy.vocab_index(get_encoding().encode_ordinary(TOOL_CALL_PREFIX)[0])
     if prefix is None:
         raise RuntimeError("the embedded vocabulary has no tool-call prefix token")
     weights["b"][prefix] += bias

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import argparse
 
-from rollout.demo import TRAIN_CONFIG
+from rollout.demo import TASKS, TRAIN_CONFIG
 from rollout.training import train
 
 
@@ -26,7 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--target", type=float, default=0.8, help="stop once mean reward reaches this")
     parser.add_argument("--plot", default="runs/train_tiny.png", help="PNG of the reward curve (needs matplotlib)")
     args = parser.parse_args(argv)
-    history = train(args.config, iterations=args.iterations, lr=args.lr, target=args.target, plot=args.plot)
+    history = train(args.config, iterations=args.iterations, lr=args.lr, target=args.target, plot=args.plot,
+                    tasks=str(TASKS))  # the 48 arithmetic tasks (the config names none)
     first, last = history[0]["mean_reward"], history[-1]["mean_reward"]
     print(f"mean reward {first:.3f} -> {last:.3f} in {len(history)} iterations")
     return 0 if args.target is None or last >= args.target else 1

@@ -16,11 +16,12 @@ Writes the reward curve (PNG, needs matplotlib) and the per-iteration stats (JSO
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import sys
 from pathlib import Path
 
-from rollout.demo import TRAIN_VERL_CONFIG
-from rollout.training import load_train_config, train_verl
+from rollout.demo import TASKS, TRAIN_VERL_CONFIG
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,9 +31,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--history", default="runs/train_verl.json", help="per-iteration stats")
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. trainer.iterations=10")
     args = parser.parse_args(argv)
+    missing = [m for m in ("torch", "transformers", "verl") if importlib.util.find_spec(m) is None]
+    if missing:
+        print(f"examples/train_verl.py needs {', '.join(missing)}: pip install -e '.[train]', "
+              "then verl (docs/training.md)", file=sys.stderr)  # fmt: skip
+        return 2
+    from rollout.training import load_train_config, train_verl
+
     config = load_train_config(args.config, args.overrides)
     Path(args.history).parent.mkdir(parents=True, exist_ok=True)
-    history = train_verl(config, plot=args.plot)
+    history = train_verl(config, plot=args.plot, tasks=config.collect.tasks or str(TASKS))
     Path(args.history).write_text(json.dumps(history, indent=1))
     first, last = history[0]["mean_reward"], history[-1]["mean_reward"]
     print(f"mean reward {first:.3f} -> {last:.3f} in {len(history)} iterations "

@@ -1,10 +1,10 @@
-"""The `rollout` command: collect, serve, inspect, export.
+"""The `rollout` command: collect, train, serve, inspect, export.
 
     rollout collect [--config configs/local.yaml] [key=value ...]
-    rollout train [--iterations 40] [--trainer numpy|verl]
-    rollout serve [--port 8000 ...]
+    rollout train [--iterations 40] [--trainer numpy|verl] [--save policy.npz]
+    rollout serve [--port 8000] [--weights policy.npz ...]
     rollout inspect runs/local.jsonl [--episode 0]
-    rollout export runs/local.jsonl --to areal|rllm|verl --out FILE
+    rollout export runs/local.jsonl --to areal|rllm|verl|hf --out FILE
 """
 
 from __future__ import annotations
@@ -22,17 +22,23 @@ from typing import Any
 
 import numpy as np
 
-from rollout.demo import TRAIN_CONFIG
+from rollout import demo
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
     """Exit 0; 2 for a bad config or no tasks; 1 for a run with nothing to train; 130 on Ctrl-C."""
     from rollout.collection import ConfigError, collect
+    from rollout.collection.config import apply_overrides, validate_config
     from rollout.errors import NoTrainableDataError, OutputLockedError
 
     overrides = [*args.overrides, *(["output.retry_failed=true"] if args.retry_failed else [])]
     try:
-        summary = collect(args.config, overrides=overrides)
+        if args.config is None:  # the shipped demo: the arithmetic agent on its 48 tasks
+            config: Any = validate_config(apply_overrides(dict(demo.COLLECT), overrides))
+            overrides = []
+        else:
+            config = args.config
+        summary = collect(config, overrides=overrides)
     except (ConfigError, OutputLockedError) as exc:
         print(f"rollout collect: {exc}", file=sys.stderr)
         return 2
@@ -108,9 +114,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
             target = 0.8 if args.target is None else args.target
             history = train(
-                args.config or str(TRAIN_CONFIG), iterations=args.iterations or 40,
+                args.config or str(demo.TRAIN_CONFIG), iterations=args.iterations or 40,
+                tasks=None if args.config else str(demo.TASKS),
                 lr=12.5 if args.lr is None else args.lr, target=target,
-                plot=args.plot or "runs/train_tiny.png", overrides=args.overrides,
+                plot=args.plot or "runs/train_tiny.png", overrides=args.overrides, save=args.save,
             )  # fmt: skip
     except ConfigError as exc:
         print(f"rollout train: {exc}", file=sys.stderr)
@@ -133,23 +140,48 @@ def _train_verl(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float |
         raise ConfigError(
             f"--trainer verl needs torch, transformers and verl ({exc}); see docs/training.md"
         ) from None
+    if args.save:
+        raise ConfigError("--save writes the numpy policy; --trainer verl does not take it")
     flags = {"iterations": args.iterations, "lr": args.lr, "target": args.target}
-    overrides = [*args.overrides, *(f"trainer.{k}={v}" for k, v in flags.items() if v is not None)]
-    config = load_train_config(args.config, overrides)
-    history = train_verl(config, plot=args.plot or "runs/train_verl.png")
+    config = load_train_config(
+        args.config, args.overrides, **{k: v for k, v in flags.items() if v is not None}
+    )
+    tasks = None if args.config else str(demo.TASKS)
+    history = train_verl(config, plot=args.plot or "runs/train_verl.png", tasks=tasks)
     return history, config.trainer.target
 
 
+class UsageError(Exception):
+    """A bad argument or input file: `main` prints it as one line and exits 2."""
+
+
 def _load(path: str) -> list[Any]:
+    """The episodes of a JSONL journal or Parquet file/folder; UsageError for anything else."""
+    from rollout.errors import CorruptLineWarning, RolloutError
     from rollout.export import read_jsonl, read_parquet
 
     p = Path(path)
     if not p.exists():
-        raise SystemExit(f"rollout: {p} does not exist")
-    if p.is_dir() or p.suffix == ".parquet":
-        parts = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
-        return [ep for part in parts for ep in read_parquet(part)]
-    return read_jsonl(p)
+        raise UsageError(f"{p} does not exist")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CorruptLineWarning)
+        try:
+            if p.is_dir() or p.suffix == ".parquet":
+                parts = sorted(p.glob("part-*.parquet")) if p.is_dir() else [p]
+                episodes = [ep for part in parts for ep in read_parquet(part)]
+            else:
+                episodes = read_jsonl(p)
+        except (RolloutError, ValueError, OSError) as exc:
+            raise UsageError(f"{p} is not a file of rollout episodes: {exc}") from None
+    if not episodes:
+        why = f" ({caught[0].message})" if caught else ""
+        raise UsageError(
+            f"{p} holds no rollout episodes{why}; give a JSONL journal or Parquet "
+            "written by `rollout collect`"
+        )
+    for w in caught:  # a journal with a damaged line still loads; say which line was skipped
+        warnings.showwarning(w.message, w.category, w.filename, w.lineno)
+    return episodes
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -171,21 +203,52 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_export(args: argparse.Namespace) -> int:
-    from rollout.export import json_default, to_areal, to_rllm, to_verl, write_verl
+EXPORT_SUFFIXES = {"areal": (".npz",), "verl": (".npz",), "rllm": (".json", ".jsonl")}
+"""What `rollout export --to X` writes: numpy arrays (.npz), or rLLM's episode dicts as a
+JSON array (.json) or one per line (.jsonl). Any other --out is refused, not renamed.
+`--to hf` writes a `datasets` directory (save_to_disk)."""
 
-    episodes = _load(args.file)
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from rollout.export import to_areal, to_rllm, to_verl, write_verl
+    from rollout.export.rows import json_default
+
     out = Path(args.out)
+    suffixes = EXPORT_SUFFIXES.get(args.to)  # hf writes a directory
+    if suffixes is not None and out.suffix.lower() not in suffixes:
+        print(f"rollout export: --to {args.to} writes {' or '.join(suffixes)}; "
+              f"--out {out} has another extension", file=sys.stderr)  # fmt: skip
+        return 2
+    episodes = _load(args.file)
     out.parent.mkdir(parents=True, exist_ok=True)
+    if args.to == "hf":
+        from rollout.export.hf import write_hf
+
+        try:
+            n_rows = write_hf(episodes, out)
+        except ImportError as exc:
+            print(f"rollout export: {exc}", file=sys.stderr)
+            return 2
+        print(f"wrote {out} (hf datasets, {n_rows} training samples from {len(episodes)} episodes)")
+        return 0
     if args.to == "rllm":
-        out.write_text(json.dumps(to_rllm(episodes), default=json_default))
+        rows = to_rllm(episodes)
+        if out.suffix.lower() == ".jsonl":
+            out.write_text("".join(json.dumps(r, default=json_default) + "\n" for r in rows))
+        else:
+            out.write_text(json.dumps(rows, default=json_default))
     elif args.to == "areal":
         areal: dict[str, Any] = to_areal(episodes)
-        np.savez(out, **areal)
+        with out.open("wb") as f:  # a path would get ".npz" appended by numpy
+            np.savez(f, **areal)
     else:
         write_verl(to_verl(episodes), out)  # DataProto.from_dict(**read_verl(out)) loads it
     print(f"wrote {out} ({args.to}, {len(episodes)} episodes)")
     return 0
+
+
+TRAIN_OVERRIDE_EXAMPLES = {"numpy": "samples_per_task=8", "verl": "trainer.lr=0.003"}
+"""The overrides `rollout train --help` shows, one per trainer (tests check each config takes its own)."""
 
 
 def _positive(kind: type[float] | type[int]) -> Any:
@@ -222,7 +285,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", default=os.environ.get("ROLLOUT_API_KEY"),
                    help="require 'Authorization: Bearer KEY' (default: $ROLLOUT_API_KEY)")  # fmt: skip
     p.add_argument("--model", default="tiny", help="served model name (default tiny)")
-    p.add_argument("--weights", help="policy .npz written by Policy.save")
+    p.add_argument("--weights", help="policy .npz: `rollout train --save PATH` writes one")
     p.add_argument("--latency-ms", type=float, default=0.0, help="fixed delay per request")
     p.add_argument("--latency-per-token-ms", type=float, default=0.0,
                    help="delay per decode step")  # fmt: skip
@@ -247,7 +310,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=_positive(float), help="default 12.5 / the config's")
     p.add_argument("--target", type=float, help="stop at this mean reward (default 0.8 / the config's)")
     p.add_argument("--plot", help="reward curve PNG (default runs/train_tiny.png / runs/train_verl.png)")
-    p.add_argument("overrides", nargs="*", help="key=value config overrides, e.g. trainer.lr=0.003")
+    p.add_argument("--save", metavar="PATH",
+                   help="write the trained numpy policy here (.npz), for `rollout serve --weights`")  # fmt: skip
+    p.add_argument("overrides", nargs="*",
+                   help=f"key=value config overrides, e.g. {TRAIN_OVERRIDE_EXAMPLES['numpy']} "
+                        f"(--trainer verl: {TRAIN_OVERRIDE_EXAMPLES['verl']})")  # fmt: skip
     p.set_defaults(fn=_cmd_train)
 
     p = sub.add_parser("inspect", help="summarize a file of episodes and show one")
@@ -259,17 +326,30 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="convert episodes for a trainer")
     p.add_argument("file")
-    p.add_argument("--to", choices=["areal", "rllm", "verl"], required=True)
-    p.add_argument("--out", required=True, help=".npz for areal/verl, .json for rllm")
+    p.add_argument("--to", choices=["areal", "rllm", "verl", "hf"], required=True)
+    p.add_argument("--out", required=True,
+                   help="the file to write: .npz for areal/verl; .json or .jsonl for rllm; "
+                        "a directory for hf (datasets' save_to_disk)")  # fmt: skip
     p.set_defaults(fn=_cmd_export)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
-        return int(args.fn(args))
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("default")
+            code = int(args.fn(args))
+        sys.stdout.flush()  # here, so a closed pipe is caught below, not at exit
+        return code
+    except UsageError as exc:
+        print(f"rollout {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `rollout inspect ... | head`: the reader has gone, which is no error. Point stdout at
+        # /dev/null so the interpreter's last flush at exit does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

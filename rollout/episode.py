@@ -82,6 +82,11 @@ class Episode:
         return all(c.exact for c in self.calls)
 
     @property
+    def failed(self) -> bool:
+        """Ended in error or timeout: what it recorded is kept, but `assemble` skips it."""
+        return self.status in (EpisodeStatus.ERROR, EpisodeStatus.TIMEOUT)
+
+    @property
     def num_tokens(self) -> int:
         return sum(c.num_tokens for c in self.calls)
 

@@ -28,7 +28,15 @@ from rollout.record import CallRecord, TokenRecordError, TokenSource, as_ids
 from rollout.redact import register_secret
 from rollout.snapshot import scrub, unset
 from rollout.tokenizers import SERVER, ServerTokenizer, Tokenizer, load_tokenizer
-from rollout.tokenmode import Generation, TokenCall, TokenServer, Unavailable, plan_turn, server_for
+from rollout.tokenmode import (
+    Generation,
+    TokenCall,
+    TokenServer,
+    TokenServers,
+    Unavailable,
+    plan_turn,
+    server_for,
+)
 from rollout.tokens import (
     StreamAccumulator,
     extract_call,
@@ -95,7 +103,7 @@ class Recorder:
         self.strict = strict
         self.keep_finished = keep_finished
         self.token_mode = token_mode
-        self._servers: dict[str, TokenServer] = {}  # token mode: one per server URL
+        self._servers = TokenServers()  # token mode: one transport per client, facts per URL + credentials
         self.unscoped = Episode(task_id="__unscoped__")
         self._finished: list[Episode] = []
         self._logs: dict[str, EpisodeLog] = {self.unscoped.id: EpisodeLog(self.unscoped, closes=False)}
@@ -137,8 +145,10 @@ class Recorder:
         return _current.get()
 
     def token_server(self, client: Any) -> TokenServer:
-        """Token mode's view of the server behind `client` (one per URL, shared by episodes)."""
-        return server_for(client, self._servers, self._lock)
+        """Token mode's view of the server behind `client`: its own transport (its URL,
+        headers, query, timeout, proxy and CA), the server's facts shared with the clients
+        that send the same URL and headers."""
+        return server_for(client, self._servers)
 
     def tokenizer_for(self, client: Any, model: str) -> Tokenizer | None:
         """The tokenizer for replies from `client`'s server (`tokenizer="server"`: its own)."""
@@ -149,21 +159,19 @@ class Recorder:
         except Unavailable:
             return None
         with self._lock:
-            key = f"{http.root} {model}"
+            key = f"{id(http)} {model}"  # per client transport: never another client's headers
             tok = self._server_tokenizers.get(key)
             if tok is None:
                 tok = self._server_tokenizers[key] = ServerTokenizer(http, model)
             return tok
 
     def close(self) -> None:
-        """Close token mode's sync connections (the clients you wrapped are yours to close)."""
-        for server in list(self._servers.values()):
-            server.http.close()
+        """Close token mode's own sync connections (the clients you wrapped are yours to close)."""
+        self._servers.close()
 
     async def aclose(self) -> None:
         """Close token mode's connections for this event loop (call it from that loop)."""
-        for server in list(self._servers.values()):
-            await server.http.aclose()
+        await self._servers.aclose()
 
     # --- used by the wrapper ---------------------------------------------------------
 
@@ -201,15 +209,18 @@ class Recorder:
                     f"{endpoint} called outside `recorder.episode(...)` (unscoped='refuse')"
                 )
             episode = self.unscoped
-        sent = dict(kwargs)
+        # The SDK's "not given" sentinels mean absent, as the SDK reads them: stripped once
+        # here, so neither mode (nor the record) ever sees one.
+        sent = {k: v for k, v in kwargs.items() if not unset(v)}
         if endpoint != "responses":
             if self.request_token_ids:
                 extra = dict(sent.get("extra_body") or {})
                 extra.setdefault("return_token_ids", True)
                 sent["extra_body"] = extra
-            if self.request_logprobs and ("logprobs" not in sent or unset(sent["logprobs"])):
+            if self.request_logprobs and "logprobs" not in sent:
                 sent["logprobs"] = True
         pending = PendingCall(self, self._log(episode), endpoint, sent)
+        pending.request = scrub(sent, pending.log.copies)  # the record's snapshot, taken now
         if self.token_mode == "auto":
             if endpoint == "chat.completions":
                 pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not unset(kwargs["logprobs"]))
@@ -222,7 +233,7 @@ class PendingCall:
     """One call in flight: turns its reply (or stream, or failure) into a record."""
 
     __slots__ = ("_t0", "done", "endpoint", "episode", "fallback", "kwargs", "log", "recorder",
-                 "started", "turn")  # fmt: skip
+                 "request", "started", "turn")  # fmt: skip
 
     def __init__(self, recorder: Recorder, log: EpisodeLog, endpoint: str, kwargs: dict[str, Any]) -> None:
         self.recorder = recorder
@@ -230,11 +241,18 @@ class PendingCall:
         self.episode = log.episode
         self.endpoint = endpoint
         self.kwargs = kwargs
+        self.request: dict[str, Any] | None = None  # the snapshot the record stores (`scrub`)
         self.started = time.time()
         self._t0 = time.perf_counter()
         self.done = False
         self.turn: TokenCall | None = None  # token mode: this call goes as token ids
         self.fallback: str | None = None  # token mode: why it goes as messages instead
+
+    def snapshot(self) -> dict[str, Any]:
+        """The request as recorded: taken when the call was made (`start_call`)."""
+        if self.request is None:
+            self.request = scrub(self.kwargs, self.log.copies)
+        return self.request
 
     @property
     def record_blocks(self) -> bool:
@@ -278,7 +296,7 @@ class PendingCall:
             prompt_ids=prompt,
             prompt_source=prompt_source,
             choices=choices,
-            request=scrub(self.kwargs, self.log.copies),
+            request=self.snapshot(),
             usage=usage,
             latency_s=time.perf_counter() - self._t0,
             started_at=self.started,
@@ -309,14 +327,22 @@ class PendingCall:
         """Send the stitched turn; the reply (or a replayed stream), or None when the
         call must go as messages after all (`fallback` says why)."""
         assert self.turn is not None
-        gen = self.turn.send()
-        return self._fell_back() if gen is None else self._deliver(gen, is_async=False)
+        try:
+            gen = self.turn.send()
+            return self._fell_back() if gen is None else self._deliver(gen, is_async=False)
+        except BaseException as exc:  # interrupted, or a failure: the same trace as messages mode
+            self.fail(exc)
+            raise
 
     async def asend_tokens(self) -> Any:
         """The async twin of `send_tokens`."""
         assert self.turn is not None
-        gen = await self.turn.asend()
-        return self._fell_back() if gen is None else self._deliver(gen, is_async=True)
+        try:
+            gen = await self.turn.asend()
+            return self._fell_back() if gen is None else self._deliver(gen, is_async=True)
+        except BaseException as exc:  # cancelled, or a failure: the same trace as messages mode
+            self.fail(exc)
+            raise
 
     def _fell_back(self) -> None:
         assert self.turn is not None
@@ -326,7 +352,7 @@ class PendingCall:
     def _deliver(self, gen: Generation, *, is_async: bool) -> Any:
         """Record a token-mode generation; the ChatCompletion (or its stream) for the agent."""
         assert self.turn is not None
-        choices, reply = self.turn.deliver(gen, self.recorder.policy_version)
+        choices, reply = self.turn.deliver(gen, self.recorder.policy_version, strict=self.recorder.strict)
         self.done = True
         call = CallRecord(
             id=reply["id"],
@@ -334,11 +360,12 @@ class PendingCall:
             prompt_ids=as_ids(gen.prompt_ids),
             prompt_source=TokenSource.TOKEN_IN,
             choices=choices,
-            request=scrub(self.kwargs, self.log.copies),
+            request=self.snapshot(),
             usage=reply["usage"],
             latency_s=time.perf_counter() - self._t0,
             started_at=self.started,
             sent_as="tokens",
+            notes=self.turn.notes,
         )
         self.log.append(call, self.messages)
         return self.turn.agent_reply(reply, is_async=is_async)

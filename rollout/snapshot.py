@@ -6,6 +6,7 @@ later (its message list) is copied, so a record never changes after the call.
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from rollout.redact import is_secret_name, redact
@@ -22,14 +23,16 @@ def unset(value: Any) -> bool:
     return type(value).__name__ in ("NotGiven", "Omit")
 
 
-def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+def scrub(kwargs: dict[str, Any], memo: dict[int, Any] | None = None) -> dict[str, Any]:
     """The request as it may be stored: no headers, keys or transport objects.
 
-    Messages are copied, so later edits by the agent cannot change the record.
-    With `memo` (one per episode), a message already copied for an earlier call
-    and still equal is shared instead of copied again: a multi-turn episode
-    resends its whole history every turn, which would otherwise cost memory
-    quadratic in its length. `extra_body` goes through the one redactor.
+    Everything the agent could edit later is deep-copied (a message's content
+    list, a tool's schema, a stop list), so a record never changes after its
+    call. With `memo` (one per episode), a message or tools list already copied
+    for an earlier call and still equal is shared instead of copied again: a
+    multi-turn episode resends its whole history every turn, which would
+    otherwise cost memory quadratic in its length. `extra_body` goes through
+    the one redactor (which copies).
     """
     out: dict[str, Any] = {}
     for k, v in kwargs.items():
@@ -39,20 +42,44 @@ def scrub(kwargs: dict[str, Any], memo: dict[int, dict[str, Any]] | None = None)
             v = {"type": "pydantic", "name": v.__name__}
         elif k == "extra_body" and isinstance(v, dict):
             v = redact(v)
-        elif k == "messages":
-            v = [_copy_message(m, memo) for m in v]
+        elif k == "messages" and isinstance(v, (list, tuple)):
+            v = [_shared(m, memo) for m in v]
+        elif k == "tools":
+            v = _shared(v, memo)
+        else:
+            v = frozen_copy(v)
         out[k] = v
     return out
 
 
-def _copy_message(m: Any, memo: dict[int, dict[str, Any]] | None) -> Any:
-    if not isinstance(m, dict):
-        return m
+def frozen_copy(value: Any) -> Any:
+    """A deep copy of a JSON-like value (dicts, lists, pydantic models); scalars as they are."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, dict):
+        return {k: frozen_copy(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(frozen_copy(v) for v in value)
+    if isinstance(value, list):
+        return [frozen_copy(v) for v in value]
+    copier = getattr(value, "model_copy", None)
+    if callable(copier):  # a pydantic message or tool param
+        return copier(deep=True)
+    try:
+        return copy.deepcopy(value)
+    except Exception:  # an object that cannot be copied is kept as its text, never shared
+        return repr(value)
+
+
+def _shared(value: Any, memo: dict[int, Any] | None) -> Any:
+    """`frozen_copy(value)`, or the copy made for an earlier call if `value` is still equal to it."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
     if memo is not None:
-        seen = memo.get(id(m))
-        if seen is not None and seen == m:
+        seen = memo.get(id(value))
+        if seen is not None and type(seen) is type(value) and seen == value:
             return seen
-    copied = dict(m)
+    copied = frozen_copy(value)
     if memo is not None:
-        memo[id(m)] = copied
+        memo[id(value)] = copied
     return copied

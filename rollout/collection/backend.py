@@ -19,6 +19,7 @@ from typing import Any
 from compat import OpenAICompatibleModel
 from compat.clients import is_async_client
 from rollout.collection.config import BackendSpec
+from rollout.errors import ConfigError
 from rollout.recorder import Recorder
 
 logger = logging.getLogger(__name__)
@@ -87,7 +88,7 @@ class Backend:
         self.recorder = recorder
         api_key = os.environ.get(spec.api_key_env) if spec.api_key_env else None
         if spec.api_key_env and api_key is None:
-            raise ValueError(f"backend.api_key_env names {spec.api_key_env!r}, which is not set")
+            raise ConfigError(f"backend.api_key_env names {spec.api_key_env!r}, which is not set")
         factory: Callable[..., Any] | None = (
             import_object(spec.client_factory) if spec.client_factory else None
         )

@@ -7,14 +7,16 @@ config names the environment variable that holds one.
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from rollout import demo
 from rollout.errors import ConfigError
+from rollout.tracking.config import TrackingSpec
 
 
 class _Strict(BaseModel):
@@ -103,10 +105,11 @@ class RaySpec(_Strict):
 class CollectConfig(_Strict):
     """One collection run: agent, tasks, backend, executor and output."""
 
-    # Import path of `episode(task, model)`, and the tasks (a JSONL path or a list).
-    # The defaults are the arithmetic demo shipped in the package (rollout/demo).
-    agent: str = demo.AGENT
-    tasks: str | list[dict[str, Any]] = str(demo.TASKS)
+    # Import path of `episode(task, model)`, and the tasks (a JSONL path or a list). No
+    # defaults: a run says what it runs (`agent=`/`tasks=` also come as arguments). The CLI's
+    # shipped demo (rollout/demo) names the arithmetic agent and tasks itself.
+    agent: str | None = None
+    tasks: str | list[dict[str, Any]] | None = None
     limit: int | None = Field(default=None, ge=1)
     samples_per_task: int = Field(default=1, ge=1)
     seed: int = 0
@@ -123,17 +126,32 @@ class CollectConfig(_Strict):
     # A run with no trainable token (no sampled id that is exact, or a tokenizer's id checked
     # against the server's token) says so in its summary and exits non-zero.
     allow_untrainable: bool = False
+    # Experiment trackers (wandb, mlflow, tensorboard): docs/trackers.md.
+    tracking: TrackingSpec = Field(default_factory=lambda: TrackingSpec())
 
 
-def _describe(err: ValidationError) -> str:
+def _fields_at(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys valid where `loc`'s last part sits (walking nested models from `model`)."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        inner = field.annotation if field is not None else None
+        if not (isinstance(inner, type) and issubclass(inner, BaseModel)):
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _describe(err: ValidationError, model: type[BaseModel], what: str = "config") -> str:
     lines = []
     for e in err.errors():
         key = ".".join(str(p) for p in e["loc"]) or "(root)"
         if e["type"] == "extra_forbidden":
-            lines.append(f"unknown key '{key}'")
+            close = difflib.get_close_matches(str(e["loc"][-1]), _fields_at(model, e["loc"]), n=1)
+            hint = f" (did you mean '{'.'.join([*map(str, e['loc'][:-1]), close[0]])}'?)" if close else ""
+            lines.append(f"unknown key '{key}'{hint}")
         else:
             lines.append(f"'{key}': {e['msg']} (got {e.get('input')!r})")
-    return "invalid config: " + "; ".join(lines)
+    return f"invalid {what}: " + "; ".join(lines)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -163,8 +181,32 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CollectConfig:
-    """Read a YAML config, apply `key=value` overrides, validate."""
+M = TypeVar("M", bound=BaseModel)
+
+
+def deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `update` merged in, section by section."""
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_yaml_config(
+    model: type[M],
+    path: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    what: str = "config",
+) -> M:
+    """The one loader: a YAML file (a mapping), `key=value` overrides, strict validation.
+
+    Every problem is a `ConfigError` whose one line names the file or key (and,
+    for an unknown key, the closest valid one).
+    """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -177,11 +219,20 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(loaded, dict):
             raise ConfigError(f"config file {p} must hold a mapping, got {type(loaded).__name__}")
         data = loaded
-    return validate_config(apply_overrides(data, overrides or []))
+    return validate(model, apply_overrides(data, list(overrides)), what=what)
+
+
+def validate(model: type[M], data: dict[str, Any], *, what: str = "config") -> M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as err:
+        raise ConfigError(_describe(err, model, what)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> CollectConfig:
+    """Read a collect config's YAML file, apply `key=value` overrides, validate."""
+    return load_yaml_config(CollectConfig, path, overrides or ())
 
 
 def validate_config(data: dict[str, Any]) -> CollectConfig:
-    try:
-        return CollectConfig.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_describe(err)) from None
+    return validate(CollectConfig, data)

@@ -82,6 +82,10 @@ class JournalIndex:
             if not (retry_failed and status in RETRYABLE)
         }
 
+    def failed(self) -> set[str]:
+        """`task_id:sample` of the episodes whose latest line ended in error or timeout."""
+        return {uid for uid, (_, status) in self.latest.items() if status in RETRYABLE}
+
     def kept(self) -> set[str]:
         """Ids of the episodes a reader keeps (each attempt a later line did not replace)."""
         return set(self.ids) - self.replaced

@@ -22,6 +22,7 @@ class CollectSummary(BaseModel):
 
     requested: int = 0
     skipped: int = 0  # already on disk (resume)
+    skipped_failed: int = 0  # of those, episodes on disk as failed (error/timeout), not rerun
     finished: int = 0
     statuses: dict[str, int] = Field(default_factory=dict)
     tokens: int = 0
@@ -56,7 +57,15 @@ class CollectSummary(BaseModel):
             counts = ", ".join(f"{k}: {v}" for k, v in sorted(self.statuses.items()))
             raise NoTrainableDataError(
                 f"every one of the {self.finished} episodes failed ({counts}); "
-                f"the first: {self.first_error}"
+                f"the first: {self.first_error}. Once fixed, `--retry-failed` "
+                "(output.retry_failed=true) runs them again"
+            )
+        if not self.finished and self.skipped and self.skipped_failed == self.skipped:
+            # A resume that found only failures must not read as a finished run.
+            raise NoTrainableDataError(
+                f"nothing ran: all {self.skipped} episodes are already on disk, and all "
+                f"{self.skipped_failed} failed; `--retry-failed` (output.retry_failed=true) "
+                "runs them again"
             )
         if self.untrainable and not self.allow_untrainable:
             raise NoTrainableDataError(
@@ -73,6 +82,7 @@ class CollectSummary(BaseModel):
         rows = [
             ("episodes requested", self.requested),
             ("skipped (already on disk)", self.skipped),
+            *((("  failed (--retry-failed reruns them)", self.skipped_failed),) if self.skipped_failed else ()),
             ("finished", self.finished),
             *((f"  {k}", v) for k, v in sorted(self.statuses.items())),
             ("tokens (prompt + sampled)", self.tokens),

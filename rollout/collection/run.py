@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -23,15 +24,17 @@ from rollout.collection.config import (
     CollectConfig,
     ConfigError,
     apply_overrides,
+    deep_merge,
     load_config,
     validate_config,
 )
 from rollout.collection.executor import Executor
-from rollout.collection.output import EpisodeSink, done_uids
+from rollout.collection.output import EpisodeSink, JournalIndex
 from rollout.collection.progress import CollectSummary, Progress
 from rollout.collection.runner import Agent, Job, episode_seed
 from rollout.episode import Episode
 from rollout.tokenizers import load_tokenizer
+from rollout.tracking import CollectLog, open_tracker
 
 TaskSource = str | Path | Iterable[Any]
 
@@ -48,9 +51,15 @@ def _task_items(tasks: TaskSource) -> Iterator[Any]:
         for lineno, line in enumerate(f, 1):
             if line.strip():
                 try:
-                    yield json.loads(line)
+                    task = json.loads(line)
                 except json.JSONDecodeError as exc:
                     raise ConfigError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+                if isinstance(task, list):  # a JSON file of tasks, not JSONL: not one task
+                    raise ConfigError(
+                        f"{path}:{lineno}: holds a JSON array; a tasks file has one task per "
+                        "line (JSONL), each a JSON object"
+                    )
+                yield task
 
 
 def iter_tasks(tasks: TaskSource, limit: int | None = None) -> Iterator[tuple[str, Any]]:
@@ -78,6 +87,17 @@ def load_tasks(tasks: TaskSource, limit: int | None = None) -> list[tuple[str, A
     return out
 
 
+def require_tasks(tasks: TaskSource | None, config: CollectConfig) -> TaskSource:
+    """The tasks given, else the config's; a ConfigError when neither names any."""
+    source = tasks if tasks is not None else config.tasks
+    if source is None:
+        raise ConfigError(
+            "no tasks: set `tasks:` in the config (a JSONL file, one task per line), "
+            "or pass tasks=<a path or a list>"
+        )
+    return source
+
+
 def _jobs(
     config: CollectConfig, tasks: Iterable[tuple[str, Any]], skip: set[str], batch: int = 0
 ) -> Iterator[Job]:
@@ -88,25 +108,23 @@ def _jobs(
                 yield Job(task_id, sample, task, episode_seed(config.seed + batch, task_id, sample))
 
 
-def _count(config: CollectConfig, tasks: TaskSource, skip: set[str]) -> tuple[int, int]:
-    """(episodes requested, already done) in one checking pass: bad tasks fail before the run."""
-    requested = done = 0
+def _count(
+    config: CollectConfig, tasks: TaskSource, skip: set[str], failed: set[str]
+) -> tuple[int, int, int]:
+    """(episodes requested, already done, of those: failed) in one checking pass.
+
+    Bad tasks fail here, before the run.
+    """
+    requested = done = done_failed = 0
     for task_id, _ in iter_tasks(tasks, config.limit):
         requested += config.samples_per_task
-        done += sum(f"{task_id}:{k}" in skip for k in range(config.samples_per_task))
+        for k in range(config.samples_per_task):
+            uid = f"{task_id}:{k}"
+            done += uid in skip
+            done_failed += uid in skip and uid in failed
     if not requested:
         raise _no_tasks(tasks)
-    return requested, done
-
-
-def _deep_merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for key, value in update.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _deep_merge(out[key], value)
-        else:
-            out[key] = value
-    return out
+    return requested, done, done_failed
 
 
 def resolve_config(
@@ -117,7 +135,7 @@ def resolve_config(
         data = apply_overrides(config.model_dump(), overrides or [])
     else:
         data = load_config(config, overrides).model_dump()
-    return validate_config(_deep_merge(data, settings))
+    return validate_config(deep_merge(data, settings))
 
 
 @contextlib.contextmanager
@@ -159,6 +177,10 @@ class Collector:
     ) -> None:
         self.config = resolve_config(config, overrides, settings)
         spec = agent if agent is not None else self.config.agent
+        if spec is None:
+            raise ConfigError(
+                "no agent: set `agent: module:function` in the config, or pass agent=<episode function>"
+            )
         self._agent_spec: Agent | str = spec
         try:
             self.agent: Agent = import_object(spec) if isinstance(spec, str) else spec
@@ -166,6 +188,11 @@ class Collector:
             raise ConfigError(f"agent: {exc}") from None
         if not callable(self.agent):
             raise ConfigError(f"agent {spec!r} is not callable")
+        key_env = self.config.backend.api_key_env
+        if key_env and os.environ.get(key_env) is None:  # before a server or worker starts
+            raise ConfigError(
+                f"backend.api_key_env names {key_env!r}, which is not set (export {key_env}=...)"
+            )
         if self.config.backend.tokenizer is not None:  # a tokenizer that cannot load fails here, before any episode
             load_tokenizer(self.config.backend.tokenizer)
         self.policy_version: int | None = None
@@ -208,9 +235,11 @@ class Collector:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    def jobs(self, tasks: Iterable[Any] | str, skip: set[str] | None = None) -> list[Job]:
-        """Jobs for the next batch (its seeds differ from the previous batch's)."""
-        jobs = list(_jobs(self.config, load_tasks(tasks, self.config.limit), skip or set(), self.batches))
+    def jobs(self, tasks: TaskSource | None = None, skip: set[str] | None = None) -> list[Job]:
+        """Jobs for the next batch (its seeds differ from the previous batch's); tasks: the config's
+        when not given."""
+        source = require_tasks(tasks, self.config)
+        jobs = list(_jobs(self.config, load_tasks(source, self.config.limit), skip or set(), self.batches))
         self.batches += 1
         return jobs
 
@@ -244,7 +273,7 @@ class Collector:
         finally:
             await stream.aclose()
 
-    def run_batch(self, tasks: Iterable[Any] | str) -> list[Episode]:
+    def run_batch(self, tasks: TaskSource | None = None) -> list[Episode]:
         """One batch, kept in memory (for training loops)."""
         jobs = self.jobs(tasks)
 
@@ -270,25 +299,36 @@ async def acollect(
     """
     collector = Collector(config, agent=agent, overrides=overrides, **settings)
     cfg = collector.config
-    source = tasks if tasks is not None else cfg.tasks
+    source = require_tasks(tasks, cfg)
     if not isinstance(source, str | Path):
         source = list(source)  # read twice: checked and counted first, then run
     out = cfg.output
-    skip = done_uids(out.path, retry_failed=out.retry_failed) if out.path and out.resume else set()
-    requested, skipped = _count(cfg, source, skip)
+    journal = JournalIndex.scan(out.path) if out.path and out.resume else JournalIndex()
+    skip = journal.done(out.retry_failed)
+    requested, skipped, skipped_failed = _count(cfg, source, skip, journal.failed())
     # Tasks and jobs stream from here: a file of a million tasks is never all in memory.
     jobs = _jobs(cfg, iter_tasks(source, cfg.limit), skip)
-    progress = Progress(summary or CollectSummary(), cfg, total=requested - skipped, skipped=skipped)
-    with collector, EpisodeSink(out) as sink:
-        stream = collector.arun(jobs)
-        try:
-            async for episode in stream:
-                sink.write(episode)
-                progress.update(episode)
-                yield episode
-        finally:
-            await stream.aclose()
-            progress.close()
+    # Trackers start before the clock: mlflow's first start sets up its store (seconds).
+    tracker = open_tracker(cfg.tracking, "collect", cfg.model_dump(mode="json"))
+    log = CollectLog(tracker, cfg.tracking, seed=cfg.seed) if tracker is not None else None
+    try:
+        progress = Progress(summary or CollectSummary(), cfg, total=requested - skipped, skipped=skipped)
+        progress.summary.skipped_failed = skipped_failed
+        with collector, EpisodeSink(out) as sink:
+            stream = collector.arun(jobs)
+            try:
+                async for episode in stream:
+                    sink.write(episode)  # on disk before any tracker sees it
+                    progress.update(episode)
+                    if log is not None:
+                        log.update(episode)
+                    yield episode
+            finally:
+                await stream.aclose()
+                progress.close()
+    finally:
+        if log is not None:
+            log.close()
 
 
 def collect(

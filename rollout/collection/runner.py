@@ -12,18 +12,14 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import inspect
-import math
-import numbers
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
-
 from compat.retry import EPISODE_RETRY, is_transient
 from compat.threads import to_thread
 from rollout.collection.backend import Backend
-from rollout.episode import Episode, EpisodeStatus
+from rollout.episode import Episode, EpisodeStatus, as_reward
 from rollout.errors import RewardError, exception_chain, explain_failure
 from rollout.recorder import Recorder
 
@@ -52,16 +48,13 @@ def episode_seed(run_seed: int, task_id: str, sample: int) -> int:
 
 
 def _reward(value: Any) -> float:
-    """A finite float from a Python or numpy number; anything else is the agent's error."""
-    if not isinstance(value, numbers.Real | np.bool_):
-        raise TypeError(
-            f"agent returned a {type(value).__name__} reward; return a number, a dict with "
-            "'reward', or None"
-        )
-    reward = float(value)
-    if not math.isfinite(reward):
-        raise RewardError(f"agent returned reward {reward}: a reward must be a finite number")
-    return reward
+    """The one rule (`rollout.episode.as_reward`), naming the agent as the source."""
+    try:
+        return as_reward(value)
+    except RewardError as exc:
+        raise RewardError(
+            f"agent returned a bad reward: {exc}; return a number, a dict with 'reward', or None"
+        ) from None
 
 
 def apply_result(episode: Episode, result: Any) -> None:

@@ -35,7 +35,7 @@ from .protocol import (
     prompt_ids,
     raw_prompts,
 )
-from .state import STATE_KEY, ServerState, Snapshot
+from .state import MAX_VERSION, STATE_KEY, ServerState, Snapshot, check_version
 from .template import PromptTooLongError, TemplateError, token_str
 from .weights import npz_size_limit, read_weights_npz
 
@@ -282,9 +282,10 @@ async def update_weights(request: web.Request) -> web.StreamResponse:
         raise unsupported_type("application/octet-stream (the np.savez bytes)")
     version_raw = request.query.get("version")
     try:
-        version = state.snapshot.version + 1 if version_raw is None else int(version_raw)
+        version = check_version(state.snapshot.version + 1 if version_raw is None else int(version_raw))
     except ValueError:
-        raise bad("version", "'version' must be an integer") from None
+        raise bad("version", f"'version' must be an integer in [0, {MAX_VERSION}] (int32, "
+                             "as records store it)") from None  # fmt: skip
     shapes = state.snapshot.policy.weight_shapes()
     data = await read_body(request, npz_size_limit(shapes), state.limits.read_timeout_s)
     if not data:

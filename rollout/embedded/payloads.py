@@ -100,8 +100,13 @@ def generate(
 
 @cache
 def _named(token_id: int, as_ids: bool) -> tuple[str, list[int]]:
-    """A token's name in logprobs and its bytes, once per token (the lists are never mutated)."""
-    return token_str(token_id, as_ids), list(token_bytes(token_id))
+    """A token's name in logprobs and its bytes, once per token (the lists are never mutated).
+
+    Named ``token_id:N``, its bytes are that name's, as vLLM's chat route sends them
+    (``bytes=list(token.encode("utf-8", errors="replace"))`` of the name it chose,
+    ``_get_top_logprobs`` / ``_create_chat_logprobs`` in vLLM's serving_chat.py)."""
+    name = token_str(token_id, as_ids)
+    return name, list(name.encode("utf-8")) if as_ids else list(token_bytes(token_id))
 
 
 def _top(dist: Distribution, top: int) -> zip[tuple[int, float]]:

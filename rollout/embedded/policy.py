@@ -138,7 +138,43 @@ class Distribution:
         return float(self.logprobs[hits[0]]) if hits.size else float("-inf")
 
 
-class Policy:
+class LogitsPolicy:
+    """Sampling over `logits()`, shared by the numpy and the torch policy.
+
+    A subclass gives the raw next-token logits over its output vocabulary
+    (`vocab_ids`, in that order); the sampling distribution (temperature, then
+    top-p) and the seeded draw are the same code for every policy, so a
+    request's seed reproduces its tokens whichever policy is served.
+    """
+
+    vocab_ids: np.ndarray
+
+    def logits(self, context_ids: Sequence[int]) -> np.ndarray:
+        """Raw next-token logits over `vocab_ids` (temperature 1, no top-p)."""
+        raise NotImplementedError
+
+    def distribution(
+        self, context_ids: Sequence[int], temperature: float = 1.0, top_p: float = 1.0
+    ) -> Distribution:
+        """The distribution sampling draws from: temperature, then top-p."""
+        return sampling_distribution(self.logits(context_ids), self.vocab_ids, temperature, top_p)
+
+    def sample_next(
+        self,
+        context_ids: Sequence[int],
+        rng: np.random.Generator,
+        temperature: float = 1.0,
+        top_p: float = 1.0,
+    ) -> tuple[int, float, Distribution]:
+        """Draw one token; returns (token id, its sampling logprob, distribution).
+
+        Exactly one ``rng.random()`` draw per step (none when greedy), so
+        a seeded generator reproduces the same tokens.
+        """
+        return draw(self.distribution(context_ids, temperature, top_p), rng, temperature)
+
+
+class Policy(LogitsPolicy):
     """Hashed-feature linear policy; see the module docstring for the model."""
 
     def __init__(self, config: PolicyConfig | None = None, seed: int = 0) -> None:
@@ -205,26 +241,6 @@ class Policy:
         f_local, f_message = self.features(context_ids)
         out: np.ndarray = self.b + self.W[f_local] + self.W[f_message]
         return out
-
-    def distribution(
-        self, context_ids: Sequence[int], temperature: float = 1.0, top_p: float = 1.0
-    ) -> Distribution:
-        """The distribution sampling draws from: temperature, then top-p."""
-        return sampling_distribution(self.logits(context_ids), self.vocab_ids, temperature, top_p)
-
-    def sample_next(
-        self,
-        context_ids: Sequence[int],
-        rng: np.random.Generator,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-    ) -> tuple[int, float, Distribution]:
-        """Draw one token; returns (token id, its sampling logprob, distribution).
-
-        Exactly one ``rng.random()`` draw per step (none when greedy), so
-        a seeded generator reproduces the same tokens.
-        """
-        return draw(self.distribution(context_ids, temperature, top_p), rng, temperature)
 
     def generate(
         self,

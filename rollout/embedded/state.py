@@ -37,6 +37,17 @@ class Limits(BaseModel):
     each chunk; idle keep-alive connections close after it too (408 / closed)."""
 
 
+MAX_VERSION = 2**31 - 1
+"""Versions are stored per token as int32 (`rollout.record.Versions`): a larger one cannot be recorded."""
+
+
+def check_version(version: object) -> int:
+    """A weight version the records can hold: an int in [0, 2**31 - 1]; `ValueError` otherwise."""
+    if type(version) is not int or not 0 <= version <= MAX_VERSION:
+        raise ValueError(f"version must be an integer in [0, {MAX_VERSION}], got {version!r}")
+    return version
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """Weights and their version, swapped as one reference between requests."""
@@ -59,7 +70,7 @@ class ServerState:
         limits: Limits | None = None,
         version: int = 0,
     ) -> None:
-        self.snapshot = Snapshot(policy, version)
+        self.snapshot = Snapshot(policy, check_version(version))
         self.limits = limits or Limits()
         self.model_name = model_name
         self.api_key = api_key
@@ -79,6 +90,7 @@ class ServerState:
 
     def set_weights(self, weights: Mapping[str, np.ndarray], version: int) -> None:
         """Validate on a copy, then swap; in-flight requests keep their snapshot."""
+        check_version(version)
         policy = self.snapshot.policy.copy()
         policy.set_weights(weights)
         self.snapshot = Snapshot(policy, version)

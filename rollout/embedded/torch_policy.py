@@ -48,8 +48,7 @@ import numpy as np
 import torch
 from transformers import Qwen3Config, Qwen3ForCausalLM
 
-from .policy import END_ID, GREEDY_BELOW, OUTPUT_WORDS, Distribution, draw, get_encoding
-from .policy import sampling_distribution as _distribution
+from .policy import END_ID, GREEDY_BELOW, OUTPUT_WORDS, LogitsPolicy, get_encoding
 from .template import END_OF_PROMPT, FIM_MIDDLE, FIM_PREFIX, FIM_SUFFIX
 
 SPECIAL_IDS: tuple[int, ...] = (FIM_PREFIX, FIM_MIDDLE, FIM_SUFFIX, END_OF_PROMPT)
@@ -108,7 +107,7 @@ def sampling_logprobs(logits: torch.Tensor, temperature: float, top_p: float) ->
     return z.log_softmax(-1)
 
 
-class TorchPolicy:
+class TorchPolicy(LogitsPolicy):
     """A tiny randomly initialised Qwen3 behind the embedded server's policy interface."""
 
     def __init__(self, config: TorchPolicyConfig | None = None) -> None:
@@ -172,22 +171,6 @@ class TorchPolicy:
             out = self._head(hidden[0, -1])
         return out.numpy().astype(np.float64)
 
-    def distribution(
-        self, context_ids: Sequence[int], temperature: float = 1.0, top_p: float = 1.0
-    ) -> Distribution:
-        """The distribution sampling draws from: temperature, then top-p."""
-        return _distribution(self.logits(context_ids), self.vocab_ids, temperature, top_p)
-
-    def sample_next(
-        self,
-        context_ids: Sequence[int],
-        rng: np.random.Generator,
-        temperature: float = 1.0,
-        top_p: float = 1.0,
-    ) -> tuple[int, float, Distribution]:
-        """Draw one token exactly as the numpy policy does (one ``rng.random()`` per step)."""
-        return draw(self.distribution(context_ids, temperature, top_p), rng, temperature)
-
     # ------------------------------------------------------------ training
 
     def response_logprobs(
@@ -246,9 +229,13 @@ class TorchPolicy:
             arr = np.asarray(weights[name])
             if arr.shape != tuple(p.shape):
                 raise ValueError(f"weight {name!r} has shape {arr.shape}, expected {tuple(p.shape)}")
-            if not np.all(np.isfinite(arr)):
-                raise ValueError(f"weight {name!r} has non-finite values")
-            new[name] = torch.from_numpy(arr.astype(np.float32))
+            if arr.dtype.kind not in "fiu":
+                raise ValueError(f"weight {name!r} has dtype {arr.dtype}, expected real numbers")
+            with np.errstate(over="ignore", invalid="ignore"):
+                arr32 = arr.astype(np.float32)  # the model's dtype: a float64 1e300 becomes inf here
+            if not np.all(np.isfinite(arr32)):
+                raise ValueError(f"weight {name!r} has non-finite values (as float32, the model's dtype)")
+            new[name] = torch.from_numpy(arr32)
         with torch.no_grad():
             for name, p in params.items():
                 p.copy_(new[name])

@@ -7,17 +7,11 @@ imports verl itself and is not loaded here.
 """
 
 from rollout.errors import CorruptLineWarning, SchemaVersionError, SerializationError
-from rollout.export.areal import MissingLogprobsError, areal_tensors, to_areal
+from rollout.export.areal import MissingLogprobsError, RewardRule, areal_tensors, to_areal
 from rollout.export.jsonl import JsonlWriter, iter_jsonl, read_jsonl, write_jsonl
 from rollout.export.parquet import ParquetWriter, iter_parquet, read_parquet, write_parquet
 from rollout.export.rllm import to_rllm
-from rollout.export.rows import (
-    SCHEMA_VERSION,
-    episode_from_row,
-    episode_to_row,
-    json_default,
-    jsonable,
-)
+from rollout.export.rows import SCHEMA_VERSION, episode_from_row, episode_to_row
 from rollout.export.verl import TruncationError, read_verl, to_verl, write_verl
 
 __all__ = [
@@ -26,6 +20,7 @@ __all__ = [
     "JsonlWriter",
     "MissingLogprobsError",
     "ParquetWriter",
+    "RewardRule",
     "SchemaVersionError",
     "SerializationError",
     "TruncationError",
@@ -34,8 +29,6 @@ __all__ = [
     "episode_to_row",
     "iter_jsonl",
     "iter_parquet",
-    "json_default",
-    "jsonable",
     "read_jsonl",
     "read_parquet",
     "read_verl",

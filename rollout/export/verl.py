@@ -176,7 +176,8 @@ def write_verl(batch: dict[str, Any], path: str | Path) -> None:
         else:
             arrays[f"non_tensors.{key}"] = np.asarray(items if value.dtype == object else value)
     arrays["meta_info"] = np.array(json.dumps(batch["meta_info"]))
-    np.savez(Path(path), **arrays)
+    with Path(path).open("wb") as f:  # the path as given (numpy appends .npz to a name)
+        np.savez(f, **arrays)
 
 
 def read_verl(path: str | Path) -> dict[str, Any]:

@@ -31,6 +31,7 @@ import os
 import re
 from collections import Counter
 from collections.abc import Sequence
+from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
@@ -108,64 +109,9 @@ def _truncate(text: str, limit: int = 300) -> str:
 # -- page sections -----------------------------------------------------------------
 
 
-CSS = """
-:root { --fg:#1d232b; --muted:#68717d; --line:#dde1e6; --bg:#fafbfc; }
-* { box-sizing: border-box; }
-body { margin: 0; padding: 20px 28px 40px; font: 14px/1.45 system-ui, -apple-system,
-  "Segoe UI", Roboto, "DejaVu Sans", sans-serif; color: var(--fg); background: var(--bg); }
-h1 { font-size: 19px; margin: 0 0 4px; }
-h2 { font-size: 15px; margin: 26px 0 8px; padding-bottom: 3px; border-bottom: 1px solid var(--line); }
-h3 { font-size: 14px; margin: 18px 0 6px; }
-code, .mono { font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono",
-  monospace; font-size: 12.5px; }
-.muted { color: var(--muted); }
-.meta { display: flex; flex-wrap: wrap; gap: 6px 22px; margin: 8px 0; }
-.meta div b { color: var(--muted); font-weight: 500; margin-right: 5px; }
-.badge { display: inline-block; padding: 0 7px; border-radius: 9px; font-size: 12px;
-  font-weight: 600; border: 1px solid transparent; }
-.badge.ok { background: #dcf3e2; color: #17643a; }
-.badge.warn { background: #fff1cc; color: #7a5300; }
-.badge.bad { background: #fde0de; color: #9b1c14; }
-.badge.info { background: #e3ecfa; color: #234b85; }
-.alert { border-left: 4px solid #d93025; background: #fdecea; padding: 7px 11px; margin: 8px 0;
-  white-space: pre-wrap; font-family: ui-monospace, Menlo, Consolas, "DejaVu Sans Mono", monospace;
-  font-size: 12.5px; }
-.alert.warn { border-color: #e0a000; background: #fff6dc; }
-.alert.pre { border-color: #9aa3ad; background: #f3f5f7; }
-table { border-collapse: collapse; font-size: 13px; background: #fff; }
-th, td { border: 1px solid var(--line); padding: 3px 8px; text-align: left; vertical-align: top; }
-th { background: #f1f3f5; font-weight: 600; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr.current td { background: #eef4ff; font-weight: 600; }
-tr.inexact td { background: #fff8e1; }
-details summary { cursor: pointer; color: var(--muted); margin: 6px 0; }
-.reply { min-width: 180px; max-width: 520px; white-space: pre-wrap; word-break: break-word; }
-.legend { display: flex; flex-wrap: wrap; align-items: center; gap: 6px 18px; margin: 10px 0;
-  font-size: 12.5px; }
-.legend .t { cursor: default; }
-.scale { display: inline-block; width: 160px; height: 12px; vertical-align: middle; border-radius: 2px;
-  background: linear-gradient(to right, hsl(0,80%,78%), hsl(60,70%,78%), hsl(120,60%,78%)); }
-.controls { font-size: 12.5px; color: var(--muted); margin: 4px 0 10px; }
-.sample { background: #fff; border: 1px solid var(--line); border-radius: 6px; padding: 10px 12px;
-  margin: 10px 0 16px; }
-.sample-head { font-size: 13px; margin-bottom: 8px; }
-.tokens { white-space: pre-wrap; word-break: break-word; line-height: 1.9;
-  font-family: ui-monospace, "SFMono-Regular", Menlo, Consolas, "DejaVu Sans Mono", monospace;
-  font-size: 13px; }
-.t { border-radius: 2px; padding: 1px 0; box-shadow: inset -1px 0 0 rgba(0,0,0,.07); }
-.t:hover { outline: 2px solid #3b6fd8; outline-offset: 0; }
-.t.p { background: #ececec; color: #5f6670; font-style: italic; }
-.t.o { background: #e9e3d6; color: #5c5240; font-style: italic; }
-.t.s { color: #111; border-bottom: 2px solid rgba(0,0,0,.35); }
-.t.s.nolp { background: #d6e2f5; border-bottom-style: dashed; }
-.t.sp { font-size: 11px; color: #8a5fb0; }
-.t .ws { color: #9aa1ab; font-style: normal; }
-.elided { display: inline-block; margin: 2px 4px; padding: 0 6px; border: 1px dashed #aab;
-  color: var(--muted); font-family: system-ui, sans-serif; font-size: 12px; }
-body:has(#show-ids:checked) .tokens .t::before { content: attr(data-id); font-size: 9px;
-  color: #4a5563; vertical-align: super; margin-right: 1px; font-style: normal; }
-body:has(#hide-prompt:checked) .tokens .t.p { display: none; }
-""" + "".join(
+# The page's style lives beside this module (page.css, package data); the probability
+# colour classes are generated from BUCKETS.
+CSS = (files("rollout.inspect") / "page.css").read_text(encoding="utf-8") + "".join(
     f".t.s.b{k} {{ background: hsl({k * 120 // BUCKETS},{80 - 20 * k // BUCKETS}%,78%); }}\n"
     for k in range(BUCKETS + 1)
 )

@@ -18,7 +18,7 @@ from rollout.tokenmode import llamacpp, sglang, vllm  # noqa: F401  (defining a 
 from rollout.tokenmode.call import TokenCall
 from rollout.tokenmode.dialect import Dialect
 from rollout.tokenmode.plan import Generation, Request, Sampled
-from rollout.tokenmode.server import TokenServer, server_for
+from rollout.tokenmode.server import TokenServer, TokenServers, server_for
 from rollout.tokenmode.stitch import (
     EDITED_HISTORY,
     FIRST_CALL,
@@ -31,7 +31,12 @@ from rollout.tokenmode.stitch import (
     Unavailable,
     plan_turn,
 )
-from rollout.tokenmode.transport import HttpConnectionError, HttpError, HttpTimeoutError
+from rollout.tokenmode.transport import (
+    HttpConnectionError,
+    HttpError,
+    HttpReplyTooLarge,
+    HttpTimeoutError,
+)
 
 __all__ = [
     "EDITED_HISTORY",
@@ -45,12 +50,14 @@ __all__ = [
     "Generation",
     "HttpConnectionError",
     "HttpError",
+    "HttpReplyTooLarge",
     "HttpTimeoutError",
     "Request",
     "Sampled",
     "StitchedTurn",
     "TokenCall",
     "TokenServer",
+    "TokenServers",
     "Unavailable",
     "plan_turn",
     "server_for",

@@ -5,6 +5,10 @@ reply (or has the request's `HttpError` thrown in), so the sync and the async
 paths run the same code: `drive` executes a plan with blocking calls,
 `adrive` with awaits. Nothing here knows a server's field names; those live
 in one small module per wire dialect (`vllm`, `sglang`).
+
+A request carries its call's `CallOptions` (the agent's `timeout=`,
+`extra_headers`, `extra_query`), set by `with_options` around a turn's plan.
+A timeout is not thrown into the plan: it ends the call (see `transport`).
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from collections.abc import Generator
 from dataclasses import dataclass, field
 from typing import Any
 
-from rollout.tokenmode.transport import JsonHttp
+from rollout.tokenmode.transport import CallOptions, HttpError, JsonHttp
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,6 +27,7 @@ class Request:
     method: str
     path: str
     body: Any = None
+    options: CallOptions | None = None
 
 
 Plan = Generator[Request, Any, Any]
@@ -54,10 +59,8 @@ class Generation:
     raw: Any = None  # the server's generate reply, for a derender call
 
 
-def drive(plan: Plan, http: JsonHttp) -> Any:
-    """Run a plan with blocking requests."""
-    from rollout.tokenmode.transport import HttpError
-
+def with_options(plan: Plan, options: CallOptions) -> Plan:
+    """`plan`, its every request carrying `options`."""
     reply: Any = None
     error: HttpError | None = None
     while True:
@@ -66,26 +69,46 @@ def drive(plan: Plan, http: JsonHttp) -> Any:
         except StopIteration as done:
             return done.value
         try:
-            reply, error = http.request(request.method, request.path, request.body), None
+            reply, error = (yield Request(request.method, request.path, request.body, options)), None
         except HttpError as exc:
             reply, error = None, exc
+
+
+def drive(plan: Plan, http: JsonHttp) -> Any:
+    """Run a plan with blocking requests. An `HttpError` is thrown into the plan
+    (which may fall back); anything else, a timeout included, ends it."""
+    reply: Any = None
+    error: HttpError | None = None
+    try:
+        while True:
+            try:
+                request = plan.throw(error) if error is not None else plan.send(reply)
+            except StopIteration as done:
+                return done.value
+            try:
+                reply, error = http.request(request.method, request.path, request.body, request.options), None
+            except HttpError as exc:
+                reply, error = None, exc
+    finally:
+        plan.close()
 
 
 async def adrive(plan: Plan, http: JsonHttp) -> Any:
     """The async twin of `drive`."""
-    from rollout.tokenmode.transport import HttpError
-
     reply: Any = None
     error: HttpError | None = None
-    while True:
-        try:
-            request = plan.throw(error) if error is not None else plan.send(reply)
-        except StopIteration as done:
-            return done.value
-        try:
-            reply, error = await http.arequest(request.method, request.path, request.body), None
-        except HttpError as exc:
-            reply, error = None, exc
+    try:
+        while True:
+            try:
+                request = plan.throw(error) if error is not None else plan.send(reply)
+            except StopIteration as done:
+                return done.value
+            try:
+                reply, error = await http.arequest(request.method, request.path, request.body, request.options), None
+            except HttpError as exc:
+                reply, error = None, exc
+    finally:
+        plan.close()
 
 
 def version_of(value: Any) -> int | None:

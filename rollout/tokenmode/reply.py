@@ -10,29 +10,61 @@ it. The objects iterate and close like the SDK's `Stream` / `AsyncStream`
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from rollout.tokenmode.plan import Generation
 
+OPENAI_FINISH = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
+"""The finish reasons the SDK's `ChatCompletion` types name."""
+SERVER_FINISH = frozenset({"abort", "error", "repetition"})
+"""What vLLM's chat endpoint also sends, as a plain string (`FINISH_REASON_STRINGS`,
+vllm/v1/engine/__init__.py; `finish_reason: str | None` in
+vllm/entrypoints/openai/chat_completion/protocol.py @002032ee), and SGLang's "abort"
+(`ChatCompletionResponseChoice.finish_reason`, sglang/srt/entrypoints/openai/protocol.py).
+The SDK does not validate replies (`construct_type`), so messages mode hands them to the
+agent as they are; token mode does the same."""
 
-def chat_completion(gen: Generation, model: str, *, logprobs: bool) -> dict[str, Any]:
-    """The reply the agent gets: a ChatCompletion, with vLLM's id fields like `return_token_ids`."""
+
+def raw_finish(value: Any) -> str:
+    """A server's finish reason as the record keeps it: its text ("stop" when it sent none)."""
+    if value is None or value == "":
+        return "stop"  # vLLM's default (`finish_reason: str | None = "stop"`)
+    return value if isinstance(value, str) else json.dumps(value, default=str)[:100]
+
+
+def agent_finish(raw: str | None) -> str:
+    """The finish reason the agent gets: what the chat endpoint would have sent, or "stop"
+    for a value no server sends (the record keeps the raw one, with a note)."""
+    return raw if raw in OPENAI_FINISH or raw in SERVER_FINISH else "stop"
+
+
+def sdk_object(cls: Any, data: dict[str, Any]) -> Any:
+    """`data` as the SDK builds a reply object: unvalidated, as `openai._models.construct_type`
+    does for every reply (so an "abort" finish reason reaches the agent as in messages mode)."""
+    try:
+        from openai._models import construct_type
+    except ImportError:  # pragma: no cover - a future SDK without it
+        return cls.model_construct(**data)
+    return construct_type(type_=cls, value=data)
+
+
+def chat_completion(gen: Generation, model: str, *, logprobs: dict[int, list[Any]] | None) -> dict[str, Any]:
+    """The reply the agent gets: a ChatCompletion, with vLLM's id fields like `return_token_ids`.
+
+    `logprobs`: each choice's `logprobs.content` as the chat endpoint builds it (token text,
+    bytes, top_logprobs; see `Dialect.logprob_views`), or None when the agent did not ask."""
     choices = []
     for c in gen.choices:
         block: dict[str, Any] | None = None
-        if logprobs and c.logprobs is not None:
-            block = {
-                "content": [
-                    {"token": f"token_id:{t}", "logprob": lp, "bytes": None, "top_logprobs": []}
-                    for t, lp in zip(c.token_ids, c.logprobs, strict=True)
-                ]
-            }
+        if logprobs is not None and c.index in logprobs:
+            block = {"content": logprobs[c.index]}
         choices.append({
             "index": c.index,
             "message": {"role": "assistant", **(c.message or {"content": c.text or ""})},
-            "finish_reason": c.finish_reason,
+            "finish_reason": agent_finish(c.finish_reason),
             "logprobs": block,
             "token_ids": c.token_ids,
         })  # fmt: skip
@@ -73,7 +105,7 @@ def chunks(reply: dict[str, Any], *, include_usage: bool) -> list[Any]:
         out.append({**head, "choices": [{"index": c["index"], "delta": {}, "finish_reason": c["finish_reason"]}]})
     if include_usage:
         out.append({**head, "choices": [], "usage": reply.get("usage")})
-    return [ChatCompletionChunk.model_validate(chunk) for chunk in out]
+    return [sdk_object(ChatCompletionChunk, chunk) for chunk in out]
 
 
 class ReplayStream:

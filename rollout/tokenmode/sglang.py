@@ -13,9 +13,17 @@ always present. SGLang has no derender route: replies are parsed client-side
 from __future__ import annotations
 
 import uuid
+from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rollout.record import TokenSource
+from rollout.tokenmode.dialect import (
+    MalformedReply,
+    choice_index,
+    choice_object,
+    logprob_value,
+    token_list,
+)
 from rollout.tokenmode.plan import (
     Generation,
     Plan,
@@ -24,6 +32,7 @@ from rollout.tokenmode.plan import (
     version_of,
     versions_from_spans,
 )
+from rollout.tokenmode.reply import raw_finish
 from rollout.tokenmode.vllm import VllmDialect
 
 GENERATE = "/generate"
@@ -61,40 +70,37 @@ def generate(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Req
     }
     if isinstance(top, int) and top > 0:
         body["top_logprobs_num"] = top
+    if top is not None:  # the agent's logprobs view names each token by its text
+        body["return_text_in_logprobs"] = True
     return Request("POST", GENERATE, body)
-
-
-_FINISH = {"stop": "stop", "length": "length", "abort": "abort"}
 
 
 def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
     items = reply if isinstance(reply, list) else [reply]
+    if not items:
+        raise MalformedReply("generate reply has no choices")
     choices = []
     meta: dict[str, Any] = {}
-    for i, item in enumerate(items):
-        if not isinstance(item, dict):
-            raise ValueError(f"generate reply is not an object: {str(item)[:200]}")
+    for i, raw in enumerate(items):
+        item = choice_object(raw, i, "generate")
         meta = item.get("meta_info") or {}
-        ids = item.get("output_ids")
-        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
-            raise ValueError(f"generate choice {i} has no output_ids")
+        if not isinstance(meta, dict):
+            raise MalformedReply(f"generate choice {i} has meta_info that is not an object")
+        ids = token_list(item.get("output_ids"), i, "generate", "output_ids")
         triples = meta.get("output_token_logprobs")
         logprobs = None
         if isinstance(triples, list) and len(triples) == len(ids):
             pairs = [(t[0], t[1]) for t in triples if isinstance(t, list) and len(t) >= 2]
-            if len(pairs) == len(ids) and all(
-                isinstance(lp, (int, float)) and tid == want
-                for (lp, tid), want in zip(pairs, ids, strict=True)
-            ):
-                logprobs = [float(lp) for lp, _ in pairs]
+            if len(pairs) == len(ids) and all(tid == want for (_, tid), want in zip(pairs, ids, strict=True)):
+                logprobs = [logprob_value(lp) for lp, _ in pairs]  # null: NaN, flagged in the record
         finish = meta.get("finish_reason")
         kind = finish.get("type") if isinstance(finish, dict) else finish
         choices.append(
             Sampled(
-                index=int(item.get("index", i)),
+                index=choice_index(item, i, "generate"),
                 token_ids=ids,
                 logprobs=logprobs,
-                finish_reason=_FINISH.get(str(kind), "stop"),
+                finish_reason=raw_finish(kind),
                 versions=versions_from_spans(meta.get("weight_versions"), len(ids)),
                 text=item.get("text") if isinstance(item.get("text"), str) else None,
             )
@@ -129,3 +135,40 @@ class SglangDialect(VllmDialect):
     def generate(self, model: str, prompt: list[int], sampling: dict[str, Any]) -> Plan:
         reply = yield generate(model, prompt, sampling)
         return parse_generate(reply, prompt)
+
+    def _meta(self, gen: Generation, choice: Sampled) -> dict[str, Any]:
+        items = gen.raw if isinstance(gen.raw, list) else [gen.raw]
+        item = items[choice.index] if 0 <= choice.index < len(items) else None
+        meta = item.get("meta_info") if isinstance(item, dict) else None
+        return meta if isinstance(meta, dict) else {}
+
+    def top_candidates(self, gen: Generation, choice: Sampled) -> list[list[tuple[int, float]]] | None:
+        """`meta_info.output_top_logprobs`: per token, `[logprob, token_id, text]` triples."""
+        rows = self._meta(gen, choice).get("output_top_logprobs")
+        if not isinstance(rows, list) or len(rows) != len(choice.token_ids):
+            return None
+        out = []
+        for row in rows:
+            triples = [t for t in row if isinstance(t, list) and len(t) >= 2] if isinstance(row, list) else []
+            out.append([(t[1], logprob_value(t[0])) for t in triples if type(t[1]) is int])
+        return out
+
+    def logprob_views(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
+        """As the base class builds them, with the token texts SGLang sent in its triples
+        (`return_text_in_logprobs`), so no detokenize call is needed for those."""
+        for choice in gen.choices:
+            meta = self._meta(gen, choice)
+            tops = meta.get("output_top_logprobs")
+            rows: list[Any] = [meta.get("output_token_logprobs"), *(tops if isinstance(tops, list) else [])]
+            for row in rows:
+                for t in row if isinstance(row, list) else []:
+                    if isinstance(t, list) and len(t) >= 3 and type(t[1]) is int and isinstance(t[2], str):
+                        self._texts.setdefault(t[1], t[2])
+        return (yield from super().logprob_views(model, gen, kwargs))
+
+    def stop_reason(self, gen: Generation, choice: Sampled) -> tuple[bool, Any]:
+        """SGLang's `meta_info.finish_reason.matched`: the stop token id (EOS included) or string."""
+        finish = self._meta(gen, choice).get("finish_reason")
+        if isinstance(finish, dict) and "matched" in finish:
+            return True, finish["matched"]
+        return False, None

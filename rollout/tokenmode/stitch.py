@@ -58,6 +58,18 @@ _EXTRA_PASSED = frozenset({"return_token_ids", "return_tokens_as_token_ids",
                            "chat_template_kwargs", *_EXTRA_SAMPLING})  # fmt: skip
 
 
+# Request fields the chat template renders (or the server renders for it): a call is
+# stitched onto its parent only when they are the same, compared by value.
+_RENDERED = ("tools", "tool_choice", "response_format", "reasoning_effort", "functions", "function_call",
+             "prediction", "web_search_options", "modalities", "audio")  # fmt: skip
+_EXTRA_RENDERED = ("chat_template", "chat_template_kwargs", "documents", "add_generation_prompt",
+                   "continue_final_message", "add_special_tokens", "mm_processor_kwargs",
+                   "reasoning_effort", "tool_choice")  # fmt: skip
+# Fields of the parent's reply that a template may render (reasoning is left out on purpose:
+# the parent's sampled ids carry it, whatever the agent sends back).
+_REPLY_FIELDS = ("content", "name", "tool_calls", "function_call")
+
+
 class Unavailable(Exception):
     """Token mode cannot serve this call; the message is the fallback reason."""
 
@@ -128,6 +140,82 @@ def _given(value: Any) -> Any:
     return None if value is None or type(value).__name__ in ("NotGiven", "Omit") else value
 
 
+def plain(value: Any) -> Any:
+    """A request value as plain JSON data, a copy: pydantic objects (an SDK message the agent
+    passed back) as dicts, no None-valued keys. How values are compared with the parent's
+    recorded ones, and what token mode's own requests carry."""
+    value = _given(value)
+    if isinstance(value, type):  # `parse(response_format=Model)`: recorded by name (`scrub`)
+        return {"type": "pydantic", "name": value.__name__}
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(exclude_none=True)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items() if _given(v) is not None}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
+def rendered_change(kwargs: Mapping[str, Any], parent_request: Mapping[str, Any]) -> str | None:
+    """Why the call renders differently from its parent (tools, response format, template options)."""
+
+    def effective(request: Mapping[str, Any], key: str) -> Any:
+        value = plain(request.get(key))
+        if key == "tool_choice" and value is None:  # the default, spelt out
+            return "auto" if plain(request.get("tools")) else "none"
+        return value or None  # [] and {} mean what absent means
+
+    for key in _RENDERED:
+        if effective(kwargs, key) != effective(parent_request, key):
+            return TOOLS_CHANGED if key == "tools" else f"{key!r} changed since the parent call"
+    mine = plain(kwargs.get("extra_body")) or {}
+    theirs = plain(parent_request.get("extra_body")) or {}
+    for key in _EXTRA_RENDERED:
+        if (mine.get(key) or None) != (theirs.get(key) or None):
+            return f"extra_body[{key!r}] changed since the parent call"
+    return None
+
+
+def _message_view(m: Any, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
+    data = plain(m)
+    if not isinstance(data, dict):
+        return {"message": data}
+    if fields is not None:
+        data = {k: v for k, v in data.items() if k in fields}
+    if not data.get("content"):
+        data.pop("content", None)  # "" and None render alike
+    calls = data.pop("tool_calls", None)
+    if calls:  # what templates render of a call: its id, name and arguments (not "type")
+        data["tool_calls"] = [
+            {k: (c.get(k) if k == "id" else (c.get("function") or {}).get(k)) for k in ("id", "name", "arguments")}
+            if isinstance(c, dict) else c
+            for c in calls
+        ]
+    return data
+
+
+def edited_prefix(prefix: list[Any], parent_messages: Any, reply: Mapping[str, Any]) -> str | None:
+    """Why the messages before the new turn are not exactly the parent's messages + reply.
+
+    The prefix table matches on role, content, tool-call names and arguments;
+    the template also renders a message's `name`, tool-call ids and any other
+    field, so every field of the history is compared here (and the reply's
+    rendered fields), and the stitched prompt is what messages mode renders.
+    """
+    if not isinstance(parent_messages, list) or len(prefix) != len(parent_messages) + 1:
+        return f"{EDITED_HISTORY}: the history is not the parent call's messages + reply"
+    for i, (m, recorded) in enumerate(zip(prefix, parent_messages, strict=False)):
+        mine, theirs = _message_view(m), _message_view(recorded)
+        if mine != theirs:
+            keys = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
+            return f"{EDITED_HISTORY}: message {i} differs from the parent call's ({', '.join(keys)})"
+    mine, theirs = _message_view(prefix[-1], _REPLY_FIELDS), _message_view(reply, _REPLY_FIELDS)
+    if mine != theirs:
+        keys = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
+        return f"{EDITED_HISTORY}: the parent's reply differs from what it sampled ({', '.join(keys)})"
+    return None
+
+
 def plan_turn(
     kwargs: dict[str, Any],
     found: tuple[CallRecord, Choice, int] | None,
@@ -148,10 +236,14 @@ def plan_turn(
     call, choice, end = found
     if not (call.prompt_source.exact and choice.exact) or len(call.prompt_ids) == 0:
         return INEXACT_PARENT
-    tools = _given(kwargs.get("tools"))
-    if tools != _given(call.request.get("tools")):
-        return TOOLS_CHANGED
-    new = list(kwargs["messages"][end:])
+    changed = rendered_change(kwargs, call.request)
+    if changed is not None:
+        return changed
+    edited = edited_prefix(kwargs["messages"][:end], call.request.get("messages"), choice.message)
+    if edited is not None:
+        return edited
+    tools = plain(kwargs.get("tools"))  # JSON for the bridge render, however the agent built it
+    new = plain(list(kwargs["messages"][end:]))  # a copy: what is rendered is what is recorded
     if not new:
         return NO_NEW_MESSAGES
     try:

@@ -1,35 +1,61 @@
-"""JSON over HTTP for token mode: a sync client on the standard library and its async twin.
+"""JSON over HTTP for token mode, sent with the wrapped client's own settings.
 
-Token mode sends its requests itself instead of through the openai SDK: the
-SDK's request pipeline costs 1.5-2 ms of client CPU per call, several times
-what a plain keep-alive POST costs, and token mode makes two or three small
-requests per turn. The sync side keeps one `http.client` connection per
-thread and host; the async side a pool of keep-alive HTTP/1.1 connections per
-event loop (a connection is bound to the loop it was opened on), on asyncio
-streams. An aiohttp `ClientSession` did the same job first; its per-request
-machinery was most of a token-mode call's client CPU, and dropping it took a
-call from about 1.1 to 0.7 ms on a 2-core box (`benchmarks/bench_tokens.py`).
+Token mode sends its small requests (/tokenize, generate, derender) itself
+rather than through the SDK's request pipeline, but each goes out as the
+SDK would send it: the client's base URL, auth and default headers, default
+query, timeout, and its own network settings (proxy, CA bundle, transport).
 
-Not supported: HTTP proxies (`HTTP(S)_PROXY`, which the SDK honours) and
-HTTP/2. A server reachable only through a proxy fails token mode's probe, so
-its calls go as messages through the SDK, each with that fallback reason.
+- Sync: the wrapped client's own `httpx`/`httpx2` client (`client._client`:
+  its proxies, CA bundle, transport and event hooks), through its public
+  `build_request` + `send(stream=True)`.
+- Async: one aiohttp `ClientSession` per event loop (a session is bound to
+  its loop), with the CA context and proxy that the wrapped client's
+  transport uses for this URL. A client whose transport is neither httpx's
+  nor the SDK's aiohttp one (a mock, a custom transport) is sent through
+  its own async client instead, so nothing about its wiring is lost.
+
+Every request has an overall deadline and a cap on the reply's size, and
+raises only the typed errors below. A request that got no reply because a
+kept-alive connection turned out closed is sent once more, as before. Timeouts follow the SDK: a per-call
+`timeout=` wins over the client's; a float is the deadline, an
+`httpx.Timeout` gives its `read` as the deadline and its `connect` for
+connecting; None waits as long as the server takes. A timeout is not an
+`HttpError`: a slow generation fails the call (as the SDK's
+APITimeoutError would), rather than being re-sent as messages.
+
+Measured (`benchmarks/bench_tokens.py`, 2 shared cores): a token-mode call
+costs 0.35-0.36x the client CPU of the SDK's own `create` (the hand-written
+HTTP/1.1 client this replaces: 0.34-0.35x in the same conditions); sync,
+through the client's httpx client, 0.51-0.54x (before: 0.60x). aiohttp's
+`trust_env=True` re-reads the proxy environment on every request (+0.4 ms
+each), so the proxy is read once, from the client's transport.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import http.client
+import errno
 import json
 import ssl
 import sys
 import threading
+import time
 import urllib.parse
+import urllib.request
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from rollout.errors import RolloutError
+
+MAX_REPLY_BYTES = 64 * 2**20
+"""A token-mode reply larger than this is refused (`HttpReplyTooLarge`): a
+32k-token generation with logprobs is a few MB."""
+
+DEFAULT_TIMEOUT = (5.0, 600.0)
+"""(connect, deadline) seconds when the client names none: the openai SDK's default."""
 
 
 class HttpError(RolloutError):
@@ -54,128 +80,520 @@ class HttpConnectionError(HttpError, ConnectionError):
     """No connection, or it dropped: transient, retried like the SDK's APIConnectionError."""
 
 
-class HttpTimeoutError(HttpError, TimeoutError):
-    """The server did not answer within the client's timeout."""
+class HttpReplyTooLarge(HttpError):
+    """The reply is larger than `MAX_REPLY_BYTES`: not a token route's answer."""
 
 
-def _decode(status: int, raw: bytes, what: str) -> Any:
-    try:
-        data = json.loads(raw) if raw else None
-    except ValueError:
-        raise HttpError(f"{what}: HTTP {status}, body is not JSON: {raw[:200]!r}", status) from None
-    if status >= 400:
-        detail = data.get("error", data) if isinstance(data, dict) else data
-        raise HttpError(f"{what}: HTTP {status}: {str(detail)[:500]}", status)
-    return data
+class HttpTimeoutError(RolloutError, TimeoutError):
+    """No complete answer within the call's timeout.
+
+    Deliberately not an `HttpError`: those make a call go as messages, and a
+    generation that ran out of time must not be started again from scratch.
+    """
+
+    status: int | None = None
+    unavailable = False
+
+
+# --- settings ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """How long one request may take: to connect, and in all (None: no limit)."""
+
+    connect: float | None
+    total: float | None
+
+    @staticmethod
+    def of(value: Any, default: Timeouts | None = None) -> Timeouts:
+        """From an SDK timeout: a number, an `httpx.Timeout`, None, or NOT_GIVEN (the default)."""
+        if type(value).__name__ in ("NotGiven", "Omit"):
+            return default or Timeouts(*DEFAULT_TIMEOUT)
+        if value is None:
+            return Timeouts(None, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return Timeouts(float(value), float(value))
+        read = getattr(value, "read", None)
+        connect = getattr(value, "connect", None)
+        if hasattr(value, "read"):
+            return Timeouts(None if connect is None else float(connect), None if read is None else float(read))
+        return default or Timeouts(*DEFAULT_TIMEOUT)
+
+    def phases(self, remaining: float | None) -> dict[str, float | None]:
+        """httpx's per-phase timeouts, none longer than what is left of the deadline."""
+        connect = self.connect if remaining is None or self.connect is None else min(self.connect, remaining)
+        return {"connect": connect, "read": remaining, "write": remaining, "pool": remaining}
+
+
+@dataclass(frozen=True, slots=True)
+class CallOptions:
+    """One call's own `timeout=`, `extra_headers` and `extra_query`, for its token-mode requests."""
+
+    timeout: Any = None  # an SDK timeout value; None here means "not given"
+    timeout_given: bool = False
+    headers: Mapping[str, Any] | None = None
+    query: Mapping[str, Any] | None = None
+
+    @staticmethod
+    def of(kwargs: Mapping[str, Any]) -> CallOptions | None:
+        """The call's options, or None when it sets none (the common case)."""
+        timeout = kwargs.get("timeout", _MISSING)
+        headers = _given(kwargs.get("extra_headers"))
+        query = _given(kwargs.get("extra_query"))
+        given = timeout is not _MISSING and type(timeout).__name__ not in ("NotGiven", "Omit")
+        if not given and not headers and not query:
+            return None
+        return CallOptions(timeout if given else None, given, headers or None, query or None)
+
+
+_MISSING: Any = object()
+
+
+def _given(value: Any) -> Any:
+    return None if value is None or type(value).__name__ in ("NotGiven", "Omit") else value
+
+
+def merge_headers(*layers: Mapping[str, Any] | None) -> dict[str, str]:
+    """Headers merged case-insensitively, later layers winning; an SDK `Omit` value removes one."""
+    out: dict[str, str] = {}
+    names: dict[str, str] = {}
+    for layer in layers:
+        for name, value in (layer or {}).items():
+            old = names.pop(str(name).lower(), None)
+            if old is not None:
+                del out[old]
+            if isinstance(value, str):
+                out[str(name)] = value
+                names[str(name).lower()] = str(name)
+    return out
+
+
+# --- the HTTP client ---------------------------------------------------------------------
 
 
 class JsonHttp:
-    """POST/GET JSON against one server root (`http://host:port`), sync or async."""
+    """POST/GET JSON against one server root (`http://host:port[/prefix]`), sync or async.
 
-    def __init__(self, root: str, headers: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+    `headers` and `query` go with every request (the wrapped client's auth,
+    default headers and default query); `client` is the wrapped SDK client's
+    own http client (`httpx.Client` or `AsyncClient`), whose network
+    settings the requests use; without one, the environment's proxy and the
+    default CA bundle, as the SDK's own default client would.
+    """
+
+    def __init__(
+        self,
+        root: str,
+        headers: Mapping[str, str] | None = None,
+        timeout: Any = _MISSING,
+        *,
+        query: Mapping[str, Any] | None = None,
+        client: Any = None,
+        max_reply_bytes: int | None = None,
+    ) -> None:
         parts = urllib.parse.urlsplit(root)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(f"token mode needs an http(s) server URL, got {root!r}")
         self.root = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port
-        self._prefix = parts.path.rstrip("/")
-        self._netloc = parts.netloc.rsplit("@", 1)[-1]
-        self.headers = {"Content-Type": "application/json", **(headers or {})}
-        self.timeout = timeout
-        self._local = threading.local()
-        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pool] = weakref.WeakKeyDictionary()
+        self.headers = merge_headers({"Content-Type": "application/json"}, headers)
+        self.query = {str(k): str(v) for k, v in (query or {}).items() if _given(v) is not None}
+        self.timeouts = Timeouts(*DEFAULT_TIMEOUT) if timeout is _MISSING else Timeouts.of(timeout)
+        self.max_reply_bytes = MAX_REPLY_BYTES if max_reply_bytes is None else max_reply_bytes
+        self._client = client
+        self._async_client = _is_async(client)
+        self._own_sync: Any = None  # a private sync client, when the wrapped one is async (or absent)
+        self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
+        self._net: _Net | None = None
+        self._lock = threading.Lock()
 
-    # --- sync -----------------------------------------------------------------------
+    @property
+    def timeout(self) -> float | None:
+        """The deadline of a request, in seconds (None: none)."""
+        return self.timeouts.total
 
-    def _connection(self) -> http.client.HTTPConnection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            conn = cls(self._host, self._port, timeout=self.timeout)
-            self._local.conn = conn
-        return conn
+    @timeout.setter
+    def timeout(self, seconds: float | None) -> None:
+        self.timeouts = Timeouts.of(seconds)
 
-    def request(self, method: str, path: str, body: Any = None) -> Any:
+    def _prepare(
+        self, method: str, path: str, body: Any, options: CallOptions | None
+    ) -> tuple[str, dict[str, str], bytes | None, Timeouts]:
+        url = self.root + path
+        headers, query, timeouts = self.headers, self.query, self.timeouts
+        if options is not None:
+            if options.headers:
+                headers = merge_headers(headers, options.headers)
+            if options.query:
+                query = {**query, **{str(k): str(v) for k, v in options.query.items() if _given(v) is not None}}
+            if options.timeout_given:
+                timeouts = Timeouts.of(options.timeout)
+        if query:
+            url += ("&" if "?" in url else "?") + urllib.parse.urlencode(query)
         data = None if body is None else json.dumps(body).encode()
-        for attempt in (0, 1):  # a kept-alive connection the server closed: reconnect once
-            conn = self._connection()
+        if data is None:
+            headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
+        return url, headers, data, timeouts
+
+    def _decode(self, status: int, raw: bytes, what: str) -> Any:
+        try:
+            data = json.loads(raw) if raw else None
+        except ValueError:
+            raise HttpError(f"{what}: HTTP {status}, body is not JSON: {raw[:200]!r}", status) from None
+        if status >= 400:
+            detail = data.get("error", data) if isinstance(data, dict) else data
+            raise HttpError(f"{what}: HTTP {status}: {str(detail)[:500]}", status)
+        return data
+
+    def _too_large(self, what: str, status: int) -> HttpReplyTooLarge:
+        return HttpReplyTooLarge(f"{what}: reply larger than {self.max_reply_bytes} bytes", status)
+
+    # --- sync: the wrapped client's own httpx client ---------------------------------
+
+    def _sync_client(self) -> Any:
+        if self._client is not None and not self._async_client:
+            return self._client
+        with self._lock:
+            if self._own_sync is None:
+                self._own_sync = self._new_sync_client()
+            return self._own_sync
+
+    def _new_sync_client(self) -> Any:
+        """A sync httpx client with the wrapped (async) client's CA context and proxy."""
+        net = self._network()
+        httpx = _httpx_module(self._client)
+        kw: dict[str, Any] = {"timeout": None}
+        if net.known:
+            kw["verify"] = net.ssl if net.ssl is not None else True
+            kw["trust_env"] = False
+            if net.proxy is not None:
+                kw["proxy"] = httpx.Proxy(net.proxy, headers=net.proxy_headers)
+        return httpx.Client(**kw)
+
+    def request(self, method: str, path: str, body: Any = None, options: CallOptions | None = None) -> Any:
+        """One request with blocking I/O; its JSON reply, or a typed error."""
+        url, headers, data, timeouts = self._prepare(method, path, body, options)
+        what = f"{method} {path}"
+        client = self._sync_client()
+        httpx = _httpx_module(client)
+        start = time.monotonic()
+        for attempt in (0, 1):  # a kept-alive connection the server had closed: once more
+            remaining = _remaining(timeouts.total, start)
+            request = client.build_request(method, url, headers=headers, content=data,
+                                           timeout=httpx.Timeout(**timeouts.phases(remaining)))  # fmt: skip
             try:
-                conn.request(method, self._prefix + path, body=data, headers=self.headers)
-                resp = conn.getresponse()
-                raw = resp.read()
-                return _decode(resp.status, raw, f"{method} {path}")
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError) as exc:
-                conn.close()
-                self._local.conn = None
-                if attempt:
-                    raise HttpConnectionError(f"{method} {path}: connection lost: {exc}") from exc
-            except TimeoutError as exc:
-                conn.close()
-                self._local.conn = None
-                raise HttpTimeoutError(f"{method} {path}: no answer in {self.timeout} s") from exc
-            except OSError as exc:
-                conn.close()
-                self._local.conn = None
-                raise HttpConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
+                response = client.send(request, stream=True)
+            except httpx.TimeoutException as exc:
+                raise self._timeout(what, timeouts) from exc
+            except (httpx.RemoteProtocolError, httpx.ReadError, httpx.WriteError) as exc:
+                if attempt == 0:  # no reply began: the request is sent again on a new connection
+                    continue
+                raise HttpConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            except (httpx.HTTPError, OSError, ValueError) as exc:
+                raise HttpConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            try:
+                raw = self._read_sync(response, what, timeouts, start, httpx)
+            finally:
+                response.close()
+            return self._decode(response.status_code, raw, what)
         raise AssertionError("unreachable")
 
-    def post(self, path: str, body: Any) -> Any:
-        return self.request("POST", path, body)
-
-    # --- async (the twin) ---------------------------------------------------------
-
-    def _pool(self) -> _Pool:
-        loop = asyncio.get_running_loop()
-        pool = self._sessions.get(loop)
-        if pool is None:
-            pool = self._sessions[loop] = _Pool(self)
-        return pool
-
-    async def arequest(self, method: str, path: str, body: Any = None) -> Any:
-        data = None if body is None else json.dumps(body).encode()
-        head = self._head(method, path, data)
+    def _read_sync(self, response: Any, what: str, timeouts: Timeouts, start: float, httpx: Any) -> bytes:
+        status = response.status_code
+        length = _length(response.headers.get("content-length"))
+        if length is not None and length > self.max_reply_bytes:
+            raise self._too_large(what, status)
+        chunks: list[bytes] = []
+        size = 0
         try:
-            async with _deadline(self.timeout):
-                status, raw = await self._pool().exchange(head, data)
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > self.max_reply_bytes:
+                    raise self._too_large(what, status)
+                chunks.append(chunk)
+                if timeouts.total is not None and time.monotonic() - start > timeouts.total:
+                    raise self._timeout(what, timeouts)
+        except (HttpError, HttpTimeoutError):
+            raise
+        except httpx.TimeoutException as exc:
+            raise self._timeout(what, timeouts) from exc
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            raise HttpConnectionError(f"{what}: reply cut short: {type(exc).__name__}: {exc}") from exc
+        return b"".join(chunks)
+
+    def post(self, path: str, body: Any, options: CallOptions | None = None) -> Any:
+        return self.request("POST", path, body, options)
+
+    @staticmethod
+    def _timeout(what: str, timeouts: Timeouts) -> HttpTimeoutError:
+        return HttpTimeoutError(f"{what}: no complete answer in {timeouts.total} s")
+
+    # --- async: aiohttp (the twin) ---------------------------------------------------
+
+    def _network(self) -> _Net:
+        if self._net is None:
+            self._net = _Net.of(self._client, self.root)
+        return self._net
+
+    async def arequest(self, method: str, path: str, body: Any = None, options: CallOptions | None = None) -> Any:
+        """The async twin of `request`."""
+        url, headers, data, timeouts = self._prepare(method, path, body, options)
+        what = f"{method} {path}"
+        net = self._network()
+        try:
+            async with _deadline(timeouts.total):
+                if net.known or not self._async_client:
+                    status, raw = await self._aiohttp(method, url, headers, data, timeouts, net, what)
+                else:
+                    status, raw = await self._own_async(method, url, headers, data, timeouts, what)
         except (asyncio.TimeoutError, TimeoutError) as exc:
-            raise HttpTimeoutError(f"{method} {path}: no answer in {self.timeout} s") from exc
-        except (OSError, EOFError, ValueError, asyncio.LimitOverrunError) as exc:
-            raise HttpConnectionError(f"{method} {path}: {type(exc).__name__}: {exc}") from exc
-        return _decode(status, raw, f"{method} {path}")
+            raise self._timeout(what, timeouts) from exc
+        return self._decode(status, raw, what)
 
-    def _head(self, method: str, path: str, data: bytes | None) -> bytes:
-        lines = [f"{method} {self._prefix}{path} HTTP/1.1", f"Host: {self._netloc}"]
-        lines += [f"{k}: {v}" for k, v in self.headers.items()]
-        lines.append(f"Content-Length: {0 if data is None else len(data)}")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    async def _aiohttp(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | None,
+        timeouts: Timeouts, net: _Net, what: str,
+    ) -> tuple[int, bytes]:  # fmt: skip
+        import aiohttp
 
-    async def apost(self, path: str, body: Any) -> Any:
-        return await self.arequest("POST", path, body)
+        session = self._session(net)
+        for attempt in (0, 1):  # a kept-alive connection the server had closed: once more
+            began = False
+            try:
+                async with session.request(
+                    method, url, data=data, headers=headers, proxy=net.proxy, proxy_headers=net.proxy_headers,
+                    timeout=aiohttp.ClientTimeout(total=None, sock_connect=timeouts.connect),
+                    allow_redirects=False,
+                ) as response:
+                    began = True
+                    status = response.status
+                    length = _length(response.headers.get("Content-Length"))
+                    if length is not None:
+                        if length > self.max_reply_bytes:
+                            raise self._too_large(what, status)
+                        return status, await response.read()
+                    chunks: list[bytes] = []
+                    size = 0
+                    while chunk := await response.content.readany():
+                        size += len(chunk)
+                        if size > self.max_reply_bytes:
+                            raise self._too_large(what, status)
+                        chunks.append(chunk)
+                    return status, b"".join(chunks)
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as exc:
+                dropped = not isinstance(exc, aiohttp.ClientConnectorError) and (
+                    isinstance(exc, aiohttp.ServerDisconnectedError) or exc.errno in _DROPPED
+                )
+                if attempt == 0 and dropped and not began:  # sent again on a new connection
+                    continue
+                raise HttpConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+            except (HttpError, HttpTimeoutError):
+                raise
+            except (aiohttp.ServerTimeoutError, TimeoutError) as exc:
+                raise self._timeout(what, timeouts) from exc
+            except (aiohttp.ClientError, OSError, ValueError) as exc:
+                raise HttpConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def _session(self, net: _Net) -> Any:
+        import aiohttp
+
+        loop = asyncio.get_running_loop()
+        session = self._sessions.get(loop)
+        if session is None or session.closed:
+            self._forget_closed_loops()
+            connector = aiohttp.TCPConnector(ssl=net.ssl if net.ssl is not None else True, limit=MAX_CONNECTIONS)
+            session = self._sessions[loop] = aiohttp.ClientSession(
+                connector=connector,
+                skip_auto_headers=("Accept-Encoding",),  # identity bodies: the size cap is their size
+                cookie_jar=aiohttp.DummyCookieJar(),
+            )
+        return session
+
+    def _forget_closed_loops(self) -> None:
+        """Drop the sessions of loops that ended without `aclose` (`asyncio.run` per episode):
+        a session holds its loop, so it would otherwise be kept, with its sockets, forever."""
+        for loop in [loop for loop in list(self._sessions) if loop.is_closed()]:
+            session = self._sessions.pop(loop, None)
+            connector = session.connector if session is not None else None
+            if session is not None:
+                session.detach()
+            if connector is not None:
+                with contextlib.suppress(Exception):
+                    connector._close()  # closes its sockets now; the loop cannot run a close any more
+
+    async def _own_async(
+        self, method: str, url: str, headers: dict[str, str], data: bytes | None, timeouts: Timeouts, what: str
+    ) -> tuple[int, bytes]:
+        """Through the wrapped client's own async httpx client (a transport we cannot copy)."""
+        client = self._client
+        httpx = _httpx_module(client)
+        request = client.build_request(method, url, headers=headers, content=data,
+                                       timeout=httpx.Timeout(**timeouts.phases(timeouts.total)))  # fmt: skip
+        try:
+            response = await client.send(request, stream=True)
+        except httpx.TimeoutException as exc:
+            raise self._timeout(what, timeouts) from exc
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            raise HttpConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
+        status = response.status_code
+        try:
+            length = _length(response.headers.get("content-length"))
+            if length is not None and length > self.max_reply_bytes:
+                raise self._too_large(what, status)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in response.aiter_bytes():
+                size += len(chunk)
+                if size > self.max_reply_bytes:
+                    raise self._too_large(what, status)
+                chunks.append(chunk)
+        except (HttpError, HttpTimeoutError):
+            raise
+        except httpx.TimeoutException as exc:
+            raise self._timeout(what, timeouts) from exc
+        except (httpx.HTTPError, OSError, ValueError) as exc:
+            raise HttpConnectionError(f"{what}: reply cut short: {type(exc).__name__}: {exc}") from exc
+        finally:
+            await response.aclose()
+        return status, b"".join(chunks)
+
+    async def apost(self, path: str, body: Any, options: CallOptions | None = None) -> Any:
+        return await self.arequest("POST", path, body, options)
 
     # --- lifecycle ------------------------------------------------------------------
 
     def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        """Close token mode's own sync client (the wrapped client's are the caller's)."""
+        own, self._own_sync = self._own_sync, None
+        if own is not None:
+            own.close()
 
     async def aclose(self) -> None:
-        """Close this loop's connections (call from the loop that used them)."""
+        """Close this loop's aiohttp session (call from the loop that used it)."""
         self.close()
-        pool = self._sessions.pop(asyncio.get_running_loop(), None)
-        if pool is not None:
-            await pool.close()
+        with contextlib.suppress(RuntimeError):
+            session = self._sessions.pop(asyncio.get_running_loop(), None)
+            if session is not None:
+                await session.close()
+
+
+_DROPPED = (errno.ECONNRESET, errno.EPIPE)
+"""What a kept-alive connection the server had closed gives on reuse (besides a clean EOF)."""
+
+MAX_CONNECTIONS = 100
+"""Connections one session opens at most (aiohttp's default limit); more requests wait."""
+
+
+def _remaining(total: float | None, start: float) -> float | None:
+    return None if total is None else max(0.0, total - (time.monotonic() - start))
+
+
+def _length(value: str | None) -> int | None:
+    """A reply's Content-Length, when it has a valid one."""
+    try:
+        return None if value is None else int(value)
+    except ValueError:
+        return None
+
+
+def _is_async(client: Any) -> bool:
+    send = getattr(client, "send", None)
+    return send is not None and asyncio.iscoroutinefunction(send)
+
+
+def _httpx_module(client: Any) -> Any:
+    """The httpx flavour the client is built on (`httpx2` for openai 3, `httpx` before)."""
+    name = type(client).__module__.split(".", 1)[0] if client is not None else ""
+    module = sys.modules.get(name) if name else None
+    if module is not None and hasattr(module, "TimeoutException"):
+        return module
+    for candidate in type(client).__mro__ if client is not None else ():
+        module = sys.modules.get(candidate.__module__.split(".", 1)[0])
+        if module is not None and hasattr(module, "TimeoutException"):
+            return module
+    try:
+        import httpx2
+
+        return httpx2
+    except ImportError:  # pragma: no cover - openai < 3
+        import httpx
+
+        return httpx
+
+
+@dataclass(frozen=True, slots=True)
+class _Net:
+    """The CA context and proxy the wrapped client's transport uses for the server's URL.
+
+    `known` is False for a transport whose settings cannot be read (a mock or
+    custom transport, a SOCKS proxy): requests then go through the client itself.
+    """
+
+    known: bool
+    ssl: ssl.SSLContext | None = None
+    proxy: str | None = None
+    proxy_headers: dict[str, str] | None = None
+
+    @staticmethod
+    def of(client: Any, root: str) -> _Net:
+        if client is None:
+            return _Net(True, _default_ssl(), *_env_proxy(root))
+        try:
+            transport = client._transport_for_url(_httpx_module(client).URL(root))
+        except Exception:  # not an httpx client
+            return _Net(False)
+        if hasattr(transport, "ssl_context") and hasattr(transport, "proxy"):  # the SDK's aiohttp transport
+            proxy = transport.proxy
+            if proxy is None:
+                return _Net(True, transport.ssl_context)
+            headers = dict(proxy.headers) if proxy.headers else None
+            return _Net(True, transport.ssl_context, str(proxy.url), headers)
+        pool = getattr(transport, "_pool", None)
+        context = getattr(pool, "_ssl_context", None)
+        kind = type(pool).__name__
+        if kind in ("ConnectionPool", "AsyncConnectionPool"):
+            return _Net(True, context)
+        if kind in ("HTTPProxy", "AsyncHTTPProxy"):
+            url = getattr(pool, "_proxy_url")  # noqa: B009
+            port = f":{url.port}" if url.port else ""
+            proxy = f"{url.scheme.decode()}://{url.host.decode()}{port}"
+            headers = {k.decode(): v.decode() for k, v in getattr(pool, "_proxy_headers", [])} or None
+            return _Net(True, context, proxy, headers)
+        return _Net(False)
+
+
+def _default_ssl() -> ssl.SSLContext | None:
+    try:
+        import httpx2
+
+        return httpx2.create_ssl_context()  # the SDK's default: certifi, or SSL_CERT_FILE / SSL_CERT_DIR
+    except ImportError:  # pragma: no cover - openai < 3
+        return None
+
+
+def _env_proxy(root: str) -> tuple[str | None, None]:
+    """The proxy the environment names for `root` (HTTP(S)_PROXY, NO_PROXY), read once."""
+    parts = urllib.parse.urlsplit(root)
+    proxies = urllib.request.getproxies()
+    proxy = proxies.get(parts.scheme) or proxies.get("all")
+    if proxy and parts.hostname and not urllib.request.proxy_bypass(parts.hostname):
+        return proxy, None
+    return None, None
 
 
 if sys.version_info >= (3, 11):
-    _deadline = asyncio.timeout
+
+    def _deadline(seconds: float | None) -> Any:
+        return asyncio.timeout(seconds)
+
 else:  # pragma: no cover - Python 3.10
 
     @contextlib.asynccontextmanager
-    async def _deadline(seconds: float) -> AsyncIterator[None]:
+    async def _deadline(seconds: float | None) -> AsyncIterator[None]:
+        if seconds is None:
+            yield
+            return
         task = asyncio.current_task()
         assert task is not None
         fired = False
@@ -196,99 +614,13 @@ else:  # pragma: no cover - Python 3.10
             handle.cancel()
 
 
-MAX_CONNECTIONS = 100
-"""Connections one pool opens at most (aiohttp's default limit); more requests wait."""
-
-_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
-
-
-class _Pool:
-    """Keep-alive HTTP/1.1 connections to one server, for one event loop."""
-
-    def __init__(self, http: JsonHttp) -> None:
-        self._host = http._host
-        self._port = http._port or (443 if http._https else 80)
-        self._ssl = ssl.create_default_context() if http._https else None
-        self._idle: list[_Conn] = []
-        self._slots = asyncio.Semaphore(MAX_CONNECTIONS)
-
-    async def exchange(self, head: bytes, data: bytes | None) -> tuple[int, bytes]:
-        """Send one request; (status, body). Reconnects once when a kept-alive
-        connection turns out closed before any of the reply arrived."""
-        async with self._slots:
-            while True:
-                conn, reused = self._take(), True
-                if conn is None:
-                    conn, reused = await self._open(), False
-                reader, writer = conn
-                try:
-                    writer.write(head + data if data else head)
-                    status, raw, keep = await _read_reply(reader)
-                except (ConnectionError, asyncio.IncompleteReadError) as exc:
-                    writer.close()
-                    if reused and (not isinstance(exc, asyncio.IncompleteReadError) or not exc.partial):
-                        continue  # the server had closed it while idle: one fresh try
-                    raise
-                except BaseException:  # timeout, cancellation, a malformed reply: never reuse
-                    writer.close()
-                    raise
-                if keep:
-                    self._idle.append(conn)
-                else:
-                    writer.close()
-                return status, raw
-
-    def _take(self) -> _Conn | None:
-        while self._idle:
-            reader, writer = self._idle.pop()
-            if not reader.at_eof() and not writer.is_closing():
-                return reader, writer
-            writer.close()
-        return None
-
-    async def _open(self) -> _Conn:
-        return await asyncio.open_connection(self._host, self._port, ssl=self._ssl, limit=2**20)
-
-    async def close(self) -> None:
-        idle, self._idle = self._idle, []
-        for _, writer in idle:
-            writer.close()
-        for _, writer in idle:
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
-
-
-async def _read_reply(reader: asyncio.StreamReader) -> tuple[int, bytes, bool]:
-    """(status, body, whether the connection can be reused) of one HTTP/1.1 reply."""
-    while True:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head.decode("latin-1").split("\r\n")
-        parts = lines[0].split(" ", 2)
-        if len(parts) < 2 or not parts[0].startswith("HTTP/"):
-            raise ValueError(f"not an HTTP reply: {lines[0][:100]!r}")
-        status = int(parts[1])
-        if not 100 <= status < 200:
-            break  # 1xx: an interim reply, the real one follows
-    headers: dict[str, str] = {}
-    for line in lines[1:]:
-        name, sep, value = line.partition(":")
-        if sep:
-            headers[name.strip().lower()] = value.strip()
-    keep = parts[0] != "HTTP/1.0" and "close" not in headers.get("connection", "").lower()
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        chunks = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0], 16)
-            if size == 0:
-                while (await reader.readuntil(b"\r\n")) != b"\r\n":
-                    pass  # trailers
-                break
-            chunks.append(await reader.readexactly(size))
-            await reader.readexactly(2)
-        return status, b"".join(chunks), keep
-    length = headers.get("content-length")
-    if length is not None:
-        return status, await reader.readexactly(int(length)), keep
-    if status in (204, 304):
-        return status, b"", keep
-    return status, await reader.read(), False  # delimited by the connection closing
+__all__ = [
+    "CallOptions",
+    "HttpConnectionError",
+    "HttpError",
+    "HttpReplyTooLarge",
+    "HttpTimeoutError",
+    "JsonHttp",
+    "Timeouts",
+    "merge_headers",
+]

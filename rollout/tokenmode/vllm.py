@@ -25,7 +25,15 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rollout.record import TokenSource
-from rollout.tokenmode.dialect import Dialect
+from rollout.tokenmode.dialect import (
+    Dialect,
+    MalformedReply,
+    choice_index,
+    choice_object,
+    logprob_value,
+    shown,
+    token_list,
+)
 from rollout.tokenmode.plan import (
     Generation,
     Plan,
@@ -34,9 +42,13 @@ from rollout.tokenmode.plan import (
     version_of,
     versions_from_spans,
 )
+from rollout.tokenmode.reply import raw_finish
+from rollout.tokenmode.stitch import plain
 from rollout.tokenmode.transport import HttpError
 
 GENERATE = "/inference/v1/generate"
+_DERENDER_KEYS = ("model", "messages", "tools", "tool_choice", "logprobs", "top_logprobs")
+"""What of the chat request the derender reads: its parsers' inputs and the logprobs layout."""
 DERENDER = "/v1/chat/completions/derender"
 COMPLETIONS = "/v1/completions"
 
@@ -94,35 +106,32 @@ def _logprobs(block: Any, ids: list[int]) -> list[float] | None:
         return None
     out: list[float] = []
     for entry, tid in zip(entries, ids, strict=True):
-        lp = entry.get("logprob") if isinstance(entry, dict) else None
-        got = _entry_id(entry)
-        if not isinstance(lp, (int, float)) or (got is not None and got != tid):
+        if not isinstance(entry, dict) or (_entry_id(entry) not in (None, tid)):
             return None
-        out.append(float(lp))
+        out.append(logprob_value(entry.get("logprob")))  # null: NaN, flagged in the record
     return out
 
 
 def parse_generate(reply: Any, prompt_ids: list[int]) -> Generation:
-    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
-        raise ValueError(f"generate reply has no choices: {str(reply)[:200]}")
+    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list) or not reply["choices"]:
+        raise MalformedReply(f"generate reply has no choices: {shown(reply)}")
     choices = []
-    for i, c in enumerate(reply["choices"]):
-        ids = c.get("token_ids")
-        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids):
-            raise ValueError(f"generate choice {i} has no token_ids")
+    for i, raw in enumerate(reply["choices"]):
+        c = choice_object(raw, i, "generate")
+        ids = token_list(c.get("token_ids"), i, "generate", "token_ids")
         choices.append(
             Sampled(
-                index=int(c.get("index", i)),
+                index=choice_index(c, i, "generate"),
                 token_ids=ids,
                 logprobs=_logprobs(c.get("logprobs"), ids),
-                finish_reason=str(c.get("finish_reason") or "stop"),
+                finish_reason=raw_finish(c.get("finish_reason")),
                 versions=versions_from_spans(c.get("weight_versions"), len(ids)),
                 text=c.get("text") if isinstance(c.get("text"), str) else None,
             )
         )
     echoed = reply.get("prompt_token_ids")
     if isinstance(echoed, list) and echoed != prompt_ids:
-        raise ValueError("the server generated from other prompt ids than were sent")
+        raise MalformedReply("the server generated from other prompt ids than were sent")
     return Generation(
         id=str(reply.get("request_id") or uuid.uuid4().hex),
         prompt_ids=prompt_ids,
@@ -147,20 +156,37 @@ def derender(model: str, gen: Generation, chat_request: dict[str, Any]) -> Reque
     )
 
 
-def apply_derender(gen: Generation, reply: Any) -> None:
-    """Set each choice's message (and finish reason) from a derendered ChatCompletion."""
+def apply_derender(gen: Generation, reply: Any) -> dict[int, list[Any]]:
+    """Set each choice's message (and finish reason) from a derendered ChatCompletion;
+    returns its logprobs views (`logprobs.content` per choice index), the chat endpoint's own."""
+    views: dict[int, list[Any]] = {}
     choices = reply.get("choices") if isinstance(reply, dict) else None
     if not isinstance(choices, list) or len(choices) != len(gen.choices):
-        raise ValueError("derender reply does not match the generation's choices")
+        raise MalformedReply("derender reply does not match the generation's choices")
     by_index = {c.index: c for c in gen.choices}
-    for c in choices:
-        target = by_index.get(int(c.get("index", 0)))
+    for i, raw in enumerate(choices):
+        c = choice_object(raw, i, "derender")
+        target = by_index.pop(choice_index(c, i, "derender"), None)
         message = c.get("message")
         if target is None or not isinstance(message, dict):
-            raise ValueError("derender reply has a choice without a message")
+            raise MalformedReply(f"derender choice {i} has no message for a generated choice")
+        if not (message.get("content") is None or isinstance(message.get("content"), str)):
+            raise MalformedReply(f"derender choice {i} has content that is not text")
+        calls = message.get("tool_calls")
+        if calls is not None and not (isinstance(calls, list) and all(
+            isinstance(t, dict) and isinstance(t.get("function"), dict) for t in calls
+        )):
+            raise MalformedReply(f"derender choice {i} has malformed tool_calls")
         target.message = {k: v for k, v in message.items() if v is not None}
+        block = c.get("logprobs")
+        content = block.get("content") if isinstance(block, dict) else None
+        if isinstance(content, list) and len(content) == len(target.token_ids) and all(
+            isinstance(e, dict) for e in content
+        ):
+            views[target.index] = content
         if c.get("finish_reason"):
-            target.finish_reason = str(c["finish_reason"])
+            target.finish_reason = raw_finish(c["finish_reason"])
+    return views
 
 
 def completions(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> Request:
@@ -176,24 +202,23 @@ def completions(model: str, prompt_ids: list[int], sampling: dict[str, Any]) -> 
 
 
 def parse_completions(reply: Any, prompt_ids: list[int]) -> Generation:
-    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list):
-        raise ValueError(f"completions reply has no choices: {str(reply)[:200]}")
+    if not isinstance(reply, dict) or not isinstance(reply.get("choices"), list) or not reply["choices"]:
+        raise MalformedReply(f"completions reply has no choices: {shown(reply)}")
     choices = []
-    for i, c in enumerate(reply["choices"]):
-        ids = c.get("token_ids")
-        if not isinstance(ids, list):
-            raise ValueError("completions reply has no token_ids (vLLM >= 0.10.2 sends them)")
+    for i, raw in enumerate(reply["choices"]):
+        c = choice_object(raw, i, "completions")
+        if "token_ids" not in c:
+            raise MalformedReply("completions reply has no token_ids (vLLM >= 0.10.2 sends them)")
+        ids = token_list(c.get("token_ids"), i, "completions", "token_ids")
         lp = c.get("logprobs")
         values = lp.get("token_logprobs") if isinstance(lp, dict) else None
-        ok = isinstance(values, list) and len(values) == len(ids) and all(
-            isinstance(v, (int, float)) for v in values
-        )
+        ok = isinstance(values, list) and len(values) == len(ids)
         choices.append(
             Sampled(
-                index=int(c.get("index", i)),
+                index=choice_index(c, i, "completions"),
                 token_ids=ids,
-                logprobs=[float(v) for v in values] if ok and values is not None else None,
-                finish_reason=str(c.get("finish_reason") or "stop"),
+                logprobs=[logprob_value(v) for v in values] if ok and values is not None else None,
+                finish_reason=raw_finish(c.get("finish_reason")),
                 versions=versions_from_spans(c.get("weight_versions"), len(ids)),
                 text=c.get("text") if isinstance(c.get("text"), str) else None,
             )
@@ -223,7 +248,7 @@ class VllmDialect(Dialect):
         reply = yield tokenize(model, messages, tools, add_generation_prompt=generation_prompt,
                                chat_template_kwargs=ctk)  # fmt: skip
         tokens = reply.get("tokens") if isinstance(reply, dict) else None
-        if isinstance(reply, dict) and isinstance(reply.get("max_model_len"), int):
+        if isinstance(reply, dict) and type(reply.get("max_model_len")) is int and reply["max_model_len"] > 0:
             self.max_model_len = reply["max_model_len"]
         return tokens
 
@@ -246,13 +271,19 @@ class VllmDialect(Dialect):
     def fill_messages(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
         """The server's derender (its own tool and reasoning parsers), else a client-side parse."""
         if self.derender:
-            chat = {k: v for k, v in kwargs.items() if k in ("model", "messages", "tools", "tool_choice")}
+            chat = {k: plain(v) for k, v in kwargs.items() if k in _DERENDER_KEYS}
+            extra = kwargs.get("extra_body") or {}
+            if extra.get("return_tokens_as_token_ids") is not None:
+                chat["return_tokens_as_token_ids"] = extra["return_tokens_as_token_ids"]
             try:
                 reply = yield derender(model, gen, chat)
-                apply_derender(gen, reply)
-                return
+                views = apply_derender(gen, reply)
             except HttpError as exc:
                 if not exc.unavailable:
                     raise
                 self.derender = False
-        yield from super().fill_messages(model, gen, kwargs)
+            else:
+                if len(views) < sum(c.logprobs is not None for c in gen.choices) and kwargs.get("logprobs"):
+                    views = {**(yield from self.logprob_views(model, gen, kwargs)), **views}
+                return views
+        return (yield from super().fill_messages(model, gen, kwargs))

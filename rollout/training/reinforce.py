@@ -11,6 +11,7 @@ the chain breaks either the checks or the learning curve.
 
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ from rollout.embedded.policy import Policy
 from rollout.episode import Episode
 from rollout.errors import OffPolicyError
 from rollout.export import to_verl
+from rollout.tracking import TrainLog, open_tracker
 
 LOGPROB_TOLERANCE = 1e-5
 
@@ -103,10 +105,15 @@ def train(
     tasks: Any = None,
     log: Callable[[str], None] = print,
     plot: str | Path | None = None,
+    save: str | Path | None = None,
     **settings: Any,
 ) -> list[dict[str, Any]]:
-    """Collect, check, update, push; repeat. Returns one stats dict per iteration."""
+    """Collect, check, update, push; repeat. Returns one stats dict per iteration.
+
+    `save`: write the trained policy there (`Policy.load`, `rollout serve --weights`).
+    """
     from rollout.collection import Collector
+    from rollout.collection.run import require_tasks
     from rollout.embedded import push_weights
 
     settings.setdefault("output", {"path": None})
@@ -122,35 +129,62 @@ def train(
         embedded = cfg.backend.embedded
         policy = Policy.load(embedded.weights) if embedded.weights else Policy(seed=embedded.seed)
         url = collector.urls[0]
-        for it in range(iterations):
-            version = it  # the weights pushed after iteration it-1
-            episodes = collector.run_batch(tasks if tasks is not None else cfg.tasks)
-            check_versions(episodes, version)
-            batch = to_verl(episodes)
-            max_diff = check_on_policy(policy, batch, temperature, top_p)
-            grads, mean_reward = grpo_gradient(policy, batch, temperature, top_p)
-            rewards = [e.reward or 0.0 for e in episodes]
-            stats = {
-                "iteration": it,
-                "version": version,
-                "episodes": len(episodes),
-                "mean_reward": float(np.mean(rewards)),
-                "sample_mean_reward": mean_reward,
-                "max_logprob_diff": max_diff,
-                "drift_rows": int(batch["tensors"]["prompts"].shape[0]) - len(episodes),
-            }
-            history.append(stats)
-            log(
-                f"iter {it:3d}  version {version:3d}  mean reward {stats['mean_reward']:.3f}  "
-                f"max |dlogp| {max_diff:.1e}"
-            )
-            if target is not None and stats["mean_reward"] >= target:
-                break
-            policy.apply_gradient(grads, lr)
-            weights, pushed = policy.get_weights(), it + 1
-            collector.set_policy_version(
-                pushed, hook=lambda w=weights, v=pushed: push_weights(url, w, v)  # type: ignore[misc]
-            )
+        source = require_tasks(tasks, cfg)
+        run = {**cfg.model_dump(mode="json"), "trainer": {"iterations": iterations, "lr": lr, "target": target}}
+        tracker = open_tracker(cfg.tracking, "train", run)
+        tracked = TrainLog(tracker, cfg.tracking) if tracker is not None else None
+        try:
+            for it in range(iterations):
+                version = it  # the weights pushed after iteration it-1
+                start = time.perf_counter()
+                episodes = collector.run_batch(source)
+                check_versions(episodes, version)
+                collect_s, start = time.perf_counter() - start, time.perf_counter()
+                batch = to_verl(episodes)
+                export_s, start = time.perf_counter() - start, time.perf_counter()
+                max_diff = check_on_policy(policy, batch, temperature, top_p)
+                grads, mean_reward = grpo_gradient(policy, batch, temperature, top_p)
+                loss_s = time.perf_counter() - start
+                rewards = [e.reward or 0.0 for e in episodes]
+                stats: dict[str, Any] = {
+                    "iteration": it,
+                    "version": version,
+                    "episodes": len(episodes),
+                    "mean_reward": float(np.mean(rewards)),
+                    "reward_std": float(np.std(rewards)),
+                    "sample_mean_reward": mean_reward,
+                    "max_logprob_diff": max_diff,
+                    "drift_rows": int(batch["tensors"]["prompts"].shape[0]) - len(episodes),
+                    "collect_s": collect_s,
+                    "export_s": export_s,
+                    "loss_s": loss_s,  # the on-policy check and the gradient (REINFORCE has no loss value)
+                }
+                history.append(stats)
+                log(
+                    f"iter {it:3d}  version {version:3d}  mean reward {stats['mean_reward']:.3f}  "
+                    f"max |dlogp| {max_diff:.1e}"
+                )
+                done = target is not None and stats["mean_reward"] >= target
+                if not done:
+                    start = time.perf_counter()
+                    policy.apply_gradient(grads, lr)
+                    stats["step_s"], start = time.perf_counter() - start, time.perf_counter()
+                    weights, pushed = policy.get_weights(), it + 1
+                    collector.set_policy_version(
+                        pushed, hook=lambda w=weights, v=pushed: push_weights(url, w, v)  # type: ignore[misc]
+                    )
+                    stats["push_s"] = time.perf_counter() - start
+                if tracked is not None:
+                    tracked.iteration(stats, episodes)
+                if done:
+                    break
+        finally:
+            if tracked is not None:
+                tracked.close()
+    if save is not None:
+        Path(save).parent.mkdir(parents=True, exist_ok=True)
+        policy.save(save)
+        log(f"wrote {save} (the trained policy: rollout serve --weights {save})")
     if plot is not None:
         plot_rewards(history, plot, log)
     return history
@@ -173,6 +207,7 @@ def plot_rewards(history: list[dict[str, Any]], path: str | Path, log: Callable[
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)  # runs/ on a fresh checkout
     fig.savefig(path, dpi=100)
     plt.close(fig)
     log(f"wrote {path}")

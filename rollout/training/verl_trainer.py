@@ -39,8 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from verl import DataProto
 from verl.trainer.config.algorithm import AlgoConfig
 from verl.trainer.ppo.core_algos import agg_loss, get_adv_estimator_fn, get_policy_loss_fn
@@ -48,12 +47,20 @@ from verl.workers.config import ActorConfig
 
 import rollout.export.verl_advantage  # noqa: F401  (registers episode_grpo / episode_rloo with verl)
 from rollout.collection import Collector
-from rollout.collection.config import CollectConfig, apply_overrides
+from rollout.collection.config import (
+    CollectConfig,
+    apply_overrides,
+    deep_merge,
+    load_yaml_config,
+    validate,
+)
+from rollout.collection.run import require_tasks
 from rollout.demo import TRAIN_VERL_CONFIG
 from rollout.embedded import push_weights
 from rollout.embedded.torch_policy import TorchPolicy, TorchPolicyConfig
 from rollout.errors import ConfigError, OffPolicyError
 from rollout.export import to_verl
+from rollout.tracking import TrackingSpec, TrainLog, open_tracker
 from rollout.training.reinforce import check_versions, plot_rewards
 
 
@@ -98,25 +105,37 @@ class TrainVerlConfig(_Strict):
     collect: CollectConfig = Field(default_factory=CollectConfig)
     model: TorchPolicyConfig = Field(default_factory=TorchPolicyConfig)
     trainer: TrainerSettings = Field(default_factory=TrainerSettings)
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec)
+    """Experiment trackers for the training run (docs/trackers.md); the same key as `rollout train`'s."""
+
+    @model_validator(mode="after")
+    def _one_tracking_block(self) -> TrainVerlConfig:
+        # The collector inside the trainer does not log on its own: a block there would do nothing.
+        if self.collect.tracking.enabled:
+            raise ValueError("set trackers in the top-level `tracking` block, not in `collect.tracking`")
+        return self
 
 
 def load_train_config(
-    config: TrainVerlConfig | str | Path | None = None, overrides: Iterable[str] = ()
+    config: TrainVerlConfig | str | Path | None = None,
+    overrides: Iterable[str] = (),
+    **settings: Any,
 ) -> TrainVerlConfig:
-    """A YAML file (default: the shipped arithmetic run) and ``key=value`` overrides."""
+    """A YAML file (default: the shipped arithmetic run), ``key=value`` overrides, then settings.
+
+    Settings are taken as `rollout.training.train` takes them: a trainer setting by
+    name (``lr=1e-3``, ``iterations=5``) and any other name a collect setting
+    (``samples_per_task=8``).
+    """
     if isinstance(config, TrainVerlConfig):
-        data = config.model_dump()
+        data = apply_overrides(config.model_dump(), list(overrides))
     else:
-        path = Path(config if config is not None else TRAIN_VERL_CONFIG)
-        if not path.exists():
-            raise ConfigError(f"config file {path} does not exist")
-        data = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(data, dict):
-            raise ConfigError(f"config file {path} must hold a mapping")
-    try:
-        return TrainVerlConfig.model_validate(apply_overrides(data, list(overrides)))
-    except ValidationError as err:
-        raise ConfigError(f"invalid train config: {err}") from None
+        path = config if config is not None else TRAIN_VERL_CONFIG
+        data = load_yaml_config(TrainVerlConfig, path, overrides, what="train config").model_dump()
+    for key, value in settings.items():
+        section = "trainer" if key in TrainerSettings.model_fields else "collect"
+        data[section] = deep_merge(data.get(section) or {}, {key: value})
+    return validate(TrainVerlConfig, data, what="train config")
 
 
 @contextlib.contextmanager
@@ -202,9 +221,11 @@ class VerlTrainer:
         overrides: Iterable[str] = (),
         tasks: Any = None,
         agent: Any = None,
+        **settings: Any,
     ) -> None:
-        """``tasks`` and ``agent`` (an ``episode(task, model)`` callable) replace the config's."""
-        self.config = cfg = load_train_config(config, overrides)
+        """``tasks`` and ``agent`` (an ``episode(task, model)`` callable) replace the config's;
+        ``settings`` as `load_train_config` takes them."""
+        self.config = cfg = load_train_config(config, overrides, **settings)
         self.agent = agent
         backend = cfg.collect.backend
         if backend.kind != "embedded":
@@ -212,7 +233,7 @@ class VerlTrainer:
         sampling = backend.sampling
         self.temperature = float(sampling.get("temperature", 1.0))
         self.top_p = float(sampling.get("top_p", 1.0))
-        self.tasks = tasks if tasks is not None else cfg.collect.tasks
+        self.tasks = require_tasks(tasks, cfg.collect)
         t = cfg.trainer
         self.policy = TorchPolicy(cfg.model)
         self.optimizer = torch.optim.AdamW(
@@ -238,6 +259,7 @@ class VerlTrainer:
         self._shuffle = torch.Generator().manual_seed(t.seed)
         self.server = ServerProcess(cfg.model, backend.model, backend.embedded.seed)
         self.collector: Collector | None = None
+        self.tracked: TrainLog | None = None
         self.version = 0
         self.history: list[dict[str, Any]] = []
 
@@ -255,10 +277,15 @@ class VerlTrainer:
         except BaseException:
             self.server.stop()
             raise
+        cfg = self.config
+        tracker = open_tracker(cfg.tracking, "train-verl", cfg.model_dump(mode="json"))
+        self.tracked = TrainLog(tracker, cfg.tracking) if tracker is not None else None
         return self
 
     def __exit__(self, *exc: object) -> None:
         try:
+            if self.tracked is not None:
+                self.tracked.close()
             if self.collector is not None:
                 self.collector.close()
         finally:
@@ -325,10 +352,11 @@ class VerlTrainer:
                     rollout_is_weights=None,
                 )
                 loss = pg_loss
-                if t.entropy_coeff:  # as verl's actor loss (workers/utils/losses.py:ppo_loss)
-                    ent = agg_loss(entropy, mask, t.loss_agg_mode, **self.actor.global_batch_info)
+                # As verl's actor loss (workers/utils/losses.py:ppo_loss); logged whatever the coefficient.
+                ent = agg_loss(entropy, mask, t.loss_agg_mode, **self.actor.global_batch_info)
+                if t.entropy_coeff:
                     loss = pg_loss - t.entropy_coeff * ent
-                    entropies.append(float(ent.detach()))
+                entropies.append(float(ent.detach()))
                 middle = time.perf_counter()
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -344,7 +372,7 @@ class VerlTrainer:
             "pg_clipfrac": float(np.mean(clipfrac)),
             "ppo_kl": float(np.mean(kl)),
             "grad_norm": float(np.mean(norms)),
-            **({"entropy": float(np.mean(entropies))} if entropies else {}),
+            "entropy": float(np.mean(entropies)),
         }
 
     def push(self) -> None:
@@ -374,6 +402,7 @@ class VerlTrainer:
             "episodes": len(episodes),
             "rows": len(data),
             "mean_reward": float(np.mean([e.reward or 0.0 for e in episodes])) if episodes else 0.0,
+            "reward_std": float(np.std([e.reward or 0.0 for e in episodes])) if episodes else 0.0,
             "calls": sum(len(e.calls) for e in episodes),
             # Token mode: an episode's later calls go as token ids; these fell back to messages.
             "later_calls_as_messages": sum(
@@ -406,6 +435,8 @@ class VerlTrainer:
         stats.update(timing)
         stats["total_s"] = sum(timing.values())
         self.history.append(stats)
+        if self.tracked is not None:
+            self.tracked.iteration(stats, episodes)
         return stats
 
 
@@ -427,9 +458,13 @@ def train_verl(
     agent: Any = None,
     log: Callable[[str], None] = print,
     plot: str | Path | None = None,
+    **settings: Any,
 ) -> list[dict[str, Any]]:
-    """Run the loop until ``trainer.iterations`` or ``trainer.target``; one stats dict per iteration."""
-    with VerlTrainer(config, overrides=overrides, tasks=tasks, agent=agent) as trainer:
+    """Run the loop until ``trainer.iterations`` or ``trainer.target``; one stats dict per iteration.
+
+    As `rollout.training.train`: ``train_verl(config, lr=1e-3, samples_per_task=8)``.
+    """
+    with VerlTrainer(config, overrides=overrides, tasks=tasks, agent=agent, **settings) as trainer:
         t = trainer.config.trainer
         log(f"model: {trainer.policy.describe()}")
         for _ in range(t.iterations):

@@ -7,8 +7,10 @@ output, a run killed with SIGKILL part-way and resumed, and bad configs
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -20,11 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rollout.cli import main
-from rollout.collection import done_uids
+from rollout.cli import build_parser, main
+from rollout.collection.config import load_config
+from rollout.collection.output import done_uids
 from rollout.demo import TASKS as DEMO_TASKS
+from rollout.demo import TRAIN_CONFIG
 from rollout.episode import EpisodeStatus
-from rollout.export import read_jsonl, read_verl
+from rollout.export import read_jsonl, read_verl, to_verl, write_verl
 from rollout.export.jsonl import CorruptLineWarning
 from rollout.record import TokenSource
 
@@ -147,6 +151,26 @@ def test_export_areal_rllm_verl(collected: Path, tmp_path: Path) -> None:
     assert t["responses"].shape == t["response_mask"].shape == t["rm_scores"].shape
     assert t["prompts"].shape[1] + t["responses"].shape[1] == t["input_ids"].shape[1]
     assert len(v["non_tensors"]["uid"]) == rows and v["meta_info"]["num_truncated"] == 0
+
+
+def test_export_writes_the_path_it_names_or_refuses(collected: Path, tmp_path: Path) -> None:
+    """--out is the file written, in its extension's format; a mismatched extension exits 2."""
+    lines = tmp_path / "r.jsonl"
+    proc = rollout("export", str(collected), "--to", "rllm", "--out", str(lines))
+    assert proc.returncode == 0 and f"wrote {lines} " in proc.stdout, proc.stderr
+    rows = [json.loads(line) for line in lines.read_text().splitlines()]
+    assert len(rows) == 8 and all(isinstance(r, dict) and r["trajectories"] for r in rows)
+    for fmt, name in (("areal", "a.json"), ("verl", "v.jsonl"), ("rllm", "r.npz"), ("rllm", "r")):
+        out = tmp_path / name
+        proc = rollout("export", str(collected), "--to", fmt, "--out", str(out))
+        assert proc.returncode == 2, (fmt, name, proc.stdout)
+        assert proc.stderr.startswith("rollout export: ") and proc.stderr.count("\n") == 1
+        assert str(out) in proc.stderr and "Traceback" not in proc.stderr
+        assert not out.exists() and not Path(f"{out}.npz").exists(), (fmt, name)  # nothing written
+    # The library writes the path it is given, too (numpy would append ".npz" to a name).
+    bare = tmp_path / "batch"
+    write_verl(to_verl(read_jsonl(collected)), bare)
+    assert bare.exists() and read_verl(bare)["tensors"]["input_ids"].shape[0] >= 8
 
 
 def test_kill_and_resume(tmp_path: Path) -> None:
@@ -309,10 +333,13 @@ def test_a_run_where_every_episode_failed_exits_1_and_can_be_retried(tmp_path: P
     assert summary_rows(failed.stdout)["finished"] == "3"  # the table is still printed
     assert {e.status for e in read_jsonl(out)} == {EpisodeStatus.ERROR}
 
-    # A plain resume counts failed episodes as done ...
+    # A plain resume counts failed episodes as done, and says they failed: exit 1, not success.
     resumed = rollout(*args)
-    assert resumed.returncode == 0, resumed.stderr
-    assert summary_rows(resumed.stdout)["skipped (already on disk)"] == "3"
+    assert resumed.returncode == 1, resumed.stdout
+    rows = summary_rows(resumed.stdout)
+    assert rows["skipped (already on disk)"] == "3" and rows["finished"] == "0"
+    assert rows["  failed (--retry-failed reruns them)"] == "3"
+    assert "all 3 failed" in resumed.stderr and "--retry-failed" in resumed.stderr, resumed.stderr
     # ... and --retry-failed runs them again (the journal keeps both attempts).
     retried = rollout(*args, "--retry-failed")
     assert retried.returncode == 0, retried.stderr
@@ -392,8 +419,19 @@ def test_collect_and_train_from_an_installed_wheel_with_no_checkout(tmp_path: Pa
     if built.returncode != 0:  # no setuptools/wheel reachable for the isolated build
         pytest.skip(f"cannot build a wheel here: {built.stderr[-500:]}")
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = venv / "bin" / "python"
+    # The dependencies come from the environment running this test (a virtualenv, or the
+    # system's): a path-only .pth puts its site-packages after the venv's own, so the wheel's
+    # code wins, and the outer environment's .pth files (an editable install of this checkout)
+    # are not run. `--system-site-packages` would see the base interpreter's packages instead,
+    # which lack the project's dependencies when the tests run from a virtualenv.
+    outer = [p for p in sys.path if p.endswith(("site-packages", "dist-packages"))]
+    purelib = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()  # fmt: skip
+    Path(purelib, "outer_environment.pth").write_text("".join(f"{p}\n" for p in outer))
     subprocess.run(
         [str(python), "-m", "pip", "install", "--no-deps", "-q", *map(str, wheels.glob("*.whl"))],
         check=True, capture_output=True, timeout=300,
@@ -421,6 +459,13 @@ def test_collect_and_train_from_an_installed_wheel_with_no_checkout(tmp_path: Pa
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
     assert "mean reward" in trained.stdout
+    page = elsewhere / "episode.html"  # the page's style is package data (inspect/page.css)
+    shown = subprocess.run(
+        [str(rollout_cli), "inspect", "runs/episodes.jsonl", "--html", str(page)],
+        cwd=elsewhere, capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr[-3000:]
+    assert ".t.s.b20" in page.read_text() and ".sample-head" in page.read_text()
 
 
 # ------------------------------------------------------------------ bad configs
@@ -429,7 +474,9 @@ def test_collect_and_train_from_an_installed_wheel_with_no_checkout(tmp_path: Pa
 @pytest.mark.parametrize(
     ("overrides", "needle"),
     [
-        (["backend.smapling.temperature=1"], "backend.smapling"),
+        (["backend.smapling.temperature=1"], "unknown key 'backend.smapling' (did you mean 'backend.sampling'?)"),
+        (["samples_per_tsk=2"], "unknown key 'samples_per_tsk' (did you mean 'samples_per_task'?)"),
+        (["output.pth=x.jsonl"], "(did you mean 'output.path'?)"),
         (["agnet=x"], "agnet"),
         (["concurrency=0"], "concurrency"),
         (["executor=foo"], "executor"),
@@ -495,3 +542,120 @@ def test_bad_config_as_a_process(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "backend.smapling" in proc.stderr and "Traceback" not in proc.stderr
     assert proc.stdout == ""
+
+
+# ------------------------------------------------------------ one-line errors
+
+
+def one_line(err: str, command: str) -> bool:
+    return err.startswith(f"rollout {command}: ") and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_an_unset_api_key_variable_exits_2_before_anything_starts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("VLLM_API_KEY", raising=False)
+    out = tmp_path / "o.jsonl"
+    code = main(["collect", "--config", str(REPO / "configs/vllm.yaml"), f"output.path={out}",
+                 f"output.parquet={tmp_path}/parts", "progress=false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and one_line(err, "collect") and "VLLM_API_KEY" in err, err
+    assert not out.exists()
+
+
+NOT_RECORDS = {
+    "notes.txt": b"hello\n",
+    "other.jsonl": b'{"task_id": "x", "a": 1}\n',
+    "array.json": b"[1, 2]\n",
+    "picture.png": (REPO / "docs/train_verl.png").read_bytes(),
+    "empty.jsonl": b"",
+}
+
+
+@pytest.mark.parametrize("name", sorted(NOT_RECORDS))
+def test_inspect_and_export_of_a_file_that_is_not_a_record_exit_2(
+    name: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / name
+    path.write_bytes(NOT_RECORDS[name])
+    assert main(["inspect", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert one_line(err, "inspect") and str(path) in err, err
+    assert main(["export", str(path), "--to", "verl", "--out", str(tmp_path / "v.npz")]) == 2
+    assert one_line(capsys.readouterr().err, "export")
+    assert not (tmp_path / "v.npz").exists()
+
+
+def test_a_tasks_file_holding_one_json_array_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tasks = tmp_path / "tasks.json"
+    tasks.write_text(json.dumps([{"id": "a", "a": 1, "b": 2, "answer": 3}] * 2))
+    code = main(["collect", "--config", str(REPO / "configs/local.yaml"), f"tasks={tasks}",
+                 f"output.path={tmp_path}/o.jsonl", "progress=false"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and one_line(err, "collect") and "JSON array" in err, err
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+@pytest.mark.parametrize("command", ["inspect", "collect"])
+def test_a_closed_stdout_pipe_is_silent(command: str, collected: Path, tmp_path: Path) -> None:
+    """`rollout inspect ... | head`: the reader leaves early; no BrokenPipeError on stderr."""
+    args = {
+        "inspect": ["inspect", str(collected), "--tokens", "1000"],
+        "collect": ["collect", "--config", "configs/local.yaml", f"output.path={tmp_path}/o.jsonl",
+                    "limit=1", "samples_per_task=1", "progress=false"],
+    }[command]  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-m", "rollout.cli", *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # as `head` does once it has its lines: every write now fails
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141, err  # 128 + SIGPIPE, as a killed `yes | head` writer
+    assert err == "", err
+
+
+@pytest.mark.parametrize(
+    ("example", "module", "extra"),
+    [("areal_workflow", "torch", "rollout-compat[torch]"), ("camel_agent", "camel", "rollout-compat[camel]")],
+)
+def test_an_example_without_its_extra_says_which_in_one_line(example: str, module: str, extra: str) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    proc = subprocess.run([sys.executable, f"examples/{example}.py"], cwd=REPO,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert extra in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------ help
+
+
+def test_the_top_level_help_names_every_command() -> None:
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
+    assert parser.description is not None
+    assert all(name in parser.description for name in commands), parser.description
+
+
+def test_the_train_help_override_example_is_one_the_default_trainer_takes() -> None:
+    parser = build_parser()
+    subparsers = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    train_help = subparsers.choices["train"].format_help()
+    example = re.search(r"e\.g\.\s+(\S+=\S+)", train_help)
+    assert example is not None, train_help
+    load_config(TRAIN_CONFIG, [example.group(1)])  # the numpy trainer's config takes it
+
+
+def test_train_save_writes_a_policy_serve_can_load(tmp_path: Path) -> None:
+    from rollout.embedded import Policy
+
+    saved = tmp_path / "policy" / "p.npz"
+    code = main(["train", "--iterations", "1", "--target", "2", "--plot", str(tmp_path / "p.png"),
+                 "--save", str(saved), "samples_per_task=2", "limit=4", "backend.embedded.seed=3"])  # fmt: skip
+    assert code == 1  # the target (2) is out of reach; the policy is saved all the same
+    policy = Policy.load(saved)  # what `rollout serve --weights` does
+    # The trainer's policy (seed 3; one all-zero-reward batch leaves it as it started).
+    assert np.array_equal(policy.W, Policy(seed=3).W) and not np.array_equal(policy.W, Policy(seed=0).W)

@@ -16,6 +16,8 @@ import threading
 import weakref
 from collections import Counter
 from collections.abc import Iterator
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -25,15 +27,18 @@ import pytest
 from aiohttp import web
 
 from rollout.collection import (
+    Collector,
     CollectSummary,
     ConfigError,
     acollect,
     collect,
-    done_uids,
     load_config,
 )
+from rollout.collection.output import done_uids
+from rollout.collection.runner import apply_result
 from rollout.embedded import EmbeddedServer
 from rollout.episode import Episode, EpisodeStatus
+from rollout.errors import RewardError
 from rollout.export import read_jsonl
 from rollout.record import TokenSource
 
@@ -346,6 +351,8 @@ def test_closing_the_stream_still_cancels_the_episodes_in_flight() -> None:
         (np.int64(1), 1.0),
         (np.bool_(True), 1.0),
         ({"reward": np.float32(0.75), "n": 1}, 0.75),
+        (Decimal("1.5"), 1.5),  # as `Episode.reward = Decimal("1.5")` takes it: one rule
+        (Fraction(1, 4), 0.25),
     ],
 )
 def test_numpy_scalar_rewards_are_accepted(reward: Any, expected: float) -> None:
@@ -356,6 +363,15 @@ def test_numpy_scalar_rewards_are_accepted(reward: Any, expected: float) -> None
     _, seen = run(agent, tasks(1))
     assert seen[0].status in (EpisodeStatus.COMPLETED, EpisodeStatus.TRUNCATED), seen[0].error
     assert seen[0].reward == expected and type(seen[0].reward) is float
+
+
+def test_an_agents_bad_reward_is_the_rewarderror_a_direct_assignment_raises() -> None:
+    for bad in ("1.0", [1.0], float("nan")):
+        with pytest.raises(RewardError) as direct:
+            Episode(task_id="t").reward = bad
+        with pytest.raises(RewardError) as returned:
+            apply_result(Episode(task_id="t"), bad)
+        assert str(direct.value) in str(returned.value)  # the same rule, the same words
 
 
 @pytest.mark.parametrize(
@@ -696,6 +712,25 @@ def test_collect_reports_config_errors_before_running(tmp_path: Path) -> None:
     (tmp_path / "blank.jsonl").write_text("\n\n")
     with pytest.raises(ConfigError, match="no tasks"):
         collect(agent=one_turn, tasks=str(tmp_path / "blank.jsonl"), **FAST)
+
+
+def test_the_library_asks_for_the_agent_and_tasks_it_runs(tmp_path: Path) -> None:
+    """No demo defaults: without tasks (or agent) a run is a ConfigError, not the 48
+    arithmetic tasks on the user's agent."""
+    ran: list[Any] = []
+
+    async def mine(task: Any, model: Any) -> float:
+        ran.append(task)
+        return 0.0
+
+    with pytest.raises(ConfigError, match="no tasks: set `tasks:`"):
+        collect(agent=mine, **FAST)
+    with pytest.raises(ConfigError, match="no agent: set `agent:"):
+        collect(tasks=tasks(1), **FAST)
+    with pytest.raises(ConfigError, match="no tasks"), Collector(agent=mine, **FAST) as c:
+        c.run_batch()
+    assert ran == []
+    assert load_config().agent is None and load_config().tasks is None
 
 
 def test_bad_agent_path_is_a_config_error() -> None:

@@ -21,9 +21,8 @@ from typing import Any
 import pytest
 
 from rollout.cli import main
-from rollout.collection import done_uids
 from rollout.collection.config import OutputSpec
-from rollout.collection.output import EpisodeSink
+from rollout.collection.output import EpisodeSink, done_uids
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import CorruptLineWarning, OutputLockedError
 from rollout.export import read_jsonl, read_parquet, write_jsonl, write_parquet

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -49,3 +51,16 @@ def test_logprob_equality_and_version_checks_catch_off_policy_data() -> None:
     mask = batch["tensors"]["response_mask"].astype(bool)
     assert int(mask.sum()) == sum(len(c.choices[0].ids) for e in episodes for c in e.calls)
     assert np.all(batch["tensors"]["rollout_log_probs"][~mask] == 0)
+
+
+def test_rollout_train_in_a_fresh_directory_writes_its_plot(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A fresh checkout has no runs/: the default plot path's folder is made, not a crash."""
+    pytest.importorskip("matplotlib")  # the plot extra; without it no plot is written
+    from rollout.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    code = main(["train", "--iterations", "1", "--target", "0", "samples_per_task=2", "limit=4"])
+    assert code == 0, capsys.readouterr().err
+    assert (tmp_path / "runs" / "train_tiny.png").stat().st_size > 0

@@ -4,6 +4,10 @@
 #   bash tests/peers/setup.sh              # every peer: each tests/peers/<peer>/ with a requirements.txt
 #   bash tests/peers/setup.sh verl areal   # just these
 #
+# The same script builds the agent-framework tier (tests/agents/setup.sh runs it with
+# ROLLOUT_TIER=agents): the tier is tests/$ROLLOUT_TIER (default peers), its home
+# $ROLLOUT_<TIER>_HOME (default ~/.cache/rollout-compat/<tier>).
+#
 # A peer's venv is <home>/venvs/<peer>, home = $ROLLOUT_PEERS_HOME (default
 # ~/.cache/rollout-compat/peers), installed from the package registries:
 #   1. <peer>/requirements.txt: what the peer's import chain needs (pinned);
@@ -15,20 +19,22 @@
 # other spec downloads several GB of CUDA wheels.
 # The venv is reused while those files, this script and the project's dependencies are
 # unchanged (their sha256 is the stamp) and the peer is still installed; otherwise it is
-# rebuilt from scratch. An optional <peer>/prepare.sh makes the peer's data (AReaL's
-# tokenizer, llama.cpp's server binary and model) into <home>/cache, once.
-# The venv must import the peer: the module named <peer>, or the one in <peer>/import.txt
-# (first word that is not a comment); an import.txt with none means the peer is not Python
-# (llama.cpp: its prepare.sh builds and runs the binary, and fails if it cannot).
+# rebuilt from scratch. The peer's import name is the directory's, or the modules listed in
+# an optional <peer>/imports.txt (one per line; the first is the reuse check's); one that
+# lists none means the peer is not Python (llama.cpp: its prepare.sh builds and runs the
+# server binary, and fails if it cannot). An optional <peer>/prepare.sh makes the peer's
+# data (AReaL's tokenizer, llama.cpp's server and model) into <home>/cache, once.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-HOME_DIR=${ROLLOUT_PEERS_HOME:-$HOME/.cache/rollout-compat/peers}
+TIER=${ROLLOUT_TIER:-peers}
+HOME_VAR=ROLLOUT_${TIER^^}_HOME
+HOME_DIR=${!HOME_VAR:-$HOME/.cache/rollout-compat/$TIER}
 mkdir -p "$HOME_DIR/venvs" "$HOME_DIR/cache"
-export ROLLOUT_PEERS_HOME=$HOME_DIR
+export "$HOME_VAR=$HOME_DIR"
 
 peers=("$@")
 if [ ${#peers[@]} -eq 0 ]; then
-  for f in tests/peers/*/requirements.txt; do peers+=("$(basename "$(dirname "$f")")"); done
+  for f in tests/"$TIER"/*/requirements.txt; do peers+=("$(basename "$(dirname "$f")")"); done
 fi
 
 project_requirements() {
@@ -46,17 +52,15 @@ pip_quiet() {  # pip install -q, minus its notes on the peers' skipped dependenc
 
 total_start=$(date +%s)
 for peer in "${peers[@]}"; do
-  dir=tests/peers/$peer
+  dir=tests/$TIER/$peer
   venv=$HOME_DIR/venvs/$peer
   [ -f "$dir/requirements.txt" ] || { echo "no $dir/requirements.txt" >&2; exit 2; }
-  stamp=$({ cat tests/peers/setup.sh "$dir"/requirements.txt "$dir"/no-deps.txt "$dir"/import.txt 2>/dev/null;
-            project_requirements; } | sha256sum | cut -d' ' -f1)
-  module=$peer
-  if [ -f "$dir/import.txt" ]; then
-    module=$({ grep -v '^[[:space:]]*#' "$dir/import.txt" || true; } | awk 'NF {print $1; exit}')
-  fi
-  check="import importlib.util as u, sys; sys.exit(u.find_spec('$module') is None)"
-  [ -n "$module" ] || check="pass"
+  if [ -f "$dir/imports.txt" ]; then mapfile -t imports < <(grep -v '^\s*\(#\|$\)' "$dir/imports.txt")
+  else imports=("$peer"); fi
+  check="import importlib.util as u, sys; sys.exit(u.find_spec('${imports[0]:-}') is None)"
+  [ ${#imports[@]} -gt 0 ] || check="pass"  # not a Python peer: prepare.sh checks it
+  stamp=$({ cat tests/peers/setup.sh "$dir"/requirements.txt "$dir"/no-deps.txt "$dir"/imports.txt \
+            2>/dev/null; project_requirements; } | sha256sum | cut -d' ' -f1)
   start=$(date +%s)
   # Reuse check: the stamp, and the peer still installed (find_spec: importing verl or areal
   # takes 15-20 s; the full import is checked once, when the venv is built).
@@ -73,13 +77,13 @@ for peer in "${peers[@]}"; do
     fi
     project_requirements > "$venv/project-requirements.txt"
     pip_quiet "$venv/bin/pip" install -q -r "$venv/project-requirements.txt"
-    [ -z "$module" ] || "$venv/bin/python" -c "import $module"
+    [ ${#imports[@]} -eq 0 ] || "$venv/bin/python" -c "$(printf 'import %s\n' "${imports[@]}")"
     echo "$stamp" > "$venv/.stamp"
     state=built
   fi
   if [ -f "$dir/prepare.sh" ]; then  # peer data (idempotent, cached in <home>/cache)
     bash "$dir/prepare.sh" "$venv" "$HOME_DIR/cache"
   fi
-  echo "peers setup: $peer venv $state in $(( $(date +%s) - start )) s ($venv)"
+  echo "$TIER setup: $peer venv $state in $(( $(date +%s) - start )) s ($venv)"
 done
-echo "peers setup: total $(( $(date +%s) - total_start )) s"
+echo "$TIER setup: total $(( $(date +%s) - total_start )) s"

@@ -64,3 +64,49 @@ def test_lazy_names_resolve_to_the_collection_stack() -> None:
     assert rollout.Collector is rollout.collection.Collector
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         _ = rollout.nope  # type: ignore[attr-defined]
+
+
+INTERNAL = {
+    "rollout.collection": ["Backend", "Job", "done_uids"],  # runner/backend/output internals
+    "rollout.export": ["json_default", "jsonable"],  # row serialisation helpers
+}
+
+
+@pytest.mark.parametrize("name", sorted(INTERNAL))
+def test_internals_stay_out_of_the_api(name: str) -> None:
+    package = importlib.import_module(name)
+    assert set(INTERNAL[name]) & set(package.__all__) == set()
+
+
+def _public(module: str) -> set[str]:
+    """What `module` offers users: its own __all__, or (a plain module) its package's."""
+    mod = importlib.import_module(module)
+    names = set(getattr(mod, "__all__", ()))
+    if not hasattr(mod, "__all__") or not names:
+        parent = importlib.import_module(module.rpartition(".")[0])
+        names = set(getattr(parent, "__all__", ()))
+    # Loaded on first use (rollout: the collection stack; rollout.training: the verl trainer).
+    return names | set(getattr(mod, "_LAZY", ())) | set(getattr(mod, "_VERL", ()))
+
+
+def test_the_examples_use_only_the_public_api() -> None:
+    """What the examples import from compat/rollout is exported: users copy the examples."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    private: list[str] = []
+    for path in sorted((root / "examples").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.ImportFrom) or not node.module:
+                continue
+            if node.module.split(".")[0] not in ("compat", "rollout"):
+                continue
+            if node.module.startswith("rollout.demo"):  # the demo agent and its tasks
+                continue
+            try:
+                public = _public(node.module)
+            except ImportError:  # needs an extra this environment lacks (compat.camel: camel)
+                continue
+            private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in public]
+    assert private == [], private

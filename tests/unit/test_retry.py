@@ -107,3 +107,42 @@ def test_retries_stop_at_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     assert err.value.status_code == 429 and err.value.attempts == 3
     assert len(server.requests) == 3 and len(waits) == 2
     assert CALL_RETRY.max_wait_s == 60.0
+
+
+_THROTTLING: list[RateLimited] = []
+
+
+def throttled_client(url: str, model: str, api_key: str | None) -> Any:
+    """A `backend.client_factory`: clients of the test's rate-limiting server."""
+    return openai_clients(_THROTTLING[-1], max_retries=0)[1]
+
+
+def test_an_episode_retry_waits_what_the_server_asked_for(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The call's retries are spent on a 429 with Retry-After: 2; the episode's retry then
+    waits 2 s too (it waited 0.25-0.5 s: the SDK's response sat under the model's error)."""
+    from rollout.collection.backend import Backend
+    from rollout.collection.config import BackendSpec
+    from rollout.collection.runner import Job, run_episode
+    from rollout.episode import EpisodeStatus
+    from rollout.recorder import Recorder
+
+    waits: list[float] = []
+
+    async def fake_asleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    monkeypatch.setattr(compat.retry, "SLEEP_SCALE", 1.0)
+    monkeypatch.setattr(compat.retry.asyncio, "sleep", fake_asleep)
+    _THROTTLING.append(RateLimited(limited=2, retry_after="2"))
+    spec = BackendSpec(kind="remote", client_factory=f"{__name__}:throttled_client", max_retries=1,
+                       token_mode="off", request_token_ids=False)  # fmt: skip
+    backend = Backend(spec, [], Recorder())
+
+    async def agent(task: Any, model: Any) -> float:
+        await model.arun(MESSAGES)
+        return 1.0
+
+    episode = asyncio.run(run_episode(Job("t", 0, {}), agent, backend, timeout_s=None, retries=1))
+    assert episode.status == EpisodeStatus.COMPLETED and episode.reward == 1.0
+    assert len(episode.metadata["failed_attempts"]) == 1  # the first attempt: two 429s
+    assert waits == [2.0, 2.0]  # the call's retry, then the episode's: both as asked

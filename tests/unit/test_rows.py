@@ -2,16 +2,27 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
 import numpy as np
 import pytest
 
-from rollout.episode import EpisodeStatus
+from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import SerializationError
-from rollout.export import episode_from_row, episode_to_row, json_default, jsonable
-from rollout.export.rows import dumps, unwritable_as_failed
+from rollout.export import episode_from_row, episode_to_row
+from rollout.export.rows import (
+    CALL,
+    CHOICE,
+    EPISODE,
+    Table,
+    dumps,
+    json_default,
+    jsonable,
+    unwritable_as_failed,
+)
+from rollout.record import CallRecord, Choice
 from tests.unit.test_export import rich_episode
 
 
@@ -104,3 +115,16 @@ def test_an_unwritable_episode_is_written_as_failed_with_its_tokens() -> None:
         for x, y in zip(a.choices, b.choices, strict=True):
             assert x.ids.tolist() == y.ids.tolist() and x.versions == y.versions
     assert ep.status == EpisodeStatus.TRUNCATED  # the original is not changed
+
+
+@pytest.mark.parametrize("table", [EPISODE, CALL, CHOICE], ids=lambda t: t.cls.__name__)
+def test_the_field_table_is_exactly_the_record_classes_fields(table: Table) -> None:
+    """A field added to Episode, CallRecord or Choice without a row field would be
+    silently dropped on write (and one removed would fail every read): the table and
+    the dataclass must name the same fields, and nested tables the right classes."""
+    declared = {f.name for f in dataclasses.fields(table.cls) if f.init}
+    stored = [f.name for f in table.fields]
+    assert len(stored) == len(set(stored)), stored
+    assert set(stored) == declared, (set(stored) ^ declared)
+    nested = {f.name: f.table.cls for f in table.fields if f.kind == "table" and f.table is not None}
+    assert nested == {Episode: {"calls": CallRecord}, CallRecord: {"choices": Choice}, Choice: {}}[table.cls]

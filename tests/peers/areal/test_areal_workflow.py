@@ -16,11 +16,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import areal  # noqa: F401  (the peer: a broken install fails this tier; tests/peers/conftest.py)
 import numpy as np
 import pytest
-
-pytest.importorskip("areal", reason="peer tier: run tests/peers/run.sh (AReaL venv)")
-
 import torch
 from areal.api.io_struct import ModelRequest, ModelResponse
 from areal.infra.workflow_executor import check_trajectory_format

@@ -6,10 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import areal  # noqa: F401  (the peer: a broken install fails this tier; tests/peers/conftest.py)
 import pytest
-
-pytest.importorskip("areal", reason="peer tier: run tests/peers/run.sh (AReaL venv)")
-
 from transformers import AutoTokenizer
 
 from rollout.tokenizers import HfTokenizer, load_tokenizer, pair

@@ -1,12 +1,6 @@
 """CAMEL peer tier: camel-ai 0.2.90's own classes driving ours.
 
 Runs in its own environment (camel pins pydantic and tiktoken), built from
-`requirements.txt` here. Where camel is not installed (the main environment)
-these modules are not collected, so a plain `python -m pytest` skips them.
+`requirements.txt` here. Whether this folder is collected is decided in
+tests/peers/conftest.py: in the camel venv always, so a broken camel fails.
 """
-
-from __future__ import annotations
-
-import importlib.util
-
-collect_ignore_glob = [] if importlib.util.find_spec("camel") else ["test_*.py"]

@@ -15,10 +15,8 @@ import math
 import numpy as np
 import openai
 import pytest
-
-pytest.importorskip("verl", reason="peer tier: run tests/peers/run.sh (verl venv)")
-
 import torch
+import verl  # noqa: F401  (the peer: a broken install fails this tier; tests/peers/conftest.py)
 from verl.trainer.ppo.core_algos import compute_grpo_outcome_advantage
 
 from rollout.collection import load_tasks
@@ -275,3 +273,25 @@ def test_torch_top_p_keeps_the_same_nucleus_as_numpy() -> None:
         assert sorted(kept) == sorted(ref.token_ids.tolist())
         for tok in kept:
             assert abs(float(ours[tok]) - ref.logprob_of(tok)) < 1e-6
+
+
+def test_train_config_loads_as_the_collect_config_does(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """One loader: bad YAML and unknown keys are one-line ConfigErrors (with the closest key),
+    and settings go by name as `train(config, lr=..., samples_per_task=...)` takes them."""
+    from rollout.errors import ConfigError
+    from rollout.training import load_train_config
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("trainer: {lr: [\n")
+    with pytest.raises(ConfigError, match="is not valid YAML"):
+        load_train_config(bad)
+    with pytest.raises(ConfigError, match=r"did you mean 'trainer\.lr'"):
+        load_train_config(None, ["trainer.lrr=1"])
+    config = load_train_config(None, SMALL, lr=1e-3, iterations=2, samples_per_task=2)
+    assert (config.trainer.lr, config.trainer.iterations, config.collect.samples_per_task) == (1e-3, 2, 2)
+    assert config.trainer.mini_batches == 2  # the overrides still hold
+    from rollout.cli import build_parser
+
+    subparsers = next(a for a in build_parser()._actions if a.dest == "command")
+    example = subparsers.choices["train"].format_help().split("--trainer verl: ")[1].split(")")[0]
+    load_train_config(None, [example])  # the verl trainer takes the example `rollout train -h` gives
