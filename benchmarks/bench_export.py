@@ -23,7 +23,7 @@ import numpy as np
 
 from rollout.episode import Episode
 from rollout.export import read_jsonl, read_parquet, to_areal, write_jsonl, write_parquet
-from rollout.record import CallRecord, Choice, TokenSource
+from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import Sample
 
 
@@ -72,7 +72,7 @@ def make_episodes(total: int, rng: np.random.Generator, calls: int = 4) -> list[
                     prompt_ids=prompt,
                     prompt_source=TokenSource.VLLM,
                     choices=[
-                        Choice(
+                        ChoiceRecord(
                             ids=out,
                             logprobs=-rng.random(len(out)).astype(np.float32),
                             versions=np.full(len(out), 3, np.int32),

@@ -18,7 +18,7 @@ import importlib.util as _importlib_util
 import typing as _typing
 
 from compat.base import BaseModelBackend
-from compat.clients import ClientPair, Forwarding
+from compat.clients import ClientPair, Forwarding, is_async_callable, is_async_client, resolve
 from compat.errors import (
     CompatError,
     MessageFormatError,
@@ -28,7 +28,9 @@ from compat.errors import (
     TokenizerUnavailableError,
     UnsupportedResponseFormatError,
 )
-from compat.token_counter import BaseTokenCounter, OpenAITokenCounter
+from compat.retry import CALL_RETRY, EPISODE_RETRY, RetryPolicy, is_transient, retry_after_s
+from compat.threads import to_thread
+from compat.token_counter import BaseTokenCounter, OpenAITokenCounter, load_encoding
 
 if _typing.TYPE_CHECKING:
     from compat.openai_compatible import OpenAICompatibleModel
@@ -36,6 +38,8 @@ if _typing.TYPE_CHECKING:
 _LAZY = frozenset({"OpenAICompatibleModel"})
 
 __all__ = [
+    "CALL_RETRY",
+    "EPISODE_RETRY",
     "BaseModelBackend",
     "BaseTokenCounter",
     "ClientPair",
@@ -46,9 +50,17 @@ __all__ = [
     "ModelTimeoutError",
     "OpenAICompatibleModel",
     "OpenAITokenCounter",
+    "RetryPolicy",
     "StructuredOutputError",
     "TokenizerUnavailableError",
     "UnsupportedResponseFormatError",
+    "is_async_callable",
+    "is_async_client",
+    "is_transient",
+    "load_encoding",
+    "resolve",
+    "retry_after_s",
+    "to_thread",
 ]
 
 

@@ -21,7 +21,7 @@ from rollout.errors import (
     TokenRecordError,
     UnscopedCallError,
 )
-from rollout.record import CallRecord, Choice, TokenSource, Versions
+from rollout.record import CallRecord, ChoiceRecord, TokenSource, Versions
 from rollout.recorder import EpisodeScope, Recorder
 from rollout.redact import register_secret
 from rollout.sample import AssemblyResult, Drift, Sample, assemble
@@ -58,7 +58,7 @@ def __getattr__(name: str) -> _typing.Any:
 __all__ = [
     "AssemblyResult",
     "CallRecord",
-    "Choice",
+    "ChoiceRecord",
     "CollectConfig",
     "CollectSummary",
     "Collector",

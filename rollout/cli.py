@@ -1,7 +1,7 @@
 """The `rollout` command: collect, train, serve, inspect, export.
 
     rollout collect [--config configs/local.yaml] [key=value ...]
-    rollout train [--iterations 40] [--trainer numpy|verl] [--save policy.npz]
+    rollout train [--iterations 40] [--trainer numpy|verl] [--rollout collector|agent_loop] [--save policy.npz]
     rollout serve [--port 8000] [--weights policy.npz ...]
     rollout inspect runs/local.jsonl [--episode 0]
     rollout export runs/local.jsonl --to areal|rllm|verl|hf --out FILE
@@ -110,6 +110,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.trainer == "verl":
             history, target = _train_verl(args)
         else:
+            if args.rollout is not None:
+                raise ConfigError("--rollout chooses how --trainer verl collects; the numpy trainer has one way")
             from rollout.training import train
 
             target = 0.8 if args.target is None else args.target
@@ -142,7 +144,7 @@ def _train_verl(args: argparse.Namespace) -> tuple[list[dict[str, Any]], float |
         ) from None
     if args.save:
         raise ConfigError("--save writes the numpy policy; --trainer verl does not take it")
-    flags = {"iterations": args.iterations, "lr": args.lr, "target": args.target}
+    flags = {"iterations": args.iterations, "lr": args.lr, "target": args.target, "rollout": args.rollout}
     config = load_train_config(
         args.config, args.overrides, **{k: v for k, v in flags.items() if v is not None}
     )
@@ -305,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--trainer", choices=["numpy", "verl"], default="numpy",
                    help="numpy: REINFORCE on the numpy policy; verl: verl's GRPO and PPO loss "
                         "on a tiny transformer (needs torch, transformers, verl)")  # fmt: skip
+    p.add_argument("--rollout", choices=["collector", "agent_loop"],
+                   help="verl: collect with our collector (default) or through verl's own "
+                        "AgentLoopWorker running the agent as its agent loop")  # fmt: skip
     p.add_argument("--config", help="default: the shipped train_tiny.yaml / train_verl.yaml")
     p.add_argument("--iterations", type=_positive(int), help="default 40 / the config's")
     p.add_argument("--lr", type=_positive(float), help="default 12.5 / the config's")

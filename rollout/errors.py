@@ -26,6 +26,12 @@ class UnscopedCallError(RolloutError, RuntimeError):
     """A call was made outside any episode while the recorder refuses those."""
 
 
+class UnrecordedCallError(RolloutError, RuntimeError):
+    """A wrapped client was asked for a call the recorder cannot record (e.g. a background
+    Responses call, `responses.compact`, the legacy Completions API); refused before it is sent,
+    so no call the agent made is missing from its episode without a trace."""
+
+
 class RewardError(RolloutError, ValueError):
     """A reward is not a finite number, or would be counted twice."""
 

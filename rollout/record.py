@@ -10,7 +10,7 @@ list of Python ints and floats would.
 inexact: its ids are re-encoded text, not what the server sampled, and every
 record built that way says so (`exact == False`). A server that sends
 logprobs but no ids (OpenAI) still gets its logprobs and token
-count kept (`Choice.server_logprobs`); they are paired with a tokenizer's ids
+count kept (`ChoiceRecord.server_logprobs`); they are paired with a tokenizer's ids
 only when those ids spell the server's tokens one for one
 (`TokenSource.TOKENIZER_MATCHED`: inexact, but trainable). llama.cpp names each
 sampled token's id in its logprobs (`LOGPROB_IDS`) but sends no prompt ids: its
@@ -148,7 +148,7 @@ class Versions:
 
 
 @dataclass(slots=True, eq=False)
-class Choice:
+class ChoiceRecord:
     """One sampled completion (one element of `choices`) with its token data.
 
     Lists, arrays of any dtype and per-token version lists are converted here,
@@ -230,7 +230,7 @@ class CallRecord:
     endpoint: str = "chat.completions"
     prompt_ids: np.ndarray = field(default_factory=_no_ids)
     prompt_source: TokenSource = TokenSource.NONE
-    choices: list[Choice] = field(default_factory=list)
+    choices: list[ChoiceRecord] = field(default_factory=list)
     request: dict[str, Any] = field(default_factory=dict)
     usage: dict[str, Any] | None = None
     latency_s: float = 0.0
@@ -246,8 +246,8 @@ class CallRecord:
         if not isinstance(self.prompt_source, TokenSource):
             self.prompt_source = TokenSource(self.prompt_source)
         for c in self.choices:
-            if not isinstance(c, Choice):
-                raise TypeError(f"CallRecord.choices holds Choice objects, got {type(c).__name__}")
+            if not isinstance(c, ChoiceRecord):
+                raise TypeError(f"CallRecord.choices holds ChoiceRecord objects, got {type(c).__name__}")
 
     @property
     def exact(self) -> bool:

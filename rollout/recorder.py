@@ -212,7 +212,7 @@ class Recorder:
         # The SDK's "not given" sentinels mean absent, as the SDK reads them: stripped once
         # here, so neither mode (nor the record) ever sees one.
         sent = {k: v for k, v in kwargs.items() if not unset(v)}
-        if endpoint != "responses":
+        if not _responses_api(endpoint):
             if self.request_token_ids:
                 extra = dict(sent.get("extra_body") or {})
                 extra.setdefault("return_token_ids", True)
@@ -222,11 +222,45 @@ class Recorder:
         pending = PendingCall(self, self._log(episode), endpoint, sent)
         pending.request = scrub(sent, pending.log.copies)  # the record's snapshot, taken now
         if self.token_mode == "auto":
-            if endpoint == "chat.completions":
+            if endpoint in ("chat.completions", "chat.completions.stream"):
                 pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not unset(kwargs["logprobs"]))
             else:
                 pending.fallback = f"{endpoint} goes as messages"
         return sent, pending
+
+
+def _wire_messages(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """`kwargs` with pydantic objects in its messages (a message, or a tool call inside a dict)
+    as the dicts the SDK itself would send (its `_transform`: `model_dump(exclude_unset=True,
+    mode="json")`): token mode's own requests are plain JSON."""
+    messages = kwargs.get("messages")
+    if not isinstance(messages, list) or not any(_has_model(m) for m in messages):
+        return kwargs
+    return {**kwargs, "messages": [_wire(m) for m in messages]}
+
+
+def _has_model(x: Any) -> bool:
+    if hasattr(x, "model_dump"):
+        return True
+    if isinstance(x, dict):
+        return any(_has_model(v) for v in x.values())
+    return isinstance(x, list) and any(_has_model(v) for v in x)
+
+
+def _wire(x: Any) -> Any:
+    if hasattr(x, "model_dump"):
+        return x.model_dump(exclude_unset=True, mode="json", exclude=getattr(x, "__api_exclude__", None))
+    if isinstance(x, dict):
+        return {k: _wire(v) for k, v in x.items()}
+    if isinstance(x, list):
+        return [_wire(v) for v in x]
+    return x
+
+
+def _responses_api(endpoint: str) -> bool:
+    """Whether calls to `endpoint` speak the Responses API (`responses`, `responses.parse`,
+    `beta.responses`, ...), not chat completions."""
+    return endpoint.removeprefix("beta.").split(".")[0] == "responses"
 
 
 class PendingCall:
@@ -262,14 +296,14 @@ class PendingCall:
 
     @property
     def messages(self) -> list[dict[str, Any]]:
-        if self.endpoint == "responses":
+        if _responses_api(self.endpoint):
             return responses_input_as_messages(self.kwargs)
         return list(self.kwargs.get("messages") or [])
 
     def record(self, response: Any, client: Any) -> CallRecord:
         """Build and store the record for a complete reply."""
         self.done = True
-        if self.endpoint == "responses":
+        if _responses_api(self.endpoint):
             response = responses_api_as_chat(response)
         messages = self.messages
         rec = self.recorder
@@ -282,7 +316,7 @@ class PendingCall:
                 tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
                 policy_version=rec.policy_version,
                 strict=rec.strict,
-                request=None if self.endpoint == "responses" else self.kwargs,
+                request=None if _responses_api(self.endpoint) else self.kwargs,
             )
         except TokenRecordError as exc:  # the reply reached the caller's code path: leave a trace
             self.fail(exc)
@@ -312,16 +346,18 @@ class PendingCall:
         """Decide whether this call goes as token ids (`turn`) or as messages (`fallback`)."""
         messages = self.kwargs.get("messages")
         found = self.log.parent_of(messages) if isinstance(messages, list) else None
+        kwargs = _wire_messages({k: v for k, v in self.kwargs.items() if not unset(v)})  # the SDK's helpers send sentinels
         outcome = plan_turn(
-            self.kwargs,
+            kwargs,
             found,
             earlier_calls=bool(self.episode.calls),
             server=lambda: self.recorder.token_server(client),
+            continued=() if found is None else self.log.continued(found[0], found[1]),
         )
         if isinstance(outcome, str):
             self.fallback = outcome
         else:
-            self.turn = TokenCall(outcome, self.kwargs, asked_logprobs=asked_logprobs)
+            self.turn = TokenCall(outcome, kwargs, asked_logprobs=asked_logprobs)
 
     def send_tokens(self) -> Any:
         """Send the stitched turn; the reply (or a replayed stream), or None when the

@@ -27,7 +27,7 @@ from typing import Literal
 import numpy as np
 
 from rollout.episode import Episode, EpisodeStatus
-from rollout.record import NO_VERSION, CallRecord, Choice, TokenSource
+from rollout.record import NO_VERSION, CallRecord, ChoiceRecord, TokenSource
 
 AssemblyMode = Literal["concat", "individual"]
 
@@ -132,13 +132,13 @@ class _Branch:
 
     full: np.ndarray
     prompt_len: int
-    segments: list[tuple[int, Choice]]  # (start position, sampled choice)
+    segments: list[tuple[int, ChoiceRecord]]  # (start position, sampled choice)
     calls: list[tuple[int, int]]
     last_call: CallRecord
     exact: bool
 
 
-def _branch_extend(base: _Branch | None, pos: int, call: CallRecord, choice: Choice) -> _Branch:
+def _branch_extend(base: _Branch | None, pos: int, call: CallRecord, choice: ChoiceRecord) -> _Branch:
     prompt = call.prompt_ids
     full = np.concatenate([prompt, choice.ids]) if len(choice.ids) else prompt
     exact = call.prompt_source.exact and choice.exact
@@ -209,7 +209,7 @@ def _drift(episode: Episode, call: CallRecord, pos: int) -> Drift | None:
         return None
     parent = episode.calls[parent_idx]
     best: tuple[int, int, np.ndarray] | None = None
-    for choice in parent.choices or [Choice()]:
+    for choice in parent.choices or [ChoiceRecord()]:
         seq = np.concatenate([parent.prompt_ids, choice.ids])
         at = _first_difference(call.prompt_ids, seq)
         if best is None or at > best[0]:

@@ -62,6 +62,8 @@ def frozen_copy(value: Any) -> Any:
         return tuple(frozen_copy(v) for v in value)
     if isinstance(value, list):
         return [frozen_copy(v) for v in value]
+    if isinstance(value, type):  # `parse(text_format=Model)`: recorded by name, as response_format
+        return {"type": "pydantic", "name": value.__name__}
     copier = getattr(value, "model_copy", None)
     if callable(copier):  # a pydantic message or tool param
         return copier(deep=True)

@@ -67,7 +67,7 @@ class TiktokenTokenizer:
     prompt ids are inexact; completion ids are trained on only after `pair` checks them."""
 
     def __init__(self, encoding: str = "cl100k_base") -> None:
-        from compat.token_counter import load_encoding
+        from compat import load_encoding
 
         self._enc = load_encoding(encoding)
 
@@ -294,7 +294,7 @@ def load_tokenizer(spec: str) -> Tokenizer | str:
     if spec == SERVER:
         return SERVER
     if kind == "tiktoken":
-        from compat.errors import TokenizerUnavailableError
+        from compat import TokenizerUnavailableError
 
         try:
             return TiktokenTokenizer(name)

@@ -2,7 +2,7 @@
 
 `extract_call` turns one chat-completion reply (an SDK object, a dict, or a
 stream folded into one by `StreamAccumulator`) into prompt ids and per-choice
-`Choice`s. Sources are tried in order of trust (the wire formats: docs/wire.md):
+`ChoiceRecord`s. Sources are tried in order of trust (the wire formats: docs/wire.md):
 
 1. vLLM `return_token_ids`: top-level `prompt_token_ids`, `choices[i].token_ids`;
 2. SGLang: `prompt_token_ids` and `token_ids` on each choice;
@@ -38,7 +38,7 @@ import numpy as np
 
 from rollout.record import (
     NO_VERSION,
-    Choice,
+    ChoiceRecord,
     TokenRecordError,
     TokenSource,
     Versions,
@@ -272,7 +272,7 @@ def extract_call(
     policy_version: int | None = None,
     strict: bool = False,
     request: Mapping[str, Any] | None = None,
-) -> tuple[np.ndarray, TokenSource, list[Choice], list[str]]:
+) -> tuple[np.ndarray, TokenSource, list[ChoiceRecord], list[str]]:
     """(prompt ids, prompt source, choices, notes) for one reply.
 
     `request` is the chat request as sent: a tokenizer that can say what the
@@ -283,7 +283,7 @@ def extract_call(
     prompt = get(response, "prompt_token_ids")
     prompt_source = TokenSource.VLLM if prompt is not None else TokenSource.NONE
     areal = None
-    choices_out: list[Choice] = []
+    choices_out: list[ChoiceRecord] = []
     raw_choices = list(get(response, "choices", []) or [])
     if not raw_choices:
         raise TokenRecordError("reply has no choices")
@@ -342,7 +342,7 @@ def extract_call(
         if versions is None or not _check(len(ids_arr), "versions", len(versions), notes, strict, index):
             versions = Versions.constant(version, len(ids_arr))
         choices_out.append(
-            Choice(
+            ChoiceRecord(
                 index=index,
                 ids=ids_arr,
                 logprobs=logprobs,

@@ -2,15 +2,35 @@
 
 Frameworks check `isinstance(client, AsyncOpenAI)`, so `wrap_client` returns a
 shallow copy of the client whose class is a cached subclass of the original
-that overrides just `chat`, `beta` and `responses` (each proxied on first
-access). Everything else (base URL, `get_interaction`, the HTTP pool) is the
-original's.
+that overrides `chat`, `beta`, `responses` and `completions` (each proxied on
+first access). Everything else (base URL, `get_interaction`, the HTTP pool) is
+the original's.
 
-Intercepted: `chat.completions.create` (plain and streamed),
-`chat.completions.parse`, `beta.chat.completions.parse`,
-`chat.completions.stream` and `responses.create`; `copy` / `with_options`
-return clients that record too. Sync and async clients get
-twin proxies over the same `PendingCall` logic.
+Every way the SDK can ask for a generation is recorded, or refused loudly
+(`UnrecordedCallError`, raised before the request is sent, with a trace in the
+episode's `failed_calls`); nothing passes through unrecorded:
+
+- `chat.completions`: `create` (plain and streamed; token mode), `parse`,
+  `stream` (the SDK's helper, run over the proxy so it streams through the
+  recording `create`; token mode), and the same through `with_raw_response` /
+  `with_streaming_response` (the SDK's views rebuilt over the proxy;
+  `rollout.sdkresponse` records what they return, and in token mode hands back
+  the SDK's own raw-response type). `retrieve`, `update`, `list`, `delete` and
+  `messages` read or edit stored completions: no generation, passed through.
+- `beta.chat.completions`: as `chat.completions` (messages only).
+- `responses` / `beta.responses`: `create` (streamed too: recorded from the
+  final `response.completed` event), `parse`, `stream`, the raw views.
+  Refused: `create(background=True)` (the reply arrives later, elsewhere),
+  `compact` and `connect` (a websocket session). `retrieve`, `delete`,
+  `cancel`, `input_items`, `input_tokens` make no generation: passed through.
+- `completions` (the legacy text Completions API): refused.
+
+`copy` / `with_options` and the client-level `with_raw_response` /
+`with_streaming_response` give clients and views that record too. The agent
+gets the SDK's own types: a recorded `Stream` is the SDK's object re-classed
+in place (`tap_stream`), a token-mode reply a `ChatCompletion` or the SDK's
+`Stream` / raw response built over the body the endpoint would have sent.
+Sync and async clients get twin proxies over the same `PendingCall` logic.
 """
 
 from __future__ import annotations
@@ -18,15 +38,29 @@ from __future__ import annotations
 import copy
 import inspect
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from compat.threads import to_thread
+from compat import is_async_callable, resolve
+from rollout.errors import UnrecordedCallError
+from rollout.sdkresponse import (
+    aas_sdk_stream,
+    as_sdk_stream,
+    asettle,
+    asynthesize,
+    is_sdk_response,
+    raw_kind,
+    settle,
+    synthesize,
+)
+from rollout.stream_tap import ChatChunks, ResponseEvents, arecord, tap_stream
 from rollout.tokens import StreamAccumulator
 
 logger = logging.getLogger(__name__)
 
-_OVERRIDDEN = ("chat", "beta", "responses")
+_OVERRIDDEN = ("chat", "beta", "responses", "completions")
+_RAW_VIEWS = ("with_raw_response", "with_streaming_response")
 
 
 class PendingCall(Protocol):
@@ -61,14 +95,23 @@ _SUBCLASSES: dict[type, type] = {}
 
 
 class _Namespace:
-    """Passes attributes through to `inner`, except the overrides given."""
+    """Passes attributes through to `inner`, except the overrides given.
+
+    The SDK's `with_raw_response` / `with_streaming_response` views wrap the
+    methods of the object they are built on, so the inner one's would bypass
+    the recording; they are rebuilt over this proxy instead.
+    """
 
     def __init__(self, inner: Any, **overrides: Any) -> None:
         self.__wrapped__ = inner
         self.__dict__.update(overrides)
 
     def __getattr__(self, name: str) -> Any:
-        return getattr(self.__wrapped__, name)
+        attr = getattr(self.__wrapped__, name)
+        if name in _RAW_VIEWS and type(attr).__module__.startswith("openai."):
+            view = self.__dict__[name] = type(attr)(self)
+            return view
+        return attr
 
     def compat_forwards_to(self) -> Any:
         """`compat.Forwarding`: compat judges the resource this proxy forwards to."""
@@ -78,11 +121,16 @@ class _Namespace:
 def _is_stream(kwargs: dict[str, Any], result: Any) -> bool:
     if not kwargs.get("stream"):
         return False
-    return not hasattr(result, "choices") and not isinstance(result, dict)
+    return not (isinstance(result, dict) or hasattr(result, "choices") or hasattr(result, "model_dump"))
 
 
-class _Completions(_Namespace):
-    """`chat.completions` of a sync client."""
+class _Resource(_Namespace):
+    """A recording stand-in for one SDK resource: its generation methods record,
+    refuse or pass through, as the class says."""
+
+    _recorded: tuple[str, ...] = ()  # besides `create`: methods recorded as `<endpoint>.<name>`
+    _helpers: tuple[str, ...] = ()  # the SDK's helpers that call `resource.create`: run over this proxy
+    _refused: tuple[str, ...] = ()  # methods that generate but cannot be recorded
 
     def __init__(self, inner: Any, recorder: CallSink, root: Any, endpoint: str) -> None:
         super().__init__(inner)
@@ -91,11 +139,15 @@ class _Completions(_Namespace):
         self._endpoint = endpoint
 
     def __getattr__(self, name: str) -> Any:
-        attr = getattr(self.__wrapped__, name)
-        if name == "parse" and callable(attr):
-            return self._recording(attr, f"{self._endpoint}.parse")
-        if name == "stream" and callable(attr):
-            return self._recording_manager(attr)
+        attr = super().__getattr__(name)
+        if not callable(attr) or name in _RAW_VIEWS:
+            return attr
+        if name in self._recorded:
+            return self._recording(attr, f"{self._endpoint}.{name}")
+        if name in self._helpers:
+            return self._helper_over_self(name, attr)
+        if name in self._refused:
+            return self._refusing(f"{self._endpoint}.{name}")
         return attr
 
     def create(self, **kwargs: Any) -> Any:
@@ -107,43 +159,94 @@ class _Completions(_Namespace):
 
         return call
 
+    def _refusing(self, endpoint: str, why: str = "") -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self._refuse(endpoint, kwargs, why)
+
+        return call
+
+    def _refuse(self, endpoint: str, kwargs: dict[str, Any], why: str = "") -> None:
+        """Raise `UnrecordedCallError` before sending; the episode keeps a trace of the attempt."""
+        exc = UnrecordedCallError(
+            f"{endpoint}{why} cannot be recorded, so the recording client refuses it before sending "
+            "(call it on the unwrapped client if it must not be part of the episode)"
+        )
+        _, pending = self._recorder.start_call(kwargs, endpoint=endpoint, client=self._root)
+        pending.fail(exc)
+        raise exc
+
+    def _helper_over_self(self, name: str, fn: Any) -> Any:
+        """One of the SDK's helpers (e.g. `.stream(...)`), run with a proxy as its resource.
+
+        The helper builds its request with `resource.create(...)`, so bound to a
+        proxy it goes through the recording `create`: every chunk, token ids
+        included, is recorded exactly as for a plain stream.
+        """
+        unbound = getattr(type(self.__wrapped__), name, None)
+        if unbound is None:  # a duck-typed client's own helper: record nothing twice
+            return fn
+        resource = self._named(f"{self._endpoint}.{name}")
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return unbound(resource, *args, **kwargs)
+
+        return call
+
+    def _named(self, endpoint: str) -> _Resource:
+        """A twin of this proxy that records its `create` calls under `endpoint`."""
+        return type(self)(self.__wrapped__, self._recorder, self._root, endpoint)
+
     def _call(self, fn: Any, endpoint: str, kwargs: dict[str, Any]) -> Any:
         """Record one call: the reply, a stream wrapped to record, or an awaitable of either."""
+        t0 = time.perf_counter()
         sent, pending = self._recorder.start_call(kwargs, endpoint=_helper(kwargs, endpoint), client=self._root)
         if pending.turn is not None:
-            return self._tokens(fn, sent, pending)
+            return self._tokens(fn, sent, pending, t0)
         return self._messages(fn, sent, pending)
 
-    def _tokens(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+    def _tokens(self, fn: Any, sent: dict[str, Any], pending: PendingCall, t0: float) -> Any:
         """Token mode: the stitched turn, or the messages path when it falls back."""
         reply = pending.send_tokens()
-        return reply if reply is not None else self._messages(fn, sent, pending)
+        if reply is None:
+            return self._messages(fn, sent, pending)
+        kind = raw_kind(sent)
+        if kind is None:
+            return as_sdk_stream(reply, self._root)
+        return synthesize(kind, reply, self._root, elapsed_s=time.perf_counter() - t0)
 
     def _messages(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
         result = _invoke(fn, sent, pending)
         if inspect.isawaitable(result):  # an async client's call (or a sync-looking function of one)
-            return _finish_async(result, sent, pending, self._root)
-        return _finish(result, sent, pending, self._root)
+            return self._finish_async(result, sent, pending)
+        return self._finish(result, sent, pending)
 
-    def _recording_manager(self, fn: Any) -> Any:
-        """The SDK's `.stream(...)` helper, run with this proxy as its resource.
+    def _tap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
+        """The stream, recording its call as it is read."""
+        return tap_stream(stream, pending, root, ChatChunks(), is_async=False)
 
-        The helper builds its request with `resource.create(stream=True)`, so
-        bound to the proxy it goes through the recording `create`: every chunk,
-        token ids included, is recorded exactly as for a plain stream.
-        """
-        unbound = getattr(type(self.__wrapped__), "stream", None)
-        if unbound is None:  # a duck-typed client's own helper: record nothing twice
-            return fn
+    def _atap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
+        return tap_stream(stream, pending, root, ChatChunks(), is_async=True)
 
-        def call(**kwargs: Any) -> Any:
-            return unbound(self, **kwargs)
+    def _finish(self, result: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+        if raw_kind(sent) is not None and is_sdk_response(result):
+            return settle(result, pending, self._root, self._tap, stream=bool(sent.get("stream")))
+        if _is_stream(sent, result):
+            return self._tap(result, pending, self._root)
+        pending.record(result, self._root)
+        return result
 
-        return call
+    async def _finish_async(self, awaitable: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+        result = await _settle(awaitable, pending)
+        if raw_kind(sent) is not None and is_sdk_response(result):
+            return await asettle(result, pending, self._root, self._atap, arecord, stream=bool(sent.get("stream")))
+        if _is_stream(sent, result):
+            return self._atap(result, pending, self._root)
+        await arecord(pending, pending.record, result, self._root)
+        return result
 
 
-class _AsyncCompletions(_Completions):
-    """`chat.completions` of an async client: the twin of `_Completions`."""
+class _AsyncResource(_Resource):
+    """The async twin of `_Resource`: `create` and the recorded methods are coroutines."""
 
     async def create(self, **kwargs: Any) -> Any:
         result = self._call(self.__wrapped__.create, self._endpoint, kwargs)
@@ -156,12 +259,77 @@ class _AsyncCompletions(_Completions):
 
         return call
 
-    async def _tokens(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
+    def _refusing(self, endpoint: str, why: str = "") -> Any:
+        if not inspect.iscoroutinefunction(getattr(self.__wrapped__, endpoint.rsplit(".", 1)[-1], None)):
+            return super()._refusing(endpoint, why)  # e.g. `connect`: sync even on an async client
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            self._refuse(endpoint, kwargs, why)
+
+        return call
+
+    async def _tokens(self, fn: Any, sent: dict[str, Any], pending: PendingCall, t0: float) -> Any:
         reply = await pending.asend_tokens()
-        if reply is not None:
-            return reply
-        result = self._messages(fn, sent, pending)
-        return await result if inspect.isawaitable(result) else result
+        if reply is None:
+            result = self._messages(fn, sent, pending)
+            return await result if inspect.isawaitable(result) else result
+        kind = raw_kind(sent)
+        if kind is None:
+            return await aas_sdk_stream(reply, self._root)
+        return await asynthesize(kind, reply, self._root, elapsed_s=time.perf_counter() - t0)
+
+
+class _Completions(_Resource):
+    """`chat.completions` (and `beta.chat.completions`) of a sync client."""
+
+    _recorded = ("parse",)
+    _helpers = ("stream",)
+
+
+class _AsyncCompletions(_AsyncResource, _Completions):
+    """`chat.completions` of an async client: the twin of `_Completions`."""
+
+
+class _Responses(_Resource):
+    """`responses` (and `beta.responses`): streamed calls record from their final event."""
+
+    _recorded = ("parse",)
+    _helpers = ("stream",)
+    _refused = ("compact", "connect")
+
+    def create(self, **kwargs: Any) -> Any:
+        self._refuse_background(kwargs)
+        return super().create(**kwargs)
+
+    def _refuse_background(self, kwargs: dict[str, Any]) -> None:
+        if kwargs.get("background") is True:
+            self._refuse(self._endpoint, kwargs, "(background=True) (its reply arrives later, by retrieve)")
+
+    def _tap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
+        return tap_stream(stream, pending, root, ResponseEvents(), is_async=False)
+
+    def _atap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
+        return tap_stream(stream, pending, root, ResponseEvents(), is_async=True)
+
+
+class _AsyncResponses(_AsyncResource, _Responses):
+    """The async twin of `_Responses`."""
+
+    async def create(self, **kwargs: Any) -> Any:
+        self._refuse_background(kwargs)
+        return await _AsyncResource.create(self, **kwargs)
+
+
+class _LegacyCompletions(_Resource):
+    """The legacy text Completions API (`client.completions`): refused, never silently unrecorded."""
+
+    def create(self, **kwargs: Any) -> Any:
+        self._refuse(self._endpoint + ".create", kwargs, " (the legacy Completions API)")
+
+
+class _AsyncLegacyCompletions(_LegacyCompletions):
+    async def create(self, **kwargs: Any) -> Any:
+        self._refuse(self._endpoint + ".create", kwargs, " (the legacy Completions API)")
 
 
 def _invoke(fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
@@ -180,13 +348,6 @@ def _helper(kwargs: dict[str, Any], endpoint: str) -> str:
     return name if isinstance(name, str) and name.startswith(endpoint) else endpoint
 
 
-def _finish(result: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
-    if _is_stream(sent, result):
-        return RecordingStream(result, pending, root)
-    pending.record(result, root)
-    return result
-
-
 async def _settle(awaitable: Any, pending: PendingCall) -> Any:
     """Await a call's reply; a failure leaves its trace in the episode and propagates."""
     try:
@@ -196,165 +357,40 @@ async def _settle(awaitable: Any, pending: PendingCall) -> Any:
         raise
 
 
-async def _arecord(pending: PendingCall, record: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-    """Record from async code: in a thread where recording waits on the network."""
-    if pending.record_blocks:
-        await to_thread(record, *args, **kwargs)
-    else:
-        record(*args, **kwargs)
+def _resource(kind: tuple[type[_Resource], type[_Resource]], inner: Any, recorder: CallSink, root: Any,
+              endpoint: str) -> _Resource:  # fmt: skip
+    """The sync or async proxy class of `kind` for `inner`."""
+
+    cls = kind[1] if is_async_callable(getattr(inner, "create", None)) else kind[0]
+    return cls(inner, recorder, root, endpoint)
 
 
-async def _finish_async(awaitable: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
-    result = await _settle(awaitable, pending)
-    if _is_stream(sent, result):
-        return RecordingAsyncStream(result, pending, root)
-    await _arecord(pending, pending.record, result, root)
-    return result
+_COMPLETIONS = (_Completions, _AsyncCompletions)
+_RESPONSES = (_Responses, _AsyncResponses)
+_LEGACY = (_LegacyCompletions, _AsyncLegacyCompletions)
 
 
-class _StreamTap:
-    """What the sync and async recording streams share.
+class _Beta(_Namespace):
+    """`client.beta`: `chat.completions` and `responses` record; built on first access
+    (reaching `beta.responses` imports large SDK modules)."""
 
-    Chunks pass through unchanged and are folded into one reply; the call is
-    recorded at the last chunk, at a usage chunk after every choice finished
-    (callers may stop reading there), or at `close()`. A stream still open
-    when its episode ends is recorded then, as partial, so a call is never lost.
-    """
-
-    def __init__(self, inner: Any, pending: PendingCall, root: Any) -> None:
-        self._inner = inner
-        self._pending = pending
-        self._root = root
-        self._acc = StreamAccumulator()
-        self._it: Any = None
-        pending.on_episode_end(lambda: self._record(complete=False))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._inner, name)
-
-    def _record(self, *, complete: bool) -> None:
-        self._pending.record_stream(self._acc, self._root, complete=complete)
-
-    def _add(self, chunk: Any) -> bool:
-        """Fold `chunk` in; True once every choice finished (time to record)."""
-        self._acc.add(chunk)
-        return self._acc.finished
-
-    def _failed(self, exc: BaseException) -> None:
-        if not self._pending.done:
-            self._pending.fail(exc)
-
-
-class RecordingStream(_StreamTap):
-    """A sync stream that records its call (see `_StreamTap`)."""
-
-    def __iter__(self) -> RecordingStream:
-        return self
-
-    def __next__(self) -> Any:
-        if self._it is None:
-            self._it = iter(self._inner)
-        try:
-            chunk = next(self._it)
-        except StopIteration:
-            self._record(complete=True)
-            raise
-        except BaseException as exc:
-            self._failed(exc)
-            raise
-        if self._add(chunk):
-            self._record(complete=True)
-        return chunk
-
-    def close(self) -> None:
-        self._record(complete=False)
-        close = getattr(self._inner, "close", None)
-        if close is not None:
-            close()
-
-    def __enter__(self) -> RecordingStream:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
-class RecordingAsyncStream(_StreamTap):
-    """The async twin of `RecordingStream`."""
-
-    def __aiter__(self) -> RecordingAsyncStream:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._it is None:
-            self._it = self._inner.__aiter__()
-        try:
-            chunk = await self._it.__anext__()
-        except StopAsyncIteration:
-            await _arecord(self._pending, self._record, complete=True)
-            raise
-        except BaseException as exc:
-            self._failed(exc)
-            raise
-        if self._add(chunk):
-            await _arecord(self._pending, self._record, complete=True)
-        return chunk
-
-    async def close(self) -> None:
-        await _arecord(self._pending, self._record, complete=False)
-        for name in ("close", "aclose"):
-            fn = getattr(self._inner, name, None)
-            if fn is not None:
-                result = fn()
-                if inspect.isawaitable(result):
-                    await result
-                return
-
-    async def aclose(self) -> None:
-        await self.close()
-
-    async def __aenter__(self) -> RecordingAsyncStream:
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        await self.close()
-
-
-class _Responses(_Namespace):
     def __init__(self, inner: Any, recorder: CallSink, root: Any) -> None:
         super().__init__(inner)
         self._recorder = recorder
         self._root = root
 
-    def create(self, **kwargs: Any) -> Any:
-        sent, pending = self._recorder.start_call(kwargs, endpoint="responses", client=self._root)
-        result = _invoke(self.__wrapped__.create, sent, pending)
-        if inspect.isawaitable(result):
-            return _finish_responses_async(result, sent, pending, self._root)
-        return _finish_responses(result, sent, pending, self._root)
+    def __getattr__(self, name: str) -> Any:
 
-
-def _finish_responses(result: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
-    if sent.get("stream"):
-        pending.fail(NotImplementedError("streamed Responses calls are not recorded"))
-        return result
-    pending.record(result, root)
-    return result
-
-
-async def _finish_responses_async(awaitable: Any, sent: dict[str, Any], pending: PendingCall, root: Any) -> Any:
-    result = await _settle(awaitable, pending)
-    if sent.get("stream"):
-        return _finish_responses(result, sent, pending, root)
-    await _arecord(pending, pending.record, result, root)
-    return result
-
-
-def _completions_proxy(inner: Any, recorder: CallSink, root: Any, endpoint: str) -> _Completions:
-    from compat.clients import is_async_callable
-
-    cls = _AsyncCompletions if is_async_callable(getattr(inner, "create", None)) else _Completions
-    return cls(inner, recorder, root, endpoint)
+        attr = super().__getattr__(name)
+        if name == "chat" and resolve(attr, "completions.create"):
+            completions = _resource(_COMPLETIONS, attr.completions, self._recorder, self._root, "beta.chat.completions")
+            attr = _Namespace(attr, completions=completions)
+        elif name == "responses" and resolve(attr, "create"):
+            attr = _resource(_RESPONSES, attr, self._recorder, self._root, "beta.responses")
+        else:
+            return attr
+        self.__dict__[name] = attr
+        return attr
 
 
 def _proxy(name: str, inner: Any, recorder: CallSink, root: Any) -> Any | None:
@@ -365,17 +401,15 @@ def _proxy(name: str, inner: Any, recorder: CallSink, root: Any) -> Any | None:
     `client.responses` makes the openai SDK import large type modules, which
     an agent that never calls them should not pay for (nor its GC scan).
     """
-    from compat.clients import resolve  # at wrap time: `import rollout` stays light
 
     if name == "chat" and resolve(inner, "completions.create"):
-        return _Namespace(
-            inner, completions=_completions_proxy(inner.completions, recorder, root, "chat.completions")
-        )
-    if name == "beta" and (resolve(inner, "chat.completions.parse") or resolve(inner, "chat.completions.create")):
-        completions = _completions_proxy(inner.chat.completions, recorder, root, "beta.chat.completions")
-        return _Namespace(inner, chat=_Namespace(inner.chat, completions=completions))
+        return _Namespace(inner, completions=_resource(_COMPLETIONS, inner.completions, recorder, root, "chat.completions"))
+    if name == "beta" and (resolve(inner, "chat.completions.create") or resolve(inner, "responses.create")):
+        return _Beta(inner, recorder, root)
     if name == "responses" and resolve(inner, "create"):
-        return _Responses(inner, recorder, root)
+        return _resource(_RESPONSES, inner, recorder, root, "responses")
+    if name == "completions" and resolve(inner, "create"):
+        return _resource(_LEGACY, inner, recorder, root, "completions")
     return None
 
 
@@ -427,6 +461,8 @@ class _PlainProxy(_Namespace):
         super().__init__(inner, _rollout_recorder=recorder)
 
     def __getattr__(self, name: str) -> Any:
+        if name in _RAW_VIEWS:
+            return super().__getattr__(name)  # rebuilt over this proxy, so its calls record
         attr = getattr(self.__wrapped__, name)
         proxy = _proxy(name, attr, self._rollout_recorder, self.__wrapped__) if name in _OVERRIDDEN else None
         if proxy is None:
@@ -437,7 +473,6 @@ class _PlainProxy(_Namespace):
 
 def wrap_client(client: Any, recorder: CallSink) -> Any:
     """A client of the same type that records through `recorder`."""
-    from compat.clients import resolve
 
     if getattr(client, "_rollout_recorder", None) is not None:
         raise ValueError("client is already wrapped by a Recorder")
@@ -448,6 +483,8 @@ def wrap_client(client: Any, recorder: CallSink) -> Any:
         wrapped.__class__ = _recording_type(type(client))
         wrapped.__dict__["_rollout_proxies"] = {}
         wrapped.__dict__["_rollout_recorder"] = recorder
+        for name in _RAW_VIEWS:  # the SDK caches these per client: a copied one is bound to `client`
+            wrapped.__dict__.pop(name, None)
         return wrapped
     except (TypeError, AttributeError) as exc:
         logger.warning("cannot keep the type of %s (%s); returning a plain proxy", type(client).__name__, exc)

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from compat import OpenAICompatibleModel
-from compat.clients import is_async_client
+from compat import OpenAICompatibleModel, is_async_client
 from rollout.collection.config import BackendSpec
 from rollout.errors import ConfigError
 from rollout.recorder import Recorder

@@ -16,8 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from compat.retry import EPISODE_RETRY, is_transient
-from compat.threads import to_thread
+from compat import EPISODE_RETRY, is_transient, to_thread
 from rollout.collection.backend import Backend
 from rollout.episode import Episode, EpisodeStatus, as_reward
 from rollout.errors import RewardError, exception_chain, explain_failure

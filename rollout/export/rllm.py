@@ -36,7 +36,7 @@ from typing import Any
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import RolloutError
 from rollout.export.rows import jsonable
-from rollout.record import NO_VERSION, CallRecord, Choice
+from rollout.record import NO_VERSION, CallRecord, ChoiceRecord
 from rollout.redact import redact
 
 TERMINATION_REASONS = (
@@ -125,7 +125,7 @@ def _tool_calls(message: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _step(
-    episode: Episode, pos: int, call: CallRecord, choice: Choice, done: bool
+    episode: Episode, pos: int, call: CallRecord, choice: ChoiceRecord, done: bool
 ) -> dict[str, Any]:
     messages = redact(jsonable(call.request)).get("messages", [])
     reply = jsonable(choice.message)

@@ -31,7 +31,7 @@ import numpy as np
 
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import SchemaVersionError, SerializationError
-from rollout.record import CallRecord, Choice, TokenSource, Versions
+from rollout.record import CallRecord, ChoiceRecord, TokenSource, Versions
 from rollout.redact import redact, redact_text
 
 SCHEMA_VERSION = 3
@@ -142,7 +142,7 @@ class Table:
 
 
 CHOICE = Table(
-    Choice,
+    ChoiceRecord,
     (
         Field("index", "int"),
         Field("ids", "ids"),

@@ -18,7 +18,7 @@ Decoder = Callable[[int], str]
 def default_decoder() -> Decoder | None:
     """Single-token decoder on the offline cl100k encoding, or None if unavailable."""
     try:
-        from compat.token_counter import load_encoding
+        from compat import load_encoding
 
         enc = load_encoding("cl100k_base")
     except Exception as exc:

@@ -39,7 +39,7 @@ import numpy as np
 
 from rollout.episode import Episode, EpisodeStatus
 from rollout.inspect.decode import Decoder, default_decoder, token_text
-from rollout.record import NO_VERSION, CallRecord, Choice
+from rollout.record import NO_VERSION, CallRecord, ChoiceRecord
 from rollout.redact import redact, redact_text
 from rollout.sample import FAILED_STATUSES, AssemblyResult, Sample, assemble
 
@@ -232,7 +232,7 @@ def _source_badge(source: Any) -> str:
 
 
 def _call_rows(pos: int, call: CallRecord) -> list[str]:
-    choices: list[Choice | None] = list(call.choices) or [None]
+    choices: list[ChoiceRecord | None] = list(call.choices) or [None]
     span = len(choices)
     notes = "<br>".join(_e(n) for n in call.notes) or '<span class="muted">–</span>'
     out: list[str] = []

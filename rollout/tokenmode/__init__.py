@@ -20,6 +20,7 @@ from rollout.tokenmode.dialect import Dialect
 from rollout.tokenmode.plan import Generation, Request, Sampled
 from rollout.tokenmode.server import TokenServer, TokenServers, server_for
 from rollout.tokenmode.stitch import (
+    BRANCH,
     EDITED_HISTORY,
     FIRST_CALL,
     INEXACT_PARENT,
@@ -39,6 +40,7 @@ from rollout.tokenmode.transport import (
 )
 
 __all__ = [
+    "BRANCH",
     "EDITED_HISTORY",
     "FIRST_CALL",
     "INEXACT_PARENT",

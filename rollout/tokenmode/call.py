@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from rollout.record import NO_VERSION, Choice, TokenRecordError, Versions, as_ids, as_logprobs
+from rollout.record import NO_VERSION, ChoiceRecord, TokenRecordError, Versions, as_ids, as_logprobs
 from rollout.tokenmode.plan import Generation, adrive, drive
 from rollout.tokenmode.reply import (
     AsyncReplayStream,
@@ -73,7 +73,7 @@ class TokenCall:
 
     def deliver(
         self, gen: Generation, policy_version: int | None, *, strict: bool = False
-    ) -> tuple[list[Choice], dict[str, Any]]:
+    ) -> tuple[list[ChoiceRecord], dict[str, Any]]:
         """The record's choices and the reply (ChatCompletion as a dict) for `gen`;
         what was odd about it goes to `notes` (`strict`: raises `TokenRecordError`)."""
         dialect = self.turn.server.dialect
@@ -101,7 +101,7 @@ class TokenCall:
                 self.notes.append(msg)
                 logprobs = None
             choices.append(
-                Choice(
+                ChoiceRecord(
                     index=c.index,
                     ids=as_ids(c.token_ids),
                     logprobs=logprobs,

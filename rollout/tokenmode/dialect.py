@@ -43,7 +43,7 @@ def shown(value: Any, limit: int = 200) -> str:
 
 
 def choice_object(c: Any, i: int, what: str) -> dict[str, Any]:
-    """Choice `i` of a reply, which must be a JSON object."""
+    """ChoiceRecord `i` of a reply, which must be a JSON object."""
     if not isinstance(c, dict):
         raise MalformedReply(f"{what} choice {i} is not an object: {shown(c)}")
     return c

@@ -34,7 +34,7 @@ import uuid
 from typing import Any, ClassVar
 
 from rollout.record import TokenSource
-from rollout.tokenmode.dialect import Dialect
+from rollout.tokenmode.dialect import Dialect, MalformedReply
 from rollout.tokenmode.plan import Generation, Plan, Request, Sampled
 from rollout.tokenmode.stitch import Unavailable
 
@@ -75,7 +75,7 @@ def _common_prefix(a: list[int], b: list[int]) -> int:
 def _token_list(reply: Any, what: str) -> list[int]:
     tokens = reply.get("tokens") if isinstance(reply, dict) else None
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise ValueError(f"{what} reply has no token list")
+        raise MalformedReply(f"{what} reply has no token list")
     return tokens
 
 
@@ -83,14 +83,14 @@ def completion(prompt_ids: list[int], sampling: dict[str, Any]) -> Request:
     """The `/completion` request; `sampling` uses vLLM's engine names."""
     n = sampling.get("n")
     if n not in (None, 1):
-        raise ValueError("llama.cpp's /completion samples one choice per request (n > 1)")
+        raise Unavailable("llama.cpp's /completion samples one choice per request (n > 1)")
     body: dict[str, Any] = {"prompt": prompt_ids, "return_tokens": True, "stream": False, "cache_prompt": True}
     for key, value in sampling.items():
         if value is None or key in ("n", "logprobs"):
             continue
         name = _NAMES.get(key)
         if name is None:
-            raise ValueError(f"llama.cpp's /completion has no {key!r}")
+            raise Unavailable(f"llama.cpp's /completion has no {key!r}")
         body[name] = value
     top = sampling.get("logprobs")
     # One entry per token at least: its `id` pairs the logprob with the sampled token.
@@ -113,16 +113,16 @@ def _logprobs(tokens: list[int], probs: Any) -> list[float] | None:
 
 def parse_completion(reply: Any, prompt_ids: list[int]) -> Generation:
     if not isinstance(reply, dict):
-        raise ValueError(f"/completion reply is not an object: {str(reply)[:200]}")
+        raise MalformedReply(f"/completion reply is not an object: {str(reply)[:200]}")
     tokens = reply.get("tokens")
     if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
-        raise ValueError("/completion reply has no `tokens` (return_tokens)")
+        raise MalformedReply("/completion reply has no `tokens` (return_tokens)")
     stop_type = reply.get("stop_type")
     if stop_type not in _FINISH:
-        raise ValueError(f"/completion stopped with stop_type {stop_type!r}")
+        raise MalformedReply(f"/completion stopped with stop_type {stop_type!r}")
     evaluated = reply.get("tokens_evaluated")
     if isinstance(evaluated, int) and evaluated != len(prompt_ids):
-        raise ValueError(f"the server evaluated {evaluated} prompt tokens, {len(prompt_ids)} were sent")
+        raise MalformedReply(f"the server evaluated {evaluated} prompt tokens, {len(prompt_ids)} were sent")
     content = reply.get("content")
     choice = Sampled(
         index=0,
@@ -177,11 +177,11 @@ class LlamaCppDialect(Dialect):
         reply = yield Request("POST", "/apply-template", body)
         text = reply.get("prompt") if isinstance(reply, dict) else None
         if not isinstance(text, str) or not text:
-            raise ValueError("/apply-template reply has no prompt")
+            raise MalformedReply("/apply-template reply has no prompt")
         reply = yield Request("POST", "/tokenize", {"content": text, "add_special": False, "parse_special": True})
         tokens = _token_list(reply, "/tokenize")
         if not tokens:
-            raise ValueError("/tokenize answered no tokens for a rendered prompt")
+            raise MalformedReply("/tokenize answered no tokens for a rendered prompt")
         return tokens
 
     def _learn_end_of_turn(self, tools: Any, ctk: Any) -> Plan:
@@ -228,5 +228,5 @@ class LlamaCppDialect(Dialect):
         reply = yield Request("POST", "/detokenize", {"tokens": ids})
         text = reply.get("content") if isinstance(reply, dict) else None
         if not isinstance(text, str):
-            raise ValueError("/detokenize reply has no content")
+            raise MalformedReply("/detokenize reply has no content")
         return text

@@ -59,13 +59,19 @@ class Generation:
     raw: Any = None  # the server's generate reply, for a derender call
 
 
+def advance(plan: Plan, reply: Any, error: HttpError | None) -> Request:
+    """Hand a plan the outcome of its last request (the reply, or its error thrown in);
+    returns its next request (StopIteration carries its result)."""
+    return plan.throw(error) if error is not None else plan.send(reply)
+
+
 def with_options(plan: Plan, options: CallOptions) -> Plan:
     """`plan`, its every request carrying `options`."""
     reply: Any = None
     error: HttpError | None = None
     while True:
         try:
-            request = plan.throw(error) if error is not None else plan.send(reply)
+            request = advance(plan, reply, error)
         except StopIteration as done:
             return done.value
         try:
@@ -82,7 +88,7 @@ def drive(plan: Plan, http: JsonHttp) -> Any:
     try:
         while True:
             try:
-                request = plan.throw(error) if error is not None else plan.send(reply)
+                request = advance(plan, reply, error)
             except StopIteration as done:
                 return done.value
             try:
@@ -100,7 +106,7 @@ async def adrive(plan: Plan, http: JsonHttp) -> Any:
     try:
         while True:
             try:
-                request = plan.throw(error) if error is not None else plan.send(reply)
+                request = advance(plan, reply, error)
             except StopIteration as done:
                 return done.value
             try:

@@ -26,11 +26,12 @@ the call goes as messages and the record says why (`CallRecord.fallback`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rollout.record import CallRecord, Choice
+from rollout.lineage import call_signatures, message_text
+from rollout.record import CallRecord, ChoiceRecord
 from rollout.tokenmode.plan import Plan
 
 if TYPE_CHECKING:
@@ -44,6 +45,7 @@ INEXACT_PARENT = "parent ids are not exact"
 TOOLS_CHANGED = "tools changed since the parent call"
 NO_NEW_MESSAGES = "no new messages after the parent's reply"
 NO_SERVER = "client has no HTTP base URL"
+BRANCH = "branch"  # + which calls already continued the parent: the episode cannot stay one row
 
 # Chat parameters the token routes honour; anything else sends the call as messages.
 _SAMPLING = ("n", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
@@ -177,20 +179,23 @@ def rendered_change(kwargs: Mapping[str, Any], parent_request: Mapping[str, Any]
 
 
 def _message_view(m: Any, fields: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """What of a message is compared with the parent's: every field, with the spellings a
+    framework varies (text parts, JSON formatting of arguments, tool-call ids, None
+    fields) normalised as the prefix table normalises them (`rollout.lineage`, which
+    notes such re-shaping on the record)."""
     data = plain(m)
     if not isinstance(data, dict):
         return {"message": data}
     if fields is not None:
         data = {k: v for k, v in data.items() if k in fields}
-    if not data.get("content"):
-        data.pop("content", None)  # "" and None render alike
-    calls = data.pop("tool_calls", None)
-    if calls:  # what templates render of a call: its id, name and arguments (not "type")
-        data["tool_calls"] = [
-            {k: (c.get(k) if k == "id" else (c.get("function") or {}).get(k)) for k in ("id", "name", "arguments")}
-            if isinstance(c, dict) else c
-            for c in calls
-        ]
+    data.pop("tool_call_id", None)  # an opaque handle; renamed ids are noted, not edits
+    content = message_text(data.pop("content", None))
+    if content is not None:
+        data["content"] = content  # "" and None render alike
+    if data.get("tool_calls"):
+        data["tool_calls"] = call_signatures(data)
+    else:
+        data.pop("tool_calls", None)
     return data
 
 
@@ -210,6 +215,8 @@ def edited_prefix(prefix: list[Any], parent_messages: Any, reply: Mapping[str, A
             keys = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
             return f"{EDITED_HISTORY}: message {i} differs from the parent call's ({', '.join(keys)})"
     mine, theirs = _message_view(prefix[-1], _REPLY_FIELDS), _message_view(reply, _REPLY_FIELDS)
+    if "tool_calls" not in mine:  # a framework that drops the calls it sends back (noted by lineage)
+        theirs.pop("tool_calls", None)
     if mine != theirs:
         keys = sorted(k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k))
         return f"{EDITED_HISTORY}: the parent's reply differs from what it sampled ({', '.join(keys)})"
@@ -218,15 +225,20 @@ def edited_prefix(prefix: list[Any], parent_messages: Any, reply: Mapping[str, A
 
 def plan_turn(
     kwargs: dict[str, Any],
-    found: tuple[CallRecord, Choice, int] | None,
+    found: tuple[CallRecord, ChoiceRecord, int] | None,
     *,
     earlier_calls: bool,
     server: Callable[[], TokenServer],
+    continued: Sequence[int] = (),
 ) -> StitchedTurn | str:
     """The stitched turn for a call, or the reason it goes as messages.
 
     `found` is the parent: the recorded call and choice whose messages + reply
-    the call's messages extend, and how many messages that covers.
+    the call's messages extend, and how many messages that covers. `continued`
+    lists the calls that already continued that parent: a retry, or an agent
+    whose history went back to an earlier turn (CAMEL's memory reorders
+    replies). Such a call starts a new row whichever way it goes, so it goes
+    as messages and the record names the branch.
     """
     reason = fallback_reason(kwargs)
     if reason is not None:
@@ -234,6 +246,8 @@ def plan_turn(
     if found is None:
         return EDITED_HISTORY if earlier_calls else FIRST_CALL
     call, choice, end = found
+    if continued:
+        return f"{BRANCH}: continues call {call.index}, which call(s) {list(continued)} had already continued"
     if not (call.prompt_source.exact and choice.exact) or len(call.prompt_ids) == 0:
         return INEXACT_PARENT
     changed = rendered_change(kwargs, call.request)

@@ -37,7 +37,6 @@ import asyncio
 import contextlib
 import errno
 import json
-import ssl
 import sys
 import threading
 import time
@@ -45,18 +44,24 @@ import urllib.parse
 import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from rollout.errors import RolloutError
+from rollout.tokenmode.http_settings import (
+    DEFAULT_TIMEOUT,
+    MISSING,
+    CallOptions,
+    ClientNetwork,
+    Timeouts,
+    httpx_module,
+    is_async_http,
+    merge_headers,
+    sdk_value,
+)
 
 MAX_REPLY_BYTES = 64 * 2**20
 """A token-mode reply larger than this is refused (`HttpReplyTooLarge`): a
 32k-token generation with logprobs is a few MB."""
-
-DEFAULT_TIMEOUT = (5.0, 600.0)
-"""(connect, deadline) seconds when the client names none: the openai SDK's default."""
-
 
 class HttpError(RolloutError):
     """A token-mode request failed: a non-2xx reply, a non-JSON body, or no connection."""
@@ -95,80 +100,6 @@ class HttpTimeoutError(RolloutError, TimeoutError):
     unavailable = False
 
 
-# --- settings ----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Timeouts:
-    """How long one request may take: to connect, and in all (None: no limit)."""
-
-    connect: float | None
-    total: float | None
-
-    @staticmethod
-    def of(value: Any, default: Timeouts | None = None) -> Timeouts:
-        """From an SDK timeout: a number, an `httpx.Timeout`, None, or NOT_GIVEN (the default)."""
-        if type(value).__name__ in ("NotGiven", "Omit"):
-            return default or Timeouts(*DEFAULT_TIMEOUT)
-        if value is None:
-            return Timeouts(None, None)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return Timeouts(float(value), float(value))
-        read = getattr(value, "read", None)
-        connect = getattr(value, "connect", None)
-        if hasattr(value, "read"):
-            return Timeouts(None if connect is None else float(connect), None if read is None else float(read))
-        return default or Timeouts(*DEFAULT_TIMEOUT)
-
-    def phases(self, remaining: float | None) -> dict[str, float | None]:
-        """httpx's per-phase timeouts, none longer than what is left of the deadline."""
-        connect = self.connect if remaining is None or self.connect is None else min(self.connect, remaining)
-        return {"connect": connect, "read": remaining, "write": remaining, "pool": remaining}
-
-
-@dataclass(frozen=True, slots=True)
-class CallOptions:
-    """One call's own `timeout=`, `extra_headers` and `extra_query`, for its token-mode requests."""
-
-    timeout: Any = None  # an SDK timeout value; None here means "not given"
-    timeout_given: bool = False
-    headers: Mapping[str, Any] | None = None
-    query: Mapping[str, Any] | None = None
-
-    @staticmethod
-    def of(kwargs: Mapping[str, Any]) -> CallOptions | None:
-        """The call's options, or None when it sets none (the common case)."""
-        timeout = kwargs.get("timeout", _MISSING)
-        headers = _given(kwargs.get("extra_headers"))
-        query = _given(kwargs.get("extra_query"))
-        given = timeout is not _MISSING and type(timeout).__name__ not in ("NotGiven", "Omit")
-        if not given and not headers and not query:
-            return None
-        return CallOptions(timeout if given else None, given, headers or None, query or None)
-
-
-_MISSING: Any = object()
-
-
-def _given(value: Any) -> Any:
-    return None if value is None or type(value).__name__ in ("NotGiven", "Omit") else value
-
-
-def merge_headers(*layers: Mapping[str, Any] | None) -> dict[str, str]:
-    """Headers merged case-insensitively, later layers winning; an SDK `Omit` value removes one."""
-    out: dict[str, str] = {}
-    names: dict[str, str] = {}
-    for layer in layers:
-        for name, value in (layer or {}).items():
-            old = names.pop(str(name).lower(), None)
-            if old is not None:
-                del out[old]
-            if isinstance(value, str):
-                out[str(name)] = value
-                names[str(name).lower()] = str(name)
-    return out
-
-
 # --- the HTTP client ---------------------------------------------------------------------
 
 
@@ -186,7 +117,7 @@ class JsonHttp:
         self,
         root: str,
         headers: Mapping[str, str] | None = None,
-        timeout: Any = _MISSING,
+        timeout: Any = MISSING,
         *,
         query: Mapping[str, Any] | None = None,
         client: Any = None,
@@ -197,14 +128,14 @@ class JsonHttp:
             raise ValueError(f"token mode needs an http(s) server URL, got {root!r}")
         self.root = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}"
         self.headers = merge_headers({"Content-Type": "application/json"}, headers)
-        self.query = {str(k): str(v) for k, v in (query or {}).items() if _given(v) is not None}
-        self.timeouts = Timeouts(*DEFAULT_TIMEOUT) if timeout is _MISSING else Timeouts.of(timeout)
+        self.query = {str(k): str(v) for k, v in (query or {}).items() if sdk_value(v) is not None}
+        self.timeouts = Timeouts(*DEFAULT_TIMEOUT) if timeout is MISSING else Timeouts.of(timeout)
         self.max_reply_bytes = MAX_REPLY_BYTES if max_reply_bytes is None else max_reply_bytes
         self._client = client
-        self._async_client = _is_async(client)
+        self._async_client = is_async_http(client)
         self._own_sync: Any = None  # a private sync client, when the wrapped one is async (or absent)
         self._sessions: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = weakref.WeakKeyDictionary()
-        self._net: _Net | None = None
+        self._net: ClientNetwork | None = None
         self._lock = threading.Lock()
 
     @property
@@ -225,7 +156,7 @@ class JsonHttp:
             if options.headers:
                 headers = merge_headers(headers, options.headers)
             if options.query:
-                query = {**query, **{str(k): str(v) for k, v in options.query.items() if _given(v) is not None}}
+                query = {**query, **{str(k): str(v) for k, v in options.query.items() if sdk_value(v) is not None}}
             if options.timeout_given:
                 timeouts = Timeouts.of(options.timeout)
         if query:
@@ -261,7 +192,7 @@ class JsonHttp:
     def _new_sync_client(self) -> Any:
         """A sync httpx client with the wrapped (async) client's CA context and proxy."""
         net = self._network()
-        httpx = _httpx_module(self._client)
+        httpx = httpx_module(self._client)
         kw: dict[str, Any] = {"timeout": None}
         if net.known:
             kw["verify"] = net.ssl if net.ssl is not None else True
@@ -275,7 +206,7 @@ class JsonHttp:
         url, headers, data, timeouts = self._prepare(method, path, body, options)
         what = f"{method} {path}"
         client = self._sync_client()
-        httpx = _httpx_module(client)
+        httpx = httpx_module(client)
         start = time.monotonic()
         for attempt in (0, 1):  # a kept-alive connection the server had closed: once more
             remaining = _remaining(timeouts.total, start)
@@ -330,9 +261,9 @@ class JsonHttp:
 
     # --- async: aiohttp (the twin) ---------------------------------------------------
 
-    def _network(self) -> _Net:
+    def _network(self) -> ClientNetwork:
         if self._net is None:
-            self._net = _Net.of(self._client, self.root)
+            self._net = ClientNetwork.of(self._client, self.root)
         return self._net
 
     async def arequest(self, method: str, path: str, body: Any = None, options: CallOptions | None = None) -> Any:
@@ -352,7 +283,7 @@ class JsonHttp:
 
     async def _aiohttp(
         self, method: str, url: str, headers: dict[str, str], data: bytes | None,
-        timeouts: Timeouts, net: _Net, what: str,
+        timeouts: Timeouts, net: ClientNetwork, what: str,
     ) -> tuple[int, bytes]:  # fmt: skip
         import aiohttp
 
@@ -395,7 +326,7 @@ class JsonHttp:
                 raise HttpConnectionError(f"{what}: {type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
-    def _session(self, net: _Net) -> Any:
+    def _session(self, net: ClientNetwork) -> Any:
         import aiohttp
 
         loop = asyncio.get_running_loop()
@@ -427,7 +358,7 @@ class JsonHttp:
     ) -> tuple[int, bytes]:
         """Through the wrapped client's own async httpx client (a transport we cannot copy)."""
         client = self._client
-        httpx = _httpx_module(client)
+        httpx = httpx_module(client)
         request = client.build_request(method, url, headers=headers, content=data,
                                        timeout=httpx.Timeout(**timeouts.phases(timeouts.total)))  # fmt: skip
         try:
@@ -497,91 +428,6 @@ def _length(value: str | None) -> int | None:
         return None
 
 
-def _is_async(client: Any) -> bool:
-    send = getattr(client, "send", None)
-    return send is not None and asyncio.iscoroutinefunction(send)
-
-
-def _httpx_module(client: Any) -> Any:
-    """The httpx flavour the client is built on (`httpx2` for openai 3, `httpx` before)."""
-    name = type(client).__module__.split(".", 1)[0] if client is not None else ""
-    module = sys.modules.get(name) if name else None
-    if module is not None and hasattr(module, "TimeoutException"):
-        return module
-    for candidate in type(client).__mro__ if client is not None else ():
-        module = sys.modules.get(candidate.__module__.split(".", 1)[0])
-        if module is not None and hasattr(module, "TimeoutException"):
-            return module
-    try:
-        import httpx2
-
-        return httpx2
-    except ImportError:  # pragma: no cover - openai < 3
-        import httpx
-
-        return httpx
-
-
-@dataclass(frozen=True, slots=True)
-class _Net:
-    """The CA context and proxy the wrapped client's transport uses for the server's URL.
-
-    `known` is False for a transport whose settings cannot be read (a mock or
-    custom transport, a SOCKS proxy): requests then go through the client itself.
-    """
-
-    known: bool
-    ssl: ssl.SSLContext | None = None
-    proxy: str | None = None
-    proxy_headers: dict[str, str] | None = None
-
-    @staticmethod
-    def of(client: Any, root: str) -> _Net:
-        if client is None:
-            return _Net(True, _default_ssl(), *_env_proxy(root))
-        try:
-            transport = client._transport_for_url(_httpx_module(client).URL(root))
-        except Exception:  # not an httpx client
-            return _Net(False)
-        if hasattr(transport, "ssl_context") and hasattr(transport, "proxy"):  # the SDK's aiohttp transport
-            proxy = transport.proxy
-            if proxy is None:
-                return _Net(True, transport.ssl_context)
-            headers = dict(proxy.headers) if proxy.headers else None
-            return _Net(True, transport.ssl_context, str(proxy.url), headers)
-        pool = getattr(transport, "_pool", None)
-        context = getattr(pool, "_ssl_context", None)
-        kind = type(pool).__name__
-        if kind in ("ConnectionPool", "AsyncConnectionPool"):
-            return _Net(True, context)
-        if kind in ("HTTPProxy", "AsyncHTTPProxy"):
-            url = getattr(pool, "_proxy_url")  # noqa: B009
-            port = f":{url.port}" if url.port else ""
-            proxy = f"{url.scheme.decode()}://{url.host.decode()}{port}"
-            headers = {k.decode(): v.decode() for k, v in getattr(pool, "_proxy_headers", [])} or None
-            return _Net(True, context, proxy, headers)
-        return _Net(False)
-
-
-def _default_ssl() -> ssl.SSLContext | None:
-    try:
-        import httpx2
-
-        return httpx2.create_ssl_context()  # the SDK's default: certifi, or SSL_CERT_FILE / SSL_CERT_DIR
-    except ImportError:  # pragma: no cover - openai < 3
-        return None
-
-
-def _env_proxy(root: str) -> tuple[str | None, None]:
-    """The proxy the environment names for `root` (HTTP(S)_PROXY, NO_PROXY), read once."""
-    parts = urllib.parse.urlsplit(root)
-    proxies = urllib.request.getproxies()
-    proxy = proxies.get(parts.scheme) or proxies.get("all")
-    if proxy and parts.hostname and not urllib.request.proxy_bypass(parts.hostname):
-        return proxy, None
-    return None, None
-
-
 if sys.version_info >= (3, 11):
 
     def _deadline(seconds: float | None) -> Any:
@@ -614,7 +460,7 @@ else:  # pragma: no cover - Python 3.10
             handle.cancel()
 
 
-__all__ = [
+__all__ = [  # the settings are re-exported: token mode's modules import them from here
     "CallOptions",
     "HttpConnectionError",
     "HttpError",

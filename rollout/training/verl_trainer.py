@@ -35,7 +35,7 @@ import time
 import urllib.request
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -97,6 +97,13 @@ class TrainerSettings(_Strict):
     """torch threads for the update; collection runs the server's small forwards on 1."""
     seed: int = 0
     """Mini-batch shuffling."""
+    rollout: Literal["collector", "agent_loop"] = "collector"
+    """How a batch is collected: our `Collector`, or verl's own `AgentLoopWorker` running the
+    agent as its agent loop (`rollout.loops.verl`, agent loop ``rollout_episode``)."""
+    prompt_length: int = Field(default=128, ge=1)
+    """agent_loop: verl's `rollout.prompt_length` (rows are padded to it, then compacted)."""
+    response_length: int = Field(default=128, ge=1)
+    """agent_loop: verl's `rollout.response_length`."""
 
 
 class TrainVerlConfig(_Strict):
@@ -260,6 +267,8 @@ class VerlTrainer:
         self.server = ServerProcess(cfg.model, backend.model, backend.embedded.seed)
         self.collector: Collector | None = None
         self.tracked: TrainLog | None = None
+        self.worker: Any = None  # verl's AgentLoopWorker (trainer.rollout: agent_loop)
+        self._workdir: Any = None
         self.version = 0
         self.history: list[dict[str, Any]] = []
 
@@ -268,6 +277,8 @@ class VerlTrainer:
         try:
             # Version 0 is the trainer's own initial weights, through the endpoint.
             push_weights(url, self.policy.get_weights(), self.version)
+            if self.config.trainer.rollout == "agent_loop":
+                self.worker = self._agent_loop_worker()
             self.collector = Collector(
                 self.config.collect,
                 agent=self.agent,
@@ -290,15 +301,71 @@ class VerlTrainer:
                 self.collector.close()
         finally:
             self.server.stop()
+            if self._workdir is not None:
+                self._workdir.cleanup()
+
+    def _agent_loop_worker(self) -> Any:
+        """verl's `AgentLoopWorker`, built as verl builds it (hydra-composed `ppo_trainer` config,
+        our agent loop from its YAML), its `llm_client` on this server's token route."""
+        import tempfile
+
+        from verl.experimental.agent_loop import AgentLoopWorker
+
+        from rollout.loops import hf_model
+        from rollout.loops.verl import (
+            EmbeddedLLMClient,
+            agent_loop_entry,
+            quiet_verl_logs,
+            verl_config,
+            write_agent_loop_config,
+        )
+
+        cfg, t = self.config, self.config.trainer
+        agent = self.agent if self.agent is not None else cfg.collect.agent
+        if agent is None:
+            raise ConfigError("trainer.rollout agent_loop needs an agent: collect.agent or agent=")
+        if not isinstance(agent, str):  # a function: verl's loop imports it by name
+            agent = f"{agent.__module__}:{agent.__qualname__}"
+        asked = dict(cfg.collect.backend.sampling)
+        verl_side = {k: asked.pop(k) for k in ("temperature", "top_p", "top_k") if k in asked}
+        self._workdir = tempfile.TemporaryDirectory(prefix="rollout-agent-loop-")
+        loops = write_agent_loop_config(
+            Path(self._workdir.name) / "agent_loops.yaml",
+            # No per-episode timeout: verl starts every row of the batch at once (agent_loop.py:
+            # 642-654), so a row's wall time includes its wait for the others' generations.
+            [agent_loop_entry(agent, model=cfg.collect.backend.model, sampling=asked)],
+        )  # fmt: skip
+        config = verl_config(
+            hf_model.model_dir(cfg.model),
+            prompt_length=t.prompt_length,
+            response_length=t.response_length,
+            agent_loop_config=loops,
+            overrides=[f"actor_rollout_ref.rollout.{k}={v}" for k, v in verl_side.items()],
+        )
+        quiet_verl_logs()
+        return AgentLoopWorker(config, EmbeddedLLMClient(config, self.server.url, timeout_s=600.0))
 
     # ---------------------------------------------------------------- steps
 
     def collect(self) -> list[Any]:
+        """One batch of recorded episodes (whichever way `trainer.rollout` collects)."""
+        return self.collect_batch()[0]
+
+    def collect_batch(self) -> tuple[list[Any], DataProto | None]:
+        """The episodes, and verl's own batch when verl's agent loop collected them."""
         assert self.collector is not None, "use VerlTrainer as a context manager"
+        data = None
         with torch_threads(1):
-            episodes = self.collector.run_batch(self.tasks)
+            if self.worker is not None:
+                from rollout.loops.verl import compact, episodes_of, generate, run_sync, task_batch
+
+                batch = task_batch(self.tasks, self.config.collect.samples_per_task)
+                data = compact(run_sync(generate(self.worker, batch)))
+                episodes = episodes_of(data)
+            else:
+                episodes = self.collector.run_batch(self.tasks)
         check_versions(episodes, self.version)
-        return episodes
+        return episodes, data
 
     def export(self, episodes: list[Any]) -> DataProto:
         by_episode = self.config.trainer.adv_estimator.startswith("episode_")
@@ -306,6 +373,12 @@ class VerlTrainer:
         if "rollout_log_probs" not in batch["tensors"]:
             raise OffPolicyError("some rows have no recorded logprobs: nothing to check the update against")
         return DataProto.from_dict(**batch)
+
+    def _checked(self, data: DataProto) -> DataProto:
+        """verl's agent-loop batch as the update takes it: logprobs on every row."""
+        if data.batch.get("rollout_log_probs", None) is None:
+            raise OffPolicyError("verl's batch has no rollout_log_probs: nothing to check the update against")
+        return data
 
     def logprobs(self, data: DataProto) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's (log_prob, entropy) for every response token of the batch, [N, R] each."""
@@ -341,6 +414,8 @@ class VerlTrainer:
                 mb = data.select_idxs(idx)
                 b = mb.batch
                 mask = b["response_mask"].bool()
+                if not bool(mask.any()):  # only rows that train nothing (failed episodes): no step
+                    continue
                 log_prob, entropy = self.logprobs(mb)
                 pg_loss, metrics = self.loss_fn(
                     old_log_prob=b["old_log_probs"],
@@ -389,11 +464,11 @@ class VerlTrainer:
         t = self.config.trainer
         timing = dict.fromkeys(("collect_s", "export_s", "loss_s", "step_s", "push_s"), 0.0)
         start = time.perf_counter()
-        episodes = self.collect()
+        episodes, verl_batch = self.collect_batch()
         timing["collect_s"] = time.perf_counter() - start
 
         start = time.perf_counter()
-        data = self.export(episodes)
+        data = self.export(episodes) if verl_batch is None else self._checked(verl_batch)
         timing["export_s"] = time.perf_counter() - start
 
         stats: dict[str, Any] = {
@@ -409,6 +484,12 @@ class VerlTrainer:
                 c.sent_as != "tokens" for e in episodes for c in e.calls[1:]
             ),
         }
+        if verl_batch is not None:  # what verl's agent loop could not return as one whole row
+            nt = verl_batch.non_tensor_batch
+            stats["multi_row_episodes"] = int(sum(int(n) > 1 for n in nt["rollout_rows"]))
+            stats["truncated_episodes"] = int(sum(nt["rollout_truncated"]))
+            stats["failed_episodes"] = int(sum(nt["rollout_failed"]))
+            stats["dropped_tokens"] = int(sum(nt["rollout_dropped_tokens"]))
         with torch_threads(t.threads):
             start = time.perf_counter()
             self.advantages(data)
@@ -447,6 +528,8 @@ def format_stats(s: dict[str, Any]) -> str:
         f"max|dlogp| {s['max_logprob_diff']:.1e}  loss {s.get('pg_loss', float('nan')):+.4f}  "
         f"collect {s['collect_s']:.1f}s export {s['export_s']:.2f}s loss {s['loss_s']:.2f}s "
         f"step {s['step_s']:.2f}s push {s['push_s']:.2f}s"
+        + "".join(f"  {k} {s[k]}" for k in ("failed_episodes", "truncated_episodes", "multi_row_episodes")
+                  if s.get(k))
     )
 
 

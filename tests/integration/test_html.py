@@ -1,6 +1,6 @@
 """The static HTML episode view: self-contained, one span per token, faithful to the samples.
 
-Episodes are built from `CallRecord`/`Choice` directly (token text chosen to
+Episodes are built from `CallRecord`/`ChoiceRecord` directly (token text chosen to
 need escaping, a multi-turn merge with observation tokens, an inexact record,
 missing logprobs, a failed and an empty episode), plus two collected on the
 embedded server. The page is parsed with `html.parser` and every token span is
@@ -26,7 +26,7 @@ from compat.token_counter import load_encoding
 from rollout.episode import Episode, EpisodeStatus
 from rollout.export import write_jsonl
 from rollout.inspect.html import BUCKETS, probability_bucket, render_html, write_html
-from rollout.record import CallRecord, Choice, TokenSource
+from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import Sample, assemble
 
 REPO = Path(__file__).resolve().parents[2]
@@ -62,7 +62,7 @@ def multi_turn_episode() -> Episode:
         prompt_ids=p0,
         prompt_source=TokenSource.VLLM,
         choices=[
-            Choice(
+            ChoiceRecord(
                 ids=r1, logprobs=lp1, versions=[3] * (len(r1) - 2) + [4, 4],
                 finish_reason="stop", message={"role": "assistant", "content": REPLY_1},
                 source=TokenSource.VLLM,
@@ -77,7 +77,7 @@ def multi_turn_episode() -> Episode:
         prompt_ids=p0 + r1 + ids(OBSERVATION),
         prompt_source=TokenSource.SGLANG,
         choices=[
-            Choice(
+            ChoiceRecord(
                 ids=r2, logprobs=lp2.astype(np.float32), versions=[5] * len(r2),
                 finish_reason="length", message={"role": "assistant", "content": REPLY_2},
                 source=TokenSource.SGLANG,
@@ -95,7 +95,7 @@ def inexact_episode() -> Episode:
     """A tokenizer-fallback record without logprobs, two choices (two samples)."""
     prompt = ids("hello")
     choices = [
-        Choice(index=k, ids=ids(text), logprobs=None, versions=[-1] * len(ids(text)),
+        ChoiceRecord(index=k, ids=ids(text), logprobs=None, versions=[-1] * len(ids(text)),
                source=TokenSource.TOKENIZER, message={"content": text}, finish_reason="stop")
         for k, text in enumerate(["a & b", "c < d"])
     ]  # fmt: skip
@@ -113,7 +113,7 @@ def failed_episode() -> Episode:
         prompt_ids=ids("question"),
         prompt_source=TokenSource.VLLM,
         choices=[
-            Choice(ids=ids(" answer"), logprobs=[-0.5], versions=[1], source=TokenSource.VLLM)
+            ChoiceRecord(ids=ids(" answer"), logprobs=[-0.5], versions=[1], source=TokenSource.VLLM)
         ],
     )
     return Episode(
@@ -456,7 +456,7 @@ def test_no_key_reaches_the_page() -> None:
                 id="c0",
                 prompt_ids=ids("hi"),
                 prompt_source=TokenSource.VLLM,
-                choices=[Choice(ids=ids("ok"), versions=[0] * len(ids("ok")), source=TokenSource.VLLM,
+                choices=[ChoiceRecord(ids=ids("ok"), versions=[0] * len(ids("ok")), source=TokenSource.VLLM,
                                 message={"role": "assistant", "content": f"the key is {key}"})],
                 notes=[f"server said: Bearer {key}"],
             )

@@ -35,7 +35,7 @@ from rollout.export import (
 from rollout.export.areal import MissingLogprobsError
 from rollout.export.jsonl import CorruptLineWarning
 from rollout.export.rows import episode_to_row
-from rollout.record import CallRecord, Choice, TokenSource
+from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import Sample, assemble
 
 # ---------------------------------------------------------------- helpers
@@ -92,8 +92,8 @@ def assert_same_episode(a: Episode, b: Episode) -> None:
             assert (xa.server_tokens, xa.mismatch) == (xb.server_tokens, xb.mismatch)
 
 
-def _choice(ids: list[int], logprobs: list[float] | None, versions: list[int], **kw: Any) -> Choice:
-    return Choice(ids=ids, logprobs=logprobs, versions=versions, source=TokenSource.VLLM, **kw)
+def _choice(ids: list[int], logprobs: list[float] | None, versions: list[int], **kw: Any) -> ChoiceRecord:
+    return ChoiceRecord(ids=ids, logprobs=logprobs, versions=versions, source=TokenSource.VLLM, **kw)
 
 
 def rich_episode(task_id: str = "task-1", sample: int = 0) -> Episode:
@@ -176,7 +176,7 @@ def episodes(draw: Any) -> Episode:
             lp = draw(st.none() | st.lists(f32, min_size=len(ids), max_size=len(ids)))
             vs = draw(st.lists(st.integers(-1, 5), min_size=len(ids), max_size=len(ids)))
             choices.append(
-                Choice(
+                ChoiceRecord(
                     index=k,
                     ids=ids,
                     logprobs=lp,
@@ -234,11 +234,11 @@ def test_jsonl_round_trip_exact(tmp_path: Path) -> None:
 
 
 def test_a_reply_without_ids_keeps_its_logprobs_count_and_mismatch_in_both_formats(tmp_path: Path) -> None:
-    unpaired = Choice(  # a server that sent logprobs but no ids, and a tokenizer that did not match
+    unpaired = ChoiceRecord(  # a server that sent logprobs but no ids, and a tokenizer that did not match
         index=0, ids=[9], versions=[4], source=TokenSource.TOKENIZER,
         server_logprobs=[float(np.float32(-1 / 7)), -np.inf, -0.5], mismatch="3 tokens, 1 id",
     )  # fmt: skip
-    counted = Choice(index=1, server_tokens=5)  # no ids, no logprobs: usage's count only
+    counted = ChoiceRecord(index=1, server_tokens=5)  # no ids, no logprobs: usage's count only
     ep = Episode(task_id="t", calls=[CallRecord(prompt_ids=[1], choices=[unpaired, counted])])
     jp, pp = tmp_path / "e.jsonl", tmp_path / "e.parquet"
     write_jsonl([ep], jp, append=False)

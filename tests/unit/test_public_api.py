@@ -110,3 +110,15 @@ def test_the_examples_use_only_the_public_api() -> None:
                 continue
             private += [f"{path.name}: {node.module}.{a.name}" for a in node.names if a.name not in public]
     assert private == [], private
+
+
+def test_rollout_uses_only_compats_public_api() -> None:
+    """rollout imports from `compat` itself, never from its modules (issue 21: it reached into
+    compat.threads, compat.retry, compat.clients and compat.token_counter)."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2] / "rollout"
+    private = re.compile(r"^\s*(from compat\.\w+ import|import compat\.)", re.M)
+    offenders = [str(p.relative_to(root)) for p in root.rglob("*.py") if private.search(p.read_text())]
+    assert offenders == []

@@ -36,7 +36,7 @@ from rollout.episode import Episode as OurEpisode
 from rollout.episode import EpisodeStatus
 from rollout.export import to_rllm, to_verl
 from rollout.export.rllm import TerminationReasonError
-from rollout.record import CallRecord, Choice, TokenSource
+from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import assemble
 
 RLLM_COMMIT = "9beb6e0f676a46d38858991fd79ac5f8e0b16d4c"
@@ -556,11 +556,11 @@ def test_fixture_reproduces_the_failures_the_issue_reported() -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def _choice(ids: list[int], logprobs: list[float] | None, version: int = 3, **kw: Any) -> Choice:
-    return Choice(ids=ids, logprobs=logprobs, versions=[version] * len(ids), source=TokenSource.VLLM, **kw)
+def _choice(ids: list[int], logprobs: list[float] | None, version: int = 3, **kw: Any) -> ChoiceRecord:
+    return ChoiceRecord(ids=ids, logprobs=logprobs, versions=[version] * len(ids), source=TokenSource.VLLM, **kw)
 
 
-def _call(prompt: list[int], *choices: Choice, messages: list[dict[str, Any]] | None = None, parent: int | None = None, reward: float | None = None) -> CallRecord:
+def _call(prompt: list[int], *choices: ChoiceRecord, messages: list[dict[str, Any]] | None = None, parent: int | None = None, reward: float | None = None) -> CallRecord:
     return CallRecord(
         id=f"c{uuid.uuid4().hex[:6]}",
         prompt_ids=prompt,

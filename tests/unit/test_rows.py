@@ -22,7 +22,7 @@ from rollout.export.rows import (
     jsonable,
     unwritable_as_failed,
 )
-from rollout.record import CallRecord, Choice
+from rollout.record import CallRecord, ChoiceRecord
 from tests.unit.test_export import rich_episode
 
 
@@ -119,7 +119,7 @@ def test_an_unwritable_episode_is_written_as_failed_with_its_tokens() -> None:
 
 @pytest.mark.parametrize("table", [EPISODE, CALL, CHOICE], ids=lambda t: t.cls.__name__)
 def test_the_field_table_is_exactly_the_record_classes_fields(table: Table) -> None:
-    """A field added to Episode, CallRecord or Choice without a row field would be
+    """A field added to Episode, CallRecord or ChoiceRecord without a row field would be
     silently dropped on write (and one removed would fail every read): the table and
     the dataclass must name the same fields, and nested tables the right classes."""
     declared = {f.name for f in dataclasses.fields(table.cls) if f.init}
@@ -127,4 +127,4 @@ def test_the_field_table_is_exactly_the_record_classes_fields(table: Table) -> N
     assert len(stored) == len(set(stored)), stored
     assert set(stored) == declared, (set(stored) ^ declared)
     nested = {f.name: f.table.cls for f in table.fields if f.kind == "table" and f.table is not None}
-    assert nested == {Episode: {"calls": CallRecord}, CallRecord: {"choices": Choice}, Choice: {}}[table.cls]
+    assert nested == {Episode: {"calls": CallRecord}, CallRecord: {"choices": ChoiceRecord}, ChoiceRecord: {}}[table.cls]

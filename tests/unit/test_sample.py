@@ -11,15 +11,15 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rollout.episode import Episode, EpisodeStatus
-from rollout.record import CallRecord, Choice, TokenSource
+from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import AssemblyResult, Sample, as_samples, assemble
 
 ids_st = st.lists(st.integers(0, 50), min_size=0, max_size=6)
 
 
-def _choice(ids: list[int], index: int = 0, *, logprobs: bool = True, version: int = 1) -> Choice:
+def _choice(ids: list[int], index: int = 0, *, logprobs: bool = True, version: int = 1) -> ChoiceRecord:
     n = len(ids)
-    return Choice(
+    return ChoiceRecord(
         index=index,
         ids=ids,
         logprobs=[-0.25 * (k + 1) - index for k in range(n)] if logprobs else None,
@@ -28,7 +28,7 @@ def _choice(ids: list[int], index: int = 0, *, logprobs: bool = True, version: i
     )
 
 
-def _call(prompt: list[int], *choices: Choice, parent: int | None = None, **kw: Any) -> CallRecord:
+def _call(prompt: list[int], *choices: ChoiceRecord, parent: int | None = None, **kw: Any) -> CallRecord:
     return CallRecord(
         prompt_ids=prompt,
         prompt_source=TokenSource.VLLM,
@@ -227,8 +227,8 @@ def test_individual_mode(case: tuple[Episode, int | None, int | None]) -> None:
     assert result.num_merged == 0 and result.drift == []
 
 
-def _c(ids: list[int], index: int = 0) -> Choice:
-    return Choice(index=index, ids=ids, versions=[0] * len(ids))
+def _c(ids: list[int], index: int = 0) -> ChoiceRecord:
+    return ChoiceRecord(index=index, ids=ids, versions=[0] * len(ids))
 
 
 def test_two_turn_merge_by_hand() -> None:
@@ -236,10 +236,10 @@ def test_two_turn_merge_by_hand() -> None:
         task_id="t",
         reward=2.0,
         calls=[
-            _call([1, 2, 3], Choice(ids=[4, 5], logprobs=[-0.5, -0.25], versions=[7, 7])),
+            _call([1, 2, 3], ChoiceRecord(ids=[4, 5], logprobs=[-0.5, -0.25], versions=[7, 7])),
             _call(
                 [1, 2, 3, 4, 5, 8, 8],
-                Choice(ids=[6], logprobs=[-1.0], versions=[8]),
+                ChoiceRecord(ids=[6], logprobs=[-1.0], versions=[8]),
                 parent=0,
                 reward=1.0,
             ),
@@ -313,9 +313,9 @@ def test_retry_from_same_prompt_forks_a_sibling() -> None:
 def test_flags_missing_logprobs_and_inexact() -> None:
     ep = Episode(
         calls=[
-            _call([1], Choice(ids=[2], logprobs=[-1.0], versions=[0], source=TokenSource.VLLM)),
+            _call([1], ChoiceRecord(ids=[2], logprobs=[-1.0], versions=[0], source=TokenSource.VLLM)),
             _call(
-                [1, 2], Choice(ids=[3], logprobs=None, versions=[0], source=TokenSource.TOKENIZER)
+                [1, 2], ChoiceRecord(ids=[3], logprobs=None, versions=[0], source=TokenSource.TOKENIZER)
             ),
         ]
     )

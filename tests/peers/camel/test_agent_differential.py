@@ -6,6 +6,13 @@ recorder-wrapped clients against the embedded server, two user turns per
 episode, token mode on and off. It lives in the CAMEL peer tier, whose venv
 already holds camel. What the agent saw is the `ChatCompletion` camel's
 `ModelManager` got from the model per call (`model.arun`, tapped).
+
+CAMEL 0.2.90's memory re-sends a finished tool loop out of order on the next
+user turn: the final answer comes back before the last tool-call pair
+(`[.., call, result, answer, call, result, user]`). That history is not a
+continuation of any one recorded reply, so token mode sends that call as
+messages with a `branch` fallback, and the episode is two rows. The second
+task is a single user turn, so one episode per run checks the one-row rule.
 """
 
 from __future__ import annotations
@@ -24,7 +31,7 @@ from tests.agents.differential import DifferentialTier, Run, bump, recorder
 
 pytestmark = [pytest.mark.peers, pytest.mark.usefixtures("clean_env")]
 
-TASKS = [("What is 3 plus 1?", "And 5 plus 1?"), ("What is 7 plus 1?", "And 9 plus 1?")]
+TASKS: list[tuple[str, ...]] = [("What is 3 plus 1?", "And 5 plus 1?"), ("What is 7 plus 1?",)]
 
 
 def bump_tool(arg: str) -> str:
@@ -60,7 +67,7 @@ def seen(completion: Any) -> dict[str, Any]:
 async def run_mode(base_url: str, mode: str) -> Run:
     rec = recorder(mode)
     run = Run(mode)
-    for i, (first, second) in enumerate(TASKS):
+    for i, turns in enumerate(TASKS):
         model = OpenAICompatibleModel(
             "tiny", {"temperature": 0.0, "max_tokens": 8, "logprobs": True, "top_logprobs": 2},
             api_key="unused", token_counter=CamelTokenCounter(encoding="cl100k_base"),
@@ -81,7 +88,7 @@ async def run_mode(base_url: str, mode: str) -> Run:
             model=model, tools=[FunctionTool(bump_tool)], max_iteration=6, retry_delay=0.0,
         )  # fmt: skip
         async with rec.episode(task_id=f"task{i}", sample=0) as ep:
-            responses = [await chat.astep(first), await chat.astep(second)]
+            responses = [await chat.astep(turn) for turn in turns]
         run.episodes.append(ep)
         run.seen.append([seen(c) for c in completions])
         # The agent used its tool twice and answered, in both turns.
@@ -95,3 +102,13 @@ class TestCamelChatAgent(DifferentialTier):
     """CAMEL's ChatAgent: each of the tier's checks (tests/agents/differential.py)."""
 
     run_mode = staticmethod(run_mode)
+    calls_per_mode = 9
+    """A two-turn episode and a one-turn episode, each turn 2 tool calls + an answer."""
+
+    def test_the_reordered_history_is_a_named_branch(self, on: Run) -> None:
+        """The two-turn episode's second turn goes as messages, naming the branch (see above)."""
+        from rollout.tokenmode import BRANCH
+
+        episode = on.episodes[0]
+        branches = [c for c in episode.calls if (c.fallback or "").startswith(BRANCH)]
+        assert branches and all(c.sent_as == "messages" for c in branches), [c.fallback for c in episode.calls]

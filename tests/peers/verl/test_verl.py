@@ -27,7 +27,7 @@ from verl.trainer.ppo.reward import extract_reward
 import rollout.export.verl_advantage  # noqa: F401  (registers episode_grpo / episode_rloo)
 from rollout.episode import Episode
 from rollout.export import read_verl, to_verl, write_verl
-from rollout.record import CallRecord, Choice, TokenSource
+from rollout.record import CallRecord, ChoiceRecord, TokenSource
 
 pytestmark = pytest.mark.peers
 
@@ -45,7 +45,7 @@ def episode(task: str, sample: int, reward: float, turns: int = 2, drift: bool =
             CallRecord(
                 prompt_ids=prompt,
                 prompt_source=TokenSource.VLLM,
-                choices=[Choice(ids=ids, logprobs=[-0.5, -0.25], versions=[1, 1], source=TokenSource.VLLM)],
+                choices=[ChoiceRecord(ids=ids, logprobs=[-0.5, -0.25], versions=[1, 1], source=TokenSource.VLLM)],
                 parent=t - 1 if t else None,
             )
         )
