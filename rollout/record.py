@@ -9,10 +9,13 @@ list of Python ints and floats would.
 `TokenSource` says where the ids came from. Only the tokenizer fallback is
 inexact: its ids are re-encoded text, not what the server sampled, and every
 record built that way says so (`exact == False`). A server that sends
-logprobs but no ids (OpenAI, llama.cpp) still gets its logprobs and token
+logprobs but no ids (OpenAI) still gets its logprobs and token
 count kept (`ChoiceRecord.server_logprobs`); they are paired with a tokenizer's ids
 only when those ids spell the server's tokens one for one
-(`TokenSource.TOKENIZER_MATCHED`: inexact, but trainable).
+(`TokenSource.TOKENIZER_MATCHED`: inexact, but trainable). llama.cpp names each
+sampled token's id in its logprobs (`LOGPROB_IDS`) but sends no prompt ids: its
+own `/apply-template` + `/tokenize` on the same request give them
+(`SERVER_RENDER`: the chat route's own code path, checked against the usage).
 """
 
 from __future__ import annotations
@@ -35,8 +38,11 @@ class TokenSource(str, Enum):
     VLLM = "vllm"  # top-level prompt_token_ids + choices[i].token_ids
     SGLANG = "sglang"  # per-choice prompt_token_ids + token_ids
     LOGPROB_TOKENS = "logprob_tokens"  # logprobs.content[j].token == "token_id:N"
+    LOGPROB_IDS = "logprob_ids"  # llama.cpp: logprobs.content[j].id, one entry per sampled token
+    LLAMACPP = "llamacpp"  # llama.cpp's /completion `tokens` (token mode)
     AREAL = "areal"  # client.get_interaction(id): input/output tokens
     TOKEN_IN = "token_in"  # the prompt ids we sent (token mode): exactly what the server saw
+    SERVER_RENDER = "server_render"  # the server's own template + tokenizer on the same request
     TOKENIZER_MATCHED = "tokenizer_matched"  # a tokenizer's ids, each checked against the server's token
     TOKENIZER = "tokenizer"  # re-encoded text: NOT the sampled ids
     NONE = "none"  # nothing available

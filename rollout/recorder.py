@@ -316,6 +316,7 @@ class PendingCall:
                 tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
                 policy_version=rec.policy_version,
                 strict=rec.strict,
+                request=None if _responses_api(self.endpoint) else self.kwargs,
             )
         except TokenRecordError as exc:  # the reply reached the caller's code path: leave a trace
             self.fail(exc)

@@ -15,13 +15,14 @@ checked, never proven to be the server's, so paired ids are flagged
 `TokenSource.TOKENIZER_MATCHED` (inexact, trainable).
 
 Three kinds, named in `backend.tokenizer` (see `load_tokenizer`):
-"server" (the server's `/tokenize` and `/detokenize` routes, vLLM's
-layout), "tiktoken:<encoding>" and "hf:<name or path>" (the `hf` extra).
+"server" (the server's `/tokenize` and `/detokenize` routes, in vLLM's
+layout or llama.cpp's), "tiktoken:<encoding>" and "hf:<name or path>" (the `hf` extra).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
 from typing import Any, Protocol, runtime_checkable
@@ -144,33 +145,73 @@ class HfTokenizer:
 
 
 class ServerTokenizer:
-    """The server's own `/tokenize` and `/detokenize` (vLLM's layout; the embedded server's too).
+    """The server's own tokenize and detokenize routes, in its own dialect.
+
+    `GET /v1/models` (`owned_by`) tells the dialect, once: llama.cpp
+    (`"llamacpp"`) takes `{content, add_special, parse_special}` at
+    `/tokenize` and answers `/detokenize` with `content`; every other server is
+    spoken to in vLLM's layout (`prompt` or `messages`; the embedded server and
+    SGLang too). llama.cpp answers vLLM's body with an empty list and HTTP 200,
+    so an empty token list for non-empty text is an error on every server,
+    never a recorded empty list.
 
     Prompts are rendered by the server's chat template, as the chat route
-    rendered them. Pieces are looked up one request per distinct piece, then
-    cached: replies draw on a small part of the vocabulary. Requests are
-    blocking (the recorder builds records synchronously).
+    rendered them; for llama.cpp by `/apply-template` on the same request, then
+    `/tokenize` with special tokens added and parsed, which is the chat route's
+    own code path (`render_ids`: exact). Pieces are looked up one request per
+    distinct piece, then cached: replies draw on a small part of the vocabulary.
+    Requests are blocking (the recorder builds records synchronously).
     """
 
     def __init__(self, http: Any, model: str) -> None:
         self.http = http  # a rollout.tokenmode.transport.JsonHttp on the server's root
         self.model = model
         self._pieces: dict[bytes, int | None] = {}
+        self._kind: str | None = None
+
+    @property
+    def kind(self) -> str:
+        """"llamacpp", or "vllm" for vLLM's layout (learnt from `GET /v1/models`, once)."""
+        if self._kind is None:
+            reply = self.http.request("GET", "/v1/models")
+            data = reply.get("data") if isinstance(reply, dict) else None
+            first = data[0] if isinstance(data, list) and data and isinstance(data[0], dict) else {}
+            self._kind = LLAMACPP if first.get("owned_by") == LLAMACPP else "vllm"
+        return self._kind
 
     def _tokens(self, body: dict[str, Any]) -> list[int]:
+        """vLLM's `/tokenize` (`prompt` or `messages`)."""
         reply = self.http.post("/tokenize", {"model": self.model, "add_special_tokens": False, **body})
-        tokens = reply.get("tokens") if isinstance(reply, dict) else None
-        if not isinstance(tokens, list) or not all(isinstance(t, int) for t in tokens):
-            raise ValueError("/tokenize reply has no token list")
-        return tokens
+        return _token_list(reply, body.get("prompt") or body.get("messages"))
+
+    def _llamacpp_tokens(self, text: str, *, add_special: bool) -> list[int]:
+        """llama.cpp's `/tokenize`; special tokens written as text are parsed (its default)."""
+        reply = self.http.post("/tokenize", {"content": text, "add_special": add_special, "parse_special": True})
+        return _token_list(reply, text)
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:
         body: dict[str, Any] = {"messages": messages, "add_generation_prompt": True}
         if tools:
             body["tools"] = tools
+        if self.kind == LLAMACPP:
+            return self._llamacpp_render(body)
         return self._tokens(body)
 
+    def render_ids(self, request: Mapping[str, Any]) -> list[int] | None:
+        """The prompt ids the server's chat route made of `request`, when the server can
+        say them exactly (llama.cpp: `/apply-template` + `/tokenize`); else None."""
+        return self._llamacpp_render(request) if self.kind == LLAMACPP else None
+
+    def _llamacpp_render(self, request: Mapping[str, Any]) -> list[int]:
+        reply = self.http.post("/apply-template", render_body(request))
+        text = reply.get("prompt") if isinstance(reply, dict) else None
+        if not isinstance(text, str):
+            raise ValueError("/apply-template reply has no prompt")
+        return self._llamacpp_tokens(text, add_special=True)  # as the chat route tokenizes it
+
     def completion_ids(self, text: str) -> list[int]:
+        if self.kind == LLAMACPP:
+            return self._llamacpp_tokens(text, add_special=False)
         return self._tokens({"prompt": text})
 
     def piece_ids(self, pieces: Sequence[bytes]) -> list[int | None]:
@@ -185,11 +226,50 @@ class ServerTokenizer:
         return [self._pieces[p] for p in pieces]
 
     def decode(self, ids: list[int]) -> bytes:
-        reply = self.http.post("/detokenize", {"model": self.model, "tokens": ids})
-        text = reply.get("prompt") if isinstance(reply, dict) else None
+        if self.kind == LLAMACPP:
+            reply = self.http.post("/detokenize", {"tokens": ids})
+            text = reply.get("content") if isinstance(reply, dict) else None
+        else:
+            reply = self.http.post("/detokenize", {"model": self.model, "tokens": ids})
+            text = reply.get("prompt") if isinstance(reply, dict) else None
         if not isinstance(text, str):
             raise ValueError("/detokenize reply has no text")
+        if ids and not text:
+            raise ValueError(f"/detokenize answered no text for {len(ids)} tokens")
         return text.encode("utf-8")
+
+
+LLAMACPP = "llamacpp"
+"""llama.cpp's `owned_by` in `GET /v1/models` (tools/server/server-context.cpp)."""
+
+_NOT_RENDERED = frozenset({"stream", "stream_options", "extra_body", "extra_headers", "extra_query", "timeout"})
+
+
+def render_body(request: Mapping[str, Any]) -> dict[str, Any]:
+    """A chat request as llama.cpp's `/apply-template` reads it: the same body the chat route
+    parsed (`extra_body` merged in, as the SDK sends it), minus what cannot be JSON."""
+    body = {k: v for k, v in request.items() if k not in _NOT_RENDERED}
+    body.update(request.get("extra_body") or {})
+    body = {k: v for k, v in body.items() if type(v).__name__ not in ("NotGiven", "Omit")}
+    body.pop("stream", None)
+    return json.loads(json.dumps(body, default=_unjsonable))
+
+
+def _unjsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(exclude_none=True)
+    raise ValueError(f"request field of type {type(value).__name__} cannot be sent to /apply-template")
+
+
+def _token_list(reply: Any, asked: Any) -> list[int]:
+    """The ids of a tokenize reply; no tokens for non-empty input is an error (a server that
+    does not read this body answers 200 with an empty list: llama.cpp for vLLM's)."""
+    tokens = reply.get("tokens") if isinstance(reply, dict) else None
+    if not isinstance(tokens, list) or not all(isinstance(t, int) and not isinstance(t, bool) for t in tokens):
+        raise ValueError("/tokenize reply has no token list")
+    if not tokens and asked:
+        raise ValueError("/tokenize answered no tokens for non-empty input (does the server read this body?)")
+    return tokens
 
 
 SERVER = "server"

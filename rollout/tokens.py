@@ -7,8 +7,14 @@ stream folded into one by `StreamAccumulator`) into prompt ids and per-choice
 1. vLLM `return_token_ids`: top-level `prompt_token_ids`, `choices[i].token_ids`;
 2. SGLang: `prompt_token_ids` and `token_ids` on each choice;
 3. logprob tokens spelled `token_id:N` (completion only);
-4. an ArealOpenAI-style client's `get_interaction(id)` record;
-5. a tokenizer (inexact, and flagged so; see `rollout.tokenizers`).
+4. llama.cpp: the integer `id` of each logprob entry, taken only when the
+   entries are as many as the sampled tokens the usage counts (its logprobs
+   leave out a stop string's tokens and those of a character split over
+   tokens); its prompt ids come from the server's own `/apply-template` +
+   `/tokenize` on the same request (`tokenizer="server"`), checked against
+   the usage's prompt count;
+5. an ArealOpenAI-style client's `get_interaction(id)` record;
+6. a tokenizer (inexact, and flagged so; see `rollout.tokenizers`).
 
 A server that names its tokens in logprobs but sends no ids keeps its
 logprobs and count on the choice (`server_logprobs`, `server_tokens`); a
@@ -23,7 +29,7 @@ gets a note, or `strict` raises `TokenRecordError`.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import Any
@@ -112,6 +118,34 @@ def _token_ids_from_logprobs(entries: Sequence[Any]) -> list[int] | None:
             return None
         ids.append(int(tok[len("token_id:") :]))
     return ids
+
+
+def _ids_from_entries(entries: Sequence[Any]) -> list[int] | None:
+    """llama.cpp's logprob entries name their token's integer `id`; None unless every one does."""
+    ids = []
+    for e in entries:
+        tid = get(e, "id")
+        if not isinstance(tid, int) or isinstance(tid, bool):
+            return None
+        ids.append(tid)
+    return ids
+
+
+def _entry_ids_complete(raw_choices: list[Any], usage: Any) -> str | None:
+    """Why the logprob entries' ids are not all the sampled tokens (None: they are).
+
+    llama.cpp's logprobs drop a stop string's tokens and skip a token that ends
+    inside a UTF-8 character (tools/server/server-context.cpp), while the
+    usage counts every sampled token; only equal counts prove none is missing.
+    """
+    counted = get(usage, "completion_tokens")
+    named = sum(len(_logprob_entries(c) or []) for c in raw_choices)
+    if not isinstance(counted, int):
+        return "the reply has no usage to check its logprob ids against (streams: include_usage)"
+    if named != counted:
+        return (f"its logprobs name {named} of the {counted} sampled tokens (a stop string's "
+                "tokens, or a character split over tokens, have no entry)")  # fmt: skip
+    return None
 
 
 def _no_nan(logprobs: np.ndarray, notes: list[str], strict: bool, index: int) -> bool:
@@ -237,8 +271,13 @@ def extract_call(
     tokenizer: Tokenizer | None = None,
     policy_version: int | None = None,
     strict: bool = False,
+    request: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, TokenSource, list[ChoiceRecord], list[str]]:
-    """(prompt ids, prompt source, choices, notes) for one reply."""
+    """(prompt ids, prompt source, choices, notes) for one reply.
+
+    `request` is the chat request as sent: a tokenizer that can say what the
+    server's chat route made of it (`render_ids`) gives exact prompt ids.
+    """
     notes: list[str] = []
     version = _version(response, policy_version)
     prompt = get(response, "prompt_token_ids")
@@ -250,6 +289,9 @@ def extract_call(
         raise TokenRecordError("reply has no choices")
     # A lone choice's sampled-token count, from usage: kept when its ids are unknown.
     lone_count = get(get(response, "usage"), "completion_tokens") if len(raw_choices) == 1 else None
+    entry_ids_missing: str | None = None  # llama.cpp: why its logprob ids are not all the tokens
+    if all((e := _logprob_entries(c)) and _ids_from_entries(e) is not None for c in raw_choices):
+        entry_ids_missing = _entry_ids_complete(raw_choices, get(response, "usage"))
 
     for raw in raw_choices:
         index = int(get(raw, "index", len(choices_out)))
@@ -269,7 +311,14 @@ def extract_call(
                     prompt, prompt_source = choice_prompt, TokenSource.SGLANG
         elif entries is not None and entries and (from_lp := _token_ids_from_logprobs(entries)):
             ids, source = from_lp, TokenSource.LOGPROB_TOKENS
+        elif entries and entry_ids_missing is None and (from_ids := _ids_from_entries(entries)) is not None:
+            ids, source = from_ids, TokenSource.LOGPROB_IDS
         else:
+            if entries and entry_ids_missing is not None:
+                msg = f"choice {index}: logprob ids not taken as exact: {entry_ids_missing}"
+                if strict:
+                    raise TokenRecordError(msg)
+                notes.append(msg)
             if areal is None:
                 areal = _interaction_tokens(client, get(response, "id"))
             if areal is not None and index == 0:
@@ -305,6 +354,10 @@ def extract_call(
             )
         )
 
+    usage = get(response, "usage")
+    n_prompt = get(usage, "prompt_tokens")
+    if prompt is None and request is not None and hasattr(tokenizer, "render_ids"):
+        prompt, prompt_source = _rendered_prompt(tokenizer, request, n_prompt, notes)
     if prompt is None:
         if tokenizer is not None:
             try:
@@ -316,14 +369,35 @@ def extract_call(
         else:
             prompt = []
             notes.append("reply has no prompt token ids and no tokenizer was given")
-    usage = get(response, "usage")
-    n_prompt = get(usage, "prompt_tokens")
     if isinstance(n_prompt, int) and prompt_source.exact and n_prompt != len(prompt):
         msg = f"usage says {n_prompt} prompt tokens, ids have {len(prompt)}"
         if strict:
             raise TokenRecordError(msg)
         notes.append(msg)
     return as_ids(prompt), prompt_source, choices_out, notes
+
+
+def _rendered_prompt(
+    tokenizer: Any, request: Mapping[str, Any], n_prompt: Any, notes: list[str]
+) -> tuple[list[int] | None, TokenSource]:
+    """The prompt ids the server's chat route made of `request` (llama.cpp), checked against
+    the usage's prompt count; (None, NONE) when the tokenizer cannot say them exactly."""
+    try:
+        ids = tokenizer.render_ids(request)
+    except Exception as exc:  # the server down: the call is still recorded, its prompt inexact
+        notes.append(f"prompt ids: the server could not render the request: {type(exc).__name__}: {exc}")
+        return [], TokenSource.NONE
+    if ids is None:
+        return None, TokenSource.NONE
+    if not isinstance(n_prompt, int):
+        notes.append("prompt ids rendered by the server, but the reply has no prompt count to check "
+                     "them against (inexact)")  # fmt: skip
+        return ids, TokenSource.TOKENIZER
+    if n_prompt != len(ids):
+        notes.append(f"prompt ids rendered by the server ({len(ids)}) differ from the {n_prompt} "
+                     "prompt tokens the usage counts (inexact)")  # fmt: skip
+        return ids, TokenSource.TOKENIZER
+    return ids, TokenSource.SERVER_RENDER
 
 
 class StreamAccumulator:

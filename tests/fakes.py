@@ -63,7 +63,7 @@ def logprob_for(token_id: int, position: int) -> float:
 class WireServer:
     """Serves /v1/chat/completions in one of the token-id dialects."""
 
-    dialect: str = "vllm"  # vllm | sglang | token_id | plain
+    dialect: str = "vllm"  # vllm | sglang | token_id | plain | llamacpp
     responder: Responder = default_responder
     fail_statuses: list[int] = field(default_factory=list)  # returned for the next requests
     delay_s: float = 0.0
@@ -72,6 +72,9 @@ class WireServer:
     # Another model's tokenization of the reply text: logprob entries name these pieces (with
     # their bytes, as OpenAI sends them) instead of cl100k tokens. Plain dialect only.
     pieces: Callable[[str], list[str]] | None = None
+    # llama.cpp dialect: leave out the last N logprob entries, as llama.cpp does for the
+    # tokens of the stop string that ended the reply.
+    unnamed_tail: int = 0
     requests: list[dict[str, Any]] = field(default_factory=list)
     headers: list[dict[str, str]] = field(default_factory=list)
     _ids: itertools.count = field(default_factory=itertools.count)
@@ -134,6 +137,12 @@ class WireServer:
             return {"content": [
                 {"token": p, "logprob": -(j + 1) / 8, "bytes": list(p.encode()), "top_logprobs": []}
                 for j, p in enumerate(self.pieces(ENC.decode(ids)))
+            ]}  # fmt: skip
+        if self.dialect == "llamacpp":  # {id, token, bytes, logprob, top_logprobs} (docs/wire.md)
+            return {"content": [
+                {"id": t, "token": ENC.decode([t]), "bytes": list(ENC.decode_single_token_bytes(t)),
+                 "logprob": logprob_for(t, j), "top_logprobs": []}
+                for j, t in enumerate(ids[: len(ids) - self.unnamed_tail])
             ]}  # fmt: skip
         content = []
         for j, t in enumerate(ids):

@@ -7,14 +7,14 @@ One package holds it all, beside the recorder that records what it sends:
 - `server`: one server's facts (its dialect, its template's end-of-turn
   tokens, cached renders) and the bridge: the new messages rendered by the
   server's own template;
-- `dialect`, `vllm`, `sglang`: one object per wire protocol, chosen by the
+- `dialect`, `vllm`, `sglang`, `llamacpp`: one object per wire protocol, chosen by the
   probe; `hermes` parses replies on the client where the server cannot;
 - `call`: sends one stitched turn and turns the generation into the record's
   choices and the `ChatCompletion` (or replayed stream, `replay`) the agent gets;
 - `plan`, `transport`: requests as data, run by a sync or an async driver over HTTP.
 """
 
-from rollout.tokenmode import sglang, vllm  # noqa: F401  (defining a dialect registers it)
+from rollout.tokenmode import llamacpp, sglang, vllm  # noqa: F401  (defining a dialect registers it)
 from rollout.tokenmode.call import TokenCall
 from rollout.tokenmode.dialect import Dialect
 from rollout.tokenmode.plan import Generation, Request, Sampled

@@ -20,9 +20,10 @@
 # The venv is reused while those files, this script and the project's dependencies are
 # unchanged (their sha256 is the stamp) and the peer is still installed; otherwise it is
 # rebuilt from scratch. The peer's import name is the directory's, or the modules listed in
-# an optional <peer>/imports.txt (one per line; the first is the reuse check's). An
-# optional <peer>/prepare.sh makes the peer's data (AReaL's
-# tokenizer) into <home>/cache, once.
+# an optional <peer>/imports.txt (one per line; the first is the reuse check's); one that
+# lists none means the peer is not Python (llama.cpp: its prepare.sh builds and runs the
+# server binary, and fails if it cannot). An optional <peer>/prepare.sh makes the peer's
+# data (AReaL's tokenizer, llama.cpp's server and model) into <home>/cache, once.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 TIER=${ROLLOUT_TIER:-peers}
@@ -56,13 +57,15 @@ for peer in "${peers[@]}"; do
   [ -f "$dir/requirements.txt" ] || { echo "no $dir/requirements.txt" >&2; exit 2; }
   if [ -f "$dir/imports.txt" ]; then mapfile -t imports < <(grep -v '^\s*\(#\|$\)' "$dir/imports.txt")
   else imports=("$peer"); fi
+  check="import importlib.util as u, sys; sys.exit(u.find_spec('${imports[0]:-}') is None)"
+  [ ${#imports[@]} -gt 0 ] || check="pass"  # not a Python peer: prepare.sh checks it
   stamp=$({ cat tests/peers/setup.sh "$dir"/requirements.txt "$dir"/no-deps.txt "$dir"/imports.txt \
             2>/dev/null; project_requirements; } | sha256sum | cut -d' ' -f1)
   start=$(date +%s)
   # Reuse check: the stamp, and the peer still installed (find_spec: importing verl or areal
   # takes 15-20 s; the full import is checked once, when the venv is built).
   if [ -f "$venv/.stamp" ] && [ "$(cat "$venv/.stamp")" = "$stamp" ] \
-     && "$venv/bin/python" -c "import importlib.util as u, sys; sys.exit(u.find_spec('${imports[0]}') is None)" 2>/dev/null; then
+     && "$venv/bin/python" -c "$check" 2>/dev/null; then
     state=reused
   else
     rm -rf "$venv"
@@ -74,7 +77,7 @@ for peer in "${peers[@]}"; do
     fi
     project_requirements > "$venv/project-requirements.txt"
     pip_quiet "$venv/bin/pip" install -q -r "$venv/project-requirements.txt"
-    "$venv/bin/python" -c "$(printf 'import %s\n' "${imports[@]}")"
+    [ ${#imports[@]} -eq 0 ] || "$venv/bin/python" -c "$(printf 'import %s\n' "${imports[@]}")"
     echo "$stamp" > "$venv/.stamp"
     state=built
   fi

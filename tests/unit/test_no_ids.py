@@ -161,3 +161,30 @@ def test_records_of_a_run_without_ids_are_compact() -> None:
     (choice,) = call.choices
     assert isinstance(choice.server_logprobs, np.ndarray) and choice.server_logprobs.dtype == np.float32
     assert choice.nbytes == choice.server_logprobs.nbytes  # no ids, no per-token versions
+
+
+# --- llama.cpp: each logprob entry names its token's id ------------------------------
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_llamacpp_logprob_ids_are_the_exact_sampled_ids(mode: str) -> None:
+    _, call = one_choice(WireServer(dialect="llamacpp", responder=reply), mode)
+    (choice,) = call.choices
+    ids = ENC.encode(TEXT)
+    assert choice.source == TokenSource.LOGPROB_IDS and choice.exact
+    assert choice.ids.tolist() == ids
+    assert choice.logprobs is not None and choice.logprobs.tolist() == server_logprobs(ids)
+
+
+def test_llamacpp_logprob_ids_that_miss_sampled_tokens_are_not_exact() -> None:
+    """llama.cpp leaves a stop string's tokens out of its logprobs; usage still counts them."""
+    _, call = one_choice(WireServer(dialect="llamacpp", responder=reply, unnamed_tail=1), "sync")
+    (choice,) = call.choices
+    assert choice.source == TokenSource.NONE and not choice.exact
+    assert any("logprobs name 2 of the 3 sampled tokens" in n for n in call.notes), call.notes
+
+
+def test_llamacpp_logprob_ids_in_a_stream_without_usage_are_not_exact() -> None:
+    _, call = one_choice(WireServer(dialect="llamacpp", responder=reply), "sync", stream=True)
+    assert not call.choices[0].exact
+    assert any("no usage to check" in n for n in call.notes), call.notes
