@@ -63,8 +63,14 @@ def serve() -> Iterator[Callable[[Handler], str]]:
         return f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
 
     yield start
-    for server in servers:
-        server.close()
+
+    async def close_all() -> None:
+        # Closed on the loop's own thread: Server.close() from another thread races the
+        # loop detaching a finished connection (both wake the waiters; the second one fails).
+        for server in servers:
+            server.close()
+
+    asyncio.run_coroutine_threadsafe(close_all(), loop).result(10)
     loop.call_soon_threadsafe(loop.stop)
     thread.join(10)
 
