@@ -148,21 +148,6 @@ def _entry_ids_complete(raw_choices: list[Any], usage: Any) -> str | None:
     return None
 
 
-def _no_nan(logprobs: np.ndarray, notes: list[str], strict: bool, index: int) -> bool:
-    """False (with a note) when some logprob is null or NaN: never pass NaN off as a logprob.
-
-    A JSON null reads as NaN in a float array. -inf stays: it is a real logprob.
-    """
-    bad = np.isnan(logprobs)
-    if not bad.any():
-        return True
-    msg = f"choice {index}: {int(bad.sum())} of {len(logprobs)} logprobs are null or NaN; logprobs dropped"
-    if strict:
-        raise TokenRecordError(msg)
-    notes.append(msg)
-    return False
-
-
 def _version(response: Any, default: int | None) -> int:
     for key in VERSION_FIELDS:
         v = get(response, key)
@@ -262,6 +247,133 @@ def _without_ids(
     return _Unpaired(paired.ids, TokenSource.TOKENIZER, None, logprobs, count, paired.why)
 
 
+@dataclass(slots=True)
+class _Found:
+    """What one source says about a choice: its ids, where they came from, what goes with them."""
+
+    ids: Any
+    source: TokenSource
+    logprobs: np.ndarray | None
+    versions: list[int] | None = None
+    prompt: Any = None  # prompt ids the same source carries (SGLang per choice, AReaL)
+    kept: dict[str, Any] | None = None  # what an id-less choice keeps of the server's logprobs
+
+
+@dataclass(slots=True)
+class _Reply:
+    """One reply's per-call facts, read once and shared by every choice's sources."""
+
+    response: Any
+    client: Any
+    tokenizer: Tokenizer | None
+    notes: list[str]
+    strict: bool
+    lone_count: Any  # usage's sampled-token count when there is one choice
+    entry_ids_missing: str | None  # llama.cpp: why its logprob ids are not all the tokens
+    interaction: Any = None
+    looked_up: bool = False
+
+    def note(self, msg: str) -> None:
+        if self.strict:
+            raise TokenRecordError(msg)
+        self.notes.append(msg)
+
+
+def _from_choice(raw: Any, entries: list[Any] | None, logprobs: np.ndarray | None, reply: _Reply, index: int
+                 ) -> _Found | None:  # fmt: skip
+    """1-2. vLLM's `token_ids` on the choice; SGLang's also carries the choice's prompt ids."""
+    ids = get(raw, "token_ids")
+    if ids is None:
+        return None
+    prompt = get(raw, "prompt_token_ids")
+    return _Found(ids, TokenSource.VLLM if prompt is None else TokenSource.SGLANG, logprobs, prompt=prompt)
+
+
+def _from_logprob_tokens(raw: Any, entries: list[Any] | None, logprobs: np.ndarray | None, reply: _Reply,
+                         index: int) -> _Found | None:  # fmt: skip
+    """3. Logprob tokens spelled `token_id:N`."""
+    ids = _token_ids_from_logprobs(entries) if entries else None
+    return None if not ids else _Found(ids, TokenSource.LOGPROB_TOKENS, logprobs)
+
+
+def _from_logprob_ids(raw: Any, entries: list[Any] | None, logprobs: np.ndarray | None, reply: _Reply,
+                      index: int) -> _Found | None:  # fmt: skip
+    """4. llama.cpp's integer ids on the logprob entries, when they are all the sampled tokens."""
+    if not entries or (ids := _ids_from_entries(entries)) is None:
+        return None
+    if reply.entry_ids_missing is not None:
+        reply.note(f"choice {index}: logprob ids not taken as exact: {reply.entry_ids_missing}")
+        return None
+    return _Found(ids, TokenSource.LOGPROB_IDS, logprobs)
+
+
+def _from_interaction(raw: Any, entries: list[Any] | None, logprobs: np.ndarray | None, reply: _Reply,
+                      index: int) -> _Found | None:  # fmt: skip
+    """5. An ArealOpenAI-style client's own record of the call (its first choice)."""
+    if not reply.looked_up:
+        reply.interaction, reply.looked_up = _interaction_tokens(reply.client, get(reply.response, "id")), True
+    areal = reply.interaction
+    if areal is None or index != 0:
+        return None
+    if logprobs is None and get(areal, "output_logprobs") is not None:
+        logprobs = _checked_logprobs(as_logprobs(get(areal, "output_logprobs")), reply, index)
+    versions = get(areal, "output_versions")
+    return _Found(list(get(areal, "output_tokens")), TokenSource.AREAL, logprobs,
+                  versions=None if versions is None else list(versions),
+                  prompt=None if get(areal, "input_tokens") is None else list(get(areal, "input_tokens")))  # fmt: skip
+
+
+def _from_tokenizer(raw: Any, entries: list[Any] | None, logprobs: np.ndarray | None, reply: _Reply,
+                    index: int) -> _Found:  # fmt: skip
+    """6. A tokenizer (inexact, flagged so), or no ids at all; the server's logprobs are kept."""
+    message = message_dict(get(raw, "message"))
+    unpaired = _without_ids(reply.lone_count, entries, logprobs, message, reply.tokenizer, reply.notes, index)
+    return _Found(unpaired.ids, unpaired.source, unpaired.logprobs, kept=unpaired.kept())
+
+
+SOURCES = (_from_choice, _from_logprob_tokens, _from_logprob_ids, _from_interaction)
+
+
+def _checked_logprobs(logprobs: np.ndarray | None, reply: _Reply, index: int) -> np.ndarray | None:
+    """The logprobs, or None (with a note) when some is null or NaN: never pass NaN off as a
+    logprob. A JSON null reads as NaN in a float array; -inf stays, it is a real logprob."""
+    if logprobs is None:
+        return None
+    bad = np.isnan(logprobs)
+    if bad.any():
+        reply.note(f"choice {index}: {int(bad.sum())} of {len(logprobs)} logprobs are null or NaN; logprobs dropped")
+        return None
+    return logprobs
+
+
+def _choice_record(raw: Any, reply: _Reply, position: int, version: int) -> tuple[ChoiceRecord, Any]:
+    """One choice's record from the first source that knows its ids, and the prompt ids that
+    source carries (None when it carries none)."""
+    index = int(get(raw, "index", position))
+    entries = _logprob_entries(raw)
+    logprobs = None if entries is None else _checked_logprobs(_logprob_values(entries), reply, index)
+    found = next((f for source in SOURCES if (f := source(raw, entries, logprobs, reply, index)) is not None),
+                 None) or _from_tokenizer(raw, entries, logprobs, reply, index)  # fmt: skip
+    ids = as_ids(found.ids)
+    logprobs = found.logprobs
+    if logprobs is not None and not _check(len(ids), "logprobs", len(logprobs), reply.notes, reply.strict, index):
+        logprobs = None
+    versions: Any = found.versions
+    if versions is None or not _check(len(ids), "versions", len(versions), reply.notes, reply.strict, index):
+        versions = Versions.constant(version, len(ids))
+    record = ChoiceRecord(
+        index=index,
+        ids=ids,
+        logprobs=logprobs,
+        versions=versions,
+        finish_reason=get(raw, "finish_reason"),
+        message=message_dict(get(raw, "message")),
+        source=found.source,
+        **(found.kept or {}),
+    )
+    return record, found.prompt
+
+
 def extract_call(
     response: Any,
     *,
@@ -275,86 +387,30 @@ def extract_call(
 ) -> tuple[np.ndarray, TokenSource, list[ChoiceRecord], list[str]]:
     """(prompt ids, prompt source, choices, notes) for one reply.
 
-    `request` is the chat request as sent: a tokenizer that can say what the
-    server's chat route made of it (`render_ids`) gives exact prompt ids.
+    Each choice's ids come from the first of `SOURCES` that finds them, else a
+    tokenizer. `request` is the chat request as sent: a tokenizer that can say
+    what the server's chat route made of it (`render_ids`) gives exact prompt ids.
     """
-    notes: list[str] = []
-    version = _version(response, policy_version)
-    prompt = get(response, "prompt_token_ids")
-    prompt_source = TokenSource.VLLM if prompt is not None else TokenSource.NONE
-    areal = None
-    choices_out: list[ChoiceRecord] = []
     raw_choices = list(get(response, "choices", []) or [])
     if not raw_choices:
         raise TokenRecordError("reply has no choices")
-    # A lone choice's sampled-token count, from usage: kept when its ids are unknown.
-    lone_count = get(get(response, "usage"), "completion_tokens") if len(raw_choices) == 1 else None
-    entry_ids_missing: str | None = None  # llama.cpp: why its logprob ids are not all the tokens
-    if all((e := _logprob_entries(c)) and _ids_from_entries(e) is not None for c in raw_choices):
-        entry_ids_missing = _entry_ids_complete(raw_choices, get(response, "usage"))
-
-    for raw in raw_choices:
-        index = int(get(raw, "index", len(choices_out)))
-        message = message_dict(get(raw, "message"))
-        entries = _logprob_entries(raw)
-        logprobs = None if entries is None else _logprob_values(entries)
-        versions: Any = None
-        unpaired: _Unpaired | None = None
-        ids = get(raw, "token_ids")
-        source = TokenSource.NONE
-        if ids is not None:
-            source = TokenSource.VLLM
-            choice_prompt = get(raw, "prompt_token_ids")
-            if choice_prompt is not None:
-                source = TokenSource.SGLANG
-                if prompt is None:
-                    prompt, prompt_source = choice_prompt, TokenSource.SGLANG
-        elif entries is not None and entries and (from_lp := _token_ids_from_logprobs(entries)):
-            ids, source = from_lp, TokenSource.LOGPROB_TOKENS
-        elif entries and entry_ids_missing is None and (from_ids := _ids_from_entries(entries)) is not None:
-            ids, source = from_ids, TokenSource.LOGPROB_IDS
-        else:
-            if entries and entry_ids_missing is not None:
-                msg = f"choice {index}: logprob ids not taken as exact: {entry_ids_missing}"
-                if strict:
-                    raise TokenRecordError(msg)
-                notes.append(msg)
-            if areal is None:
-                areal = _interaction_tokens(client, get(response, "id"))
-            if areal is not None and index == 0:
-                ids, source = list(get(areal, "output_tokens")), TokenSource.AREAL
-                if logprobs is None and get(areal, "output_logprobs") is not None:
-                    logprobs = as_logprobs(get(areal, "output_logprobs"))
-                if get(areal, "output_versions") is not None:
-                    versions = list(get(areal, "output_versions"))
-                if prompt is None:
-                    prompt, prompt_source = list(get(areal, "input_tokens")), TokenSource.AREAL
-            else:
-                if logprobs is not None and not _no_nan(logprobs, notes, strict, index):
-                    logprobs = None
-                unpaired = _without_ids(lone_count, entries, logprobs, message, tokenizer, notes, index)
-                ids, source, logprobs = unpaired.ids, unpaired.source, unpaired.logprobs
-        ids_arr = as_ids(ids)
-        if logprobs is not None and not _check(len(ids_arr), "logprobs", len(logprobs), notes, strict, index):
-            logprobs = None
-        if logprobs is not None and not _no_nan(logprobs, notes, strict, index):
-            logprobs = None
-        if versions is None or not _check(len(ids_arr), "versions", len(versions), notes, strict, index):
-            versions = Versions.constant(version, len(ids_arr))
-        choices_out.append(
-            ChoiceRecord(
-                index=index,
-                ids=ids_arr,
-                logprobs=logprobs,
-                versions=versions,
-                finish_reason=get(raw, "finish_reason"),
-                message=message,
-                source=source,
-                **({} if unpaired is None else unpaired.kept()),
-            )
-        )
-
     usage = get(response, "usage")
+    entry_ids_missing = None
+    if all((e := _logprob_entries(c)) and _ids_from_entries(e) is not None for c in raw_choices):
+        entry_ids_missing = _entry_ids_complete(raw_choices, usage)
+    reply = _Reply(response, client, tokenizer, [], strict,
+                   lone_count=get(usage, "completion_tokens") if len(raw_choices) == 1 else None,
+                   entry_ids_missing=entry_ids_missing)  # fmt: skip
+    version = _version(response, policy_version)
+    prompt = get(response, "prompt_token_ids")
+    prompt_source = TokenSource.VLLM if prompt is not None else TokenSource.NONE
+    choices_out: list[ChoiceRecord] = []
+    for position, raw in enumerate(raw_choices):
+        record, choice_prompt = _choice_record(raw, reply, position, version)
+        choices_out.append(record)
+        if prompt is None and choice_prompt is not None:
+            prompt, prompt_source = choice_prompt, record.source
+    notes = reply.notes
     n_prompt = get(usage, "prompt_tokens")
     if prompt is None and request is not None and hasattr(tokenizer, "render_ids"):
         prompt, prompt_source = _rendered_prompt(tokenizer, request, n_prompt, notes)
@@ -370,10 +426,7 @@ def extract_call(
             prompt = []
             notes.append("reply has no prompt token ids and no tokenizer was given")
     if isinstance(n_prompt, int) and prompt_source.exact and n_prompt != len(prompt):
-        msg = f"usage says {n_prompt} prompt tokens, ids have {len(prompt)}"
-        if strict:
-            raise TokenRecordError(msg)
-        notes.append(msg)
+        reply.note(f"usage says {n_prompt} prompt tokens, ids have {len(prompt)}")
     return as_ids(prompt), prompt_source, choices_out, notes
 
 
