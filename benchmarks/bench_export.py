@@ -21,9 +21,9 @@ from typing import Any
 
 import numpy as np
 
+from rollout.call_record import CallRecord, ChoiceRecord, TokenSource
 from rollout.episode import Episode
 from rollout.export import read_jsonl, read_parquet, to_areal, write_jsonl, write_parquet
-from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import Sample
 
 

@@ -1,7 +1,7 @@
 """Record exact token-level rollouts from unchanged agents; export them for training.
 
 The data path, one module each:
-client wrapper (`wrap`) -> call record (`record`, `tokens`) -> episode
+client wrapper (`wrap`) -> call record (`call_record`, `reply_ids`) -> episode
 (`episode`, `recorder`) -> sample (`sample`) -> export (`export`).
 `collection` runs many episodes in parallel (asyncio or Ray) and writes them
 out; it is imported on first use, so `from rollout import Recorder` stays light.
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import typing as _typing
 
+from rollout.call_record import CallRecord, ChoiceRecord, TokenSource, Versions
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import (
     ConfigError,
@@ -21,12 +22,12 @@ from rollout.errors import (
     TokenRecordError,
     UnscopedCallError,
 )
-from rollout.record import CallRecord, ChoiceRecord, TokenSource, Versions
 from rollout.recorder import EpisodeScope, Recorder
 from rollout.redact import register_secret
 from rollout.sample import AssemblyResult, Drift, Sample, assemble
 from rollout.tokenizers import (
     HfTokenizer,
+    PerServer,
     ServerTokenizer,
     TiktokenTokenizer,
     Tokenizer,
@@ -70,6 +71,7 @@ __all__ = [
     "HfTokenizer",
     "NoTrainableDataError",
     "OutputLockedError",
+    "PerServer",
     "Recorder",
     "RewardError",
     "RolloutError",

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
+from rollout.call_record import CallRecord
 from rollout.errors import RewardError
-from rollout.record import CallRecord
 
 
 class EpisodeStatus(str, Enum):

@@ -25,8 +25,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from rollout.call_record import CallRecord, ChoiceRecord
 from rollout.episode import Episode
-from rollout.record import CallRecord, ChoiceRecord
 
 Key = tuple[Any, ...]
 

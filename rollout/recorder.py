@@ -21,13 +21,22 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from rollout.call_record import CallRecord, TokenRecordError, TokenSource, as_ids
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import UnscopedCallError, explain_failure
 from rollout.lineage import EpisodeLog
-from rollout.record import CallRecord, TokenRecordError, TokenSource, as_ids
 from rollout.redact import register_secret
+from rollout.reply_ids import (
+    StreamAccumulator,
+    extract_call,
+    responses_api_as_chat,
+    responses_input_as_messages,
+)
+from rollout.reply_ids import (
+    get as _get,
+)
 from rollout.snapshot import scrub, unset
-from rollout.tokenizers import SERVER, ServerTokenizer, Tokenizer, load_tokenizer
+from rollout.tokenizers import PerServer, ServerTokenizer, Tokenizer, load_tokenizer
 from rollout.tokenmode import (
     Generation,
     TokenCall,
@@ -36,15 +45,6 @@ from rollout.tokenmode import (
     Unavailable,
     plan_turn,
     server_for,
-)
-from rollout.tokens import (
-    StreamAccumulator,
-    extract_call,
-    responses_api_as_chat,
-    responses_input_as_messages,
-)
-from rollout.tokens import (
-    get as _get,
 )
 from rollout.wrap import wrap_client
 
@@ -97,7 +97,9 @@ class Recorder:
         self.unscoped_mode = unscoped
         self.request_token_ids = request_token_ids
         self.request_logprobs = request_logprobs
-        self.tokenizer = load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        self.tokenizer: Tokenizer | PerServer | None = (
+            load_tokenizer(tokenizer) if isinstance(tokenizer, str) else tokenizer
+        )
         self._server_tokenizers: dict[str, ServerTokenizer] = {}
         self.policy_version = policy_version
         self.strict = strict
@@ -152,8 +154,8 @@ class Recorder:
 
     def tokenizer_for(self, client: Any, model: str) -> Tokenizer | None:
         """The tokenizer for replies from `client`'s server (`tokenizer="server"`: its own)."""
-        if self.tokenizer != SERVER:
-            return self.tokenizer  # type: ignore[return-value]
+        if not isinstance(self.tokenizer, PerServer):
+            return self.tokenizer
         try:
             http = self.token_server(client).http
         except Unavailable:
@@ -292,7 +294,7 @@ class PendingCall:
     def record_blocks(self) -> bool:
         """Recording may wait on the network: `tokenizer="server"` asks the server for ids.
         Async callers then record off the event loop."""
-        return self.recorder.tokenizer == SERVER
+        return isinstance(self.recorder.tokenizer, PerServer)
 
     @property
     def messages(self) -> list[dict[str, Any]]:

@@ -26,8 +26,8 @@ from typing import Literal
 
 import numpy as np
 
+from rollout.call_record import NO_VERSION, CallRecord, ChoiceRecord, TokenSource
 from rollout.episode import Episode, EpisodeStatus
-from rollout.record import NO_VERSION, CallRecord, ChoiceRecord, TokenSource
 
 AssemblyMode = Literal["concat", "individual"]
 

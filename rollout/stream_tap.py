@@ -15,8 +15,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from compat import to_thread
-from rollout.tokens import StreamAccumulator
-from rollout.tokens import get as _get
+from rollout.reply_ids import StreamAccumulator
+from rollout.reply_ids import get as _get
 
 if TYPE_CHECKING:
     from rollout.wrap import PendingCall

@@ -276,6 +276,19 @@ SERVER = "server"
 """`backend.tokenizer: server`: the tokenizer is built per server, from the client's URL."""
 
 
+class PerServer:
+    """What `load_tokenizer("server")` gives: no tokenizer yet. The recorder builds a
+    `ServerTokenizer` for each client's server, on that client's own transport."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PerServer()"
+
+
+PER_SERVER = PerServer()
+
+
 def check_spec(spec: str) -> str:
     """`spec` if it names a tokenizer kind (nothing is loaded), else a `ConfigError`."""
     kind, sep, name = spec.partition(":")
@@ -287,12 +300,12 @@ def check_spec(spec: str) -> str:
 
 
 @cache
-def load_tokenizer(spec: str) -> Tokenizer | str:
-    """A tokenizer from its config name, loaded once per process; "server" stays a name
+def load_tokenizer(spec: str) -> Tokenizer | PerServer:
+    """A tokenizer from its config name, loaded once per process; "server" gives `PER_SERVER`
     (the recorder builds one per server, from each client's URL)."""
     kind, _, name = check_spec(spec).partition(":")
     if spec == SERVER:
-        return SERVER
+        return PER_SERVER
     if kind == "tiktoken":
         from compat import TokenizerUnavailableError
 

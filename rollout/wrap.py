@@ -44,6 +44,7 @@ from typing import Any, Protocol
 
 from compat import is_async_callable, resolve
 from rollout.errors import UnrecordedCallError
+from rollout.reply_ids import StreamAccumulator
 from rollout.sdkresponse import (
     aas_sdk_stream,
     as_sdk_stream,
@@ -55,7 +56,6 @@ from rollout.sdkresponse import (
     synthesize,
 )
 from rollout.stream_tap import ChatChunks, ResponseEvents, arecord, tap_stream
-from rollout.tokens import StreamAccumulator
 
 logger = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ class Limits(BaseModel):
 
 
 MAX_VERSION = 2**31 - 1
-"""Versions are stored per token as int32 (`rollout.record.Versions`): a larger one cannot be recorded."""
+"""Versions are stored per token as int32 (`rollout.call_record.Versions`): a larger one cannot be recorded."""
 
 
 def check_version(version: object) -> int:

@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rollout.call_record import NO_VERSION
 from rollout.episode import Episode
 from rollout.errors import MissingLogprobsError
-from rollout.record import NO_VERSION
 from rollout.sample import AssemblyMode, AssemblyResult, Sample, as_samples, assemble
 
 RewardRule = Literal["areal", "episode"]

@@ -28,9 +28,9 @@ from typing import Any
 
 import numpy as np
 
+from rollout.call_record import Versions
 from rollout.episode import Episode
 from rollout.export.rows import EPISODE, SCHEMA_VERSION, Field, Table, check_schema_version, dumps
-from rollout.record import Versions
 
 SCHEMA_KEY = b"rollout.schema_version"
 

@@ -33,10 +33,10 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
+from rollout.call_record import NO_VERSION, CallRecord, ChoiceRecord
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import RolloutError
 from rollout.export.rows import jsonable
-from rollout.record import NO_VERSION, CallRecord, ChoiceRecord
 from rollout.redact import redact
 
 TERMINATION_REASONS = (

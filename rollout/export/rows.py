@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 import numpy as np
 
+from rollout.call_record import CallRecord, ChoiceRecord, TokenSource, Versions
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import SchemaVersionError, SerializationError
-from rollout.record import CallRecord, ChoiceRecord, TokenSource, Versions
 from rollout.redact import redact, redact_text
 
 SCHEMA_VERSION = 3

@@ -37,9 +37,9 @@ from typing import Any
 
 import numpy as np
 
+from rollout.call_record import NO_VERSION, CallRecord, ChoiceRecord
 from rollout.episode import Episode, EpisodeStatus
 from rollout.inspect.decode import Decoder, default_decoder, token_text
-from rollout.record import NO_VERSION, CallRecord, ChoiceRecord
 from rollout.redact import redact, redact_text
 from rollout.sample import FAILED_STATUSES, AssemblyResult, Sample, assemble
 

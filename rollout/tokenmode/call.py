@@ -14,7 +14,15 @@ from typing import Any
 
 import numpy as np
 
-from rollout.record import NO_VERSION, ChoiceRecord, TokenRecordError, Versions, as_ids, as_logprobs
+from rollout.call_record import (
+    NO_VERSION,
+    ChoiceRecord,
+    TokenRecordError,
+    Versions,
+    as_ids,
+    as_logprobs,
+)
+from rollout.reply_ids import message_dict
 from rollout.tokenmode.plan import Generation, adrive, drive
 from rollout.tokenmode.reply import (
     AsyncReplayStream,
@@ -25,7 +33,6 @@ from rollout.tokenmode.reply import (
 )
 from rollout.tokenmode.stitch import StitchedTurn, Unavailable
 from rollout.tokenmode.transport import HttpError
-from rollout.tokens import message_dict
 
 FALLBACK_ERRORS = (Unavailable, HttpError, ValueError, RecursionError)
 """What sends a token-mode call as messages instead (ValueError: a malformed token-route reply,

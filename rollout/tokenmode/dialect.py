@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from rollout.record import TokenSource
+from rollout.call_record import TokenSource
 from rollout.tokenmode import hermes
 from rollout.tokenmode.plan import Generation, Plan, Sampled
 
@@ -61,7 +61,7 @@ def choice_index(c: dict[str, Any], i: int, what: str, key: str = "index") -> in
 
 def logprob_value(value: Any) -> float:
     """A logprob as a float; null or anything not a number reads as NaN, which the record
-    flags and keeps out of training (as `rollout.tokens` does for messages-mode replies)."""
+    flags and keeps out of training (as `rollout.reply_ids` does for messages-mode replies)."""
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     return float("nan")

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ClassVar, Protocol
 
-from rollout.record import TokenSource
+from rollout.call_record import TokenSource
 from rollout.tokenmode.dialect import Dialect
 from rollout.tokenmode.plan import Generation, Plan, Request
 from rollout.tokenmode.server import ServerFacts, TokenServer

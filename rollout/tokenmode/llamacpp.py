@@ -33,7 +33,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, ClassVar
 
-from rollout.record import TokenSource
+from rollout.call_record import TokenSource
 from rollout.tokenmode.dialect import Dialect, MalformedReply
 from rollout.tokenmode.plan import Generation, Plan, Request, Sampled
 from rollout.tokenmode.stitch import Unavailable

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from rollout.record import TokenSource
+from rollout.call_record import TokenSource
 from rollout.tokenmode.dialect import (
     MalformedReply,
     choice_index,

@@ -30,8 +30,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from rollout.call_record import CallRecord, ChoiceRecord
 from rollout.lineage import call_signatures, message_text
-from rollout.record import CallRecord, ChoiceRecord
 from rollout.tokenmode.plan import Plan
 
 if TYPE_CHECKING:

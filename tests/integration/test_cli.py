@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from rollout.call_record import TokenSource
 from rollout.cli import build_parser, main
 from rollout.collection.config import load_config
 from rollout.collection.output import done_uids
@@ -30,7 +31,6 @@ from rollout.demo import TRAIN_CONFIG
 from rollout.episode import EpisodeStatus
 from rollout.export import read_jsonl, read_verl, to_verl, write_verl
 from rollout.export.jsonl import CorruptLineWarning
-from rollout.record import TokenSource
 
 REPO = Path(__file__).resolve().parents[2]
 TASK_IDS = [

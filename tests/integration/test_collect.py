@@ -26,6 +26,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 
+from rollout.call_record import TokenSource
 from rollout.collection import (
     Collector,
     CollectSummary,
@@ -40,7 +41,6 @@ from rollout.embedded import EmbeddedServer
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import RewardError
 from rollout.export import read_jsonl
-from rollout.record import TokenSource
 
 FAST = {"output": {"path": None}, "progress": False}
 

@@ -23,10 +23,10 @@ import numpy as np
 import pytest
 
 from compat.token_counter import load_encoding
+from rollout.call_record import CallRecord, ChoiceRecord, TokenSource
 from rollout.episode import Episode, EpisodeStatus
 from rollout.export import write_jsonl
 from rollout.inspect.html import BUCKETS, probability_bucket, render_html, write_html
-from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import Sample, assemble
 
 REPO = Path(__file__).resolve().parents[2]

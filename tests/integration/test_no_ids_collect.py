@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rollout.call_record import TokenSource
 from rollout.export import read_jsonl
-from rollout.record import TokenSource
 from tests.integration.test_cli import rollout, summary_rows
 
 ARGS = ["collect", "--config", "configs/local.yaml", "limit=2", "samples_per_task=1", "progress=false",

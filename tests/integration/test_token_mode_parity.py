@@ -457,7 +457,7 @@ def test_a_cancelled_call_leaves_the_same_trace_in_both_modes() -> None:
 def test_null_and_nan_logprobs_are_flagged_and_kept_out_of_training_in_both_modes(
     proxy: Callable[..., tuple[Proxy, str]], bad: Any
 ) -> None:
-    """As `rollout.tokens` does for a messages-mode reply: a note, and no logprobs for training."""
+    """As `rollout.reply_ids` does for a messages-mode reply: a note, and no logprobs for training."""
 
     def tamper(path: str, req: Any, rep: Any) -> Any:
         if path in (GENERATE, "/v1/chat/completions"):

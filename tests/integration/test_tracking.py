@@ -197,8 +197,8 @@ def test_fallback_reasons_become_a_bounded_set_of_metric_names() -> None:
         reason_key("tools changed since the parent call") == "tools_changed_since_the_parent_call"
     )
     stats = EpisodeStats(drift=False)
+    from rollout.call_record import CallRecord
     from rollout.episode import Episode
-    from rollout.record import CallRecord
 
     for i in range(MAX_REASONS + 5):
         stats.update(Episode(task_id=str(i), calls=[CallRecord(fallback=f"reason {i}: detail")]))

@@ -1,6 +1,6 @@
 """Weight versions on the embedded server: only what a record can hold (issue 18 §4).
 
-Records store a version per token as int32 (`rollout.record.Versions`); a
+Records store a version per token as int32 (`rollout.call_record.Versions`); a
 version outside [0, 2**31 - 1] accepted by `/update_weights` made every later
 token-mode call and `assemble()` raise `OverflowError`.
 """

@@ -15,6 +15,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from rollout.call_record import CallRecord, ChoiceRecord, TokenSource
 from rollout.episode import Episode, EpisodeStatus
 from rollout.export import (
     JsonlWriter,
@@ -35,7 +36,6 @@ from rollout.export import (
 from rollout.export.areal import MissingLogprobsError
 from rollout.export.jsonl import CorruptLineWarning
 from rollout.export.rows import episode_to_row
-from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import Sample, assemble
 
 # ---------------------------------------------------------------- helpers

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from rollout import Episode
+from rollout.call_record import CallRecord, ChoiceRecord
 from rollout.lineage import EpisodeLog
-from rollout.record import CallRecord, ChoiceRecord
 
 SYSTEM = {"role": "system", "content": "s"}
 ASK = {"role": "user", "content": "add 2 and 3"}

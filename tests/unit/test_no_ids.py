@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from rollout import Recorder, TokenSource, assemble, load_tokenizer
+from rollout import PerServer, Recorder, TokenSource, assemble, load_tokenizer
 from rollout.collection import ConfigError, load_config
 from rollout.export import to_areal, to_rllm, to_verl
 from rollout.tokenizers import TiktokenTokenizer, pair
@@ -137,7 +137,7 @@ def test_pair_says_why_it_did_not_pair() -> None:
 
 
 def test_tokenizer_names_are_checked_with_clear_errors() -> None:
-    assert load_tokenizer("server") == "server"
+    assert isinstance(load_tokenizer("server"), PerServer)
     assert isinstance(load_tokenizer("tiktoken:cl100k_base"), TiktokenTokenizer)
     with pytest.raises(ConfigError, match="must be 'server', 'tiktoken:<encoding>' or 'hf:"):
         load_tokenizer("cl100k_base")

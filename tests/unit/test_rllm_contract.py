@@ -32,11 +32,11 @@ import numpy as np
 import pytest
 from pydantic import BaseModel, ConfigDict, Field
 
+from rollout.call_record import CallRecord, ChoiceRecord, TokenSource
 from rollout.episode import Episode as OurEpisode
 from rollout.episode import EpisodeStatus
 from rollout.export import to_rllm, to_verl
 from rollout.export.rllm import TerminationReasonError
-from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import assemble
 
 RLLM_COMMIT = "9beb6e0f676a46d38858991fd79ac5f8e0b16d4c"

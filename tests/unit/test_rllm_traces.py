@@ -34,12 +34,12 @@ from pydantic import BaseModel, Field
 
 from examples import arithmetic
 from rollout import Recorder
+from rollout.call_record import CallRecord, ChoiceRecord, TokenSource
 from rollout.embedded import EmbeddedServer
 from rollout.episode import Episode as OurEpisode
 from rollout.errors import RewardError
 from rollout.export import to_verl
 from rollout.loops.rllm import RLLM_COMMIT, rllm_flow, to_rllm_traces
-from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from tests.unit.test_rllm_contract import RLLM_COMMIT as EXPORT_PIN
 from tests.unit.test_rllm_contract import (
     Episode,

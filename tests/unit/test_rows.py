@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from rollout.call_record import CallRecord, ChoiceRecord
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import SerializationError
 from rollout.export import episode_from_row, episode_to_row
@@ -22,7 +23,6 @@ from rollout.export.rows import (
     jsonable,
     unwritable_as_failed,
 )
-from rollout.record import CallRecord, ChoiceRecord
 from tests.unit.test_export import rich_episode
 
 

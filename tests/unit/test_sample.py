@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from rollout.call_record import CallRecord, ChoiceRecord, TokenSource
 from rollout.episode import Episode, EpisodeStatus
-from rollout.record import CallRecord, ChoiceRecord, TokenSource
 from rollout.sample import AssemblyResult, Sample, as_samples, assemble
 
 ids_st = st.lists(st.integers(0, 50), min_size=0, max_size=6)

@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from compat import OpenAICompatibleModel
 from rollout import Recorder, TiktokenTokenizer, TokenRecordError, TokenSource
-from rollout.record import NO_VERSION
+from rollout.call_record import NO_VERSION
 from tests.fakes import (
     API_KEY,
     ENC,

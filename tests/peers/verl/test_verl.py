@@ -25,9 +25,9 @@ from verl.trainer.ppo.ray_trainer import compute_advantage
 from verl.trainer.ppo.reward import extract_reward
 
 import rollout.export.verl_advantage  # noqa: F401  (registers episode_grpo / episode_rloo)
+from rollout.call_record import CallRecord, ChoiceRecord, TokenSource
 from rollout.episode import Episode
 from rollout.export import read_verl, to_verl, write_verl
-from rollout.record import CallRecord, ChoiceRecord, TokenSource
 
 pytestmark = pytest.mark.peers
 

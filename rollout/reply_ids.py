@@ -36,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from rollout.record import (
+from rollout.call_record import (
     NO_VERSION,
     ChoiceRecord,
     TokenRecordError,
