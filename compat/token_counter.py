@@ -20,11 +20,12 @@ import math
 import struct
 from abc import ABC, abstractmethod
 from functools import cache
-from typing import Any
-
-import tiktoken
+from typing import TYPE_CHECKING, Any
 
 from compat.errors import TokenizerUnavailableError
+
+if TYPE_CHECKING:  # loaded on first count: importing compat (and rollout) stays light
+    import tiktoken
 
 logger = logging.getLogger(__name__)
 
@@ -51,11 +52,15 @@ class BaseTokenCounter(ABC):
 
 @cache
 def _load(name: str) -> tiktoken.Encoding:
+    import tiktoken
+
     return tiktoken.get_encoding(name)
 
 
 def load_encoding(name: str, fallback: str | None = None) -> tiktoken.Encoding:
     """Load `name`, preferring an identical offline copy; else `fallback`, logged."""
+    import tiktoken
+
     alias = OFFLINE_ALIASES.get(name)
     if alias is not None and alias in tiktoken.list_encoding_names():
         return _load(alias)
@@ -79,6 +84,8 @@ def load_encoding(name: str, fallback: str | None = None) -> tiktoken.Encoding:
 
 
 def encoding_name_for(model: str) -> str:
+    import tiktoken
+
     try:
         return tiktoken.encoding_name_for_model(model)
     except KeyError:

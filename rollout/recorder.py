@@ -19,7 +19,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from rollout.call_record import CallRecord, TokenRecordError, TokenSource, as_ids
 from rollout.episode import Episode, EpisodeStatus
@@ -37,16 +37,10 @@ from rollout.reply_ids import (
 )
 from rollout.snapshot import scrub, unset
 from rollout.tokenizers import PerServer, ServerTokenizer, Tokenizer, load_tokenizer
-from rollout.tokenmode import (
-    Generation,
-    TokenCall,
-    TokenServer,
-    TokenServers,
-    Unavailable,
-    plan_turn,
-    server_for,
-)
 from rollout.wrap import wrap_client
+
+if TYPE_CHECKING:  # token mode is imported on its first call: `import rollout` stays light
+    from rollout.tokenmode import Generation, TokenCall, TokenServer, TokenServers
 
 _current: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "rollout_episode", default=None
@@ -105,7 +99,7 @@ class Recorder:
         self.strict = strict
         self.keep_finished = keep_finished
         self.token_mode = token_mode
-        self._servers = TokenServers()  # token mode: one transport per client, facts per URL + credentials
+        self._servers: TokenServers | None = None  # token mode: one transport per client, facts per URL + credentials
         self.unscoped = Episode(task_id="__unscoped__")
         self._finished: list[Episode] = []
         self._logs: dict[str, EpisodeLog] = {self.unscoped.id: EpisodeLog(self.unscoped, closes=False)}
@@ -150,12 +144,19 @@ class Recorder:
         """Token mode's view of the server behind `client`: its own transport (its URL,
         headers, query, timeout, proxy and CA), the server's facts shared with the clients
         that send the same URL and headers."""
+        from rollout.tokenmode import TokenServers, server_for
+
+        with self._lock:
+            if self._servers is None:
+                self._servers = TokenServers()
         return server_for(client, self._servers)
 
     def tokenizer_for(self, client: Any, model: str) -> Tokenizer | None:
         """The tokenizer for replies from `client`'s server (`tokenizer="server"`: its own)."""
         if not isinstance(self.tokenizer, PerServer):
             return self.tokenizer
+        from rollout.tokenmode import Unavailable
+
         try:
             http = self.token_server(client).http
         except Unavailable:
@@ -169,11 +170,13 @@ class Recorder:
 
     def close(self) -> None:
         """Close token mode's own sync connections (the clients you wrapped are yours to close)."""
-        self._servers.close()
+        if self._servers is not None:
+            self._servers.close()
 
     async def aclose(self) -> None:
         """Close token mode's connections for this event loop (call it from that loop)."""
-        await self._servers.aclose()
+        if self._servers is not None:
+            await self._servers.aclose()
 
     # --- used by the wrapper ---------------------------------------------------------
 
@@ -346,6 +349,8 @@ class PendingCall:
 
     def plan_tokens(self, client: Any, *, asked_logprobs: bool) -> None:
         """Decide whether this call goes as token ids (`turn`) or as messages (`fallback`)."""
+        from rollout.tokenmode import TokenCall, plan_turn
+
         messages = self.kwargs.get("messages")
         found = self.log.parent_of(messages) if isinstance(messages, list) else None
         kwargs = _wire_messages({k: v for k, v in self.kwargs.items() if not unset(v)})  # the SDK's helpers send sentinels

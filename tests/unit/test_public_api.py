@@ -46,9 +46,11 @@ def test_all_is_exactly_the_public_namespace(name: str) -> None:
 
 
 def test_core_import_does_not_load_collection() -> None:
+    """Nor token mode nor tiktoken: each is loaded on its first use."""
     code = (
         "import sys; from rollout import Recorder, assemble\n"
-        "heavy = [m for m in ('rollout.collection', 'aiohttp', 'yaml', 'tqdm', 'ray', 'pyarrow')"
+        "heavy = [m for m in ('rollout.collection', 'aiohttp', 'yaml', 'tqdm', 'ray', 'pyarrow',"
+        " 'rollout.tokenmode', 'tiktoken')"
         " if m in sys.modules]\n"
         "print(','.join(heavy))"
     )
