@@ -81,10 +81,27 @@ def _get(x: Any, key: str) -> Any:
 
 def _message_key(m: Any) -> Key:
     """What identifies a message for prefix matching: role, text, tool calls (see the module docstring)."""
-    m = _plain(m)
+    if not _is_plain(m):
+        m = _plain(m)
     if not isinstance(m, dict):
         return (repr(m),)
     return (m.get("role"), message_text(m.get("content")), call_signatures(m))
+
+
+def _is_plain(m: Any) -> bool:
+    """Whether a message is already plain data where matching reads it (most are: skip the copy)."""
+    if not isinstance(m, dict):
+        return False
+    calls, content = m.get("tool_calls"), m.get("content")
+    plain_parts = isinstance(content, list) and all(type(p) is dict and None not in p.values() for p in content)
+    if content is not None and not isinstance(content, str) and not plain_parts:
+        return False
+    return all(type(c) is dict and not any(hasattr(v, "model_dump") for v in c.values()) for c in calls or ())
+
+
+def message_keys(messages: list[Any]) -> tuple[Key, ...]:
+    """Each message's key, as `EpisodeLog.parent_of` and `append` match them (compute once per call)."""
+    return tuple(_message_key(m) for m in messages)
 
 
 def _loose(keys: tuple[Key, ...]) -> tuple[Key, ...]:
@@ -152,9 +169,10 @@ class EpisodeLog:
         self.copies: dict[int, dict[str, Any]] | None = {} if closes else None
         self._open: list[Callable[[], Any]] = []
 
-    def append(self, call: CallRecord, messages: list[Any]) -> None:
-        """Add `call` to the episode, with its index, its parent, and notes on how it was found."""
-        keys = tuple(_message_key(m) for m in messages)
+    def append(self, call: CallRecord, messages: list[Any], keys: tuple[Key, ...] | None = None) -> None:
+        """Add `call` to the episode, with its index, its parent, and notes on how it was found
+        (`keys`: `message_keys(messages)`, when the caller has them)."""
+        keys = message_keys(messages) if keys is None else keys
         with self._lock:
             call.index = len(self.episode.calls)
             found = self._find_parent(keys)
@@ -169,10 +187,12 @@ class EpisodeLog:
                 self._loose.setdefault(_loose(with_reply), (call.index, choice.index, with_reply))
         call.notes.extend(notes)
 
-    def parent_of(self, messages: list[Any]) -> tuple[CallRecord, ChoiceRecord, int] | None:
+    def parent_of(
+        self, messages: list[Any], keys: tuple[Key, ...] | None = None
+    ) -> tuple[CallRecord, ChoiceRecord, int] | None:
         """The recorded call and choice whose messages + reply the longest prefix of
         `messages` is, and that prefix's length (so `messages[end:]` is what is new)."""
-        keys = tuple(_message_key(m) for m in messages)
+        keys = message_keys(messages) if keys is None else keys
         with self._lock:
             found = self._find_parent(keys)
             if found is None:

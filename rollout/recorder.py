@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from rollout.call_record import CallRecord, TokenRecordError, TokenSource, as_ids
 from rollout.episode import Episode, EpisodeStatus
 from rollout.errors import UnscopedCallError, explain_failure
-from rollout.lineage import EpisodeLog
+from rollout.lineage import EpisodeLog, message_keys
 from rollout.redact import register_secret
 from rollout.reply_ids import (
     StreamAccumulator,
@@ -271,7 +271,7 @@ def _responses_api(endpoint: str) -> bool:
 class PendingCall:
     """One call in flight: turns its reply (or stream, or failure) into a record."""
 
-    __slots__ = ("_t0", "done", "endpoint", "episode", "fallback", "kwargs", "log", "recorder",
+    __slots__ = ("_keys", "_t0", "done", "endpoint", "episode", "fallback", "kwargs", "log", "recorder",
                  "request", "started", "turn")  # fmt: skip
 
     def __init__(self, recorder: Recorder, log: EpisodeLog, endpoint: str, kwargs: dict[str, Any]) -> None:
@@ -286,6 +286,7 @@ class PendingCall:
         self.done = False
         self.turn: TokenCall | None = None  # token mode: this call goes as token ids
         self.fallback: str | None = None  # token mode: why it goes as messages instead
+        self._keys: tuple[Any, ...] | None = None  # `message_keys(messages)`, taken once
 
     def snapshot(self) -> dict[str, Any]:
         """The request as recorded: taken when the call was made (`start_call`)."""
@@ -304,6 +305,13 @@ class PendingCall:
         if _responses_api(self.endpoint):
             return responses_input_as_messages(self.kwargs)
         return list(self.kwargs.get("messages") or [])
+
+    def message_keys(self, messages: list[Any]) -> tuple[Any, ...]:
+        """The lineage keys of this call's messages: matched when the call is planned and again
+        when it is recorded, computed once (at the first, so both see the messages as sent)."""
+        if self._keys is None:
+            self._keys = message_keys(messages)
+        return self._keys
 
     def record(self, response: Any, client: Any) -> CallRecord:
         """Build and store the record for a complete reply."""
@@ -342,7 +350,7 @@ class PendingCall:
             notes=notes,
             fallback=self.fallback,
         )
-        self.log.append(call, messages)
+        self.log.append(call, messages, self.message_keys(messages))
         return call
 
     # --- token mode: `rollout.tokenmode` sends, the recorder records -------------------
@@ -352,7 +360,7 @@ class PendingCall:
         from rollout.tokenmode import TokenCall, plan_turn
 
         messages = self.kwargs.get("messages")
-        found = self.log.parent_of(messages) if isinstance(messages, list) else None
+        found = self.log.parent_of(messages, self.message_keys(messages)) if isinstance(messages, list) else None
         kwargs = _wire_messages({k: v for k, v in self.kwargs.items() if not unset(v)})  # the SDK's helpers send sentinels
         outcome = plan_turn(
             kwargs,
@@ -410,7 +418,8 @@ class PendingCall:
             sent_as="tokens",
             notes=self.turn.notes,
         )
-        self.log.append(call, self.messages)
+        messages = self.messages
+        self.log.append(call, messages, self.message_keys(messages))
         return self.turn.agent_reply(reply, is_async=is_async)
 
     def record_stream(self, acc: StreamAccumulator, client: Any, *, complete: bool) -> CallRecord | None:
