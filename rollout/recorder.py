@@ -68,7 +68,9 @@ class Recorder:
         token_mode: "auto" sends an episode's later calls as token ids (parent
             prompt + sampled ids + server-rendered bridge; see `rollout.tokenmode`)
             where the parent's ids are exact and the server has a token route,
-            so the episode stays one exact row; "off" sends every call as
+            so the episode stays one exact row; "all" sends each episode's first
+            call that way too (the server renders the messages, then generates
+            from those ids: the client's lean path); "off" sends every call as
             messages. Either way each record says how it was sent and why.
     """
 
@@ -82,12 +84,12 @@ class Recorder:
         policy_version: int | None = None,
         strict: bool = False,
         keep_finished: bool = True,
-        token_mode: Literal["auto", "off"] = "auto",
+        token_mode: Literal["auto", "all", "off"] = "auto",
     ) -> None:
         if unscoped not in ("keep", "refuse"):
             raise ValueError(f"unscoped must be 'keep' or 'refuse', got {unscoped!r}")
-        if token_mode not in ("auto", "off"):
-            raise ValueError(f"token_mode must be 'auto' or 'off', got {token_mode!r}")
+        if token_mode not in ("auto", "all", "off"):
+            raise ValueError(f"token_mode must be 'auto', 'all' or 'off', got {token_mode!r}")
         self.unscoped_mode = unscoped
         self.request_token_ids = request_token_ids
         self.request_logprobs = request_logprobs
@@ -226,9 +228,9 @@ class Recorder:
                 sent["logprobs"] = True
         pending = PendingCall(self, self._log(episode), endpoint, sent)
         pending.request = scrub(sent, pending.log.copies)  # the record's snapshot, taken now
-        if self.token_mode == "auto":
+        if self.token_mode != "off":
             if endpoint in ("chat.completions", "chat.completions.stream"):
-                pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not unset(kwargs["logprobs"]))
+                pending.plan_tokens(client)
             else:
                 pending.fallback = f"{endpoint} goes as messages"
         return sent, pending
@@ -355,8 +357,11 @@ class PendingCall:
 
     # --- token mode: `rollout.tokenmode` sends, the recorder records -------------------
 
-    def plan_tokens(self, client: Any, *, asked_logprobs: bool) -> None:
-        """Decide whether this call goes as token ids (`turn`) or as messages (`fallback`)."""
+    def plan_tokens(self, client: Any) -> None:
+        """Decide whether this call goes as token ids (`turn`) or as messages (`fallback`).
+
+        The agent's reply carries logprobs when the request as sent asks for them, as the
+        chat route's would: also when the recorder added them (`request_logprobs`)."""
         from rollout.tokenmode import TokenCall, plan_turn
 
         messages = self.kwargs.get("messages")
@@ -368,11 +373,12 @@ class PendingCall:
             earlier_calls=bool(self.episode.calls),
             server=lambda: self.recorder.token_server(client),
             continued=() if found is None else self.log.continued(found[0], found[1]),
+            first_call=self.recorder.token_mode == "all",
         )
         if isinstance(outcome, str):
             self.fallback = outcome
         else:
-            self.turn = TokenCall(outcome, kwargs, asked_logprobs=asked_logprobs)
+            self.turn = TokenCall(outcome, kwargs, asked_logprobs=bool(kwargs.get("logprobs")))
 
     def send_tokens(self) -> Any:
         """Send the stitched turn; the reply (or a replayed stream), or None when the

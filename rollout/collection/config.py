@@ -42,8 +42,9 @@ class BackendSpec(_Strict):
     request_logprobs: bool = True
     # Token mode: an episode's later calls go to the server as token ids (parent prompt +
     # sampled ids + bridge), so a whole episode is one exact row. "auto" uses it where the
-    # server has a token route; "off" sends every call as messages.
-    token_mode: Literal["auto", "off"] = "auto"
+    # server has a token route; "all" sends first calls that way too (rendered by the server,
+    # then generated from the ids); "off" sends every call as messages.
+    token_mode: Literal["auto", "all", "off"] = "auto"
     # How to get ids from servers that return logprobs but no ids: None (record none; the
     # server's logprobs are kept unpaired), "server" (its /tokenize), "tiktoken:<encoding>",
     # or "hf:<name or path>" (needs the `hf` extra). Ids from a tokenizer are flagged

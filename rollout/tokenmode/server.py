@@ -20,7 +20,7 @@ from typing import Any
 
 from rollout.tokenmode.dialect import Dialect
 from rollout.tokenmode.plan import Generation, Plan, Request, with_options
-from rollout.tokenmode.stitch import NO_SERVER, Parent, Unavailable, sampling_params
+from rollout.tokenmode.stitch import NO_SERVER, Parent, Unavailable, plain, sampling_params
 from rollout.tokenmode.transport import CallOptions, HttpError, JsonHttp, merge_headers
 
 RENDER_CACHE_SIZE = 1024
@@ -186,6 +186,13 @@ class TokenServer:
         join = closing[1:] if stopped else closing
         return [*join, *after[len(before) :]]
 
+    def prompt(self, dialect: Dialect, model: str, messages: list[Any], tools: Any, ctk: Any) -> Plan:
+        """A first call's prompt ids: its messages rendered by the server, generation prompt included."""
+        prompt = yield from self._render(dialect, model, messages, tools, ctk, True)
+        if not prompt:
+            raise Unavailable("the server rendered the messages to no tokens")
+        return prompt
+
     def max_model_len(self, dialect: Dialect, model: str) -> Plan:
         """The context length: from `/tokenize` replies, else the model card (`GET /v1/models`,
         vLLM's and SGLang's `max_model_len`). A server that reports neither cannot say how
@@ -207,7 +214,7 @@ class TokenServer:
 
     # --- one turn -------------------------------------------------------------------
 
-    def turn(self, parent: Parent, new_messages: list[Any], kwargs: Mapping[str, Any]) -> Plan:
+    def turn(self, parent: Parent | None, new_messages: list[Any], kwargs: Mapping[str, Any]) -> Plan:
         """Stitch, generate and parse one call; returns the `Generation` (messages filled)
         and each choice's logprobs view for the agent (`Dialect.logprob_views`).
 
@@ -216,13 +223,16 @@ class TokenServer:
         options = CallOptions.of(kwargs)
         return (yield from plan if options is None else with_options(plan, options))
 
-    def _turn(self, parent: Parent, new_messages: list[Any], kwargs: Mapping[str, Any]) -> Plan:
+    def _turn(self, parent: Parent | None, new_messages: list[Any], kwargs: Mapping[str, Any]) -> Plan:
         dialect = yield from self.probe()
         model = str(kwargs.get("model") or "")
         extra = kwargs.get("extra_body") or {}
         ctk = extra.get("chat_template_kwargs")
-        bridge = yield from self.bridge(dialect, model, parent, new_messages, ctk)
-        prompt = [*parent.prompt_ids, *parent.sampled_ids, *bridge]
+        if parent is None:  # a first call: the whole conversation, as the chat route renders it
+            prompt = yield from self.prompt(dialect, model, new_messages, plain(kwargs.get("tools")), ctk)
+        else:
+            bridge = yield from self.bridge(dialect, model, parent, new_messages, ctk)
+            prompt = [*parent.prompt_ids, *parent.sampled_ids, *bridge]
         budget = kwargs.get("max_completion_tokens") or kwargs.get("max_tokens")
         if budget is None:  # chat semantics: the rest of the context (the server refuses a full one)
             limit = yield from self.max_model_len(dialect, model)

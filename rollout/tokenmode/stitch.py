@@ -126,10 +126,11 @@ def sampling_params(kwargs: Mapping[str, Any], max_tokens: int) -> dict[str, Any
 
 @dataclass(slots=True)
 class StitchedTurn:
-    """A call that will go to `server` as token ids: its parent, new messages and request."""
+    """A call that will go to `server` as token ids: its parent, new messages and request
+    (no parent: an episode's first call, all of its messages rendered by the server)."""
 
     server: TokenServer
-    parent: Parent
+    parent: Parent | None
     new_messages: list[Any]
     kwargs: dict[str, Any]
 
@@ -230,6 +231,7 @@ def plan_turn(
     earlier_calls: bool,
     server: Callable[[], TokenServer],
     continued: Sequence[int] = (),
+    first_call: bool = False,
 ) -> StitchedTurn | str:
     """The stitched turn for a call, or the reason it goes as messages.
 
@@ -238,13 +240,17 @@ def plan_turn(
     lists the calls that already continued that parent: a retry, or an agent
     whose history went back to an earlier turn (CAMEL's memory reorders
     replies). Such a call starts a new row whichever way it goes, so it goes
-    as messages and the record names the branch.
+    as messages and the record names the branch. With `first_call`, an
+    episode's first call goes as token ids too: the server renders its
+    messages, then generates from those ids.
     """
     reason = fallback_reason(kwargs)
     if reason is not None:
         return reason
     if found is None:
-        return EDITED_HISTORY if earlier_calls else FIRST_CALL
+        if earlier_calls:
+            return EDITED_HISTORY
+        return _first_turn(kwargs, server) if first_call else FIRST_CALL
     call, choice, end = found
     if continued:
         return f"{BRANCH}: continues call {call.index}, which call(s) {list(continued)} had already continued"
@@ -268,3 +274,17 @@ def plan_turn(
         return target.unavailable
     parent = Parent(call.prompt_ids.tolist(), choice.ids.tolist(), tools, exact=True)
     return StitchedTurn(target, parent, new, kwargs)
+
+
+def _first_turn(kwargs: dict[str, Any], server: Callable[[], TokenServer]) -> StitchedTurn | str:
+    """An episode's first call as token ids: the server renders all of its messages."""
+    messages = plain(list(kwargs.get("messages") or []))
+    if not messages:
+        return NO_NEW_MESSAGES
+    try:
+        target = server()
+    except Unavailable as exc:
+        return str(exc)
+    if target.unavailable is not None:
+        return target.unavailable
+    return StitchedTurn(target, None, messages, kwargs)
