@@ -22,6 +22,8 @@ Prints ONE JSON line with a section per part (`--parts`, default all):
   Every new user turn is unique, so each token-mode call makes all three
   requests (/tokenize, generate, derender); `tokens_repeated` sends the same
   "Again." each turn, which token mode's bridge cache renders once.
+  `tokens_all` is token_mode "all": first calls too go as render + generate
+  (`all_turns_vs_sdk`: client CPU per call with first calls included).
   `sync_*`: the same later turns through the sync `OpenAI` client, plain and
   wrapped (token mode's sync requests go through the client's own httpx client).
   Runners are interleaved after a warm-up and medians are reported.
@@ -178,7 +180,7 @@ async def _run(url: str, runner: str, tasks: list[dict[str, Any]], concurrency: 
         client = _sdk_client(url, aiohttp=runner == "sdk_aiohttp")
     else:
         recorder = Recorder(request_token_ids=True, request_logprobs=True, keep_finished=False,
-                            token_mode="off" if runner == "messages" else "auto")  # fmt: skip
+                            token_mode={"messages": "off", "tokens_all": "all"}.get(runner, "auto"))  # fmt: skip
         client = recorder.wrap(_sdk_client(url, aiohttp=True))  # as collection does
     build = messages_for if runner == "tokens_repeated" else _unique
     per_turn = [0.0] * TURNS
@@ -246,7 +248,7 @@ def _run_sync(url: str, runner: str, tasks: list[dict[str, Any]]) -> list[float]
 
 
 def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
-    runners = ("sdk", "sdk_aiohttp", "messages", "tokens", "tokens_repeated")
+    runners = ("sdk", "sdk_aiohttp", "messages", "tokens", "tokens_all", "tokens_repeated")
     tasks = make_tasks(args.cpu_episodes)
     n = len(tasks)
     seq: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
@@ -298,6 +300,11 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_vs_sdk_aiohttp": round(later["tokens"] / later["sdk_aiohttp"], 4),
         "tokens_vs_messages_recorded": round(later["tokens"] / later["messages"], 4),
         "tokens_repeated_vs_sdk": round(later["tokens_repeated"] / later["sdk"], 4),
+        # First calls included (issue 23's figure): token_mode auto sends them through the
+        # SDK as messages, token_mode all as render + generate.
+        "all_turns_vs_sdk": {r: round(every[r] / every["sdk"], 4) for r in ("tokens", "tokens_all")},
+        "first_turn_vs_sdk": {r: round(first[r] / first["sdk"], 4) for r in ("tokens", "tokens_all")},
+        "concurrent_all_turns_vs_sdk": {r: round(concurrent[r] / concurrent["sdk"], 4) for r in ("tokens", "tokens_all")},
         "target": 0.5,
         "concurrency": args.concurrency,
         "concurrent_ms_per_call": concurrent,

@@ -230,7 +230,7 @@ class Recorder:
         pending.request = scrub(sent, pending.log.copies)  # the record's snapshot, taken now
         if self.token_mode != "off":
             if endpoint in ("chat.completions", "chat.completions.stream"):
-                pending.plan_tokens(client)
+                pending.plan_tokens(client, asked_logprobs=bool(kwargs.get("logprobs")) and not unset(kwargs["logprobs"]))
             else:
                 pending.fallback = f"{endpoint} goes as messages"
         return sent, pending
@@ -357,11 +357,12 @@ class PendingCall:
 
     # --- token mode: `rollout.tokenmode` sends, the recorder records -------------------
 
-    def plan_tokens(self, client: Any) -> None:
+    def plan_tokens(self, client: Any, *, asked_logprobs: bool) -> None:
         """Decide whether this call goes as token ids (`turn`) or as messages (`fallback`).
 
-        The agent's reply carries logprobs when the request as sent asks for them, as the
-        chat route's would: also when the recorder added them (`request_logprobs`)."""
+        The agent's reply carries logprobs when the agent asked for them. Those the recorder
+        adds for its own record (`request_logprobs`) are not built into the reply: the SDK's
+        logprob objects cost more client CPU than the rest of a token-mode call."""
         from rollout.tokenmode import TokenCall, plan_turn
 
         messages = self.kwargs.get("messages")
@@ -378,7 +379,7 @@ class PendingCall:
         if isinstance(outcome, str):
             self.fallback = outcome
         else:
-            self.turn = TokenCall(outcome, kwargs, asked_logprobs=bool(kwargs.get("logprobs")))
+            self.turn = TokenCall(outcome, kwargs, asked_logprobs=asked_logprobs)
 
     def send_tokens(self) -> Any:
         """Send the stitched turn; the reply (or a replayed stream), or None when the

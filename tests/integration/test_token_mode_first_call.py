@@ -42,7 +42,8 @@ def test_the_agent_sees_what_the_chat_route_gives_it(server: EmbeddedServer, is_
     chat = episode(server.base_url, "off", turns, is_async=is_async)
     # The server rendered the first call's messages to the same ids its chat route did.
     assert lean[0].calls[0].prompt_ids.tolist() == chat[0].calls[0].prompt_ids.tolist()
-    assert assert_same_where_prompts_match(lean, chat) >= 1
+    # The agent asked for no logprobs (the recorder adds them for its record): compared without.
+    assert assert_same_where_prompts_match(lean, chat, logprobs=False) >= 1
     first = lean[0].calls[0]
     assert (first.sent_as, first.fallback, first.parent) == ("tokens", None, None)
     assert first.prompt_source is TokenSource.TOKEN_IN
@@ -54,6 +55,14 @@ def test_the_agent_sees_what_the_chat_route_gives_it(server: EmbeddedServer, is_
 def test_auto_still_sends_first_calls_as_messages(server: EmbeddedServer) -> None:
     ep, _ = episode(server.base_url, "auto", 2)
     assert [c.sent_as for c in ep.calls] == ["messages", "tokens"]
+
+
+@pytest.mark.parametrize("ask", [{"logprobs": True}, {"logprobs": True, "top_logprobs": 2}], ids=["logprobs", "top2"])
+def test_logprobs_the_agent_asks_for_are_the_chat_routes(server: EmbeddedServer, ask: dict[str, Any]) -> None:
+    lean = episode(server.base_url, "all", 2, **ask)
+    chat = episode(server.base_url, "off", 2, **ask)
+    assert lean[0].calls[0].sent_as == "tokens"
+    assert assert_same_where_prompts_match(lean, chat, logprobs=True) >= 1
 
 
 def test_a_streamed_tool_calling_first_call_replies_alike() -> None:
@@ -79,7 +88,7 @@ def test_a_streamed_tool_calling_first_call_replies_alike() -> None:
         (lean, lean_reply, lean_stream, lean_chunks), (chat, chat_reply, chat_stream, chat_chunks) = out["all"], out["off"]
         assert lean.calls[0].sent_as == "tokens" and lean_stream.calls[0].sent_as == "tokens"
         assert lean.calls[0].prompt_ids.tolist() == chat.calls[0].prompt_ids.tolist()
-        assert seen(lean_reply) == seen(chat_reply)
+        assert seen(lean_reply, logprobs=False) == seen(chat_reply, logprobs=False)
         assert lean_reply.choices[0].message.tool_calls
         assert reply_message(lean_reply)["tool_calls"][0]["function"] == reply_message(chat_reply)["tool_calls"][0]["function"]
         assert lean_stream.calls[0].prompt_ids.tolist() == chat_stream.calls[0].prompt_ids.tolist()
