@@ -266,14 +266,8 @@ def plan_turn(
     new = plain(list(kwargs["messages"][end:]))  # a copy: what is rendered is what is recorded
     if not new:
         return NO_NEW_MESSAGES
-    try:
-        target = server()
-    except Unavailable as exc:
-        return str(exc)
-    if target.unavailable is not None:
-        return target.unavailable
     parent = Parent(call.prompt_ids.tolist(), choice.ids.tolist(), tools, exact=True)
-    return StitchedTurn(target, parent, new, kwargs)
+    return _turn_on(server, parent, new, kwargs)
 
 
 def _first_turn(kwargs: dict[str, Any], server: Callable[[], TokenServer]) -> StitchedTurn | str:
@@ -281,10 +275,17 @@ def _first_turn(kwargs: dict[str, Any], server: Callable[[], TokenServer]) -> St
     messages = plain(list(kwargs.get("messages") or []))
     if not messages:
         return NO_NEW_MESSAGES
+    return _turn_on(server, None, messages, kwargs)
+
+
+def _turn_on(
+    server: Callable[[], TokenServer], parent: Parent | None, new: list[Any], kwargs: dict[str, Any]
+) -> StitchedTurn | str:
+    """The turn on the call's server, or why that server cannot take it."""
     try:
         target = server()
     except Unavailable as exc:
         return str(exc)
     if target.unavailable is not None:
         return target.unavailable
-    return StitchedTurn(target, None, messages, kwargs)
+    return StitchedTurn(target, parent, new, kwargs)
