@@ -148,9 +148,10 @@ class Recorder:
         that send the same URL and headers."""
         from rollout.tokenmode import TokenServers, server_for
 
-        with self._lock:
-            if self._servers is None:
-                self._servers = TokenServers()
+        if self._servers is None:  # made once, on token mode's first call
+            with self._lock:
+                if self._servers is None:
+                    self._servers = TokenServers()
         return server_for(client, self._servers)
 
     def tokenizer_for(self, client: Any, model: str) -> Tokenizer | None:

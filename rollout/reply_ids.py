@@ -171,13 +171,11 @@ def _interaction_tokens(client: Any, completion_id: str | None) -> Any:
     return resp if get(resp, "output_tokens") is not None else None
 
 
-def _check(n_ids: int, what: str, n: int, notes: list[str], strict: bool, index: int) -> bool:
+def _check(n_ids: int, what: str, n: int, reply: _Reply, index: int) -> bool:
+    """Whether `n` per-token values fit `n_ids` ids (a note, or strict's error, when not)."""
     if n == n_ids:
         return True
-    msg = f"choice {index}: {n} {what} for {n_ids} token ids"
-    if strict:
-        raise TokenRecordError(msg)
-    notes.append(msg)
+    reply.note(f"choice {index}: {n} {what} for {n_ids} token ids")
     return False
 
 
@@ -323,10 +321,9 @@ def _from_interaction(raw: Any, entries: list[Any] | None, logprobs: np.ndarray 
                   prompt=None if get(areal, "input_tokens") is None else list(get(areal, "input_tokens")))  # fmt: skip
 
 
-def _from_tokenizer(raw: Any, entries: list[Any] | None, logprobs: np.ndarray | None, reply: _Reply,
-                    index: int) -> _Found:  # fmt: skip
+def _from_tokenizer(message: dict[str, Any], entries: list[Any] | None, logprobs: np.ndarray | None,
+                    reply: _Reply, index: int) -> _Found:  # fmt: skip
     """6. A tokenizer (inexact, flagged so), or no ids at all; the server's logprobs are kept."""
-    message = message_dict(get(raw, "message"))
     unpaired = _without_ids(reply.lone_count, entries, logprobs, message, reply.tokenizer, reply.notes, index)
     return _Found(unpaired.ids, unpaired.source, unpaired.logprobs, kept=unpaired.kept())
 
@@ -352,14 +349,15 @@ def _choice_record(raw: Any, reply: _Reply, position: int, version: int) -> tupl
     index = int(get(raw, "index", position))
     entries = _logprob_entries(raw)
     logprobs = None if entries is None else _checked_logprobs(_logprob_values(entries), reply, index)
+    message = message_dict(get(raw, "message"))
     found = next((f for source in SOURCES if (f := source(raw, entries, logprobs, reply, index)) is not None),
-                 None) or _from_tokenizer(raw, entries, logprobs, reply, index)  # fmt: skip
+                 None) or _from_tokenizer(message, entries, logprobs, reply, index)  # fmt: skip
     ids = as_ids(found.ids)
     logprobs = found.logprobs
-    if logprobs is not None and not _check(len(ids), "logprobs", len(logprobs), reply.notes, reply.strict, index):
+    if logprobs is not None and not _check(len(ids), "logprobs", len(logprobs), reply, index):
         logprobs = None
     versions: Any = found.versions
-    if versions is None or not _check(len(ids), "versions", len(versions), reply.notes, reply.strict, index):
+    if versions is None or not _check(len(ids), "versions", len(versions), reply, index):
         versions = Versions.constant(version, len(ids))
     record = ChoiceRecord(
         index=index,
@@ -367,7 +365,7 @@ def _choice_record(raw: Any, reply: _Reply, position: int, version: int) -> tupl
         logprobs=logprobs,
         versions=versions,
         finish_reason=get(raw, "finish_reason"),
-        message=message_dict(get(raw, "message")),
+        message=message,
         source=found.source,
         **(found.kept or {}),
     )
