@@ -29,6 +29,7 @@ from rollout.redact import register_secret
 from rollout.reply_ids import (
     StreamAccumulator,
     extract_call,
+    plain_copy,
     responses_api_as_chat,
     responses_input_as_messages,
 )
@@ -274,7 +275,7 @@ def _responses_api(endpoint: str) -> bool:
 class PendingCall:
     """One call in flight: turns its reply (or stream, or failure) into a record."""
 
-    __slots__ = ("_keys", "_t0", "done", "endpoint", "episode", "fallback", "kwargs", "log", "recorder",
+    __slots__ = ("_keys", "_read", "_t0", "done", "endpoint", "episode", "fallback", "kwargs", "log", "recorder",
                  "request", "started", "turn")  # fmt: skip
 
     def __init__(self, recorder: Recorder, log: EpisodeLog, endpoint: str, kwargs: dict[str, Any]) -> None:
@@ -290,6 +291,7 @@ class PendingCall:
         self.turn: TokenCall | None = None  # token mode: this call goes as token ids
         self.fallback: str | None = None  # token mode: why it goes as messages instead
         self._keys: tuple[Any, ...] | None = None  # `message_keys(messages)`, taken once
+        self._read: tuple[Any, ...] | TokenRecordError | None = None  # the reply, read as parsed
 
     def snapshot(self) -> dict[str, Any]:
         """The request as recorded: taken when the call was made (`start_call`)."""
@@ -316,32 +318,56 @@ class PendingCall:
             self._keys = message_keys(messages)
         return self._keys
 
-    def record(self, response: Any, client: Any) -> CallRecord:
-        """Build and store the record for a complete reply."""
-        self.done = True
-        if _responses_api(self.endpoint):
-            response = responses_api_as_chat(response)
-        messages = self.messages
+    def reader(self, client: Any) -> Callable[[dict[str, Any]], None] | None:
+        """What reads this call's reply body as the SDK parses it (`rollout.reply_tap`), or
+        None where this call's record is read from the SDK's objects: a stream or raw view
+        (parsed later, chunk by chunk or on demand), the Responses API, a tokenizer that waits
+        on the network (not inside the SDK's parse)."""
+        if _responses_api(self.endpoint) or self.kwargs.get("stream") or self.record_blocks:
+            return None
+
+        def read(data: dict[str, Any]) -> None:
+            try:
+                self._read = self._extract(data, client)
+            except TokenRecordError as exc:  # raised where a record is made: `record`
+                self._read = exc
+
+        return read
+
+    def _extract(self, response: Any, client: Any) -> tuple[Any, ...]:
+        """What the record takes from a reply: `extract_call`'s findings, its usage and id."""
         rec = self.recorder
+        found = extract_call(
+            response,
+            messages=self.messages,
+            tools=self.kwargs.get("tools"),
+            client=client,
+            tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
+            policy_version=rec.policy_version,
+            strict=rec.strict,
+            request=None if _responses_api(self.endpoint) else self.kwargs,
+        )
+        usage = _get(response, "usage")
+        usage = usage.model_dump(exclude_none=True) if hasattr(usage, "model_dump") else plain_copy(usage)
+        return (*found, usage, str(_get(response, "id") or ""))
+
+    def record(self, response: Any, client: Any) -> CallRecord:
+        """Build and store the record for a complete reply (read as it was parsed, if it was)."""
+        self.done = True
+        found, self._read = self._read, None
         try:
-            prompt, prompt_source, choices, notes = extract_call(
-                response,
-                messages=messages,
-                tools=self.kwargs.get("tools"),
-                client=client,
-                tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
-                policy_version=rec.policy_version,
-                strict=rec.strict,
-                request=None if _responses_api(self.endpoint) else self.kwargs,
-            )
+            if isinstance(found, TokenRecordError):
+                raise found
+            if found is None:
+                if _responses_api(self.endpoint):
+                    response = responses_api_as_chat(response)
+                found = self._extract(response, client)
         except TokenRecordError as exc:  # the reply reached the caller's code path: leave a trace
             self.fail(exc)
             raise
-        usage = _get(response, "usage")
-        if usage is not None and hasattr(usage, "model_dump"):
-            usage = usage.model_dump(exclude_none=True)
+        prompt, prompt_source, choices, notes, usage, call_id = found
         call = CallRecord(
-            id=str(_get(response, "id") or ""),
+            id=call_id,
             endpoint=self.endpoint,
             prompt_ids=prompt,
             prompt_source=prompt_source,
@@ -353,6 +379,7 @@ class PendingCall:
             notes=notes,
             fallback=self.fallback,
         )
+        messages = self.messages
         self.log.append(call, messages, self.message_keys(messages))
         return call
 

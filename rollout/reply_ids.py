@@ -42,7 +42,6 @@ from rollout.call_record import (
     TokenRecordError,
     TokenSource,
     Versions,
-    as_ids,
     as_logprobs,
 )
 from rollout.tokenizers import Tokenizer, message_text, pair
@@ -69,14 +68,25 @@ def get(obj: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
+def plain_copy(value: Any) -> Any:
+    """A copy of JSON-like data that shares no dict or list with `value`, None values left
+    out of dicts (as `model_dump(exclude_none=True)` leaves them out): a record keeps its
+    own copy of a reply body the SDK also builds the agent's objects from."""
+    if type(value) is dict:
+        return {k: plain_copy(v) for k, v in value.items() if v is not None}
+    if type(value) is list:
+        return [plain_copy(v) for v in value]
+    return value
+
+
 def message_dict(message: Any) -> dict[str, Any]:
-    """The reply message as a plain dict (role, content, tool_calls when present)."""
+    """The reply message as a plain dict of its own (role, content, tool_calls when present)."""
     if message is None:
         return {}
     if hasattr(message, "model_dump"):
         data = message.model_dump(exclude_none=True, exclude={"parsed"})
     else:
-        data = {k: v for k, v in dict(message).items() if v is not None and k != "parsed"}
+        data = {k: plain_copy(v) for k, v in dict(message).items() if v is not None and k != "parsed"}
     data.setdefault("role", "assistant")
     return data
 
@@ -336,10 +346,12 @@ def _checked_logprobs(logprobs: np.ndarray | None, reply: _Reply, index: int) ->
     logprob. A JSON null reads as NaN in a float array; -inf stays, it is a real logprob."""
     if logprobs is None:
         return None
-    bad = np.isnan(logprobs)
-    if bad.any():
-        reply.note(f"choice {index}: {int(bad.sum())} of {len(logprobs)} logprobs are null or NaN; logprobs dropped")
-        return None
+    total = logprobs.sum()  # NaN if any is NaN: one pass, and no mask unless one is
+    if total != total:
+        bad = int(np.isnan(logprobs).sum())
+        if bad:
+            reply.note(f"choice {index}: {bad} of {len(logprobs)} logprobs are null or NaN; logprobs dropped")
+            return None
     return logprobs
 
 
@@ -352,7 +364,7 @@ def _choice_record(raw: Any, reply: _Reply, position: int, version: int) -> tupl
     message = message_dict(get(raw, "message"))
     found = next((f for source in SOURCES if (f := source(raw, entries, logprobs, reply, index)) is not None),
                  None) or _from_tokenizer(message, entries, logprobs, reply, index)  # fmt: skip
-    ids = as_ids(found.ids)
+    ids = found.ids  # made an int32 array once, by ChoiceRecord
     logprobs = found.logprobs
     if logprobs is not None and not _check(len(ids), "logprobs", len(logprobs), reply, index):
         logprobs = None
@@ -382,7 +394,7 @@ def extract_call(
     policy_version: int | None = None,
     strict: bool = False,
     request: Mapping[str, Any] | None = None,
-) -> tuple[np.ndarray, TokenSource, list[ChoiceRecord], list[str]]:
+) -> tuple[Sequence[int] | np.ndarray, TokenSource, list[ChoiceRecord], list[str]]:
     """(prompt ids, prompt source, choices, notes) for one reply.
 
     Each choice's ids come from the first of `SOURCES` that finds them, else a
@@ -425,7 +437,7 @@ def extract_call(
             notes.append("reply has no prompt token ids and no tokenizer was given")
     if isinstance(n_prompt, int) and prompt_source.exact and n_prompt != len(prompt):
         reply.note(f"usage says {n_prompt} prompt tokens, ids have {len(prompt)}")
-    return as_ids(prompt), prompt_source, choices_out, notes
+    return prompt, prompt_source, choices_out, notes  # prompt: made an int32 array by CallRecord
 
 
 def _rendered_prompt(

@@ -43,6 +43,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from compat import is_async_callable, resolve
+from rollout import reply_tap
 from rollout.errors import UnrecordedCallError
 from rollout.reply_ids import StreamAccumulator
 from rollout.sdkresponse import (
@@ -77,6 +78,8 @@ class PendingCall(Protocol):
     async def asend_tokens(self) -> Any: ...
 
     def record(self, response: Any, client: Any) -> Any: ...
+
+    def reader(self, client: Any) -> reply_tap.Reader | None: ...  # reads the reply as it is parsed
 
     def record_stream(self, acc: StreamAccumulator, client: Any, *, complete: bool) -> Any: ...
 
@@ -215,9 +218,11 @@ class _Resource(_Namespace):
         return synthesize(kind, reply, self._root, elapsed_s=time.perf_counter() - t0)
 
     def _messages(self, fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
-        result = _invoke(fn, sent, pending)
+        # The reply is read as the SDK parses it, where it can be (`rollout.reply_tap`).
+        reader = pending.reader(self._root) if raw_kind(sent) is None and reply_tap.tapped(self._root) else None
+        result = _invoke(fn, sent, pending, reader)
         if inspect.isawaitable(result):  # an async client's call (or a sync-looking function of one)
-            return self._finish_async(result, sent, pending)
+            return self._finish_async(result, sent, pending, reader)
         return self._finish(result, sent, pending)
 
     def _tap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
@@ -235,8 +240,9 @@ class _Resource(_Namespace):
         pending.record(result, self._root)
         return result
 
-    async def _finish_async(self, awaitable: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
-        result = await _settle(awaitable, pending)
+    async def _finish_async(self, awaitable: Any, sent: dict[str, Any], pending: PendingCall,
+                            reader: reply_tap.Reader | None = None) -> Any:  # fmt: skip
+        result = await _settle(awaitable, pending, reader)
         if raw_kind(sent) is not None and is_sdk_response(result):
             return await asettle(result, pending, self._root, self._atap, arecord, stream=bool(sent.get("stream")))
         if _is_stream(sent, result):
@@ -332,10 +338,12 @@ class _AsyncLegacyCompletions(_LegacyCompletions):
         self._refuse(self._endpoint + ".create", kwargs, " (the legacy Completions API)")
 
 
-def _invoke(fn: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
-    """Make the call; a call that fails at once leaves its trace."""
+def _invoke(fn: Any, sent: dict[str, Any], pending: PendingCall, reader: reply_tap.Reader | None = None) -> Any:
+    """Make the call (its reply body read by `reader` as it is parsed); a call that fails at
+    once leaves its trace."""
     try:
-        return fn(**sent)
+        with reply_tap.reading(reader):
+            return fn(**sent)
     except BaseException as exc:
         pending.fail(exc)
         raise
@@ -348,10 +356,12 @@ def _helper(kwargs: dict[str, Any], endpoint: str) -> str:
     return name if isinstance(name, str) and name.startswith(endpoint) else endpoint
 
 
-async def _settle(awaitable: Any, pending: PendingCall) -> Any:
-    """Await a call's reply; a failure leaves its trace in the episode and propagates."""
+async def _settle(awaitable: Any, pending: PendingCall, reader: reply_tap.Reader | None = None) -> Any:
+    """Await a call's reply (its body read by `reader` as it is parsed); a failure leaves its
+    trace in the episode and propagates."""
     try:
-        return await awaitable
+        with reply_tap.reading(reader):
+            return await awaitable
     except BaseException as exc:
         pending.fail(exc)
         raise
@@ -442,6 +452,7 @@ def _recording_type(cls: type) -> type:
                 new = getattr(cls, "copy")(self, *args, **kwargs)  # noqa: B009 (cls is any client type)
                 new.__dict__["_rollout_proxies"] = {}
                 new.__dict__["_rollout_recorder"] = self.__dict__["_rollout_recorder"]
+                reply_tap.install(new)
                 return new
 
             namespace["copy"] = copy_
@@ -485,6 +496,10 @@ def wrap_client(client: Any, recorder: CallSink) -> Any:
         wrapped.__dict__["_rollout_recorder"] = recorder
         for name in _RAW_VIEWS:  # the SDK caches these per client: a copied one is bound to `client`
             wrapped.__dict__.pop(name, None)
+        if reply_tap.install(wrapped):  # an openai client: the copy builds its own (cached) resources
+            for name in _OVERRIDDEN:
+                if getattr(wrapped.__dict__.get(name), "_client", None) is client:
+                    del wrapped.__dict__[name]
         return wrapped
     except (TypeError, AttributeError) as exc:
         logger.warning("cannot keep the type of %s (%s); returning a plain proxy", type(client).__name__, exc)

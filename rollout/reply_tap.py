@@ -1,0 +1,75 @@
+"""Reading a reply's JSON while the openai SDK parses it: the recorder's fast path.
+
+The SDK turns a reply body into pydantic objects, one per logprob entry, and
+hands the agent the result. Reading ids and logprobs back out of those objects
+afterwards touches hundreds of them when they have left the CPU cache: on a
+256-token reply that read alone costs about 5 % of the SDK's own call. The
+parsed JSON, read the moment it is parsed, costs a fraction of that.
+
+Every body a genuine openai client parses passes through one method,
+`_process_response_data(data=..., cast_to=..., response=...)` (openai-python
+`src/openai/_response.py` `APIResponse._parse`, `_legacy_response.py` and
+`_streaming.py`, at v1.68 through v3.60). A recording client (the copy `wrap`
+makes, never the caller's own object) gets a pass-through version of it. While
+a recorded call is in flight, a `ContextVar` names it, so concurrent calls
+(threads, asyncio tasks) each see only their own reply. The hook gives the
+call the dict, before the SDK builds a single object from it, then lets the
+SDK go on exactly as before.
+
+Where the hook does not fire (a duck-typed client, a raw or streamed view, a
+tokenizer that waits on the network, an SDK that renamed the method), the
+record is read from the SDK's objects as before: the tap is an optimisation,
+never the only path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+Reader = Callable[[dict[str, Any]], None]
+"""Takes one parsed chat-completion body: the call in flight reads its record from it."""
+
+_reader: ContextVar[Reader | None] = ContextVar("rollout_reply_reader", default=None)
+
+_HOOK = "_process_response_data"
+
+
+def install(client: Any) -> bool:
+    """Give `client` (a recording copy) the pass-through hook; False where it has no such method."""
+    module = type(client).__module__
+    if module != "openai" and not module.startswith("openai."):  # the SDK's own classes only
+        return False
+    original = getattr(client, _HOOK, None)
+    if original is None or getattr(original, "rollout_tap", False):
+        return False
+
+    def process_response_data(*args: Any, **kwargs: Any) -> Any:
+        reader = _reader.get()
+        if reader is not None:
+            data = kwargs.get("data", args[0] if args else None)
+            if type(data) is dict and type(data.get("choices")) is list:
+                _reader.set(None)  # one body per call: a second parse (a retry's) is the SDK's alone
+                reader(data)
+        return original(*args, **kwargs)
+
+    process_response_data.rollout_tap = True  # type: ignore[attr-defined]
+    client.__dict__[_HOOK] = process_response_data
+    return True
+
+
+def tapped(client: Any) -> bool:
+    """Whether `client` carries the hook (its replies can be read as they are parsed)."""
+    return getattr(client.__dict__.get(_HOOK) if hasattr(client, "__dict__") else None, "rollout_tap", False)
+
+
+@contextmanager
+def reading(reader: Reader | None) -> Iterator[None]:
+    """Inside, a reply body the hook sees goes to `reader` (None: to nobody)."""
+    token = _reader.set(reader)
+    try:
+        yield
+    finally:
+        _reader.reset(token)

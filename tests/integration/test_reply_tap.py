@@ -1,0 +1,146 @@
+"""The recorder reads a genuine openai client's reply as the SDK parses it (`rollout.reply_tap`).
+
+The tap is an optimisation: a record read from the parsed JSON must equal the
+record read from the SDK's objects, concurrent calls must each read their own
+reply, and a reply that strict mode refuses must fail the same way. The real
+openai SDK against the embedded server over loopback HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx2
+import numpy as np
+import openai
+import pytest
+
+import rollout.recorder
+from rollout import CallRecord, Recorder, TokenRecordError
+from rollout.embedded import EmbeddedServer
+
+MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
+
+
+@pytest.fixture
+def read_from(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The type each record was read from: `dict` where the tap fired, the SDK's class where not."""
+    seen: list[str] = []
+    extract = rollout.recorder.PendingCall._extract
+
+    def spy(self: Any, response: Any, client: Any) -> Any:
+        seen.append(type(response).__name__)
+        return extract(self, response, client)
+
+    monkeypatch.setattr(rollout.recorder.PendingCall, "_extract", spy)
+    return seen
+
+
+def untapped(client: Any) -> Any:
+    """The recording client without the hook: its records are read from the SDK's objects."""
+    del client.__dict__["_process_response_data"]
+    return client
+
+
+def same_record(a: CallRecord, b: CallRecord) -> None:
+    assert a.prompt_ids.tolist() == b.prompt_ids.tolist() and a.prompt_source == b.prompt_source
+    assert a.usage == b.usage and a.notes == b.notes and a.id != b.id
+    for x, y in zip(a.choices, b.choices, strict=True):
+        assert x.ids.tolist() == y.ids.tolist() and x.source == y.source
+        assert np.array_equal(x.logprobs, y.logprobs)
+        assert x.versions == y.versions and x.finish_reason == y.finish_reason
+        assert x.message == y.message
+
+
+def calls(server: EmbeddedServer, client_type: type, *, tap: bool, is_async: bool, **ask: Any) -> list[CallRecord]:
+    rec = Recorder(request_token_ids=True, request_logprobs=True, token_mode="off")
+    client = rec.wrap(client_type(base_url=server.base_url, api_key="unused", max_retries=0))
+    if not tap:
+        client = untapped(client)
+    kw = {"model": "tiny", "messages": MESSAGES, "max_tokens": 12, "seed": 7, "n": 2, **ask}
+
+    async def run_async() -> None:
+        async with rec.episode("t"):
+            for _ in range(2):
+                await client.chat.completions.create(**kw)
+
+    if is_async:
+        asyncio.run(run_async())
+    else:
+        with rec.episode("t"):
+            for _ in range(2):
+                client.chat.completions.create(**kw)
+    (episode,) = rec.episodes()
+    return episode.calls
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_record_read_as_parsed_equals_one_read_from_the_sdk_objects(
+    server: EmbeddedServer, read_from: list[str], is_async: bool
+) -> None:
+    client_type = openai.AsyncOpenAI if is_async else openai.OpenAI
+    tapped = calls(server, client_type, tap=True, is_async=is_async)
+    assert read_from == ["dict", "dict"]
+    read_from.clear()
+    plain = calls(server, client_type, tap=False, is_async=is_async)
+    assert read_from == ["ChatCompletion", "ChatCompletion"]
+    assert all(c.exact for c in tapped) and len(tapped) == len(plain) == 2
+    for a, b in zip(tapped, plain, strict=True):
+        same_record(a, b)
+
+
+def test_concurrent_calls_each_read_their_own_reply(server: EmbeddedServer, read_from: list[str]) -> None:
+    rec = Recorder(request_token_ids=True, token_mode="off")
+    client = rec.wrap(openai.AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0))
+
+    async def one(k: int) -> tuple[str, Any]:
+        async with rec.episode(f"t{k}"):
+            reply = await client.chat.completions.create(
+                model="tiny", messages=[{"role": "user", "content": f"task {k}"}], max_tokens=4 + k % 5, seed=k
+            )
+            return f"t{k}", reply
+
+    async def run() -> list[tuple[str, Any]]:
+        return await asyncio.gather(*(one(k) for k in range(24)))
+
+    replies = dict(asyncio.run(run()))
+    assert read_from == ["dict"] * 24
+    for episode in rec.episodes():
+        (call,) = episode.calls
+        reply = replies[episode.task_id]
+        assert call.id == reply.id
+        assert call.choices[0].message["content"] == reply.choices[0].message.content
+        assert call.request["messages"][0]["content"] == f"task {episode.task_id[1:]}"
+
+
+def test_the_callers_client_is_left_as_it_was(server: EmbeddedServer) -> None:
+    mine = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
+    chat = mine.chat  # the SDK caches it: the recording copy must not reuse it
+    client = Recorder().wrap(mine)
+    assert "_process_response_data" not in vars(mine) and mine.chat is chat
+    assert "_process_response_data" in vars(client)
+    with_options = client.with_options(timeout=30)
+    assert "_process_response_data" in vars(with_options)
+
+
+def test_a_reply_strict_mode_refuses_fails_the_call_once(read_from: list[str]) -> None:
+    """Its usage counts more prompt tokens than its ids: strict raises from `create`, one trace."""
+    body = {
+        "id": "c1", "object": "chat.completion", "created": 0, "model": "m", "prompt_token_ids": [1, 2, 3],
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": "stop",
+                     "token_ids": [5]}],
+        "usage": {"prompt_tokens": 4, "completion_tokens": 1, "total_tokens": 5},
+    }  # fmt: skip
+    transport = httpx2.MockTransport(lambda request: httpx2.Response(200, content=json.dumps(body).encode(),
+                                                                     headers={"content-type": "application/json"}))
+    client = openai.OpenAI(base_url="http://tap.test/v1", api_key="unused", max_retries=0,
+                           http_client=httpx2.Client(transport=transport))  # fmt: skip
+    rec = Recorder(strict=True)
+    wrapped = rec.wrap(client)
+    with rec.episode("t") as episode, pytest.raises(TokenRecordError, match="usage says 4 prompt tokens"):
+        wrapped.chat.completions.create(model="m", messages=MESSAGES)
+    assert read_from == ["dict"]
+    assert episode.calls == [] and len(episode.metadata["failed_calls"]) == 1
+    assert "usage says 4 prompt tokens" in episode.metadata["failed_calls"][0]["error"]
