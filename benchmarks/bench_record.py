@@ -19,7 +19,9 @@ on) and with automatic collection paused inside the timed repeats
 (`gc_paused.ratio`). On this SDK call a full collection of the process heap
 costs tens of milliseconds and falls into a repeat or not by chance, so the
 paused figure is the steady one; the difference between the two is GC.
-Target: ratio <= 1.05 (sync and async).
+Target: ratio <= 1.05 (sync and async). `sync_floor` is the least any recorder
+pays: the bare call plus copying the reply's prompt ids, completion ids and
+logprobs out of the SDK's objects into numpy arrays, nothing else.
 
 Memory: `mem_calls` wrapped calls (default 4000 x 256 completion tokens, ~1 M
 completion tokens, plus 256 prompt tokens each) recorded into episodes under
@@ -42,12 +44,14 @@ import sys
 import time
 import tracemalloc
 from collections.abc import Callable
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx2
+import numpy as np
 from openai import AsyncOpenAI, OpenAI
 
 from rollout import Recorder
@@ -104,6 +108,21 @@ def clients() -> tuple[OpenAI, AsyncOpenAI]:
 
 def _clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
+
+
+def time_floor(client: Any, calls: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per call of the bare client plus the least any recorder does: copy the
+    reply's prompt ids, completion ids and logprobs into numpy arrays. No record, no checks."""
+    lp = attrgetter("logprob")
+    t0, c0 = _clock()
+    for _ in range(calls):
+        reply = client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True)
+        choice = reply.choices[0]
+        ids, prompt, entries = choice.token_ids, reply.prompt_token_ids, choice.logprobs.content
+        np.fromiter(ids, np.int32, len(ids)), np.fromiter(prompt, np.int32, len(prompt))
+        np.fromiter(map(lp, entries), np.float32, len(entries))
+    t1, c1 = _clock()
+    return (t1 - t0) / calls, (c1 - c0) / calls
 
 
 def time_sync(client: Any, calls: int, rec: Recorder | None = None, per_episode: int = 8) -> tuple[float, float]:
@@ -191,6 +210,8 @@ def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
             lambda: loop.run_until_complete(time_async(async_, calls)),
             lambda: drained(loop.run_until_complete(time_async(wasync, calls, rec, per_episode))),
         ),
+        # The floor: the bare call plus copying its token arrays, what no recorder can avoid.
+        "sync_floor": (lambda: time_sync(sync, calls), lambda: time_floor(sync, calls)),
         # One long episode (all calls in it): exposes per-call costs that grow with episode length.
         "sync_one_episode_of_all_calls": (
             lambda: time_sync(sync, calls),
@@ -200,7 +221,7 @@ def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for name, (bare, wrapped) in timers.items():
         bare(), wrapped()  # warm up
-        n = repeats if name in ("sync", "async") else max(4, repeats // 3)
+        n = repeats if name in ("sync", "async", "sync_floor") else max(4, repeats // 3)
         out[name] = interleaved(bare, wrapped, n)
         out[name]["gc_paused"] = interleaved(bare, wrapped, n, gc_paused=True)
     loop.close()
