@@ -23,12 +23,13 @@ connecting; None waits as long as the server takes. A timeout is not an
 `HttpError`: a slow generation fails the call (as the SDK's
 APITimeoutError would), rather than being re-sent as messages.
 
-Measured (`benchmarks/bench_tokens.py`, 2 shared cores): a token-mode call
-costs 0.35-0.36x the client CPU of the SDK's own `create` (the hand-written
-HTTP/1.1 client this replaces: 0.34-0.35x in the same conditions); sync,
-through the client's httpx client, 0.51-0.54x (before: 0.60x). aiohttp's
-`trust_env=True` re-reads the proxy environment on every request (+0.4 ms
-each), so the proxy is read once, from the client's transport.
+Measured (`benchmarks/bench_tokens.py`, 2 cores, idle, 2026-12-05): a
+token-mode call costs 0.76x the client CPU of the SDK's own `create`, 1.27x
+through the sync client's httpx (at load 10-13 the same code measured 0.35x
+and 0.51-0.54x: the SDK's call grows more with load than these three small
+requests do). aiohttp's `trust_env=True` re-reads the proxy environment on
+every request (+0.4 ms each), so the proxy is read once, from the client's
+transport.
 """
 
 from __future__ import annotations

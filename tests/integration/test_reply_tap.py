@@ -26,15 +26,30 @@ MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "conten
 
 @pytest.fixture
 def read_from(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The type each record was read from: `dict` where the tap fired, the SDK's class where not."""
+    """How each record was read: "tap" where the hook handed it the parsed body, else the type
+    of what it was read from (the SDK's class; a stream's folded chunks are a dict)."""
     seen: list[str] = []
-    extract = rollout.recorder.PendingCall._extract
+    extract, reader = rollout.recorder.PendingCall._extract, rollout.recorder.PendingCall.reader
 
-    def spy(self: Any, response: Any, client: Any) -> Any:
+    def spy_extract(self: Any, response: Any, client: Any) -> Any:
         seen.append(type(response).__name__)
         return extract(self, response, client)
 
-    monkeypatch.setattr(rollout.recorder.PendingCall, "_extract", spy)
+    def spy_reader(self: Any, client: Any) -> Any:
+        read = reader(self, client)
+        if read is None:
+            return None
+
+        def tapped(data: dict[str, Any]) -> None:
+            seen.append("tap")
+            with monkeypatch.context() as m:  # the tap's own read is not counted twice
+                m.setattr(rollout.recorder.PendingCall, "_extract", extract)
+                read(data)
+
+        return tapped
+
+    monkeypatch.setattr(rollout.recorder.PendingCall, "_extract", spy_extract)
+    monkeypatch.setattr(rollout.recorder.PendingCall, "reader", spy_reader)
     return seen
 
 
@@ -82,7 +97,7 @@ def test_a_record_read_as_parsed_equals_one_read_from_the_sdk_objects(
 ) -> None:
     client_type = openai.AsyncOpenAI if is_async else openai.OpenAI
     tapped = calls(server, client_type, tap=True, is_async=is_async)
-    assert read_from == ["dict", "dict"]
+    assert read_from == ["tap", "tap"]
     read_from.clear()
     plain = calls(server, client_type, tap=False, is_async=is_async)
     assert read_from == ["ChatCompletion", "ChatCompletion"]
@@ -106,7 +121,7 @@ def test_concurrent_calls_each_read_their_own_reply(server: EmbeddedServer, read
         return await asyncio.gather(*(one(k) for k in range(24)))
 
     replies = dict(asyncio.run(run()))
-    assert read_from == ["dict"] * 24
+    assert read_from == ["tap"] * 24
     for episode in rec.episodes():
         (call,) = episode.calls
         reply = replies[episode.task_id]
@@ -141,6 +156,49 @@ def test_a_reply_strict_mode_refuses_fails_the_call_once(read_from: list[str]) -
     wrapped = rec.wrap(client)
     with rec.episode("t") as episode, pytest.raises(TokenRecordError, match="usage says 4 prompt tokens"):
         wrapped.chat.completions.create(model="m", messages=MESSAGES)
-    assert read_from == ["dict"]
+    assert read_from == ["tap"]
     assert episode.calls == [] and len(episode.metadata["failed_calls"]) == 1
     assert "usage says 4 prompt tokens" in episode.metadata["failed_calls"][0]["error"]
+
+
+def test_a_copy_made_with_options_reads_as_parsed(server: EmbeddedServer, read_from: list[str]) -> None:
+    rec = Recorder(request_token_ids=True, token_mode="off")
+    client = rec.wrap(openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0))
+    with rec.episode("t") as episode:
+        client.with_options(timeout=30).chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)
+    assert read_from == ["tap"] and episode.calls[0].exact
+
+
+def test_streams_and_raw_views_are_read_from_what_the_agent_reads(server: EmbeddedServer, read_from: list[str]
+                                                                   ) -> None:  # fmt: skip
+    """A stream is parsed chunk by chunk as the agent reads it, a raw view when the agent asks:
+    after the call has returned. The tap stays out; both are recorded, exact, as before."""
+    rec = Recorder(request_token_ids=True, token_mode="off")
+    client = rec.wrap(openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0))
+    kw: dict[str, Any] = {"model": "tiny", "messages": MESSAGES, "max_tokens": 5}
+    with rec.episode("t") as episode:
+        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)
+                       if c.choices)  # fmt: skip
+        raw = client.chat.completions.with_raw_response.create(**kw).parse()
+    assert "tap" not in read_from and read_from == ["dict", "ChatCompletion"]
+    streamed, viewed = episode.calls
+    assert streamed.choices[0].message["content"] == text and streamed.exact
+    assert viewed.choices[0].message["content"] == raw.choices[0].message.content and viewed.exact
+
+
+def test_what_the_agent_does_to_its_reply_leaves_the_record_as_it_was(server: EmbeddedServer,
+                                                                      read_from: list[str]) -> None:  # fmt: skip
+    """The SDK builds the agent's reply from the same parsed body: the record holds its own copy."""
+    rec = Recorder(request_token_ids=True, request_logprobs=True, token_mode="off")
+    client = rec.wrap(openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0))
+    with rec.episode("t") as episode:
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, seed=3)
+    (call,) = episode.calls
+    before = (call.prompt_ids.tolist(), call.choices[0].ids.tolist(), dict(call.choices[0].message), dict(call.usage))
+    reply.prompt_token_ids.append(1)  # type: ignore[attr-defined]  (the server's extras)
+    reply.choices[0].token_ids[0] = 0  # type: ignore[attr-defined]
+    reply.choices[0].message.content = "edited"
+    reply.usage.completion_tokens = 0  # type: ignore[union-attr]
+    assert read_from == ["tap"]
+    assert before == (call.prompt_ids.tolist(), call.choices[0].ids.tolist(), call.choices[0].message, call.usage)
+    assert call.choices[0].message["content"] != "edited"
