@@ -342,6 +342,8 @@ def _invoke(fn: Any, sent: dict[str, Any], pending: PendingCall, reader: reply_t
     """Make the call (its reply body read by `reader` as it is parsed); a call that fails at
     once leaves its trace."""
     try:
+        if reader is None:
+            return fn(**sent)
         with reply_tap.reading(reader):
             return fn(**sent)
     except BaseException as exc:
@@ -360,6 +362,8 @@ async def _settle(awaitable: Any, pending: PendingCall, reader: reply_tap.Reader
     """Await a call's reply (its body read by `reader` as it is parsed); a failure leaves its
     trace in the episode and propagates."""
     try:
+        if reader is None:
+            return await awaitable
         with reply_tap.reading(reader):
             return await awaitable
     except BaseException as exc:
