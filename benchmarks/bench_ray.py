@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-tokens", type=int, default=2)
     p.add_argument("--profile", action="store_true", help="cProfile the driver in one Ray run (stderr)")
     args = p.parse_args(argv)
+    load_before = os.getloadavg()[0]  # other work on the box moves the wall-time ratios
     sys.path.insert(0, ROOT)
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")]))
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
         logging_level=logging.WARNING,
         log_to_driver=False,
     )
-    result: dict[str, Any] = {"benchmark": "ray_collect"}
+    result: dict[str, Any] = {"benchmark": "ray_collect", "loadavg_1m_before": round(load_before, 2)}
     try:
         with server_process(args.latency_ms / 1000) as (url, server_pid), server_process(0.0) as (url0, _):
             with Collector(agent=agent, **settings("ray", url, args)) as ray_c, \

@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import gc
 import json
+import os
 import random
 import statistics
 import sys
@@ -290,6 +291,7 @@ def main() -> None:
                               "completion_tokens_per_call": COMPLETION_TOKENS,
                               "reply_bytes": len(BODY)}
     result["calls_per_episode"] = args.per_episode
+    result["loadavg_1m_before"] = round(os.getloadavg()[0], 2)  # ratios of process CPU move with load
     result["overhead"] = overhead(args.calls, args.repeats, args.per_episode)
     result["overhead_target_met"] = all(
         result["overhead"][k]["ratio"] <= 1.05 for k in ("sync", "async")

@@ -194,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     base_proc, base_url = _spawn(
         [__file__, "--baseline-server", "--max-tokens", str(args.max_tokens)]
     )
+    load_before = os.getloadavg()[0]  # other work on the box moves throughput; CPU per request less
     emb_root, base_root = (url.removesuffix("/v1") for url in (emb_url, base_url))
     try:
         rows = asyncio.run(_bench(emb_root, base_root, (emb_proc.pid, base_proc.pid),
@@ -204,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             proc.wait(timeout=10)
     print(json.dumps({
         "benchmark": "embedded_server", "max_tokens": args.max_tokens, "stream": False,
-        "cpus": os.cpu_count(), "python": platform.python_version(), "levels": rows,
+        "cpus": os.cpu_count(), "python": platform.python_version(), "loadavg_1m_before": round(load_before, 2),
+        "levels": rows,
     }))  # fmt: skip
     return 0
 
