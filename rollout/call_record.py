@@ -58,23 +58,48 @@ class TokenSource(str, Enum):
         return self.exact or self is TokenSource.TOKENIZER_MATCHED
 
 
+_INT32_MAX = int(np.iinfo(np.int32).max)
+
+
 def as_ids(values: Any) -> np.ndarray:
-    """Token ids as a contiguous int32 array (the one dtype used everywhere)."""
+    """Token ids as a contiguous int32 array (the one dtype used everywhere).
+
+    Ids are integers: a float that is not a whole number, a string or a bool where a reply
+    should have an id is refused (`TokenRecordError`), never truncated or parsed into one.
+    """
     if isinstance(values, np.ndarray) and values.dtype == np.int32 and values.ndim == 1:
         arr = np.ascontiguousarray(values)
-    else:
-        try:
-            if isinstance(values, list):  # a reply's JSON list: fromiter is the fastest reader
-                arr = np.fromiter(values, dtype=np.int32, count=len(values))
-            else:
-                arr = np.array(values if values is not None else [], dtype=np.int32)
-        except (OverflowError, ValueError, TypeError) as exc:
-            raise TokenRecordError(f"token ids must be int32 values: {exc}") from None
-        if arr.ndim != 1:
-            raise TokenRecordError(f"token ids must be one-dimensional, got shape {arr.shape}")
-    if arr.size and arr.min() < 0:
-        raise TokenRecordError("token ids must be non-negative")
-    return arr
+        if arr.size and arr.min() < 0:
+            raise TokenRecordError("token ids must be non-negative")
+        return arr
+    try:
+        found = np.asarray([] if values is None else values)
+    except (OverflowError, ValueError, TypeError) as exc:  # ragged, or not numbers
+        raise TokenRecordError(f"token ids must be int32 values: {exc}") from None
+    if found.ndim != 1:
+        raise TokenRecordError(f"token ids must be one-dimensional, got shape {found.shape}")
+    if not found.size:
+        return np.zeros(0, np.int32)
+    if found.dtype != np.int64:  # a JSON list of ints is int64: anything else is checked first
+        found = _as_int64(found)
+    if found.view(np.uint64).max() > _INT32_MAX:  # one pass: a negative id reads as a huge one
+        low = int(found.min())
+        raise TokenRecordError("token ids must be non-negative" if low < 0 else
+                               f"token ids must be int32 values: {int(found.max())} is out of range")  # fmt: skip
+    return found.astype(np.int32)
+
+
+def _as_int64(found: np.ndarray) -> np.ndarray:
+    """Integer ids of another width, or floats that are whole numbers (1.0), as int64."""
+    kind = found.dtype.kind
+    if kind == "f" and np.isfinite(found).all() and (found == np.trunc(found)).all():
+        if found.min() < 0 or found.max() > _INT32_MAX:
+            raise TokenRecordError("token ids must be non-negative int32 values")
+    elif kind not in "iu":
+        raise TokenRecordError(f"token ids must be integers, got {found.dtype} values")
+    elif kind == "u" and found.max() > _INT32_MAX:
+        raise TokenRecordError(f"token ids must be int32 values: {int(found.max())} is out of range")
+    return found.astype(np.int64)
 
 
 def as_logprobs(values: Any) -> np.ndarray:

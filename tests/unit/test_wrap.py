@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -594,6 +595,41 @@ class NoChoicesServer(WireServer):
         out = super().completion(body)
         out["choices"] = []
         return out
+
+
+class RetypedIdsServer(WireServer):
+    """vLLM reply whose completion ids are sent as another JSON type (`retype` of each id)."""
+
+    def __init__(self, retype: Callable[[int], Any]) -> None:
+        super().__init__(dialect="vllm")
+        self.retype = retype
+
+    def completion(self, body: dict[str, Any]) -> dict[str, Any]:
+        out = super().completion(body)
+        for c in out["choices"]:
+            c["token_ids"] = [self.retype(t) for t in c["token_ids"]]
+        return out
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+@pytest.mark.parametrize("retype", [lambda t: t + 0.5, str, lambda t: True], ids=["fraction", "string", "bool"])
+def test_ids_that_are_not_integers_are_refused_not_truncated(mode: str, retype: Callable[[int], Any]) -> None:
+    """`int()` would make 7.5 an id of 7 and "7" one of 7: a row the server never sampled."""
+    rec = Recorder(request_token_ids=True)
+    client = wrapped(RetypedIdsServer(retype), mode, rec)
+    with pytest.raises(TokenRecordError, match="token ids must be integers"):
+        run_in_episode(rec, client, mode, model="m", messages=M)
+    (ep,) = rec.episodes()
+    assert ep.calls == [] and "token ids must be integers" in ep.metadata["failed_calls"][0]["error"]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_ids_sent_as_whole_floats_are_the_same_ids(mode: str) -> None:
+    rec = Recorder(request_token_ids=True)
+    client = wrapped(RetypedIdsServer(float), mode, rec)
+    ep = run_in_episode(rec, client, mode, model="m", messages=M)
+    (call,) = ep.calls
+    assert call.choices[0].ids.tolist() == expected_ids(M) and call.exact
 
 
 @pytest.mark.parametrize("mode", ["sync", "async"])
