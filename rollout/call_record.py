@@ -90,15 +90,14 @@ def as_ids(values: Any) -> np.ndarray:
 
 
 def _as_int64(found: np.ndarray) -> np.ndarray:
-    """Integer ids of another width, or floats that are whole numbers (1.0), as int64."""
+    """Integer ids of another width, or floats that are whole numbers (7.0), as int64; the
+    caller checks their range (here only what int64 itself could not hold)."""
     kind = found.dtype.kind
-    if kind == "f" and np.isfinite(found).all() and (found == np.trunc(found)).all():
-        if found.min() < 0 or found.max() > _INT32_MAX:
-            raise TokenRecordError("token ids must be non-negative int32 values")
-    elif kind not in "iu":
+    whole = kind == "f" and bool(np.isfinite(found).all() and (found == np.trunc(found)).all())
+    if kind not in "iu" and not whole:
         raise TokenRecordError(f"token ids must be integers, got {found.dtype} values")
-    elif kind == "u" and found.max() > _INT32_MAX:
-        raise TokenRecordError(f"token ids must be int32 values: {int(found.max())} is out of range")
+    if kind != "i" and np.abs(found).max() > _INT32_MAX:
+        raise TokenRecordError(f"token ids must be int32 values: {found.max()} is out of range")
     return found.astype(np.int64)
 
 
