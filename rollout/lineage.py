@@ -27,19 +27,9 @@ from typing import Any
 
 from rollout.call_record import CallRecord, ChoiceRecord
 from rollout.episode import Episode
+from rollout.snapshot import plain
 
 Key = tuple[Any, ...]
-
-
-def _plain(x: Any) -> Any:
-    """`x` as plain data: pydantic objects dumped, None-valued fields dropped."""
-    if hasattr(x, "model_dump"):
-        x = x.model_dump(exclude_none=True)
-    if isinstance(x, dict):
-        return {k: _plain(v) for k, v in x.items() if v is not None}
-    if isinstance(x, (list, tuple)):
-        return [_plain(v) for v in x]
-    return x
 
 
 def message_text(content: Any) -> Any:
@@ -82,7 +72,7 @@ def _get(x: Any, key: str) -> Any:
 def _message_key(m: Any) -> Key:
     """What identifies a message for prefix matching: role, text, tool calls (see the module docstring)."""
     if not _is_plain(m):
-        m = _plain(m)
+        m = plain(m)
     if not isinstance(m, dict):
         return (repr(m),)
     return (m.get("role"), message_text(m.get("content")), call_signatures(m))
@@ -120,7 +110,7 @@ _RENDERED = ("role", "content", "tool_calls", "tool_call_id", "name", "reasoning
 
 def _reshaped(sent: Any, recorded: Any) -> list[str]:
     """How the re-sent message `sent` differs from `recorded` in what a template would render."""
-    a, b = _plain(sent), _plain(recorded)
+    a, b = plain(sent), plain(recorded)
     if not (isinstance(a, dict) and isinstance(b, dict)):
         return [] if a == b else ["differs"]
     what = []

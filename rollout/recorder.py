@@ -29,14 +29,13 @@ from rollout.redact import register_secret
 from rollout.reply_ids import (
     StreamAccumulator,
     extract_call,
-    plain_copy,
     responses_api_as_chat,
     responses_input_as_messages,
 )
 from rollout.reply_ids import (
     get as _get,
 )
-from rollout.snapshot import scrub, unset
+from rollout.snapshot import plain, scrub, unset
 from rollout.tokenizers import PerServer, ServerTokenizer, Tokenizer, load_tokenizer
 from rollout.wrap import wrap_client
 
@@ -348,7 +347,7 @@ class PendingCall:
             request=None if _responses_api(self.endpoint) else self.kwargs,
         )
         usage = _get(response, "usage")
-        usage = usage.model_dump(exclude_none=True) if hasattr(usage, "model_dump") else plain_copy(usage)
+        usage = plain(usage)
         return (*found, usage, str(_get(response, "id") or ""))
 
     def record(self, response: Any, client: Any) -> CallRecord:

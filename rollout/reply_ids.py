@@ -44,6 +44,7 @@ from rollout.call_record import (
     Versions,
     as_logprobs,
 )
+from rollout.snapshot import plain
 from rollout.tokenizers import Tokenizer, message_text, pair
 
 VERSION_FIELDS = ("weight_version", "policy_version")
@@ -68,17 +69,6 @@ def get(obj: Any, key: str, default: Any = None) -> Any:
     return default if value is None else value
 
 
-def plain_copy(value: Any) -> Any:
-    """A copy of JSON-like data that shares no dict or list with `value`, None values left
-    out of dicts (as `model_dump(exclude_none=True)` leaves them out): a record keeps its
-    own copy of a reply body the SDK also builds the agent's objects from."""
-    if type(value) is dict:
-        return {k: plain_copy(v) for k, v in value.items() if v is not None}
-    if type(value) is list:
-        return [plain_copy(v) for v in value]
-    return value
-
-
 def message_dict(message: Any) -> dict[str, Any]:
     """The reply message as a plain dict of its own (role, content, tool_calls when present)."""
     if message is None:
@@ -86,7 +76,7 @@ def message_dict(message: Any) -> dict[str, Any]:
     if hasattr(message, "model_dump"):
         data = message.model_dump(exclude_none=True, exclude={"parsed"})
     else:
-        data = {k: plain_copy(v) for k, v in dict(message).items() if v is not None and k != "parsed"}
+        data = {k: plain(v) for k, v in dict(message).items() if v is not None and k != "parsed"}
     data.setdefault("role", "assistant")
     return data
 

@@ -52,6 +52,24 @@ def scrub(kwargs: dict[str, Any], memo: dict[int, Any] | None = None) -> dict[st
     return out
 
 
+def plain(value: Any) -> Any:
+    """`value` as plain JSON data, in a copy that shares no dict or list with it: pydantic
+    objects dumped, None-valued keys and the SDK's "not given" sentinels left out (as
+    `model_dump(exclude_none=True)` leaves them out). How a record keeps a reply's message
+    and usage, how messages are compared with recorded ones, and what token mode sends."""
+    if value is None or unset(value):
+        return None
+    if isinstance(value, type):  # `parse(response_format=Model)`: recorded by name (`scrub`)
+        return {"type": "pydantic", "name": value.__name__}
+    if hasattr(value, "model_dump"):
+        value = value.model_dump(exclude_none=True)
+    if isinstance(value, dict):
+        return {k: plain(v) for k, v in value.items() if v is not None and not unset(v)}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    return value
+
+
 def frozen_copy(value: Any) -> Any:
     """A deep copy of a JSON-like value (dicts, lists, pydantic models); scalars as they are."""
     if isinstance(value, (str, int, float, bool)) or value is None:

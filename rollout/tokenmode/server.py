@@ -18,9 +18,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from rollout.snapshot import plain
 from rollout.tokenmode.dialect import Dialect
 from rollout.tokenmode.plan import Generation, Plan, Request, with_options
-from rollout.tokenmode.stitch import NO_SERVER, Parent, Unavailable, plain, sampling_params
+from rollout.tokenmode.stitch import NO_SERVER, Parent, Unavailable, sampling_params
 from rollout.tokenmode.transport import CallOptions, HttpError, JsonHttp, merge_headers
 
 RENDER_CACHE_SIZE = 1024

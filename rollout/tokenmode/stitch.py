@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from rollout.call_record import CallRecord, ChoiceRecord
 from rollout.lineage import call_signatures, message_text
+from rollout.snapshot import plain
 from rollout.tokenmode.plan import Plan
 
 if TYPE_CHECKING:
@@ -136,27 +137,6 @@ class StitchedTurn:
 
     def plan(self) -> Plan:
         return self.server.turn(self.parent, self.new_messages, self.kwargs)
-
-
-def _given(value: Any) -> Any:
-    """None for absent values and the SDK's NOT_GIVEN / Omit sentinels."""
-    return None if value is None or type(value).__name__ in ("NotGiven", "Omit") else value
-
-
-def plain(value: Any) -> Any:
-    """A request value as plain JSON data, a copy: pydantic objects (an SDK message the agent
-    passed back) as dicts, no None-valued keys. How values are compared with the parent's
-    recorded ones, and what token mode's own requests carry."""
-    value = _given(value)
-    if isinstance(value, type):  # `parse(response_format=Model)`: recorded by name (`scrub`)
-        return {"type": "pydantic", "name": value.__name__}
-    if hasattr(value, "model_dump"):
-        value = value.model_dump(exclude_none=True)
-    if isinstance(value, dict):
-        return {k: plain(v) for k, v in value.items() if _given(v) is not None}
-    if isinstance(value, (list, tuple)):
-        return [plain(v) for v in value]
-    return value
 
 
 def rendered_change(kwargs: Mapping[str, Any], parent_request: Mapping[str, Any]) -> str | None:

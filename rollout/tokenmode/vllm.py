@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from rollout.call_record import TokenSource
+from rollout.snapshot import plain
 from rollout.tokenmode.dialect import (
     Dialect,
     MalformedReply,
@@ -43,7 +44,6 @@ from rollout.tokenmode.plan import (
     versions_from_spans,
 )
 from rollout.tokenmode.reply import raw_finish
-from rollout.tokenmode.stitch import plain
 from rollout.tokenmode.transport import HttpError
 
 GENERATE = "/inference/v1/generate"
