@@ -130,10 +130,15 @@ def test_concurrent_calls_each_read_their_own_reply(server: EmbeddedServer, read
         assert call.request["messages"][0]["content"] == f"task {episode.task_id[1:]}"
 
 
-def test_the_callers_client_is_left_as_it_was(server: EmbeddedServer) -> None:
+def test_the_callers_client_is_left_as_it_was(server: EmbeddedServer, read_from: list[str]) -> None:
     mine = openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
-    chat = mine.chat  # the SDK caches it: the recording copy must not reuse it
-    client = Recorder().wrap(mine)
+    chat = mine.chat  # the SDK caches it, bound to `mine`: the recording copy builds its own
+    rec = Recorder(token_mode="off")
+    client = rec.wrap(mine)
+    with rec.episode("t") as episode:
+        client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)
+        mine.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=3)  # not recorded
+    assert read_from == ["tap"] and len(episode.calls) == 1
     assert "_process_response_data" not in vars(mine) and mine.chat is chat
     assert "_process_response_data" in vars(client)
     with_options = client.with_options(timeout=30)
