@@ -453,6 +453,9 @@ def _rendered_prompt(
     return ids, TokenSource.SERVER_RENDER
 
 
+_STREAM_HEADER = ("id", "model", "created", "prompt_token_ids", *VERSION_FIELDS)
+
+
 class StreamAccumulator:
     """Folds streamed chunks into the dict a non-streaming reply would have been.
 
@@ -463,24 +466,27 @@ class StreamAccumulator:
         self.data: dict[str, Any] = {"choices": {}}
 
     def add(self, chunk: Any) -> None:
+        """Fold in one chunk: an SDK chunk object, or its parsed JSON (`rollout.reply_tap`)."""
         d = self.data
-        for key in ("id", "model", "created", "prompt_token_ids", *VERSION_FIELDS):
-            value = get(chunk, key)
-            if value is not None and key not in d:
-                d[key] = value
+        for key in _STREAM_HEADER:
+            if key not in d:  # the first value wins: read only until it came
+                value = get(chunk, key)
+                if value is not None:
+                    d[key] = list(value) if type(value) is list else value  # the agent holds the chunk
         usage = get(chunk, "usage")
         if usage is not None:
-            d["usage"] = usage.model_dump() if hasattr(usage, "model_dump") else usage
-        for raw in get(chunk, "choices", []) or []:
+            d["usage"] = plain(usage)
+        for raw in get(chunk, "choices", ()) or ():
             index = int(get(raw, "index", 0))
-            c = d["choices"].setdefault(
-                index, {"index": index, "text": [], "tool_calls": {}, "token_ids": None, "logprobs": None}
-            )
+            c = d["choices"].get(index)
+            if c is None:
+                c = d["choices"][index] = {"index": index, "text": [], "tool_calls": {}, "token_ids": None,
+                                           "logprobs": None}  # fmt: skip
             delta = get(raw, "delta")
             content = get(delta, "content")
             if content:
                 c["text"].append(content)
-            for tc in get(delta, "tool_calls", []) or []:
+            for tc in get(delta, "tool_calls", ()) or ():
                 slot = c["tool_calls"].setdefault(
                     int(get(tc, "index", 0)), {"id": None, "type": "function", "name": "", "arguments": ""}
                 )
@@ -492,14 +498,16 @@ class StreamAccumulator:
             if ids is not None:
                 c["token_ids"] = c["token_ids"] or []
                 c["token_ids"].extend(ids)  # in place: a long stream stays linear
-            if get(raw, "prompt_token_ids") is not None:
-                c["prompt_token_ids"] = list(get(raw, "prompt_token_ids"))
+            prompt = get(raw, "prompt_token_ids")
+            if prompt is not None:
+                c["prompt_token_ids"] = list(prompt)
             entries = _logprob_entries(raw)
             if entries is not None:
                 c["logprobs"] = c["logprobs"] or []
                 c["logprobs"].extend(entries)
-            if get(raw, "finish_reason") is not None:
-                c["finish_reason"] = get(raw, "finish_reason")
+            finish = get(raw, "finish_reason")
+            if finish is not None:
+                c["finish_reason"] = finish
 
     @property
     def finished(self) -> bool:
