@@ -19,6 +19,8 @@ on) and with automatic collection paused inside the timed repeats
 (`gc_paused.ratio`). On this SDK call a full collection of the process heap
 costs tens of milliseconds and falls into a repeat or not by chance, so the
 paused figure is the steady one; the difference between the two is GC.
+`sync_stream` streams the same reply, one chunk per token (vLLM's layout: each
+chunk's id and logprob, the prompt ids on the first, a usage chunk at the end).
 Target: ratio <= 1.05 (sync and async). `sync_floor` is the least any recorder
 pays: the bare call plus copying the reply's prompt ids, completion ids and
 logprobs out of the SDK's objects into numpy arrays, nothing else.
@@ -89,11 +91,33 @@ def build_body(seed: int = 0) -> bytes:
     return json.dumps(body).encode()
 
 
+def build_stream(seed: int = 0) -> bytes:
+    """The same reply as server-sent events, as vLLM streams it: one chunk per token (its id
+    and logprob), the prompt ids on the first, then a usage chunk."""
+    body = json.loads(build_body(seed))
+    choice = body["choices"][0]
+    events: list[dict[str, Any]] = []
+    for j, (t, entry) in enumerate(zip(choice["token_ids"], choice["logprobs"]["content"], strict=True)):
+        delta = {"content": f"w{t} "} if j else {"role": "assistant", "content": f"w{t} "}
+        last = j == len(choice["token_ids"]) - 1
+        events.append({"id": body["id"], "object": "chat.completion.chunk", "created": body["created"],
+                       "model": "bench", "choices": [{"index": 0, "delta": delta, "logprobs": {"content": [entry]},
+                                                      "finish_reason": "stop" if last else None, "token_ids": [t]}]})  # fmt: skip
+    events[0]["prompt_token_ids"] = body["prompt_token_ids"]
+    events.append({"id": body["id"], "object": "chat.completion.chunk", "created": body["created"], "model": "bench",
+                   "choices": [], "usage": body["usage"]})  # fmt: skip
+    return b"".join(b"data: " + json.dumps(e).encode() + b"\n\n" for e in events) + b"data: [DONE]\n\n"
+
+
 BODY = build_body()
+STREAM = build_stream()
 HEADERS = {"content-type": "application/json"}
+STREAM_HEADERS = {"content-type": "text/event-stream"}
 
 
 def handler(request: httpx2.Request) -> httpx2.Response:
+    if b'"stream":true' in request.content or b'"stream": true' in request.content:
+        return httpx2.Response(200, content=STREAM, headers=STREAM_HEADERS)
     return httpx2.Response(200, content=BODY, headers=HEADERS)
 
 
@@ -122,6 +146,21 @@ def time_floor(client: Any, calls: int) -> tuple[float, float]:
         ids, prompt, entries = choice.token_ids, reply.prompt_token_ids, choice.logprobs.content
         np.fromiter(ids, np.int32, len(ids)), np.fromiter(prompt, np.int32, len(prompt))
         np.fromiter(map(lp, entries), np.float32, len(entries))
+    t1, c1 = _clock()
+    return (t1 - t0) / calls, (c1 - c0) / calls
+
+
+def time_stream(client: Any, calls: int, rec: Recorder | None = None) -> tuple[float, float]:
+    """(wall, CPU) seconds per streamed call, its 256 chunks read to the end."""
+    t0, c0 = _clock()
+    for i in range(calls):
+        if rec is None:
+            for _ in client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True, stream=True):
+                pass
+        else:
+            with rec.episode(f"stream-{i}"):
+                for _ in client.chat.completions.create(model="bench", messages=MESSAGES, logprobs=True, stream=True):
+                    pass
     t1, c1 = _clock()
     return (t1 - t0) / calls, (c1 - c0) / calls
 
@@ -210,6 +249,11 @@ def overhead(calls: int, repeats: int, per_episode: int) -> dict[str, Any]:
         "async": (
             lambda: loop.run_until_complete(time_async(async_, calls)),
             lambda: drained(loop.run_until_complete(time_async(wasync, calls, rec, per_episode))),
+        ),
+        # Streamed: one chunk per token (fewer calls: each is about 30x a plain one).
+        "sync_stream": (
+            lambda: time_stream(sync, max(1, calls // 12)),
+            lambda: drained(time_stream(wsync, max(1, calls // 12), rec)),
         ),
         # The floor: the bare call plus copying its token arrays, what no recorder can avoid.
         "sync_floor": (lambda: time_sync(sync, calls), lambda: time_floor(sync, calls)),
