@@ -327,18 +327,18 @@ class PendingCall:
 
         def read(data: dict[str, Any]) -> None:
             try:
-                self._read = self._extract(data, client)
+                self._read = self._extract(data, client, self.messages)
             except TokenRecordError as exc:  # raised where a record is made: `record`
                 self._read = exc
 
         return read
 
-    def _extract(self, response: Any, client: Any) -> tuple[Any, ...]:
+    def _extract(self, response: Any, client: Any, messages: list[Any]) -> tuple[Any, ...]:
         """What the record takes from a reply: `extract_call`'s findings, its usage and id."""
         rec = self.recorder
         found = extract_call(
             response,
-            messages=self.messages,
+            messages=messages,
             tools=self.kwargs.get("tools"),
             client=client,
             tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
@@ -346,21 +346,20 @@ class PendingCall:
             strict=rec.strict,
             request=None if _responses_api(self.endpoint) else self.kwargs,
         )
-        usage = _get(response, "usage")
-        usage = plain(usage)
-        return (*found, usage, str(_get(response, "id") or ""))
+        return (*found, plain(_get(response, "usage")), str(_get(response, "id") or ""))
 
     def record(self, response: Any, client: Any) -> CallRecord:
         """Build and store the record for a complete reply (read as it was parsed, if it was)."""
         self.done = True
         found, self._read = self._read, None
+        messages = self.messages
         try:
             if isinstance(found, TokenRecordError):
                 raise found
             if found is None:
                 if _responses_api(self.endpoint):
                     response = responses_api_as_chat(response)
-                found = self._extract(response, client)
+                found = self._extract(response, client, messages)
         except TokenRecordError as exc:  # the reply reached the caller's code path: leave a trace
             self.fail(exc)
             raise
@@ -378,7 +377,6 @@ class PendingCall:
             notes=notes,
             fallback=self.fallback,
         )
-        messages = self.messages
         self.log.append(call, messages, self.message_keys(messages))
         return call
 

@@ -31,9 +31,9 @@ def read_from(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     seen: list[str] = []
     extract, reader = rollout.recorder.PendingCall._extract, rollout.recorder.PendingCall.reader
 
-    def spy_extract(self: Any, response: Any, client: Any) -> Any:
+    def spy_extract(self: Any, response: Any, client: Any, messages: list[Any]) -> Any:
         seen.append(type(response).__name__)
-        return extract(self, response, client)
+        return extract(self, response, client, messages)
 
     def spy_reader(self: Any, client: Any) -> Any:
         read = reader(self, client)
