@@ -179,8 +179,11 @@ async def _run(url: str, runner: str, tasks: list[dict[str, Any]], concurrency: 
     if runner in ("sdk", "sdk_aiohttp"):
         client = _sdk_client(url, aiohttp=runner == "sdk_aiohttp")
     else:
+        from rollout.embedded import ClientTemplate
+
         recorder = Recorder(request_token_ids=True, request_logprobs=True, keep_finished=False,
-                            token_mode={"messages": "off", "tokens_all": "all"}.get(runner, "auto"))  # fmt: skip
+                            token_mode={"messages": "off", "tokens_all": "all", "tokens_local": "all"}.get(runner, "auto"),
+                            local_template=ClientTemplate() if runner == "tokens_local" else None)  # fmt: skip
         client = recorder.wrap(_sdk_client(url, aiohttp=True))  # as collection does
     build = messages_for if runner == "tokens_repeated" else _unique
     per_turn = [0.0] * TURNS
@@ -248,7 +251,7 @@ def _run_sync(url: str, runner: str, tasks: list[dict[str, Any]]) -> list[float]
 
 
 def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
-    runners = ("sdk", "sdk_aiohttp", "messages", "tokens", "tokens_all", "tokens_repeated")
+    runners = ("sdk", "sdk_aiohttp", "messages", "tokens", "tokens_all", "tokens_repeated", "tokens_local")
     tasks = make_tasks(args.cpu_episodes)
     n = len(tasks)
     seq: dict[str, list[dict[str, Any]]] = {r: [] for r in runners}
@@ -302,9 +305,9 @@ def part_cpu(args: argparse.Namespace) -> dict[str, Any]:
         "tokens_repeated_vs_sdk": round(later["tokens_repeated"] / later["sdk"], 4),
         # First calls included (issue 23's figure): token_mode auto sends them through the
         # SDK as messages, token_mode all as render + generate.
-        "all_turns_vs_sdk": {r: round(every[r] / every["sdk"], 4) for r in ("tokens", "tokens_all")},
-        "first_turn_vs_sdk": {r: round(first[r] / first["sdk"], 4) for r in ("tokens", "tokens_all")},
-        "concurrent_all_turns_vs_sdk": {r: round(concurrent[r] / concurrent["sdk"], 4) for r in ("tokens", "tokens_all")},
+        "all_turns_vs_sdk": {r: round(every[r] / every["sdk"], 4) for r in ("tokens", "tokens_all", "tokens_local")},
+        "first_turn_vs_sdk": {r: round(first[r] / first["sdk"], 4) for r in ("tokens", "tokens_all", "tokens_local")},
+        "concurrent_all_turns_vs_sdk": {r: round(concurrent[r] / concurrent["sdk"], 4) for r in ("tokens", "tokens_all", "tokens_local")},
         "target": 0.5,
         "concurrency": args.concurrency,
         "concurrent_ms_per_call": concurrent,

@@ -41,6 +41,7 @@ from rollout.wrap import wrap_client
 
 if TYPE_CHECKING:  # token mode is imported on its first call: `import rollout` stays light
     from rollout.tokenmode import Generation, TokenCall, TokenServer, TokenServers
+    from rollout.tokenmode.local_template import LocalTemplate
 
 _current: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "rollout_episode", default=None
@@ -72,6 +73,11 @@ class Recorder:
             call that way too (the server renders the messages, then generates
             from those ids: the client's lean path); "off" sends every call as
             messages. Either way each record says how it was sent and why.
+        local_template: the model's chat template, tokenizer and parser on the
+            client (`rollout.tokenmode.local_template.LocalTemplate`): token
+            mode then renders and parses here and sends one request per call
+            (the server's generate route) instead of three. Checked against
+            the server's own renders first; needs token mode on.
     """
 
     def __init__(
@@ -85,11 +91,18 @@ class Recorder:
         strict: bool = False,
         keep_finished: bool = True,
         token_mode: Literal["auto", "all", "off"] = "auto",
+        local_template: LocalTemplate | None = None,
     ) -> None:
         if unscoped not in ("keep", "refuse"):
             raise ValueError(f"unscoped must be 'keep' or 'refuse', got {unscoped!r}")
         if token_mode not in ("auto", "all", "off"):
             raise ValueError(f"token_mode must be 'auto', 'all' or 'off', got {token_mode!r}")
+        if local_template is not None:
+            missing = [m for m in ("render", "decode", "parse") if not callable(getattr(local_template, m, None))]
+            if missing:
+                raise TypeError(f"local_template has no {', '.join(missing)} method (see LocalTemplate)")
+            if token_mode == "off":
+                raise ValueError("local_template renders token-mode calls; it needs token_mode 'auto' or 'all'")
         self.unscoped_mode = unscoped
         self.request_token_ids = request_token_ids
         self.request_logprobs = request_logprobs
@@ -101,6 +114,7 @@ class Recorder:
         self.strict = strict
         self.keep_finished = keep_finished
         self.token_mode = token_mode
+        self.local_template = local_template
         self._servers: TokenServers | None = None  # token mode: one transport per client, facts per URL + credentials
         self.unscoped = Episode(task_id="__unscoped__")
         self._finished: list[Episode] = []
@@ -151,7 +165,7 @@ class Recorder:
         if self._servers is None:  # made once, on token mode's first call
             with self._lock:
                 if self._servers is None:
-                    self._servers = TokenServers()
+                    self._servers = TokenServers(self.local_template)
         return server_for(client, self._servers)
 
     def tokenizer_for(self, client: Any, model: str) -> Tokenizer | None:

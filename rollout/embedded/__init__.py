@@ -16,13 +16,14 @@ from .client import WeightPushError, push_weights
 from .policy import ENCODING_NAME, END_ID, Distribution, Policy, PolicyConfig, get_encoding
 from .server import EmbeddedServer
 from .state import Limits
-from .template import TOOL_CALL_PREFIX, ChatTemplate, TemplateError
+from .template import TOOL_CALL_PREFIX, ChatTemplate, ClientTemplate, TemplateError
 
 __all__ = [
     "ENCODING_NAME",
     "END_ID",
     "TOOL_CALL_PREFIX",
     "ChatTemplate",
+    "ClientTemplate",
     "Distribution",
     "EmbeddedServer",
     "Limits",

@@ -28,6 +28,7 @@ the reply gives back the sampled ids. It does NOT when:
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Mapping, Sequence
 from functools import cache, lru_cache
 from typing import Any
@@ -228,3 +229,33 @@ class ChatTemplate:
         if add_generation_prompt:
             ids += self.generation_prompt
         return ids
+
+
+class ClientTemplate:
+    """This model's template, decoding and reply parsing, for token mode on the client
+    (`Recorder(local_template=ClientTemplate())`, see `rollout.tokenmode.local_template`):
+    the renders of ``/tokenize`` and the messages of the chat route, computed locally."""
+
+    def __init__(self) -> None:
+        self._template = ChatTemplate()
+
+    def render(self, messages: list[Any], tools: Any, chat_template_kwargs: Any, *,
+               generation_prompt: bool) -> list[int]:  # fmt: skip
+        return self._template.render(messages, tools or None, add_generation_prompt=generation_prompt)
+
+    def decode(self, ids: list[int], *, skip_special_tokens: bool) -> str:
+        """The chat route's text drops the end token; ``/detokenize`` keeps every token."""
+        if skip_special_tokens:
+            ids = [t for t in ids if t != END_ID]
+        return get_encoding().decode(ids)
+
+    def parse(self, text: str, *, tools: list[Any] | None) -> dict[str, Any]:
+        """A ``CALL <arg>`` completion is a call of the first tool, when the call has tools."""
+        arg = parse_tool_call(text) if tools else None
+        if arg is None:
+            return {"content": text}
+        first = tools[0] if tools else None
+        fn = first.get("function", {}) if isinstance(first, Mapping) else {}
+        call = {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                "function": {"name": fn.get("name", "tool"), "arguments": tool_call_arguments(arg)}}  # fmt: skip
+        return {"content": None, "tool_calls": [call]}

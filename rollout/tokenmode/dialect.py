@@ -193,7 +193,6 @@ class Dialect:
         `<tool_call>` and `<think>`), from the server's text or a detokenize call.
         Dialects whose server can parse its own replies override this. Returns the
         logprobs views the agent gets (`logprob_views`)."""
-        parse_tools = bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"
         extra = kwargs.get("extra_body") or {}
         keep_stop = bool(extra.get("include_stop_str_in_output"))
         for choice in gen.choices:
@@ -205,11 +204,21 @@ class Dialect:
                         cut = None if keep_stop else stop
                     elif not said or stop is None or stop == ids[-1]:
                         ids = ids[:-1]  # the stop token (EOS, or a stop_token_ids match) is not text
-                text = yield from self.detokenize(model, ids)
+                text = yield from self.completion_text(model, ids, kwargs)
                 if cut and (at := text.find(cut)) >= 0:
                     text = text[:at]
                 choice.text = text
-            choice.message = hermes.parse_message(choice.text or "", tools=parse_tools)
+            choice.message = self.parse_message(choice.text or "", kwargs)
             if choice.message.get("tool_calls"):
                 choice.finish_reason = "tool_calls"
         return (yield from self.logprob_views(model, gen, kwargs))
+
+    def completion_text(self, model: str, ids: list[int], kwargs: Mapping[str, Any]) -> Plan:
+        """The text of a choice's sampled ids (its stop token cut): the server's detokenize."""
+        return (yield from self.detokenize(model, ids))
+
+    def parse_message(self, text: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """The assistant message a completion's text stands for: Hermes / Qwen tool calls
+        (when the call has tools and tool_choice is not "none") and `<think>` blocks."""
+        parse_tools = bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"
+        return hermes.parse_message(text, tools=parse_tools)

@@ -16,10 +16,11 @@ import threading
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 from rollout.snapshot import plain
 from rollout.tokenmode.dialect import Dialect
+from rollout.tokenmode.local_template import LocalTemplate, LocalTemplateDialect
 from rollout.tokenmode.plan import Generation, Plan, Request, with_options
 from rollout.tokenmode.stitch import NO_SERVER, Parent, Unavailable, sampling_params
 from rollout.tokenmode.transport import CallOptions, HttpError, JsonHttp, merge_headers
@@ -74,6 +75,7 @@ class ServerFacts:
     closing: dict[str, list[int]] = field(default_factory=dict)
     placeholder: dict[str, list[int]] = field(default_factory=dict)
     rendered: dict[str, list[int]] = field(default_factory=dict)  # request JSON -> ids (never mutated)
+    template: LocalTemplate | None = None  # render and parse on the client (`local_template`)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -121,10 +123,12 @@ class TokenServer:
         dialect = Dialect.for_owner(owner)
         if dialect is None:
             self._give_up(f"server has no known token route (owned_by {owner!r})")
+        if self.facts.template is not None:
+            dialect = LocalTemplateDialect(self.facts.template, dialect)
         self.dialect = dialect
         return dialect
 
-    def _give_up(self, reason: str) -> Any:
+    def _give_up(self, reason: str) -> NoReturn:
         self.unavailable = reason
         raise Unavailable(reason)
 
@@ -287,7 +291,8 @@ class TokenServers:
     rebuilt when they change, e.g. a rotated key).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, template: LocalTemplate | None = None) -> None:
+        self.template = template  # every server's calls rendered and parsed by it
         self._facts: dict[str, ServerFacts] = {}
         self._views: weakref.WeakKeyDictionary[Any, TokenServer] = weakref.WeakKeyDictionary()
         self._unhashable: dict[str, TokenServer] = {}  # clients that cannot be weakly keyed
@@ -308,7 +313,7 @@ class TokenServers:
                 return server
             facts = self._facts.get(identity)
             if facts is None:
-                facts = self._facts[identity] = ServerFacts()
+                facts = self._facts[identity] = ServerFacts(template=self.template)
             try:
                 http = JsonHttp(root, headers, timeout, query=query, client=http_client)
             except ValueError as exc:

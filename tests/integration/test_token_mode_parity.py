@@ -46,10 +46,11 @@ def as_message(reply: Any) -> dict[str, Any]:
 
 
 def episode(
-    url: str, mode: str, turns: int = 3, *, is_async: bool = False, **kw: Any
-) -> tuple[Episode, list[Any]]:
+    url: str, mode: str, turns: int = 3, *, is_async: bool = False, recorder_options: dict[str, Any] | None = None,
+    **kw: Any,
+) -> tuple[Episode, list[Any]]:  # fmt: skip
     """`turns` calls, each answering the last reply with "Again."; (episode, replies)."""
-    recorder, client, aclient = recording(url, token_mode=mode)
+    recorder, client, aclient = recording(url, token_mode=mode, **(recorder_options or {}))
 
     def args(k: int) -> dict[str, Any]:
         return {"model": "tiny", "seed": k, **({"max_tokens": 4} if "max_tokens" not in kw else {}), **kw}

@@ -1,0 +1,162 @@
+"""Token mode with the chat template on the client: one request per call.
+
+Over HTTP, token mode asks the server to render each call's new messages
+(`/tokenize`) and to parse each reply (derender): three requests per call.
+A trainer that holds the model's tokenizer and chat template can do both
+here, as verl's agent loop and AReaL's `ArealOpenAI` do, and the server only
+generates: one request per call, an episode's first call included
+(`Recorder(local_template=..., token_mode="all")`).
+
+Rows stay exact whoever renders: the prompt ids are the ones sent and the
+sampled ids the ones the server returned. What a template can change is the
+prompt: one that is not the server's gives the model another conversation
+than the chat route would. So the first `VERIFY_RENDERS` renders for a
+server are also asked of the server (where it can render) and compared. On
+any difference the template is not used for that server again: its calls go
+as messages, with the reason in each record.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from typing import Any, Protocol, runtime_checkable
+
+from rollout.tokenmode.dialect import Dialect, MalformedReply
+from rollout.tokenmode.plan import Generation, Plan, Sampled
+from rollout.tokenmode.stitch import Unavailable
+from rollout.tokenmode.transport import HttpError
+
+VERIFY_RENDERS = 8
+"""Renders per server that are checked against the server's own before the template is trusted."""
+
+
+@runtime_checkable
+class LocalTemplate(Protocol):
+    """The model's chat template, tokenizer and reply parser, on the client."""
+
+    def render(self, messages: list[Any], tools: Any, chat_template_kwargs: Any, *,
+               generation_prompt: bool) -> list[int]:  # fmt: skip
+        """The ids of `messages` (no BOS added beyond what the template writes)."""
+        ...
+
+    def decode(self, ids: list[int], *, skip_special_tokens: bool) -> str:
+        """The text of `ids`; special tokens dropped when asked (a chat route's default)."""
+        ...
+
+    def parse(self, text: str, *, tools: list[Any] | None) -> dict[str, Any]:
+        """The assistant message a completion's text stands for (`content`, `tool_calls`,
+        `reasoning_content`); `tools` is None when the call may not call tools."""
+        ...
+
+
+class LocalTemplateDialect(Dialect):
+    """A server's generate route, with rendering and parsing done by a `LocalTemplate`."""
+
+    def __init__(
+        self, template: LocalTemplate, server: Dialect, *, verify: int = VERIFY_RENDERS
+    ) -> None:
+        super().__init__()
+        self.template = template
+        self.server = server  # the probed dialect: its generate route and reply fields
+        self.source = server.source  # type: ignore[misc]  # the ids are the server's, as through it
+        self.to_verify = verify
+        self.mismatch: str | None = None  # set once the template differs from the server's
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return f"{self.server.name} (local template)"
+
+    def _take_check(self) -> bool:
+        with self._lock:
+            if self.to_verify <= 0:
+                return False
+            self.to_verify -= 1
+            return True
+
+    def render(
+        self, model: str, messages: list[Any], tools: Any, ctk: Any, *, generation_prompt: bool
+    ) -> Plan:
+        if self.mismatch is not None:
+            raise Unavailable(self.mismatch)
+        try:
+            ids = [
+                int(t)
+                for t in self.template.render(
+                    messages, tools, ctk, generation_prompt=generation_prompt
+                )
+            ]
+        except Exception as exc:  # the user's template refused these messages
+            raise Unavailable(
+                f"the local template cannot render the messages: {type(exc).__name__}: {exc}"
+            ) from exc
+        if self._take_check():
+            try:
+                theirs = yield from self.server.render(
+                    model, messages, tools, ctk, generation_prompt=generation_prompt
+                )
+            except HttpError as exc:
+                if not exc.unavailable:
+                    raise Unavailable(f"the local template could not be checked: {exc}") from exc
+                with self._lock:
+                    self.to_verify = (
+                        0  # the server cannot render: there is nothing to check against
+                    )
+            else:
+                if self.max_model_len is None:
+                    self.max_model_len = self.server.max_model_len
+                if theirs != ids:
+                    self.mismatch = f"the local template's render differs from the server's ({_difference(ids, theirs)}); not used"
+                    raise Unavailable(self.mismatch)
+        return ids
+
+    def generate(self, model: str, prompt: list[int], sampling: dict[str, Any]) -> Plan:
+        return (yield from self.server.generate(model, prompt, sampling))
+
+    def detokenize(self, model: str, ids: list[int]) -> Plan:
+        return self.template.decode(list(ids), skip_special_tokens=False)
+        yield  # a plan that asks for nothing
+
+    def stop_reason(self, gen: Generation, choice: Sampled) -> tuple[bool, Any]:
+        return self.server.stop_reason(gen, choice)
+
+    def top_candidates(
+        self, gen: Generation, choice: Sampled
+    ) -> list[list[tuple[int, float]]] | None:
+        return self.server.top_candidates(gen, choice)
+
+    def completion_text(self, model: str, ids: list[int], kwargs: Mapping[str, Any]) -> Plan:
+        extra = kwargs.get("extra_body") or {}
+        skip = extra.get("skip_special_tokens") is not False  # vLLM's SamplingParams default: True
+        return self.template.decode(list(ids), skip_special_tokens=skip)
+        yield
+
+    def parse_message(self, text: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        tools = (
+            kwargs.get("tools")
+            if kwargs.get("tools") and kwargs.get("tool_choice") != "none"
+            else None
+        )
+        try:
+            message = self.template.parse(text, tools=list(tools) if tools else None)
+        except Exception as exc:
+            raise MalformedReply(
+                f"the local template could not parse the reply: {type(exc).__name__}: {exc}"
+            ) from exc
+        if not isinstance(message, dict):
+            raise MalformedReply(
+                f"the local template parsed the reply to {type(message).__name__}, not a message"
+            )
+        return {"role": "assistant", **message}
+
+
+def _difference(ours: list[int], theirs: Any) -> str:
+    """Where two renders part, for the record's fallback reason."""
+    if not isinstance(theirs, list):
+        return f"the server answered {type(theirs).__name__}"
+    at = next(
+        (i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+        min(len(ours), len(theirs)),
+    )
+    return f"{len(ours)} ids against {len(theirs)}, first apart at {at}"

@@ -1,0 +1,234 @@
+"""Token mode with the chat template on the client (`Recorder(local_template=...)`, issue 23).
+
+The client renders and parses, the server only generates: one request per
+call. These are the differential tests (through the real openai SDK,
+against the embedded server over HTTP) that the agent sees what the chat
+route gives it, and the tests that a template which is not the server's is
+caught before it is used.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import openai
+import pytest
+
+from rollout import Recorder, TokenSource, assemble
+from rollout.embedded import ClientTemplate, EmbeddedServer
+from rollout.tokenmode.local_template import VERIFY_RENDERS, LocalTemplate
+from tests.integration.test_token_mode import (
+    TOOLS,
+    assert_on_policy,
+    forced_tool_policy,
+    reply_message,
+)
+from tests.integration.test_token_mode_parity import (
+    GENERATE,
+    SYSTEM,
+    assert_same_where_prompts_match,
+    episode,
+    proxy,  # noqa: F401  (fixture)
+    seen,
+    user,
+)
+
+DERENDER = "/v1/chat/completions/derender"
+
+
+def local(**extra: Any) -> dict[str, Any]:
+    return {"local_template": ClientTemplate(), **extra}
+
+
+class OffByOne(ClientTemplate):
+    """A template that is not the server's: it adds a token after the generation prompt."""
+
+    def render(
+        self, messages: list[Any], tools: Any, chat_template_kwargs: Any, *, generation_prompt: bool
+    ) -> list[int]:
+        ids = super().render(
+            messages, tools, chat_template_kwargs, generation_prompt=generation_prompt
+        )
+        return [*ids, 220] if generation_prompt else ids
+
+
+class Refusing(ClientTemplate):
+    def render(
+        self, messages: list[Any], tools: Any, chat_template_kwargs: Any, *, generation_prompt: bool
+    ) -> list[int]:
+        raise KeyError("this template has no tool role")
+
+
+def test_the_embedded_template_is_a_local_template() -> None:
+    assert isinstance(ClientTemplate(), LocalTemplate)
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("turns", [1, 3])
+def test_the_agent_sees_what_the_chat_route_gives_it(
+    server: EmbeddedServer, is_async: bool, turns: int
+) -> None:
+    lean = episode(server.base_url, "all", turns, is_async=is_async, recorder_options=local())
+    chat = episode(server.base_url, "off", turns, is_async=is_async)
+    assert lean[0].calls[0].prompt_ids.tolist() == chat[0].calls[0].prompt_ids.tolist()
+    assert assert_same_where_prompts_match(lean, chat, logprobs=False) >= 1
+    assert [(c.sent_as, c.fallback) for c in lean[0].calls] == [("tokens", None)] * turns
+    assert lean[0].calls[0].prompt_source is TokenSource.TOKEN_IN
+    assert_on_policy(server, lean[0])
+    assert len(assemble([lean[0]])) == 1
+
+
+def test_auto_with_a_template_matches_auto_without_one(server: EmbeddedServer) -> None:
+    """The later calls' bridges, rendered here, are the ids the server's /tokenize gives."""
+    lean = episode(server.base_url, "auto", 3, recorder_options=local())
+    served = episode(server.base_url, "auto", 3)
+    assert [c.sent_as for c in lean[0].calls] == ["messages", "tokens", "tokens"]
+    assert [c.prompt_ids.tolist() for c in lean[0].calls] == [
+        c.prompt_ids.tolist() for c in served[0].calls
+    ]
+    assert assert_same_where_prompts_match(lean, served, logprobs=False) == 3
+
+
+@pytest.mark.parametrize(
+    "ask", [{"logprobs": True}, {"logprobs": True, "top_logprobs": 2}], ids=["logprobs", "top2"]
+)
+def test_logprobs_the_agent_asks_for_are_the_chat_routes(
+    server: EmbeddedServer, ask: dict[str, Any]
+) -> None:
+    lean = episode(server.base_url, "all", 2, recorder_options=local(), **ask)
+    chat = episode(server.base_url, "off", 2, **ask)
+    assert [c.sent_as for c in lean[0].calls] == ["tokens", "tokens"]
+    assert assert_same_where_prompts_match(lean, chat, logprobs=True) >= 1
+
+
+def test_once_checked_each_call_is_one_generate_request(proxy: Any) -> None:  # noqa: F811
+    p, url = proxy(lambda path, req, rep: rep)
+    recorder = Recorder(
+        request_token_ids=True,
+        request_logprobs=True,
+        token_mode="all",
+        local_template=ClientTemplate(),
+    )
+    client = recorder.wrap(openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0))
+
+    async def run(k: int) -> Any:
+        async with recorder.episode("t", sample=k) as ep:
+            messages: list[Any] = [SYSTEM, user(f"What is {k} + 3?")]
+            for turn in range(3):
+                reply = await client.chat.completions.create(
+                    model="tiny", messages=messages, max_tokens=3, seed=turn
+                )
+                messages = [*messages, reply_message(reply), user(f"Again ({k}, {turn}).")]
+        return ep
+
+    async def main() -> list[Any]:
+        eps = [await run(k) for k in range(6)]
+        await recorder.aclose()
+        return eps
+
+    eps = asyncio.run(main())
+    calls = [c for ep in eps for c in ep.calls]
+    assert [c.sent_as for c in calls] == ["tokens"] * 18, [c.fallback for c in calls]
+    assert p.hits.count(GENERATE) == 18
+    assert p.hits.count("/tokenize") == VERIFY_RENDERS  # the checks, then never again
+    assert (
+        DERENDER not in p.hits
+        and "/detokenize" not in p.hits
+        and "/v1/chat/completions" not in p.hits
+    )
+
+
+def test_a_template_that_is_not_the_servers_is_never_used(proxy: Any) -> None:  # noqa: F811
+    """Its first render differs from the server's: no generate is sent from its ids, this call and
+    every later one go as messages with the reason, and the episode stays exact (the chat route's ids)."""
+    p, url = proxy(lambda path, req, rep: rep)
+    recorder = Recorder(
+        request_token_ids=True, request_logprobs=True, token_mode="all", local_template=OffByOne()
+    )
+    client = recorder.wrap(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
+    eps = []
+    for k in range(2):
+        with recorder.episode("t", sample=k) as ep:
+            messages: list[Any] = [SYSTEM, user("What is 2 + 3?")]
+            for turn in range(2):
+                reply = client.chat.completions.create(
+                    model="tiny", messages=messages, max_tokens=3, seed=turn
+                )
+                messages = [*messages, reply_message(reply), user("Again.")]
+        eps.append(ep)
+    recorder.close()
+    calls = [c for ep in eps for c in ep.calls]
+    assert all(
+        c.sent_as == "messages" and "differs from the server" in (c.fallback or "") for c in calls
+    ), [(c.sent_as, c.fallback) for c in calls]
+    assert GENERATE not in p.hits
+    assert all(c.prompt_source is TokenSource.VLLM for c in calls)
+
+
+def test_a_template_that_refuses_sends_the_call_as_messages(server: EmbeddedServer) -> None:
+    ep, replies = episode(
+        server.base_url, "all", 2, recorder_options={"local_template": Refusing()}
+    )
+    assert all(r.choices[0].message.content is not None for r in replies)
+    assert [c.sent_as for c in ep.calls] == ["messages", "messages"]
+    assert "local template cannot render" in (ep.calls[0].fallback or "") and "KeyError" in (
+        ep.calls[0].fallback or ""
+    )
+
+
+def test_a_server_without_tokenize_trusts_the_template(proxy: Any) -> None:  # noqa: F811
+    """Nothing to check against: the template the user gave is used, one generate per call."""
+    p, url = proxy(lambda path, req, rep: rep, refuse=("/tokenize", DERENDER))
+    ep, _ = episode(url, "all", 3, recorder_options=local())
+    assert [c.sent_as for c in ep.calls] == ["tokens"] * 3, [c.fallback for c in ep.calls]
+    assert p.hits.count(GENERATE) == 3 and p.hits.count("/tokenize") == 1
+
+
+def test_a_streamed_tool_call_is_parsed_here_as_the_chat_route_parses_it() -> None:
+    with EmbeddedServer(policy=forced_tool_policy(), seed=0) as srv:
+        out = {}
+        for mode, options in (("all", local()), ("off", {})):
+            recorder = Recorder(
+                request_token_ids=True, request_logprobs=True, token_mode=mode, **options
+            )  # type: ignore[arg-type]
+            client = recorder.wrap(
+                openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0)
+            )
+            with recorder.episode("tools") as ep:
+                plain = client.chat.completions.create(
+                    model="tiny",
+                    messages=[SYSTEM, user("Use add on 2 and 3.")],
+                    tools=TOOLS,
+                    max_tokens=3,
+                    seed=1,
+                )
+            with recorder.episode("stream") as streamed:
+                stream = client.chat.completions.create(
+                    model="tiny", messages=[SYSTEM, user("Use add on 2 and 3.")], tools=TOOLS, max_tokens=3, seed=1,
+                    stream=True,
+                )  # fmt: skip
+                deltas = [c.choices[0].delta for c in stream if c.choices]
+            recorder.close()
+            out[mode] = (ep, plain, deltas, streamed)
+        (lean, lean_reply, lean_deltas, lean_streamed), (chat, chat_reply, _, _) = (
+            out["all"],
+            out["off"],
+        )
+        assert [c.sent_as for c in lean.calls + lean_streamed.calls] == ["tokens", "tokens"]
+        assert lean.calls[0].prompt_ids.tolist() == chat.calls[0].prompt_ids.tolist()
+        assert seen(lean_reply, logprobs=False) == seen(chat_reply, logprobs=False)
+        assert lean_reply.choices[0].finish_reason == "tool_calls"
+        assert (
+            reply_message(lean_reply)["tool_calls"][0]["function"]
+            == reply_message(chat_reply)["tool_calls"][0]["function"]
+        )
+        streamed = [t.function.arguments for d in lean_deltas for t in d.tool_calls or []]
+        assert streamed == [lean_reply.choices[0].message.tool_calls[0].function.arguments]
+
+
+def test_the_recorder_names_what_a_template_lacks() -> None:
+    with pytest.raises(TypeError, match="parse"):
+        Recorder(local_template=object())  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="token_mode"):
+        Recorder(token_mode="off", local_template=ClientTemplate())
