@@ -42,8 +42,19 @@ def agent_finish(raw: str | None) -> str:
 
 
 def sdk_object(cls: Any, data: dict[str, Any]) -> Any:
-    """`data` as the SDK builds a reply object: unvalidated, as `openai._models.construct_type`
-    does for every reply (so an "abort" finish reason reaches the agent as in messages mode)."""
+    """`data` as the SDK builds a reply object.
+
+    The SDK builds every reply unvalidated (`openai._models.construct_type`), so
+    an "abort" finish reason reaches the agent in messages mode. That walk costs
+    about 70 us per reply in Python; pydantic's compiled validator builds the
+    same object in about 4 us from the well-typed dicts token mode makes. So
+    `data` is validated first, and whatever the type refuses is constructed as
+    the SDK constructs it. (The one difference: a validated model counts its
+    extra fields, such as `token_ids`, as set; dumps are the same.)"""
+    try:
+        return cls.model_validate(data)
+    except ValueError:  # pydantic's ValidationError: a value the SDK's types do not name
+        pass
     try:
         from openai._models import construct_type
     except ImportError:  # pragma: no cover - a future SDK without it

@@ -93,3 +93,40 @@ def test_sglang_logprobs_view_names_tokens_by_the_text_it_sent() -> None:
     assert [[t["token"] for t in e["top_logprobs"]] for e in view] == [["he", "hi"], ["llo", "y"]]
     body = sglang.generate("m", [1], {"max_tokens": 2, "logprobs": 1}).body
     assert body["return_text_in_logprobs"] is True and body["top_logprobs_num"] == 1
+
+
+def _replies() -> list[dict[str, Any]]:
+    """Reply shapes token mode hands the agent (`chat_completion`'s output), odd ones included."""
+    base = {"id": "chatcmpl-1", "object": "chat.completion", "created": 7, "model": "m",
+            "usage": {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5},
+            "prompt_token_ids": [1, 2, 3], "weight_version": 4}  # fmt: skip
+    entry = {"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": [{"token": "b", "logprob": -1.0, "bytes": [98]}]}
+    call = {"id": "call_1", "type": "function", "function": {"name": "add", "arguments": '{"a": 1}'}}
+    choices: list[dict[str, Any]] = [
+        {"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop", "logprobs": None, "token_ids": [5, 6]},
+        {"index": 0, "message": {"role": "assistant", "content": None, "tool_calls": [call]}, "finish_reason": "tool_calls",
+         "logprobs": {"content": [entry, entry]}, "token_ids": [5, 6]},
+        {"index": 0, "message": {"role": "assistant", "content": "x", "reasoning_content": "think"}, "finish_reason": "length",
+         "logprobs": None, "token_ids": [5]},
+        {"index": 0, "message": {"role": "assistant", "content": ""}, "finish_reason": "abort", "logprobs": None, "token_ids": []},
+    ]  # fmt: skip
+    return [{**base, "choices": [c]} for c in choices]
+
+
+@pytest.mark.parametrize("data", _replies(), ids=["content", "tool_call", "reasoning", "abort"])
+def test_the_agents_reply_object_is_the_one_the_sdk_builds(data: dict[str, Any]) -> None:
+    """`sdk_object` validates where it can; the object must be the SDK's own `construct_type`'s."""
+    from openai._models import construct_type
+    from openai.types.chat import ChatCompletion
+
+    from rollout.tokenmode.reply import sdk_object
+
+    ours, sdks = sdk_object(ChatCompletion, data), construct_type(type_=ChatCompletion, value=data)
+    assert ours.to_dict() == sdks.to_dict() and ours.to_json() == sdks.to_json()
+    assert ours.model_dump(exclude_unset=True, warnings=False) == sdks.model_dump(exclude_unset=True, warnings=False)
+    assert ours.choices[0].finish_reason == data["choices"][0]["finish_reason"]  # "abort" too, as the chat route sends
+    pairs = [(ours, sdks), (ours.choices[0], sdks.choices[0]), (ours.choices[0].message, sdks.choices[0].message)]
+    pairs += list(zip(ours.choices[0].message.tool_calls or [], sdks.choices[0].message.tool_calls or [], strict=True))
+    for a, b in pairs:
+        assert type(a) is type(b)
+    assert ours.choices[0].token_ids == data["choices"][0]["token_ids"] and ours.prompt_token_ids == [1, 2, 3]
