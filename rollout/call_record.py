@@ -59,6 +59,7 @@ class TokenSource(str, Enum):
 
 
 _INT32_MAX = int(np.iinfo(np.int32).max)
+_INT32_MIN = int(np.iinfo(np.int32).min)
 
 
 def as_ids(values: Any) -> np.ndarray:
@@ -131,6 +132,10 @@ class Versions:
 
     @classmethod
     def from_array(cls, versions: Any) -> Versions:
+        if type(versions) is list and versions:  # token mode's per-token list: nearly always one version
+            first = versions[0]
+            if type(first) is int and _INT32_MIN <= first <= _INT32_MAX and versions.count(first) == len(versions):
+                return cls(first, len(versions))
         arr = np.asarray(versions, dtype=np.int32)
         if arr.size == 0:
             return cls(NO_VERSION, 0)

@@ -79,15 +79,19 @@ def sdk_value(value: Any) -> Any:
 def merge_headers(*layers: Mapping[str, Any] | None) -> dict[str, str]:
     """Headers merged case-insensitively, later layers winning; an SDK `Omit` value removes one."""
     out: dict[str, str] = {}
-    names: dict[str, str] = {}
+    names: dict[str, str] = {}  # lower-cased name -> the name as `out` spells it
     for layer in layers:
-        for name, value in (layer or {}).items():
-            old = names.pop(str(name).lower(), None)
+        if not layer:
+            continue
+        for name, value in layer.items():
+            name = name if type(name) is str else str(name)
+            low = name.lower()
+            old = names.pop(low, None)
             if old is not None:
                 del out[old]
             if isinstance(value, str):
-                out[str(name)] = value
-                names[str(name).lower()] = str(name)
+                out[name] = value
+                names[low] = name
     return out
 
 

@@ -83,12 +83,13 @@ class TokenServer:
     """One client's view of a server: its transport (the client's own settings) and the
     server's facts, learnt once and shared by the clients that send the same credentials."""
 
-    __slots__ = ("facts", "http", "identity")
+    __slots__ = ("facts", "http", "identity", "settings")
 
     def __init__(self, http: JsonHttp, facts: ServerFacts | None = None, identity: str = "") -> None:
         self.http = http
         self.facts = facts if facts is not None else ServerFacts()
         self.identity = identity
+        self.settings: tuple[Any, ...] | None = None  # what `TokenServers.get` built it from
 
     @property
     def dialect(self) -> Dialect | None:
@@ -301,6 +302,13 @@ class TokenServers:
 
     def get(self, client: Any) -> TokenServer:
         root, headers, query, timeout, http_client = client_settings(client)
+        settings = (root, tuple(headers.items()), tuple(query.items()), timeout, id(http_client))
+        try:
+            known = self._views.get(client)
+        except TypeError:  # not weakly keyable: looked up by its settings below
+            known = None
+        if known is not None and known.settings == settings:  # the common case: nothing changed
+            return known
         identity = _identity(root, headers, query)
         view_key = f"{identity} {timeout!r} {id(http_client)}"
         with self._lock:
@@ -321,6 +329,7 @@ class TokenServers:
             if server is not None:
                 self._retired.append(server.http)
             server = TokenServer(http, facts, view_key)
+            server.settings = settings
             if weak:
                 self._views[client] = server
             else:
