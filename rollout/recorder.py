@@ -77,7 +77,8 @@ class Recorder:
             client (`rollout.tokenmode.local_template.LocalTemplate`): token
             mode then renders and parses here and sends one request per call
             (the server's generate route) instead of three. Checked against
-            the server's own renders first; needs token mode on.
+            the server's own renders first; needs token mode on. A string
+            names one: "embedded" or "hf:<name or path>".
     """
 
     def __init__(
@@ -91,12 +92,16 @@ class Recorder:
         strict: bool = False,
         keep_finished: bool = True,
         token_mode: Literal["auto", "all", "off"] = "auto",
-        local_template: LocalTemplate | None = None,
+        local_template: LocalTemplate | str | None = None,
     ) -> None:
         if unscoped not in ("keep", "refuse"):
             raise ValueError(f"unscoped must be 'keep' or 'refuse', got {unscoped!r}")
         if token_mode not in ("auto", "all", "off"):
             raise ValueError(f"token_mode must be 'auto', 'all' or 'off', got {token_mode!r}")
+        if isinstance(local_template, str):
+            from rollout.tokenmode.local_template import load_template
+
+            local_template = load_template(local_template)
         if local_template is not None:
             missing = [m for m in ("render", "decode", "parse") if not callable(getattr(local_template, m, None))]
             if missing:

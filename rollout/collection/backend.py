@@ -160,6 +160,7 @@ def recorder_for(spec: BackendSpec, policy_version: int | None = None) -> Record
         request_logprobs=spec.request_logprobs,
         token_mode=spec.token_mode,
         tokenizer=spec.tokenizer,
+        local_template=spec.local_template,
         policy_version=policy_version,
         keep_finished=False,
     )

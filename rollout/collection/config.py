@@ -50,6 +50,10 @@ class BackendSpec(_Strict):
     # or "hf:<name or path>" (needs the `hf` extra). Ids from a tokenizer are flagged
     # inexact, and carry the server's logprobs only when each id is the server's token.
     tokenizer: str | None = None
+    # Token mode with the chat template on the client (one request per call instead of three):
+    # "embedded" (the embedded model's) or "hf:<name or path>" (a Hugging Face tokenizer; the
+    # `hf` extra). Checked against the server's own renders before it is used.
+    local_template: str | None = None
     client_factory: str | None = None  # "module:function(url=..., model=..., api_key=...)"
     timeout_s: float = Field(default=60.0, gt=0)
     max_retries: int = Field(default=2, ge=0)
@@ -78,6 +82,22 @@ class BackendSpec(_Strict):
             return None if spec is None else check_spec(spec)
         except ConfigError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("local_template")
+    @classmethod
+    def _local_template(cls, spec: str | None) -> str | None:
+        from rollout.tokenmode.local_template import check_template_spec
+
+        try:
+            return None if spec is None else check_template_spec(spec)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+
+    @model_validator(mode="after")
+    def _template_needs_token_mode(self) -> BackendSpec:
+        if self.local_template is not None and self.token_mode == "off":
+            raise ValueError("backend.local_template renders token-mode calls: it needs token_mode auto or all")
+        return self
 
     @model_validator(mode="after")
     def _remote_needs_urls(self) -> BackendSpec:

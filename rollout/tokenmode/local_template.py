@@ -22,6 +22,8 @@ import threading
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
+from rollout.errors import ConfigError
+from rollout.tokenmode import hermes
 from rollout.tokenmode.dialect import Dialect, MalformedReply
 from rollout.tokenmode.plan import Generation, Plan, Sampled
 from rollout.tokenmode.stitch import Unavailable
@@ -160,3 +162,64 @@ def _difference(ours: list[int], theirs: Any) -> str:
         min(len(ours), len(theirs)),
     )
     return f"{len(ours)} ids against {len(theirs)}, first apart at {at}"
+
+
+class HFTemplate:
+    """A Hugging Face tokenizer as the local template, for a vLLM or SGLang server serving its
+    model: the tokenizer's chat template and decode, and Hermes / Qwen parsing of replies
+    (`<tool_call>` blocks, and `<think>` blocks as `reasoning_content` when `reasoning`), as
+    vLLM's `hermes` tool parser and a think-block reasoning parser give them."""
+
+    def __init__(self, tokenizer: Any, *, reasoning: bool = True) -> None:
+        if isinstance(tokenizer, str):
+            tokenizer = _hf_tokenizer(tokenizer)
+        if not getattr(tokenizer, "chat_template", None):
+            raise ConfigError(f"{type(tokenizer).__name__} has no chat template to render with")
+        self.tokenizer = tokenizer
+        self.reasoning = reasoning
+
+    def render(self, messages: list[Any], tools: Any, chat_template_kwargs: Any, *,
+               generation_prompt: bool) -> list[int]:  # fmt: skip
+        ids = self.tokenizer.apply_chat_template(
+            messages, tools=tools or None, add_generation_prompt=generation_prompt, tokenize=True,
+            **(chat_template_kwargs or {}),
+        )  # fmt: skip
+        if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding (4.x: the ids)
+            ids = ids["input_ids"]
+        return [int(t) for t in ids]
+
+    def decode(self, ids: list[int], *, skip_special_tokens: bool) -> str:
+        return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
+
+    def parse(self, text: str, *, tools: list[Any] | None) -> dict[str, Any]:
+        return hermes.parse_message(text, tools=tools is not None, reasoning=self.reasoning)
+
+
+def _hf_tokenizer(name: str) -> Any:
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ConfigError(f"local template 'hf:{name}' needs Hugging Face transformers: "
+                          "pip install 'rollout-compat[hf]'") from None  # fmt: skip
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad name
+        raise ConfigError(f"cannot load Hugging Face tokenizer {name!r}: {exc}") from None
+
+
+def check_template_spec(spec: str) -> str:
+    """`spec` if it names a local template ("embedded", "hf:<name or path>"), else a `ConfigError`."""
+    kind, sep, name = spec.partition(":")
+    if spec == "embedded" or (kind == "hf" and sep and name.strip()):
+        return spec
+    raise ConfigError(f"backend.local_template {spec!r} must be 'embedded' or 'hf:<name or path>'")
+
+
+def load_template(spec: str) -> LocalTemplate:
+    """The local template a config names: "embedded" (the embedded model's) or "hf:<name or path>"."""
+    name = check_template_spec(spec).partition(":")[2]
+    if spec == "embedded":
+        from rollout.embedded import ClientTemplate
+
+        return ClientTemplate()
+    return HFTemplate(name.strip())

@@ -126,8 +126,10 @@ class TokenServer:
             self._give_up(f"server has no known token route (owned_by {owner!r})")
         if self.facts.template is not None:
             dialect = LocalTemplateDialect(self.facts.template, dialect)
-        self.dialect = dialect
-        return dialect
+        with self.facts.lock:  # concurrent first calls each probe: the first answer is kept
+            if self.dialect is None:
+                self.dialect = dialect
+            return self.dialect
 
     def _give_up(self, reason: str) -> NoReturn:
         self.unavailable = reason

@@ -232,3 +232,35 @@ def test_the_recorder_names_what_a_template_lacks() -> None:
         Recorder(local_template=object())  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="token_mode"):
         Recorder(token_mode="off", local_template=ClientTemplate())
+
+
+def test_a_config_names_the_template_and_collection_uses_it(proxy: Any) -> None:  # noqa: F811
+    """`backend.local_template: embedded`: a collection run's calls each go as one generate."""
+    from rollout.collection import collect
+    from tests.integration.test_collect import two_turns
+
+    p, url = proxy(lambda path, req, rep: rep)
+    seen: list[Any] = []
+    collect(agent=two_turns, tasks=[{"id": f"t{i}"} for i in range(6)], on_episode=seen.append, output={"path": None},
+            progress=False, backend={"kind": "remote", "urls": [url], "token_mode": "all", "local_template": "embedded"})  # fmt: skip
+    calls = [c for ep in seen for c in ep.calls]
+    assert len(seen) == 6 and len(calls) == 12
+    assert p.hits.count(GENERATE) == 12 and p.hits.count("/tokenize") <= VERIFY_RENDERS
+    assert DERENDER not in p.hits and "/v1/chat/completions" not in p.hits
+    assert all(c.sent_as == "tokens" and c.prompt_source is TokenSource.TOKEN_IN for c in calls), [c.fallback for c in calls]
+    assert all(len(assemble([ep])) == 1 for ep in seen)  # each episode one exact row
+
+
+def test_bad_template_configs_are_named(tmp_path: Any) -> None:
+    from rollout.collection import ConfigError, load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("tasks: [{prompt: x}]\nbackend:\n  token_mode: all\n  local_template: embedded\n")
+    assert load_config(path).backend.local_template == "embedded"
+    path.write_text("tasks: [{prompt: x}]\nbackend:\n  local_template: qwen\n")
+    with pytest.raises(ConfigError, match="'embedded' or 'hf:<name or path>'"):
+        load_config(path)
+    path.write_text("tasks: [{prompt: x}]\nbackend:\n  token_mode: off\n  local_template: embedded\n")
+    with pytest.raises(ConfigError, match="needs token_mode"):
+        load_config(path)
+    assert isinstance(Recorder(local_template="embedded").local_template, ClientTemplate)
