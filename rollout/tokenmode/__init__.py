@@ -9,6 +9,8 @@ One package holds it all, beside the recorder that records what it sends:
   server's own template;
 - `dialect`, `vllm`, `sglang`, `llamacpp`: one object per wire protocol, chosen by the
   probe; `hermes` parses replies on the client where the server cannot;
+- `local_template`: the chat template, decoding and parsing on the client (a
+  `LocalTemplate`, such as `HFTemplate`), so a call is one generate request;
 - `call`: sends one stitched turn and turns the generation into the record's
   choices and the `ChatCompletion` (or replayed stream, `replay`) the agent gets;
 - `plan`, `transport`: requests as data, run by a sync or an async driver over HTTP.
@@ -17,6 +19,7 @@ One package holds it all, beside the recorder that records what it sends:
 from rollout.tokenmode import llamacpp, sglang, vllm  # noqa: F401  (defining a dialect registers it)
 from rollout.tokenmode.call import TokenCall
 from rollout.tokenmode.dialect import Dialect
+from rollout.tokenmode.local_template import HFTemplate, LocalTemplate, load_template
 from rollout.tokenmode.plan import Generation, Request, Sampled
 from rollout.tokenmode.server import TokenServer, TokenServers, server_for
 from rollout.tokenmode.stitch import (
@@ -50,10 +53,12 @@ __all__ = [
     "TOOLS_CHANGED",
     "Dialect",
     "Generation",
+    "HFTemplate",
     "HttpConnectionError",
     "HttpError",
     "HttpReplyTooLarge",
     "HttpTimeoutError",
+    "LocalTemplate",
     "Request",
     "Sampled",
     "StitchedTurn",
@@ -61,6 +66,7 @@ __all__ = [
     "TokenServer",
     "TokenServers",
     "Unavailable",
+    "load_template",
     "plan_turn",
     "server_for",
 ]
