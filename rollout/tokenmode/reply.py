@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from rollout.reply_object import sdk_object
 from rollout.tokenmode.plan import Generation
 
 OPENAI_FINISH = frozenset({"stop", "length", "tool_calls", "content_filter", "function_call"})
@@ -39,27 +40,6 @@ def agent_finish(raw: str | None) -> str:
     """The finish reason the agent gets: what the chat endpoint would have sent, or "stop"
     for a value no server sends (the record keeps the raw one, with a note)."""
     return raw if raw in OPENAI_FINISH or raw in SERVER_FINISH else "stop"
-
-
-def sdk_object(cls: Any, data: dict[str, Any]) -> Any:
-    """`data` as the SDK builds a reply object.
-
-    The SDK builds every reply unvalidated (`openai._models.construct_type`), so
-    an "abort" finish reason reaches the agent in messages mode. That walk costs
-    about 70 us per reply in Python; pydantic's compiled validator builds the
-    same object in about 4 us from the well-typed dicts token mode makes. So
-    `data` is validated first, and whatever the type refuses is constructed as
-    the SDK constructs it. (The one difference: a validated model counts its
-    extra fields, such as `token_ids`, as set; dumps are the same.)"""
-    try:
-        return cls.model_validate(data)
-    except ValueError:  # pydantic's ValidationError: a value the SDK's types do not name
-        pass
-    try:
-        from openai._models import construct_type
-    except ImportError:  # pragma: no cover - a future SDK without it
-        return cls.model_construct(**data)
-    return construct_type(type_=cls, value=data)
 
 
 def chat_completion(gen: Generation, model: str, *, logprobs: dict[int, list[Any]] | None) -> dict[str, Any]:

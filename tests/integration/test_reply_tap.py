@@ -20,6 +20,7 @@ import pytest
 import rollout.recorder
 from rollout import CallRecord, Recorder, TokenRecordError
 from rollout.embedded import EmbeddedServer
+from tests.integration.test_token_mode_parity import proxy  # noqa: F401  (fixture)
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
 
@@ -207,3 +208,59 @@ def test_what_the_agent_does_to_its_reply_leaves_the_record_as_it_was(server: Em
     assert read_from == ["tap"]
     assert before == (call.prompt_ids.tolist(), call.choices[0].ids.tolist(), call.choices[0].message, call.usage)
     assert call.choices[0].message["content"] != "edited"
+
+
+def _odd(rep: dict[str, Any], name: str) -> dict[str, Any]:
+    """A chat reply as a less tidy server might send it."""
+    if name == "abort":  # a finish reason the SDK's types do not name (vLLM sends it)
+        return {**rep, "choices": [{**c, "finish_reason": "abort"} for c in rep["choices"]]}
+    if name == "created_as_text":  # lax validation would coerce it; the SDK keeps it as sent
+        return {**rep, "created": str(rep["created"])}
+    if name == "extra_fields":
+        return {**rep, "kv_transfer_params": None,
+                "choices": [{**c, "stop_reason": None, "message": {**c["message"], "reasoning_content": "r"}}
+                            for c in rep["choices"]]}  # fmt: skip
+    return rep
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("shape", ["as_sent", "abort", "created_as_text", "extra_fields"])
+def test_the_agent_gets_the_object_the_bare_sdk_builds(proxy: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                        shape: str, is_async: bool) -> None:  # fmt: skip
+    """The recording client builds a ChatCompletion with pydantic's validator (`reply_object`): the
+    agent's object must be the one the bare SDK builds from the same body, odd bodies included."""
+    import rollout.reply_tap
+
+    built: list[str] = []
+    fast = rollout.reply_tap.sdk_object
+    monkeypatch.setattr(rollout.reply_tap, "sdk_object", lambda *a, **k: built.append("fast") or fast(*a, **k))
+    _, url = proxy(lambda path, req, rep: _odd(rep, shape) if path.endswith("/chat/completions") else rep)
+    client_type = openai.AsyncOpenAI if is_async else openai.OpenAI
+    rec = Recorder(request_token_ids=True, request_logprobs=True, token_mode="off")
+    kw = {"model": "tiny", "messages": MESSAGES, "max_tokens": 12, "seed": 7, "n": 2, "logprobs": True,
+          "top_logprobs": 2, "extra_body": {"return_token_ids": True}}  # fmt: skip
+
+    async def both_async() -> tuple[Any, Any]:
+        bare = client_type(base_url=url, api_key="unused", max_retries=0)
+        wrapped = rec.wrap(client_type(base_url=url, api_key="unused", max_retries=0))
+        async with rec.episode("t"):
+            return await bare.chat.completions.create(**kw), await wrapped.chat.completions.create(**kw)
+
+    def both() -> tuple[Any, Any]:
+        bare = client_type(base_url=url, api_key="unused", max_retries=0)
+        wrapped = rec.wrap(client_type(base_url=url, api_key="unused", max_retries=0))
+        with rec.episode("t"):
+            return bare.chat.completions.create(**kw), wrapped.chat.completions.create(**kw)
+
+    bare, ours = asyncio.run(both_async()) if is_async else both()
+    assert built == ["fast"]
+    assert type(ours) is type(bare) and type(ours.created) is type(bare.created)
+    strip = ("id", "created")
+    mine, theirs = ours.to_dict(warnings=False), bare.to_dict(warnings=False)
+    assert {k: v for k, v in mine.items() if k not in strip} == {k: v for k, v in theirs.items() if k not in strip}
+    for a, b in zip(ours.choices, bare.choices, strict=True):
+        assert a.finish_reason == b.finish_reason and type(a.message) is type(b.message)
+        assert a.logprobs.to_json() == b.logprobs.to_json()
+        assert getattr(a.message, "reasoning_content", None) == getattr(b.message, "reasoning_content", None)
+    (ep,) = rec.episodes()
+    assert ep.calls[0].exact
