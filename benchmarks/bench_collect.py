@@ -13,6 +13,9 @@ embedded server with a fixed per-request latency L.
   `bare_aiohttp` is the same with the SDK's aiohttp transport (what collect uses).
 - `collect_off`: the same collection with `backend.token_mode: off` (every call as
   messages); `efficiency_token_mode_off` is its efficiency.
+- `collect_local`: `token_mode: all` with `backend.local_template: embedded`, the
+  client's lean path (one generate request per call, first calls included);
+  `efficiency_local_template` is its efficiency.
 - client CPU per call: the client process's CPU time / calls (the server runs
   in its own process, so its CPU is not counted and it does not share the GIL);
   server CPU per call: the server process's CPU time / calls (Linux /proc).
@@ -58,8 +61,9 @@ from _common import (
 
 
 def run_collect(
-    url: str, tasks: list[dict[str, Any]], concurrency: int, max_tokens: int, token_mode: str = "auto"
-) -> float:
+    url: str, tasks: list[dict[str, Any]], concurrency: int, max_tokens: int, token_mode: str = "auto",
+    local_template: str | None = None,
+) -> float:  # fmt: skip
     from rollout.collection import collect
 
     t0 = time.perf_counter()
@@ -71,7 +75,7 @@ def run_collect(
         episode_timeout_s=120,
         progress=False,
         output={"path": None},
-        backend={**remote_backend(url, max_tokens), "token_mode": token_mode},
+        backend={**remote_backend(url, max_tokens), "token_mode": token_mode, "local_template": local_template},
     )
     wall = time.perf_counter() - t0
     calls = sum(len(e.calls) for e in summary.episodes)
@@ -169,12 +173,14 @@ def measure(args: argparse.Namespace, url: str, pid: int) -> dict[str, list[tupl
         ),
         "collect": lambda: run_collect(url, tasks, args.concurrency, args.max_tokens),
         "collect_off": lambda: run_collect(url, tasks, args.concurrency, args.max_tokens, "off"),
+        "collect_local": lambda: run_collect(url, tasks, args.concurrency, args.max_tokens, "all", "embedded"),
     }
     warm = make_tasks(args.concurrency)  # imports, connection pools, server caches
     run_bare(url, warm, args.concurrency, args.max_tokens, aiohttp=False)
     run_bare(url, warm, args.concurrency, args.max_tokens, aiohttp=True)
     run_collect(url, warm, args.concurrency, args.max_tokens)
     run_collect(url, warm, args.concurrency, args.max_tokens, "off")
+    run_collect(url, warm, args.concurrency, args.max_tokens, "all", "embedded")
     results: dict[str, list[tuple[float, float, float]]] = {k: [] for k in runners}
     for _ in range(args.repeats):
         for name, fn in runners.items():
@@ -234,6 +240,9 @@ def report_results(
         "cpu_bound_efficiency": None if args.in_process else cpu_bound(ideal, cpu, server_cpu),
         "collect_off_s": round(wall["collect_off"], 4),
         "efficiency_token_mode_off": round(ideal / wall["collect_off"], 4),
+        # token_mode all + backend.local_template "embedded": one generate request per call
+        "collect_local_s": round(wall["collect_local"], 4),
+        "efficiency_local_template": round(ideal / wall["collect_local"], 4),
         "efficiency_target_issue11": 0.5,
         "ratio_vs_bare": round(wall["bare"] / wall["collect"], 4),
         "ratio_vs_bare_aiohttp": round(wall["bare_aiohttp"] / wall["collect"], 4),

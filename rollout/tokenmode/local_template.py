@@ -10,14 +10,16 @@ generates: one request per call, an episode's first call included
 Rows stay exact whoever renders: the prompt ids are the ones sent and the
 sampled ids the ones the server returned. What a template can change is the
 prompt: one that is not the server's gives the model another conversation
-than the chat route would. So the first `VERIFY_RENDERS` renders for a
-server are also asked of the server (where it can render) and compared. On
-any difference the template is not used for that server again: its calls go
-as messages, with the reason in each record.
+than the chat route would. So the first `VERIFY_RENDERS` renders of each kind
+(the roles, tool calls, tools and options involved: `render_kind`) are also
+asked of the server, where it can render, and compared. On any difference the
+template is not used for that server again: its calls go as messages, with
+the reason in each record.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
@@ -29,8 +31,25 @@ from rollout.tokenmode.plan import Generation, Plan, Sampled
 from rollout.tokenmode.stitch import Unavailable
 from rollout.tokenmode.transport import HttpError
 
-VERIFY_RENDERS = 8
-"""Renders per server that are checked against the server's own before the template is trusted."""
+VERIFY_RENDERS = 2
+"""Renders of each kind (`render_kind`) checked against the server's own before the template is
+trusted with that kind on that server."""
+MAX_KINDS = 4096
+"""Kinds remembered per server; renders of kinds past this many are always checked."""
+
+
+def render_kind(messages: list[Any], tools: Any, ctk: Any, generation_prompt: bool) -> tuple[Any, ...]:
+    """What a template may render differently: the roles present, tool calls, list contents,
+    tools, the generation prompt and the template options. Each kind is checked on its own, so a
+    template that differs only on, say, tool results is caught at the first one."""
+    roles, calls, parts = set(), False, False
+    for m in messages:
+        if isinstance(m, Mapping):
+            roles.add(str(m.get("role")))
+            calls = calls or bool(m.get("tool_calls"))
+            parts = parts or isinstance(m.get("content"), list)
+    options = json.dumps(ctk, sort_keys=True, default=str) if ctk else ""
+    return (tuple(sorted(roles)), calls, parts, bool(tools), generation_prompt, options)
 
 
 @runtime_checkable
@@ -62,20 +81,22 @@ class LocalTemplateDialect(Dialect):
         self.template = template
         self.server = server  # the probed dialect: its generate route and reply fields
         self.source = server.source  # type: ignore[misc]  # the ids are the server's, as through it
-        self.to_verify = verify
+        self.verify = verify
+        self.checking = True  # False once the server turned out unable to render
         self.mismatch: str | None = None  # set once the template differs from the server's
+        self._checked: dict[tuple[Any, ...], int] = {}  # render kind -> renders found equal
         self._lock = threading.Lock()
 
     @property
     def name(self) -> str:
         return f"{self.server.name} (local template)"
 
-    def _take_check(self) -> bool:
-        with self._lock:
-            if self.to_verify <= 0:
-                return False
-            self.to_verify -= 1
-            return True
+    def _unchecked(self, messages: list[Any], tools: Any, ctk: Any, generation_prompt: bool) -> Any:
+        """The kind of this render if fewer than `verify` renders of its kind were checked, else None."""
+        if not self.checking:
+            return None
+        kind = render_kind(messages, tools, ctk, generation_prompt)
+        return kind if self._checked.get(kind, 0) < self.verify else None
 
     def render(
         self, model: str, messages: list[Any], tools: Any, ctk: Any, *, generation_prompt: bool
@@ -83,34 +104,34 @@ class LocalTemplateDialect(Dialect):
         if self.mismatch is not None:
             raise Unavailable(self.mismatch)
         try:
-            ids = [
-                int(t)
-                for t in self.template.render(
-                    messages, tools, ctk, generation_prompt=generation_prompt
-                )
-            ]
+            rendered = self.template.render(messages, tools, ctk, generation_prompt=generation_prompt)
+            ids = [int(t) for t in rendered]
         except Exception as exc:  # the user's template refused these messages
             raise Unavailable(
                 f"the local template cannot render the messages: {type(exc).__name__}: {exc}"
             ) from exc
-        if self._take_check():
-            try:
-                theirs = yield from self.server.render(
-                    model, messages, tools, ctk, generation_prompt=generation_prompt
-                )
-            except HttpError as exc:
-                if not exc.unavailable:
-                    raise Unavailable(f"the local template could not be checked: {exc}") from exc
-                with self._lock:
-                    self.to_verify = (
-                        0  # the server cannot render: there is nothing to check against
-                    )
-            else:
-                if self.max_model_len is None:
-                    self.max_model_len = self.server.max_model_len
-                if theirs != ids:
-                    self.mismatch = f"the local template's render differs from the server's ({_difference(ids, theirs)}); not used"
-                    raise Unavailable(self.mismatch)
+        kind = self._unchecked(messages, tools, ctk, generation_prompt)
+        if kind is None:
+            return ids
+        try:
+            theirs = yield from self.server.render(
+                model, messages, tools, ctk, generation_prompt=generation_prompt
+            )
+        except HttpError as exc:
+            if not exc.unavailable:
+                raise Unavailable(f"the local template could not be checked: {exc}") from exc
+            self.checking = False  # the server cannot render: there is nothing to check against
+            return ids
+        if self.max_model_len is None:
+            self.max_model_len = self.server.max_model_len
+        if theirs != ids:
+            self.mismatch = (
+                f"the local template's render differs from the server's ({_difference(ids, theirs)}); not used"
+            )
+            raise Unavailable(self.mismatch)
+        with self._lock:
+            if kind in self._checked or len(self._checked) < MAX_KINDS:
+                self._checked[kind] = self._checked.get(kind, 0) + 1
         return ids
 
     def generate(self, model: str, prompt: list[int], sampling: dict[str, Any]) -> Plan:
@@ -177,19 +198,22 @@ class HFTemplate:
             raise ConfigError(f"{type(tokenizer).__name__} has no chat template to render with")
         self.tokenizer = tokenizer
         self.reasoning = reasoning
+        self._lock = threading.Lock()  # a fast tokenizer refuses concurrent use ("Already borrowed")
 
     def render(self, messages: list[Any], tools: Any, chat_template_kwargs: Any, *,
                generation_prompt: bool) -> list[int]:  # fmt: skip
-        ids = self.tokenizer.apply_chat_template(
-            messages, tools=tools or None, add_generation_prompt=generation_prompt, tokenize=True,
-            **(chat_template_kwargs or {}),
-        )  # fmt: skip
+        with self._lock:
+            ids = self.tokenizer.apply_chat_template(
+                messages, tools=tools or None, add_generation_prompt=generation_prompt, tokenize=True,
+                **(chat_template_kwargs or {}),
+            )  # fmt: skip
         if hasattr(ids, "keys"):  # transformers 5 returns a BatchEncoding (4.x: the ids)
             ids = ids["input_ids"]
         return [int(t) for t in ids]
 
     def decode(self, ids: list[int], *, skip_special_tokens: bool) -> str:
-        return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
+        with self._lock:
+            return str(self.tokenizer.decode(ids, skip_special_tokens=skip_special_tokens))
 
     def parse(self, text: str, *, tools: list[Any] | None) -> dict[str, Any]:
         return hermes.parse_message(text, tools=tools is not None, reasoning=self.reasoning)

@@ -53,6 +53,14 @@ class OffByOne(ClientTemplate):
         return [*ids, 220] if generation_prompt else ids
 
 
+class OffOnToolResults(ClientTemplate):
+    """A template that is the server's except on tool results (as an older template file might be)."""
+
+    def render(self, messages: list[Any], tools: Any, chat_template_kwargs: Any, *, generation_prompt: bool) -> list[int]:
+        ids = super().render(messages, tools, chat_template_kwargs, generation_prompt=generation_prompt)
+        return [*ids, 220] if any(m.get("role") == "tool" for m in messages) else ids
+
+
 class Refusing(ClientTemplate):
     def render(
         self, messages: list[Any], tools: Any, chat_template_kwargs: Any, *, generation_prompt: bool
@@ -131,7 +139,9 @@ def test_once_checked_each_call_is_one_generate_request(proxy: Any) -> None:  # 
     calls = [c for ep in eps for c in ep.calls]
     assert [c.sent_as for c in calls] == ["tokens"] * 18, [c.fallback for c in calls]
     assert p.hits.count(GENERATE) == 18
-    assert p.hits.count("/tokenize") == VERIFY_RENDERS  # the checks, then never again
+    # The checks, then never again: VERIFY_RENDERS of each kind rendered here, the end-of-turn
+    # placeholders (an assistant turn alone), first calls (system + user), bridges (assistant + user).
+    assert p.hits.count("/tokenize") == 3 * VERIFY_RENDERS
     assert (
         DERENDER not in p.hits
         and "/detokenize" not in p.hits
@@ -241,11 +251,12 @@ def test_a_config_names_the_template_and_collection_uses_it(proxy: Any) -> None:
 
     p, url = proxy(lambda path, req, rep: rep)
     seen: list[Any] = []
+    # One episode at a time: concurrent first renders of a kind are each checked until one passed.
     collect(agent=two_turns, tasks=[{"id": f"t{i}"} for i in range(6)], on_episode=seen.append, output={"path": None},
-            progress=False, backend={"kind": "remote", "urls": [url], "token_mode": "all", "local_template": "embedded"})  # fmt: skip
+            progress=False, concurrency=1, backend={"kind": "remote", "urls": [url], "token_mode": "all", "local_template": "embedded"})  # fmt: skip
     calls = [c for ep in seen for c in ep.calls]
     assert len(seen) == 6 and len(calls) == 12
-    assert p.hits.count(GENERATE) == 12 and p.hits.count("/tokenize") <= VERIFY_RENDERS
+    assert p.hits.count(GENERATE) == 12 and p.hits.count("/tokenize") <= 3 * VERIFY_RENDERS
     assert DERENDER not in p.hits and "/v1/chat/completions" not in p.hits
     assert all(c.sent_as == "tokens" and c.prompt_source is TokenSource.TOKEN_IN for c in calls), [c.fallback for c in calls]
     assert all(len(assemble([ep])) == 1 for ep in seen)  # each episode one exact row
@@ -264,3 +275,26 @@ def test_bad_template_configs_are_named(tmp_path: Any) -> None:
     with pytest.raises(ConfigError, match="needs token_mode"):
         load_config(path)
     assert isinstance(Recorder(local_template="embedded").local_template, ClientTemplate)
+
+
+def test_a_template_that_differs_only_on_tool_results_is_caught_at_the_first(proxy: Any) -> None:  # noqa: F811
+    """Many renders of user turns pass the check; the first tool result, a kind not seen before, is
+    checked too: it goes as messages with the reason, and no generate is sent from the wrong ids."""
+    p, url = proxy(lambda path, req, rep: rep)
+    recorder = Recorder(request_token_ids=True, request_logprobs=True, local_template=OffOnToolResults())
+    client = recorder.wrap(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
+    with recorder.episode("t") as ep:
+        messages: list[Any] = [SYSTEM, user("What is 2 + 3?")]
+        for turn in range(10):  # more user turns than a per-server budget of checks would cover
+            reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, seed=turn)
+            messages = [*messages, reply_message(reply), user(f"Again ({turn}).")]
+        messages[-1] = {"role": "tool", "tool_call_id": "call_1", "content": "5"}
+        reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, seed=9)
+        messages = [*messages, reply_message(reply), user("And 1 + 1?")]
+        client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, seed=10)
+    recorder.close()
+    sent = [(c.sent_as, c.fallback) for c in ep.calls]
+    assert [s for s, _ in sent[1:10]] == ["tokens"] * 9, sent
+    assert sent[10][0] == "messages" and "differs from the server" in (sent[10][1] or ""), sent
+    assert sent[11][0] == "messages" and "differs from the server" in (sent[11][1] or ""), sent  # retired
+    assert p.hits.count(GENERATE) == 9
