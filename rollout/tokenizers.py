@@ -90,6 +90,21 @@ class TiktokenTokenizer:
         return self._enc.decode_bytes(ids)
 
 
+def load_hf_tokenizer(name: str, setting: str) -> Any:
+    """A Hugging Face tokenizer by name or path; a `ConfigError` naming `setting` if it cannot load."""
+    try:
+        from transformers import AutoTokenizer
+    except ImportError:
+        raise ConfigError(
+            f"{setting} 'hf:{name}' needs Hugging Face transformers: "
+            "pip install 'rollout-compat[hf]' (or transformers)"
+        ) from None
+    try:
+        return AutoTokenizer.from_pretrained(name)
+    except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad name
+        raise ConfigError(f"cannot load Hugging Face tokenizer {name!r}: {exc}") from None
+
+
 class HfTokenizer:
     """A Hugging Face tokenizer (`transformers`, the optional `hf` extra), by name or path.
 
@@ -99,17 +114,7 @@ class HfTokenizer:
     """
 
     def __init__(self, name: str) -> None:
-        try:
-            from transformers import AutoTokenizer
-        except ImportError:
-            raise ConfigError(
-                f"backend.tokenizer 'hf:{name}' needs Hugging Face transformers: "
-                "pip install 'rollout-compat[hf]' (or transformers)"
-            ) from None
-        try:
-            self._tok = AutoTokenizer.from_pretrained(name)
-        except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad name
-            raise ConfigError(f"cannot load Hugging Face tokenizer {name!r}: {exc}") from None
+        self._tok = load_hf_tokenizer(name, "backend.tokenizer")
         self._pieces: dict[bytes, int | None] = {}
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: Any = None) -> list[int]:

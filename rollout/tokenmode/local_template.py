@@ -25,6 +25,7 @@ from collections.abc import Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from rollout.errors import ConfigError
+from rollout.tokenizers import load_hf_tokenizer
 from rollout.tokenmode import hermes
 from rollout.tokenmode.dialect import Dialect, MalformedReply
 from rollout.tokenmode.plan import Generation, Plan, Sampled
@@ -193,7 +194,7 @@ class HFTemplate:
 
     def __init__(self, tokenizer: Any, *, reasoning: bool = True) -> None:
         if isinstance(tokenizer, str):
-            tokenizer = _hf_tokenizer(tokenizer)
+            tokenizer = load_hf_tokenizer(tokenizer, "backend.local_template")
         if not getattr(tokenizer, "chat_template", None):
             raise ConfigError(f"{type(tokenizer).__name__} has no chat template to render with")
         self.tokenizer = tokenizer
@@ -217,18 +218,6 @@ class HFTemplate:
 
     def parse(self, text: str, *, tools: list[Any] | None) -> dict[str, Any]:
         return hermes.parse_message(text, tools=tools is not None, reasoning=self.reasoning)
-
-
-def _hf_tokenizer(name: str) -> Any:
-    try:
-        from transformers import AutoTokenizer
-    except ImportError:
-        raise ConfigError(f"local template 'hf:{name}' needs Hugging Face transformers: "
-                          "pip install 'rollout-compat[hf]'") from None  # fmt: skip
-    try:
-        return AutoTokenizer.from_pretrained(name)
-    except Exception as exc:  # transformers raises OSError, ValueError, ... for a bad name
-        raise ConfigError(f"cannot load Hugging Face tokenizer {name!r}: {exc}") from None
 
 
 def check_template_spec(spec: str) -> str:
