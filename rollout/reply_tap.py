@@ -63,7 +63,7 @@ def install(client: Any) -> bool:
                 _reader.set(None)  # one body per call: anything else parsed in this context is not its reply
                 reader(data)
                 cast_to = kwargs.get("cast_to", args[1] if len(args) > 1 else None)
-                if cast_to is ChatCompletion and client._strict_response_validation is False:
+                if cast_to is ChatCompletion and getattr(client, "_strict_response_validation", True) is False:
                     return sdk_object(ChatCompletion, data, strict=True)  # the SDK's object, built in C
         return original(*args, **kwargs)
 

@@ -138,8 +138,17 @@ class LocalTemplateDialect(Dialect):
     def generate(self, model: str, prompt: list[int], sampling: dict[str, Any]) -> Plan:
         return (yield from self.server.generate(model, prompt, sampling))
 
+    def _decode(self, ids: list[int], skip_special_tokens: bool) -> str:
+        try:
+            text = self.template.decode(list(ids), skip_special_tokens=skip_special_tokens)
+        except Exception as exc:  # the user's template: the call goes as messages, with the reason
+            raise MalformedReply(f"the local template could not decode the reply: {type(exc).__name__}: {exc}") from exc
+        if not isinstance(text, str):
+            raise MalformedReply(f"the local template decoded ids to {type(text).__name__}, not text")
+        return text
+
     def detokenize(self, model: str, ids: list[int]) -> Plan:
-        return self.template.decode(list(ids), skip_special_tokens=False)
+        return self._decode(ids, False)
         yield  # a plan that asks for nothing
 
     def stop_reason(self, gen: Generation, choice: Sampled) -> tuple[bool, Any]:
@@ -153,7 +162,7 @@ class LocalTemplateDialect(Dialect):
     def completion_text(self, model: str, ids: list[int], kwargs: Mapping[str, Any]) -> Plan:
         extra = kwargs.get("extra_body") or {}
         skip = extra.get("skip_special_tokens") is not False  # vLLM's SamplingParams default: True
-        return self.template.decode(list(ids), skip_special_tokens=skip)
+        return self._decode(ids, skip)
         yield
 
     def parse_message(self, text: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:

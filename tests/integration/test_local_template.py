@@ -68,6 +68,20 @@ class Refusing(ClientTemplate):
         raise KeyError("this template has no tool role")
 
 
+class BadDecoder(ClientTemplate):
+    def decode(self, ids: list[int], *, skip_special_tokens: bool) -> str:
+        raise RuntimeError("Already borrowed")  # a fast tokenizer used from two threads at once
+
+
+def test_a_template_that_cannot_decode_sends_the_call_as_messages(server: EmbeddedServer) -> None:
+    """The agent still gets its reply (the chat route's), the record says why, the run goes on."""
+    ep, replies = episode(server.base_url, "all", 2, recorder_options={"local_template": BadDecoder()})
+    assert all(isinstance(r.choices[0].message.content, str) for r in replies)
+    assert [c.sent_as for c in ep.calls] == ["messages", "messages"]
+    assert "could not decode" in (ep.calls[0].fallback or "") and "RuntimeError" in (ep.calls[0].fallback or "")
+    assert all(c.exact for c in ep.calls)
+
+
 def test_the_embedded_template_is_a_local_template() -> None:
     assert isinstance(ClientTemplate(), LocalTemplate)
 
