@@ -294,3 +294,36 @@ def test_token_mode_trusts_the_ca_bundle_the_client_trusts(
         with rec.episode("t") as ep:
             turns(mode, client(mode, gateway, rec, base_url=url + "/v1", **options))
     assert [c.sent_as for c in ep.calls] == ["messages", "tokens", "tokens"], [c.fallback for c in ep.calls]
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_a_key_changed_on_the_client_goes_with_its_next_token_request(mode: str, gateway: Gateway) -> None:
+    """Token mode keeps each client's settings while the client is unchanged (`sdk_state`); a key
+    set on the client between calls must still be the one its next token-mode request sends."""
+    rec = recorder()
+    gateway.open = True
+    wrapped = client(mode, gateway, rec, key="sk-old")
+    marks: list[int] = []
+
+    async def run() -> None:
+        messages: list[dict[str, Any]] = [SYSTEM, {"role": "user", "content": "What is 2 + 3?"}]
+        try:
+            with rec.episode("t"):
+                for turn in range(4):
+                    if turn == 2:
+                        wrapped.api_key = "sk-new"
+                        marks.append(len(gateway.seen))
+                    result = wrapped.chat.completions.create(model="tiny", messages=messages, max_tokens=3, seed=turn)
+                    reply = await result if mode == "async" else result
+                    said = reply.choices[0].message.model_dump(exclude_none=True)
+                    messages = [*messages, said, {"role": "user", "content": f"Again ({turn})."}]
+        finally:
+            if mode == "async":
+                await wrapped.close()
+
+    asyncio.run(run())
+    (ep,) = rec.episodes()
+    assert [c.sent_as for c in ep.calls] == ["messages", "tokens", "tokens", "tokens"], [c.fallback for c in ep.calls]
+    before, after = gateway.seen[: marks[0]], gateway.seen[marks[0] :]
+    assert {auth for _, auth, _, _ in before} == {"Bearer sk-old"}
+    assert {auth for _, auth, _, _ in after} == {"Bearer sk-new"} and any(p == GENERATE for p, *_ in after)
