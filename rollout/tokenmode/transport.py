@@ -25,7 +25,7 @@ APITimeoutError would), rather than being re-sent as messages.
 
 Measured (`benchmarks/bench_tokens.py`, 2 cores, idle, 2026-12-05): a
 token-mode call costs 0.65-0.68x the client CPU of the SDK's own `create`
-(0.37x with a `local_template`: one request), 1.15x through the sync
+(0.35x with a `local_template`: one request), 1.15x through the sync
 client's httpx (at load 10-13 an earlier version measured 0.35x and
 0.51-0.54x: the SDK's call grows more with load than these small requests do). aiohttp's `trust_env=True` re-reads the proxy environment on
 every request (+0.4 ms each), so the proxy is read once, from the client's
