@@ -12,9 +12,12 @@ sampled ids the ones the server returned. What a template can change is the
 prompt: one that is not the server's gives the model another conversation
 than the chat route would. So the first `VERIFY_RENDERS` renders of each kind
 (the roles, tool calls, tools and options involved: `render_kind`) are also
-asked of the server, where it can render, and compared. On any difference the
-template is not used for that server again: its calls go as messages, with
-the reason in each record.
+asked of the server, where it can render, and compared. A parser that is not
+the server's would give the agent another message: where the server parses
+its own replies (vLLM's derender), the first replies of each kind
+(`reply_kind`) are parsed by both and compared, and on a difference the
+agent gets the server's. On any difference the template is not used for that
+server again: its calls go as messages, with the reason in each record.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any, Protocol, runtime_checkable
 
 from rollout.errors import ConfigError
@@ -86,6 +90,7 @@ class LocalTemplateDialect(Dialect):
         self.checking = True  # False once the server turned out unable to render
         self.mismatch: str | None = None  # set once the template differs from the server's
         self._checked: dict[tuple[Any, ...], int] = {}  # render kind -> renders found equal
+        self._parsed: dict[tuple[Any, ...], int] = {}  # reply kind -> replies parsed alike
         self._lock = threading.Lock()
 
     @property
@@ -165,6 +170,34 @@ class LocalTemplateDialect(Dialect):
         return self._decode(ids, skip)
         yield
 
+    def fill_messages(self, model: str, gen: Generation, kwargs: Mapping[str, Any]) -> Plan:
+        """Decoded and parsed here. Where the server parses its own replies (vLLM's derender),
+        the first `verify` replies of each kind (`reply_kind`) are parsed by it as well and
+        compared: on a difference the agent gets the server's message, and the template is not
+        used for that server again."""
+        as_sampled = [replace(c) for c in gen.choices] if getattr(self.server, "derender", False) else None
+        views = yield from super().fill_messages(model, gen, kwargs)
+        if as_sampled is None:
+            return views
+        kind = reply_kind(gen, kwargs)
+        if self._parsed.get(kind, 0) >= self.verify:
+            return views
+        theirs = Generation(gen.id, gen.prompt_ids, as_sampled, gen.usage, gen.weight_version, gen.raw)
+        server_views = yield from self.server.fill_messages(model, theirs, kwargs)
+        if not getattr(self.server, "derender", False):  # it had none after all: nothing to compare
+            return views
+        apart = [f"choice {a.index}: {_said(a)!r} here, {_said(b)!r} by the server"
+                 for a, b in zip(gen.choices, theirs.choices, strict=True) if _said(a) != _said(b)]  # fmt: skip
+        if apart:
+            self.mismatch = f"the local template's parse differs from the server's ({'; '.join(apart)[:300]}); not used"
+            for mine, server in zip(gen.choices, theirs.choices, strict=True):
+                mine.message, mine.finish_reason = server.message, server.finish_reason
+            return server_views
+        with self._lock:
+            if kind in self._parsed or len(self._parsed) < MAX_KINDS:
+                self._parsed[kind] = self._parsed.get(kind, 0) + 1
+        return views
+
     def parse_message(self, text: str, kwargs: Mapping[str, Any]) -> dict[str, Any]:
         tools = (
             kwargs.get("tools")
@@ -182,6 +215,23 @@ class LocalTemplateDialect(Dialect):
                 f"the local template parsed the reply to {type(message).__name__}, not a message"
             )
         return {"role": "assistant", **message}
+
+
+def reply_kind(gen: Generation, kwargs: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What a parser may treat differently: whether the call may call tools, and what this
+    template found in the replies (tool calls, reasoning)."""
+    tools_on = bool(kwargs.get("tools")) and kwargs.get("tool_choice") != "none"
+    found = tuple(sorted({k for c in gen.choices for k in ("tool_calls", "reasoning_content")
+                          if (c.message or {}).get(k)}))  # fmt: skip
+    return (tools_on, found)
+
+
+def _said(choice: Sampled) -> tuple[Any, ...]:
+    """What the agent reads of a parsed choice (tool-call ids aside: each parser makes its own)."""
+    m = choice.message or {}
+    calls = [(t.get("function", {}).get("name"), t.get("function", {}).get("arguments"))
+             for t in m.get("tool_calls") or [] if isinstance(t, dict)]  # fmt: skip
+    return (m.get("content") or None, m.get("reasoning_content") or None, calls, choice.finish_reason)
 
 
 def _difference(ours: list[int], theirs: Any) -> str:

@@ -154,13 +154,13 @@ def test_once_checked_each_call_is_one_generate_request(proxy: Any) -> None:  # 
     assert [c.sent_as for c in calls] == ["tokens"] * 18, [c.fallback for c in calls]
     assert p.hits.count(GENERATE) == 18
     # The checks, then never again: VERIFY_RENDERS of each kind rendered here, the end-of-turn
-    # placeholders (an assistant turn alone), first calls (system + user), bridges (assistant + user).
+    # placeholders (an assistant turn alone), first calls (system + user), bridges (assistant + user);
+    # and of the one kind of reply (plain text, no tools) parsed here.
     assert p.hits.count("/tokenize") == 3 * VERIFY_RENDERS
-    assert (
-        DERENDER not in p.hits
-        and "/detokenize" not in p.hits
-        and "/v1/chat/completions" not in p.hits
-    )
+    assert p.hits.count(DERENDER) == VERIFY_RENDERS
+    assert "/detokenize" not in p.hits and "/v1/chat/completions" not in p.hits
+    last = max(i for i, path in enumerate(p.hits) if path in ("/tokenize", DERENDER))
+    assert p.hits[last + 1 :].count(GENERATE) >= 12 and set(p.hits[last + 1 :]) == {GENERATE}
 
 
 def test_a_template_that_is_not_the_servers_is_never_used(proxy: Any) -> None:  # noqa: F811
@@ -271,7 +271,7 @@ def test_a_config_names_the_template_and_collection_uses_it(proxy: Any) -> None:
     calls = [c for ep in seen for c in ep.calls]
     assert len(seen) == 6 and len(calls) == 12
     assert p.hits.count(GENERATE) == 12 and p.hits.count("/tokenize") <= 3 * VERIFY_RENDERS
-    assert DERENDER not in p.hits and "/v1/chat/completions" not in p.hits
+    assert p.hits.count(DERENDER) <= VERIFY_RENDERS and "/v1/chat/completions" not in p.hits
     assert all(c.sent_as == "tokens" and c.prompt_source is TokenSource.TOKEN_IN for c in calls), [c.fallback for c in calls]
     assert all(len(assemble([ep])) == 1 for ep in seen)  # each episode one exact row
 
@@ -312,3 +312,27 @@ def test_a_template_that_differs_only_on_tool_results_is_caught_at_the_first(pro
     assert sent[10][0] == "messages" and "differs from the server" in (sent[10][1] or ""), sent
     assert sent[11][0] == "messages" and "differs from the server" in (sent[11][1] or ""), sent  # retired
     assert p.hits.count(GENERATE) == 9
+
+
+class NoToolParser(ClientTemplate):
+    """The server's template, but a parser that never finds a tool call (another model's parser)."""
+
+    def parse(self, text: str, *, tools: list[Any] | None) -> dict[str, Any]:
+        return {"content": text}
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+def test_a_parser_that_is_not_the_servers_is_caught_and_the_agent_gets_the_servers_message(is_async: bool) -> None:
+    """Renders match, so only the parse can tell: the first tool-call reply is parsed by the
+    server too (its derender); the agent gets the server's tool call, as the chat route gives it,
+    and the template is not used again."""
+    with EmbeddedServer(policy=forced_tool_policy(), seed=0) as srv:
+        ask = {"tools": TOOLS, "max_tokens": 3}
+        lean = episode(srv.base_url, "all", 2, is_async=is_async, recorder_options={"local_template": NoToolParser()}, **ask)
+        chat = episode(srv.base_url, "off", 2, is_async=is_async, **ask)
+    first = lean[0].calls[0]
+    assert (first.sent_as, first.fallback) == ("tokens", None)
+    assert seen(lean[1][0], logprobs=False) == seen(chat[1][0], logprobs=False)
+    assert lean[1][0].choices[0].message.tool_calls and first.choices[0].message.get("tool_calls")
+    second = lean[0].calls[1]
+    assert second.sent_as == "messages" and "parse differs from the server" in (second.fallback or ""), second.fallback
