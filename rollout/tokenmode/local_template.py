@@ -16,8 +16,10 @@ asked of the server, where it can render, and compared. A parser that is not
 the server's would give the agent another message: where the server parses
 its own replies (vLLM's derender), the first replies of each kind
 (`reply_kind`) are parsed by both and compared, and on a difference the
-agent gets the server's. On any difference the template is not used for that
-server again: its calls go as messages, with the reason in each record.
+agent gets the server's. Every `RECHECK_EVERY`-th render and reply after that
+is checked again, so a template that differs only on some content is caught
+within a bounded number of calls. On any difference the template is not used
+for that server again: its calls go as messages, with the reason in each record.
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ VERIFY_RENDERS = 2
 trusted with that kind on that server."""
 MAX_KINDS = 4096
 """Kinds remembered per server; renders of kinds past this many are always checked."""
+RECHECK_EVERY = 64
+"""Once a kind is trusted, every this-many-th render (and parsed reply) is still checked: a
+template that differs only on some content is caught within a bounded number of calls."""
 
 
 def render_kind(messages: list[Any], tools: Any, ctk: Any, generation_prompt: bool) -> tuple[Any, ...]:
@@ -91,6 +96,7 @@ class LocalTemplateDialect(Dialect):
         self.mismatch: str | None = None  # set once the template differs from the server's
         self._checked: dict[tuple[Any, ...], int] = {}  # render kind -> renders found equal
         self._parsed: dict[tuple[Any, ...], int] = {}  # reply kind -> replies parsed alike
+        self._counts: dict[str, int] = {}  # trusted renders / replies so far (`RECHECK_EVERY`)
         self._lock = threading.Lock()
 
     @property
@@ -98,11 +104,18 @@ class LocalTemplateDialect(Dialect):
         return f"{self.server.name} (local template)"
 
     def _unchecked(self, messages: list[Any], tools: Any, ctk: Any, generation_prompt: bool) -> Any:
-        """The kind of this render if fewer than `verify` renders of its kind were checked, else None."""
-        if not self.checking:
+        """The kind of this render if it is to be checked (fewer than `verify` renders of its kind
+        were, or it is due: `RECHECK_EVERY`), else None."""
+        if not self.checking or self.verify <= 0:
             return None
         kind = render_kind(messages, tools, ctk, generation_prompt)
-        return kind if self._checked.get(kind, 0) < self.verify else None
+        return kind if self._checked.get(kind, 0) < self.verify or self._due("renders") else None
+
+    def _due(self, what: str) -> bool:
+        """Whether this trusted render or reply is one of the every-`RECHECK_EVERY`-th checked."""
+        with self._lock:
+            self._counts[what] = self._counts.get(what, 0) + 1
+            return self._counts[what] % RECHECK_EVERY == 0
 
     def render(
         self, model: str, messages: list[Any], tools: Any, ctk: Any, *, generation_prompt: bool
@@ -177,10 +190,10 @@ class LocalTemplateDialect(Dialect):
         used for that server again."""
         as_sampled = [replace(c) for c in gen.choices] if getattr(self.server, "derender", False) else None
         views = yield from super().fill_messages(model, gen, kwargs)
-        if as_sampled is None:
+        if as_sampled is None or self.verify <= 0:
             return views
         kind = reply_kind(gen, kwargs)
-        if self._parsed.get(kind, 0) >= self.verify:
+        if self._parsed.get(kind, 0) >= self.verify and not self._due("replies"):
             return views
         theirs = Generation(gen.id, gen.prompt_ids, as_sampled, gen.usage, gen.weight_version, gen.raw)
         server_views = yield from self.server.fill_messages(model, theirs, kwargs)

@@ -336,3 +336,36 @@ def test_a_parser_that_is_not_the_servers_is_caught_and_the_agent_gets_the_serve
     assert lean[1][0].choices[0].message.tool_calls and first.choices[0].message.get("tool_calls")
     second = lean[0].calls[1]
     assert second.sent_as == "messages" and "parse differs from the server" in (second.fallback or ""), second.fallback
+
+
+class OffOnAKeyword(ClientTemplate):
+    """The server's template except where a message mentions "magic" (a content-dependent branch)."""
+
+    def render(self, messages: list[Any], tools: Any, chat_template_kwargs: Any, *, generation_prompt: bool) -> list[int]:
+        ids = super().render(messages, tools, chat_template_kwargs, generation_prompt=generation_prompt)
+        return [*ids, 220] if any("magic" in str(m.get("content")) for m in messages) else ids
+
+
+def test_a_template_wrong_only_on_some_content_is_caught_by_the_later_rechecks(
+    proxy: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The first checks of the bridge kind see ordinary turns and pass; the kind is trusted, yet
+    every RECHECK_EVERY-th render is still checked, so the content it differs on is found within
+    that many calls, and no call after it goes as tokens."""
+    import rollout.tokenmode.local_template as local_template
+
+    monkeypatch.setattr(local_template, "RECHECK_EVERY", 4)
+    _, url = proxy(lambda path, req, rep: rep)
+    recorder = Recorder(request_token_ids=True, request_logprobs=True, local_template=OffOnAKeyword())
+    client = recorder.wrap(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
+    with recorder.episode("t") as ep:
+        messages: list[Any] = [SYSTEM, user("What is 2 + 3?")]
+        for turn in range(12):
+            reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, seed=turn)
+            messages = [*messages, reply_message(reply), user(f"Again ({turn})." if turn < 2 else f"A magic number ({turn})?")]
+    recorder.close()
+    sent = [(c.sent_as, c.fallback) for c in ep.calls]
+    caught = next(i for i, (_, why) in enumerate(sent) if why and "differs from the server" in why)
+    assert [s for s, _ in sent[1:3]] == ["tokens", "tokens"], sent  # checked and equal
+    assert 3 < caught <= 3 + 4, sent  # within RECHECK_EVERY trusted renders of the first "magic"
+    assert all(s == "messages" for s, _ in sent[caught:]), sent
