@@ -43,7 +43,7 @@ VERIFY_RENDERS = 2
 trusted with that kind on that server."""
 MAX_KINDS = 4096
 """Kinds remembered per server; renders of kinds past this many are always checked."""
-RECHECK_EVERY = 64
+RECHECK_EVERY = 256
 """Once a kind is trusted, every this-many-th render (and parsed reply) is still checked: a
 template that differs only on some content is caught within a bounded number of calls."""
 
