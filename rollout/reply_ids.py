@@ -456,6 +456,15 @@ def _rendered_prompt(
 _STREAM_HEADER = ("id", "model", "created", "prompt_token_ids", *VERSION_FIELDS)
 
 
+def _entry_copy(entry: Any) -> dict[str, Any]:
+    """What a record reads from a logprob entry (its token, logprob, bytes, id), in a copy."""
+    out = {key: value for key in ("token", "logprob", "id") if (value := get(entry, key)) is not None}
+    raw = get(entry, "bytes")
+    if raw is not None:
+        out["bytes"] = list(raw) if isinstance(raw, list) else raw
+    return out
+
+
 class StreamAccumulator:
     """Folds streamed chunks into the dict a non-streaming reply would have been.
 
@@ -465,8 +474,12 @@ class StreamAccumulator:
     def __init__(self) -> None:
         self.data: dict[str, Any] = {"choices": {}}
 
-    def add(self, chunk: Any) -> None:
-        """Fold in one chunk: an SDK chunk object, or its parsed JSON (`rollout.reply_tap`)."""
+    def add(self, chunk: Any, *, owned: bool = False) -> None:
+        """Fold in one chunk: an SDK chunk object, or its parsed JSON (`rollout.reply_tap`).
+
+        The agent holds its chunks while the stream goes on, so what is kept is copied, unless
+        `owned`: JSON the SDK parsed and built the agent's chunk from, shared with nothing.
+        """
         d = self.data
         for key in _STREAM_HEADER:
             if key not in d:  # the first value wins: read only until it came
@@ -504,7 +517,7 @@ class StreamAccumulator:
             entries = _logprob_entries(raw)
             if entries is not None:
                 c["logprobs"] = c["logprobs"] or []
-                c["logprobs"].extend(entries)
+                c["logprobs"].extend(entries if owned else map(_entry_copy, entries))
             finish = get(raw, "finish_reason")
             if finish is not None:
                 c["finish_reason"] = finish

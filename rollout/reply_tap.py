@@ -21,17 +21,23 @@ any other type, and any reply the validator refuses, goes on to the SDK's own
 code exactly as before. So the recording client's call costs less than the
 bare client's where the SDK's object building is the larger part.
 
-Where the hook does not fire (a duck-typed client, a raw or streamed view, a
-tokenizer that waits on the network, an SDK that renamed the method), the
-record is read from the SDK's objects as before: the tap is an optimisation,
-never the only path.
+A stream is parsed chunk by chunk as the agent reads it, after `create` has
+returned: while the SDK reads each chunk of a recorded stream, the stream
+(`rollout.stream_tap`) names itself as the reader of that one body, folds the
+chunk's JSON into its reply, and the `ChatCompletionChunk` is validated the
+same way. A streamed call then costs less than the bare client's too.
+
+Where the hook does not fire (a duck-typed client, a raw view, a tokenizer
+that waits on the network, an SDK that renamed the method), the record is read
+from the SDK's objects as before: the tap is an optimisation, never the only
+path.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from contextvars import ContextVar
+from contextvars import ContextVar, Token
 from typing import Any
 
 from rollout.reply_object import sdk_object
@@ -53,7 +59,9 @@ def install(client: Any) -> bool:
     if original is None or getattr(original, "rollout_tap", False):
         return False
 
-    from openai.types.chat import ChatCompletion
+    from openai.types.chat import ChatCompletion, ChatCompletionChunk
+
+    validated = (ChatCompletion, ChatCompletionChunk)  # built in C; other types go to the SDK's code
 
     def process_response_data(*args: Any, **kwargs: Any) -> Any:
         reader = _reader.get()
@@ -63,8 +71,8 @@ def install(client: Any) -> bool:
                 _reader.set(None)  # one body per call: anything else parsed in this context is not its reply
                 reader(data)
                 cast_to = kwargs.get("cast_to", args[1] if len(args) > 1 else None)
-                if cast_to is ChatCompletion and getattr(client, "_strict_response_validation", True) is False:
-                    return sdk_object(ChatCompletion, data, strict=True)  # the SDK's object, built in C
+                if cast_to in validated and getattr(client, "_strict_response_validation", True) is False:
+                    return sdk_object(cast_to, data, strict=True)  # the SDK's object, built in C
         return original(*args, **kwargs)
 
     process_response_data.rollout_tap = True  # type: ignore[attr-defined]
@@ -75,6 +83,16 @@ def install(client: Any) -> bool:
 def tapped(client: Any) -> bool:
     """Whether `client` carries the hook (its replies can be read as they are parsed)."""
     return getattr(client.__dict__.get(_HOOK) if hasattr(client, "__dict__") else None, "rollout_tap", False)
+
+
+def read_by(reader: Reader | None) -> Token[Reader | None]:
+    """From here on, the next body the hook sees goes to `reader`; undo with `reset`. The
+    bare twin of `reading`, for the per-chunk path of a stream."""
+    return _reader.set(reader)
+
+
+def reset(token: Token[Reader | None]) -> None:
+    _reader.reset(token)
 
 
 @contextmanager

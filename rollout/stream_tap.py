@@ -6,6 +6,10 @@ each chunk (or Responses event) into one reply and records it at the last
 chunk, at a usage chunk after every choice finished, or at `close()`. A
 stream still open when its episode ends is recorded then, as partial, so a
 call is never lost.
+
+On a recording copy of a genuine openai client, each chat chunk is folded from
+its JSON as the SDK parses it (`rollout.reply_tap`), not read back out of the
+chunk object afterwards; any other stream's chunks are folded from the objects.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from compat import to_thread
+from rollout import reply_tap
 from rollout.reply_ids import StreamAccumulator
 from rollout.reply_ids import get as _get
 
@@ -31,14 +36,28 @@ async def arecord(pending: PendingCall, record: Callable[..., Any], *args: Any, 
 
 
 class ChatChunks:
-    """Chat chunks folded into one reply, recorded as a streamed call."""
+    """Chat chunks folded into one reply, recorded as a streamed call.
 
-    def __init__(self) -> None:
+    With `read_bodies`, each chunk is folded from the JSON the SDK parses it from
+    (`body_reader`, handed to `rollout.reply_tap`); a chunk whose JSON was not seen
+    is folded from its object, so nothing depends on the hook firing.
+    """
+
+    def __init__(self, *, read_bodies: bool = False) -> None:
         self.acc = StreamAccumulator()
+        self.folded = False  # the chunk in flight was folded from its JSON
+        self.body_reader: reply_tap.Reader | None = self.read if read_bodies else None
+
+    def read(self, data: dict[str, Any]) -> None:
+        self.acc.add(data, owned=True)
+        self.folded = True
 
     def add(self, chunk: Any) -> bool:
-        """Fold `chunk` in; True once every choice finished (time to record)."""
-        self.acc.add(chunk)
+        """Fold `chunk` in (unless its JSON was); True once every choice finished (time to record)."""
+        if self.folded:
+            self.folded = False
+        else:
+            self.acc.add(chunk)
         return self.acc.finished
 
     def record(self, pending: PendingCall, root: Any, *, complete: bool) -> None:
@@ -50,6 +69,8 @@ _FINAL_EVENTS = ("response.completed", "response.incomplete")
 
 class ResponseEvents:
     """Responses API stream events: the final event carries the whole `Response`, recorded as is."""
+
+    body_reader: reply_tap.Reader | None = None  # events are read from their objects
 
     def __init__(self) -> None:
         self.final: Any = None
@@ -105,8 +126,16 @@ class _Tap:
 
     def next(self, step: Callable[[], Any]) -> Any:
         """The next chunk from `step()`, folded in (a sync stream)."""
+        reader = self.fold.body_reader
         try:
-            chunk = step()
+            if reader is None:
+                chunk = step()
+            else:  # the SDK parses this chunk inside `step`: its JSON goes to `reader`
+                token = reply_tap.read_by(reader)
+                try:
+                    chunk = step()
+                finally:
+                    reply_tap.reset(token)
         except StopIteration:
             self.record(complete=True)
             raise
@@ -119,8 +148,16 @@ class _Tap:
 
     async def anext(self, step: Callable[[], Any]) -> Any:
         """The async twin of `next`."""
+        reader = self.fold.body_reader
         try:
-            chunk = await step()
+            if reader is None:
+                chunk = await step()
+            else:
+                token = reply_tap.read_by(reader)
+                try:
+                    chunk = await step()
+                finally:
+                    reply_tap.reset(token)
         except StopAsyncIteration:
             await arecord(self.pending, self.record, complete=True)
             raise

@@ -227,10 +227,10 @@ class _Resource(_Namespace):
 
     def _tap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
         """The stream, recording its call as it is read."""
-        return tap_stream(stream, pending, root, ChatChunks(), is_async=False)
+        return tap_stream(stream, pending, root, ChatChunks(read_bodies=reply_tap.tapped(root)), is_async=False)
 
     def _atap(self, stream: Any, pending: PendingCall, root: Any) -> Any:
-        return tap_stream(stream, pending, root, ChatChunks(), is_async=True)
+        return tap_stream(stream, pending, root, ChatChunks(read_bodies=reply_tap.tapped(root)), is_async=True)
 
     def _finish(self, result: Any, sent: dict[str, Any], pending: PendingCall) -> Any:
         if raw_kind(sent) is not None and is_sdk_response(result):

@@ -18,8 +18,10 @@ import openai
 import pytest
 
 import rollout.recorder
+import rollout.stream_tap
 from rollout import CallRecord, Recorder, TokenRecordError
 from rollout.embedded import EmbeddedServer
+from tests.integration.test_token_mode import TOOLS, forced_tool_policy
 from tests.integration.test_token_mode_parity import proxy  # noqa: F401  (fixture)
 
 MESSAGES = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a colour."}]
@@ -67,7 +69,13 @@ def same_record(a: CallRecord, b: CallRecord) -> None:
         assert x.ids.tolist() == y.ids.tolist() and x.source == y.source
         assert np.array_equal(x.logprobs, y.logprobs)
         assert x.versions == y.versions and x.finish_reason == y.finish_reason
-        assert x.message == y.message
+        assert without_call_ids(x.message) == without_call_ids(y.message)
+
+
+def without_call_ids(message: dict[str, Any]) -> dict[str, Any]:
+    """The server names each tool call afresh (`call_<random>`): all else must match."""
+    calls = [{k: v for k, v in c.items() if k != "id"} for c in message.get("tool_calls") or []]
+    return {**message, "tool_calls": calls} if calls else message
 
 
 def calls(server: EmbeddedServer, client_type: type, *, tap: bool, is_async: bool, **ask: Any) -> list[CallRecord]:
@@ -175,21 +183,115 @@ def test_a_copy_made_with_options_reads_as_parsed(server: EmbeddedServer, read_f
     assert read_from == ["tap"] and episode.calls[0].exact
 
 
-def test_streams_and_raw_views_are_read_from_what_the_agent_reads(server: EmbeddedServer, read_from: list[str]
-                                                                   ) -> None:  # fmt: skip
-    """A stream is parsed chunk by chunk as the agent reads it, a raw view when the agent asks:
-    after the call has returned. The tap stays out; both are recorded, exact, as before."""
+def test_raw_views_are_read_from_what_the_agent_reads(server: EmbeddedServer, read_from: list[str]) -> None:
+    """A raw view is parsed when the agent asks, after the call has returned: the tap stays
+    out, and the call is recorded from the SDK's object, exact, as before."""
     rec = Recorder(request_token_ids=True, token_mode="off")
     client = rec.wrap(openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0))
-    kw: dict[str, Any] = {"model": "tiny", "messages": MESSAGES, "max_tokens": 5}
     with rec.episode("t") as episode:
-        text = "".join(c.choices[0].delta.content or "" for c in client.chat.completions.create(stream=True, **kw)
-                       if c.choices)  # fmt: skip
-        raw = client.chat.completions.with_raw_response.create(**kw).parse()
-    assert "tap" not in read_from and read_from == ["dict", "ChatCompletion"]
-    streamed, viewed = episode.calls
-    assert streamed.choices[0].message["content"] == text and streamed.exact
+        raw = client.chat.completions.with_raw_response.create(model="tiny", messages=MESSAGES, max_tokens=5).parse()
+    assert read_from == ["ChatCompletion"]
+    (viewed,) = episode.calls
     assert viewed.choices[0].message["content"] == raw.choices[0].message.content and viewed.exact
+
+
+@pytest.fixture
+def chunks_read(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """How each streamed chunk was folded into its call: "json" (as the SDK parsed it) or "object"."""
+    seen: list[str] = []
+    read, add = rollout.stream_tap.ChatChunks.read, rollout.stream_tap.StreamAccumulator.add
+
+    def spy_read(self: Any, data: dict[str, Any]) -> None:
+        seen.append("json")
+        read(self, data)
+
+    def spy_add(self: Any, chunk: Any, **kw: Any) -> None:
+        if type(chunk) is not dict:
+            seen.append("object")
+        add(self, chunk, **kw)
+
+    monkeypatch.setattr(rollout.stream_tap.ChatChunks, "read", spy_read)
+    monkeypatch.setattr(rollout.stream_tap.StreamAccumulator, "add", spy_add)
+    return seen
+
+
+def streamed_calls(base_url: str, client_type: type, *, tap: bool, is_async: bool,
+                   **ask: Any) -> tuple[list[CallRecord], list[list[Any]]]:  # fmt: skip
+    """Two streamed calls, read to the end: their records and the chunks the agent got."""
+    rec = Recorder(request_token_ids=True, request_logprobs=True, token_mode="off")
+    client = rec.wrap(client_type(base_url=base_url, api_key="unused", max_retries=0))
+    if not tap:
+        client = untapped(client)
+    kw = {"model": "tiny", "messages": MESSAGES, "max_tokens": 12, "seed": 7, "n": 2, "logprobs": True,
+          "top_logprobs": 2, "stream": True, "stream_options": {"include_usage": True}, **ask}  # fmt: skip
+    got: list[list[Any]] = []
+
+    async def run_async() -> None:
+        async with rec.episode("t"):
+            for _ in range(2):
+                got.append([c async for c in await client.chat.completions.create(**kw)])
+
+    if is_async:
+        asyncio.run(run_async())
+    else:
+        with rec.episode("t"):
+            for _ in range(2):
+                got.append(list(client.chat.completions.create(**kw)))
+    (episode,) = rec.episodes()
+    return episode.calls, got
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("tools", [False, True])
+def test_a_streamed_record_read_as_parsed_equals_one_read_from_the_chunk_objects(
+    chunks_read: list[str], is_async: bool, tools: bool
+) -> None:
+    """Every chunk of a recorded stream is folded from its JSON, and the record equals the one
+    folded from the chunk objects: ids, logprobs, versions, text and tool calls."""
+    client_type = openai.AsyncOpenAI if is_async else openai.OpenAI
+    ask: dict[str, Any] = {"tools": TOOLS} if tools else {}
+    with EmbeddedServer(policy=forced_tool_policy() if tools else None, seed=0) as srv:
+        tapped, got = streamed_calls(srv.base_url, client_type, tap=True, is_async=is_async, **ask)
+        chunks = sum(len(g) for g in got)
+        assert chunks_read == ["json"] * chunks and chunks > 8
+        chunks_read.clear()
+        plain, _ = streamed_calls(srv.base_url, client_type, tap=False, is_async=is_async, **ask)
+        assert chunks_read and set(chunks_read) == {"object"}
+    assert len(tapped) == len(plain) == 2 and all(c.exact for c in tapped)
+    for a, b in zip(tapped, plain, strict=True):
+        same_record(a, b)
+    if tools:
+        assert all(c.finish_reason == "tool_calls" and c.message["tool_calls"] for c in tapped[0].choices)
+
+
+@pytest.mark.parametrize("tap", [True, False])
+def test_what_the_agent_does_to_its_chunks_leaves_the_record_as_it_was(chunks_read: list[str], tap: bool) -> None:
+    """The agent holds each chunk while the stream goes on, and the call is recorded at its end:
+    the record keeps its own copy, whether folded from the JSON or from the chunk objects."""
+    rec = Recorder(request_token_ids=True, request_logprobs=True, token_mode="off")
+    with EmbeddedServer(seed=0) as srv:
+        client = rec.wrap(openai.OpenAI(base_url=srv.base_url, api_key="unused", max_retries=0))
+        if not tap:
+            client = untapped(client)
+        with rec.episode("t") as episode:
+            stream = client.chat.completions.create(model="tiny", messages=MESSAGES, max_tokens=6, seed=3,
+                                                    logprobs=True, stream=True)  # fmt: skip
+            got = []
+            for chunk in stream:
+                got.append(chunk.to_dict())
+                for choice in chunk.choices:
+                    choice.token_ids[:] = [0] * len(choice.token_ids)  # type: ignore[attr-defined]
+                    if choice.logprobs and choice.logprobs.content:
+                        choice.logprobs.content[0].logprob = 1.0
+                    choice.delta.content = "edited"
+    (call,) = episode.calls
+    sent = [c for g in got for c in g["choices"]]
+    assert call.choices[0].ids.tolist() == [t for c in sent for t in c["token_ids"]]
+    assert call.choices[0].logprobs.tolist() == pytest.approx([e["logprob"] for c in sent if c["logprobs"]
+                                                               for e in c["logprobs"]["content"]])  # fmt: skip
+    assert call.choices[0].message["content"] == "".join(c["delta"].get("content") or "" for c in sent)
+    assert "edited" not in call.choices[0].message["content"]
+    assert set(chunks_read) == ({"json"} if tap else {"object"})
 
 
 def test_what_the_agent_does_to_its_reply_leaves_the_record_as_it_was(server: EmbeddedServer,
@@ -264,3 +366,67 @@ def test_the_agent_gets_the_object_the_bare_sdk_builds(proxy: Any, monkeypatch: 
         assert getattr(a.message, "reasoning_content", None) == getattr(b.message, "reasoning_content", None)
     (ep,) = rec.episodes()
     assert ep.calls[0].exact
+
+
+def _odd_event(event: dict[str, Any], name: str) -> dict[str, Any]:
+    """A stream event as a less tidy server might send it (the last choice's finish reason, say)."""
+    if name == "abort":
+        return {**event, "choices": [{**c, "finish_reason": "abort"} if c.get("finish_reason") else c
+                                     for c in event["choices"]]}  # fmt: skip
+    if name == "created_as_text":
+        return {**event, "created": str(event["created"])}
+    if name == "extra_fields":
+        return {**event, "kv_transfer_params": None,
+                "choices": [{**c, "stop_reason": None, "delta": {**c["delta"], "reasoning_content": "r"}}
+                            for c in event["choices"]]}  # fmt: skip
+    return event
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("shape", ["as_sent", "abort", "created_as_text", "extra_fields"])
+def test_the_agent_gets_the_chunks_the_bare_sdk_builds(proxy: Any, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                        shape: str, is_async: bool) -> None:  # fmt: skip
+    """A recorded stream's chunks are built by pydantic's validator: each must be the chunk the
+    bare SDK builds from the same event, odd events included, in the same order."""
+    import rollout.reply_tap
+
+    built: list[str] = []
+    fast = rollout.reply_tap.sdk_object
+    monkeypatch.setattr(rollout.reply_tap, "sdk_object", lambda *a, **k: built.append("fast") or fast(*a, **k))
+    _, url = proxy(lambda path, req, rep: rep, events=lambda path, req, event: _odd_event(event, shape))
+    client_type = openai.AsyncOpenAI if is_async else openai.OpenAI
+    rec = Recorder(request_token_ids=True, request_logprobs=True, token_mode="off")
+    kw = {"model": "tiny", "messages": MESSAGES, "max_tokens": 12, "seed": 7, "n": 2, "logprobs": True,
+          "top_logprobs": 2, "stream": True, "stream_options": {"include_usage": True},
+          "extra_body": {"return_token_ids": True}}  # fmt: skip
+
+    async def both_async() -> tuple[list[Any], list[Any]]:
+        bare = client_type(base_url=url, api_key="unused", max_retries=0)
+        wrapped = rec.wrap(client_type(base_url=url, api_key="unused", max_retries=0))
+        async with rec.episode("t"):
+            theirs = [c async for c in await bare.chat.completions.create(**kw)]
+            return theirs, [c async for c in await wrapped.chat.completions.create(**kw)]
+
+    def both() -> tuple[list[Any], list[Any]]:
+        bare = client_type(base_url=url, api_key="unused", max_retries=0)
+        wrapped = rec.wrap(client_type(base_url=url, api_key="unused", max_retries=0))
+        with rec.episode("t"):
+            return list(bare.chat.completions.create(**kw)), list(wrapped.chat.completions.create(**kw))
+
+    theirs, ours = asyncio.run(both_async()) if is_async else both()
+    assert len(ours) == len(theirs) > 8 and built == ["fast"] * len(ours)
+    strip = ("id", "created")
+    for a, b in zip(ours, theirs, strict=True):
+        assert type(a) is type(b) and type(a.created) is type(b.created)
+        mine, bare_ = a.to_dict(warnings=False), b.to_dict(warnings=False)
+        assert {k: v for k, v in mine.items() if k not in strip} == {k: v for k, v in bare_.items() if k not in strip}
+        assert a.to_json(warnings=False).count("\n") == b.to_json(warnings=False).count("\n")
+        for x, y in zip(a.choices, b.choices, strict=True):
+            assert x.finish_reason == y.finish_reason and type(x.delta) is type(y.delta)
+            assert getattr(x.delta, "reasoning_content", None) == getattr(y.delta, "reasoning_content", None)
+            assert (x.logprobs is None) == (y.logprobs is None)
+            assert x.logprobs is None or x.logprobs.to_json() == y.logprobs.to_json()
+    (ep,) = rec.episodes()
+    (call,) = ep.calls
+    assert call.exact and [c.finish_reason for c in call.choices] == [c.finish_reason for t in theirs
+                                                                       for c in t.choices if c.finish_reason]

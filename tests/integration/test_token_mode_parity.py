@@ -117,8 +117,9 @@ DERENDER = "/v1/chat/completions/derender"
 class Proxy:
     """A real HTTP server in front of the embedded server that rewrites chosen replies."""
 
-    def __init__(self, upstream: EmbeddedServer, tamper: Tamper, refuse: tuple[str, ...] = ()) -> None:
-        self.upstream, self.tamper, self.refuse = upstream, tamper, refuse
+    def __init__(self, upstream: EmbeddedServer, tamper: Tamper, refuse: tuple[str, ...] = (),
+                 events: Tamper | None = None) -> None:  # fmt: skip
+        self.upstream, self.tamper, self.refuse, self.events = upstream, tamper, refuse, events
         self.hits: list[str] = []
         self.bodies: list[tuple[str, Any]] = []
 
@@ -139,19 +140,27 @@ class Proxy:
         if status == 200 and r.content_type == "application/json":
             out = self.tamper(request.path, body, json.loads(data))
             data = out if isinstance(out, RAW) else json.dumps(out).encode()
+        elif status == 200 and r.content_type == "text/event-stream" and self.events is not None:
+            events = self.events  # each `data:` event's JSON rewritten, `[DONE]` kept
+            data = b"".join(
+                b"data: " + (e if e == b"[DONE]" else json.dumps(events(request.path, body, json.loads(e))).encode())
+                + b"\n\n" for e in (part.removeprefix(b"data: ") for part in data.split(b"\n\n") if part.strip())
+            )  # fmt: skip
+            return web.Response(body=data, status=status, content_type="text/event-stream")
         return web.Response(body=data, status=status, content_type="application/json")
 
 
 @pytest.fixture
 def proxy(server: EmbeddedServer) -> Iterator[Callable[..., tuple[Proxy, str]]]:
-    """`proxy(tamper, refuse=(routes,))` -> (the proxy, its base URL); stopped after the test."""
+    """`proxy(tamper, refuse=(routes,), events=tamper)` -> (the proxy, its base URL); stopped after the
+    test. `events` rewrites each event of a streamed reply, as `tamper` rewrites a JSON one."""
     loop = asyncio.new_event_loop()
     thread = threading.Thread(target=loop.run_forever, daemon=True)
     thread.start()
     runners: list[web.AppRunner] = []
 
-    def start(tamper: Tamper, refuse: tuple[str, ...] = ()) -> tuple[Proxy, str]:
-        p = Proxy(server, tamper, refuse)
+    def start(tamper: Tamper, refuse: tuple[str, ...] = (), events: Tamper | None = None) -> tuple[Proxy, str]:
+        p = Proxy(server, tamper, refuse, events)
         app = web.Application(client_max_size=64 << 20)
         app.router.add_route("*", "/{tail:.*}", p.handle)
         runner = web.AppRunner(app)
