@@ -10,7 +10,7 @@ moment it is parsed, the same copies take about half as long.
 Every body a genuine openai client parses passes through one method,
 `_process_response_data(data=..., cast_to=..., response=...)` (openai-python
 `_response.py` `APIResponse._parse`, `_legacy_response.py` and `_streaming.py`;
-checked in the v1.68.0 and v3.60.0 wheels). A recording client (the copy `wrap`
+checked in the v1.68.0, v3.60.0 and v3.63.0 wheels). A recording client (the copy `wrap`
 makes, never the caller's own object) gets a pass-through version of it. While
 a recorded call is in flight, a `ContextVar` names it, so concurrent calls
 (threads, asyncio tasks) each see only their own reply. The hook gives the
