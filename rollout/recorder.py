@@ -27,10 +27,12 @@ from rollout.errors import UnscopedCallError, explain_failure
 from rollout.lineage import EpisodeLog, message_keys
 from rollout.redact import register_secret
 from rollout.reply_ids import (
+    MALFORMED,
     StreamAccumulator,
     extract_call,
     responses_api_as_chat,
     responses_input_as_messages,
+    unreadable,
 )
 from rollout.reply_ids import (
     get as _get,
@@ -355,17 +357,20 @@ class PendingCall:
     def _extract(self, response: Any, client: Any, messages: list[Any]) -> tuple[Any, ...]:
         """What the record takes from a reply: `extract_call`'s findings, its usage and id."""
         rec = self.recorder
-        found = extract_call(
-            response,
-            messages=messages,
-            tools=self.kwargs.get("tools"),
-            client=client,
-            tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
-            policy_version=rec.policy_version,
-            strict=rec.strict,
-            request=None if _responses_api(self.endpoint) else self.kwargs,
-        )
-        return (*found, plain(_get(response, "usage")), str(_get(response, "id") or ""))
+        try:
+            found = extract_call(
+                response,
+                messages=messages,
+                tools=self.kwargs.get("tools"),
+                client=client,
+                tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
+                policy_version=rec.policy_version,
+                strict=rec.strict,
+                request=None if _responses_api(self.endpoint) else self.kwargs,
+            )
+            return (*found, plain(_get(response, "usage")), str(_get(response, "id") or ""))
+        except MALFORMED as exc:  # a reply of a shape no record can be read from: a typed error
+            raise unreadable(exc, "the reply") from exc
 
     def record(self, response: Any, client: Any) -> CallRecord:
         """Build and store the record for a complete reply (read as it was parsed, if it was)."""

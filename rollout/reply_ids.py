@@ -456,6 +456,18 @@ def _rendered_prompt(
 _STREAM_HEADER = ("id", "model", "created", "prompt_token_ids", *VERSION_FIELDS)
 
 
+MALFORMED = (TypeError, ValueError, KeyError, AttributeError, IndexError)
+"""What reading a reply of an unexpected shape raises (a choice index that is text, ids that
+are one number): turned into `TokenRecordError` by `unreadable`."""
+
+
+def unreadable(exc: Exception, what: str) -> TokenRecordError:
+    """`exc`, raised reading `what`, as the typed error the call fails with."""
+    if isinstance(exc, TokenRecordError):
+        return exc
+    return TokenRecordError(f"{what} could not be read: {type(exc).__name__}: {exc}")
+
+
 def _entry_copy(entry: Any) -> dict[str, Any]:
     """What a record reads from a logprob entry (its token, logprob, bytes, id), in a copy."""
     out = {key: value for key in ("token", "logprob", "id") if (value := get(entry, key)) is not None}

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from compat import to_thread
 from rollout import reply_tap
-from rollout.reply_ids import StreamAccumulator
+from rollout.reply_ids import MALFORMED, StreamAccumulator, unreadable
 from rollout.reply_ids import get as _get
 
 if TYPE_CHECKING:
@@ -45,11 +45,16 @@ class ChatChunks:
 
     def __init__(self, *, read_bodies: bool = False) -> None:
         self.acc = StreamAccumulator()
+        self.chunks = 0
         self.folded = False  # the chunk in flight was folded from its JSON
         self.body_reader: reply_tap.Reader | None = self.read if read_bodies else None
 
     def read(self, data: dict[str, Any]) -> None:
-        self.acc.add(data, owned=True)
+        self.chunks += 1
+        try:
+            self.acc.add(data, owned=True)
+        except MALFORMED as exc:  # raised inside the SDK's parse: the agent's `next` raises it
+            raise unreadable(exc, f"stream chunk {self.chunks}") from exc
         self.folded = True
 
     def add(self, chunk: Any) -> bool:
@@ -57,7 +62,11 @@ class ChatChunks:
         if self.folded:
             self.folded = False
         else:
-            self.acc.add(chunk)
+            self.chunks += 1
+            try:
+                self.acc.add(chunk)
+            except MALFORMED as exc:
+                raise unreadable(exc, f"stream chunk {self.chunks}") from exc
         return self.acc.finished
 
     def record(self, pending: PendingCall, root: Any, *, complete: bool) -> None:
@@ -142,8 +151,12 @@ class _Tap:
         except BaseException as exc:
             self.failed(exc)
             raise
-        if self.add(chunk):
-            self.record(complete=True)
+        try:
+            if self.add(chunk):
+                self.record(complete=True)
+        except BaseException as exc:  # a chunk no record can be read from: the call fails, once
+            self.failed(exc)
+            raise
         return chunk
 
     async def anext(self, step: Callable[[], Any]) -> Any:
@@ -164,8 +177,12 @@ class _Tap:
         except BaseException as exc:
             self.failed(exc)
             raise
-        if self.add(chunk):
-            await arecord(self.pending, self.record, complete=True)
+        try:
+            if self.add(chunk):
+                await arecord(self.pending, self.record, complete=True)
+        except BaseException as exc:
+            self.failed(exc)
+            raise
         return chunk
 
 

@@ -430,3 +430,71 @@ def test_the_agent_gets_the_chunks_the_bare_sdk_builds(proxy: Any, monkeypatch: 
     (call,) = ep.calls
     assert call.exact and [c.finish_reason for c in call.choices] == [c.finish_reason for t in theirs
                                                                        for c in t.choices if c.finish_reason]
+
+
+def _malformed(reply: dict[str, Any], name: str) -> dict[str, Any]:
+    """A reply (or a stream's chunk) of a shape no record can be read from; the SDK builds it."""
+    choices = reply.get("choices") or []
+    if name == "index_as_text":
+        return {**reply, "choices": [{**c, "index": "first"} for c in choices]}
+    if name == "ids_as_a_number":
+        return {**reply, "choices": [{**c, "token_ids": 7} for c in choices]}
+    return reply
+
+
+@pytest.mark.parametrize("is_async", [False, True])
+@pytest.mark.parametrize("tap", [True, False])
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize("shape", ["index_as_text", "ids_as_a_number"])
+def test_a_reply_no_record_can_read_fails_the_call_with_a_typed_error(proxy: Any,  # noqa: F811
+                                                                      shape: str, stream: bool, tap: bool,
+                                                                      is_async: bool) -> None:  # fmt: skip
+    """Not a bare ValueError or TypeError from inside the recorder: `TokenRecordError` naming what
+    could not be read, one trace in the episode, and the next episode goes on."""
+    state = {"on": True}
+
+    def bad(path: str, req: Any, rep: Any) -> Any:
+        return _malformed(rep, shape) if state["on"] and path.endswith("/chat/completions") else rep
+
+    def bad_third_chunk(path: str, req: Any, event: Any) -> Any:
+        state["chunk"] = state.get("chunk", 0) + 1
+        return _malformed(event, shape) if state["on"] and state["chunk"] == 3 else event
+
+    _, url = proxy(bad, events=bad_third_chunk)
+    client_type = openai.AsyncOpenAI if is_async else openai.OpenAI
+    rec = Recorder(request_token_ids=True, token_mode="off")
+    kw = {"model": "tiny", "messages": MESSAGES, "max_tokens": 6, "seed": 1, "stream": stream}
+    got: list[Any] = []
+
+    def recording_client() -> Any:  # one per run: an async client's pool belongs to one event loop
+        client = rec.wrap(client_type(base_url=url, api_key="unused", max_retries=0))
+        return client if tap else untapped(client)
+
+    async def one_async(task: str) -> None:
+        client = recording_client()
+        async with rec.episode(task):
+            reply = await client.chat.completions.create(**kw)
+            if stream:
+                async for chunk in reply:
+                    got.append(chunk)
+
+    def one(task: str) -> None:
+        client = recording_client()
+        with rec.episode(task):
+            reply = client.chat.completions.create(**kw)
+            if stream:
+                got.extend(reply)
+
+    def run(task: str) -> None:
+        asyncio.run(one_async(task)) if is_async else one(task)
+
+    what = "stream chunk 3" if stream else "the reply"
+    with pytest.raises(TokenRecordError, match=f"{what} could not be read"):
+        run("bad")
+    assert len(got) == (2 if stream else 0)  # the chunks before the bad one reached the agent
+    state.update(on=False, chunk=0)
+    run("good")
+    bad_episode, good = rec.episodes()
+    assert bad_episode.calls == [] and len(bad_episode.metadata["failed_calls"]) == 1
+    assert f"{what} could not be read" in bad_episode.metadata["failed_calls"][0]["error"]
+    assert len(good.calls) == 1 and good.calls[0].exact and "failed_calls" not in good.metadata
