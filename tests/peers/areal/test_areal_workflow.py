@@ -12,8 +12,6 @@ calls. The tokenizer is a real Qwen2.5 one, built offline by prepare.sh.
 from __future__ import annotations
 
 import asyncio
-import os
-from pathlib import Path
 from typing import Any
 
 import areal  # noqa: F401  (the peer: a broken install fails this tier; tests/peers/conftest.py)
@@ -24,7 +22,6 @@ from areal.api.io_struct import ModelRequest, ModelResponse
 from areal.infra.workflow_executor import check_trajectory_format
 from areal.utils.data import concat_padded_tensors
 from openai import AsyncOpenAI
-from transformers import AutoTokenizer
 
 from examples import arithmetic
 from examples.areal_workflow import AgentWorkflow, areal_client, arun_episode
@@ -34,15 +31,6 @@ from rollout.embedded import ChatTemplate, EmbeddedServer
 pytestmark = pytest.mark.peers
 
 TASK = {"id": "add-2-3", "a": 2, "b": 3, "answer": 5}
-HOME = Path(os.environ.get("ROLLOUT_PEERS_HOME", Path.home() / ".cache/rollout-compat/peers"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    path = HOME / "cache" / "qwen25_tokenizer"
-    if not (path / "tokenizer.json").exists():
-        pytest.fail(f"no tokenizer at {path}: run bash tests/peers/setup.sh areal")
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 class StubEngine:
@@ -114,8 +102,8 @@ def assert_same_rows(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tens
     torch.testing.assert_close(ours["rewards"], theirs["rewards"])
 
 
-def test_recorder_reads_arealopenais_interactions_exactly(tokenizer: Any) -> None:
-    out, (client,), (ep,) = run(tokenizer, ("7", "6", "5"))
+def test_recorder_reads_arealopenais_interactions_exactly(qwen: Any) -> None:
+    out, (client,), (ep,) = run(qwen, ("7", "6", "5"))
     assert out is not None and ep.reward == 1.0 and len(ep.calls) == 3
     for call in ep.calls:
         response = client.get_interaction(call.id).model_response
@@ -130,9 +118,9 @@ def test_recorder_reads_arealopenais_interactions_exactly(tokenizer: Any) -> Non
     assert ep.calls[-1].choices[0].message["content"] == "5"
 
 
-def test_workflow_output_passes_areals_checks_and_concatenation(tokenizer: Any) -> None:
-    first, _, _ = run(tokenizer, ("7", "6", "5"))
-    second, _, _ = run(tokenizer, ("5",), mode="individual")
+def test_workflow_output_passes_areals_checks_and_concatenation(qwen: Any) -> None:
+    first, _, _ = run(qwen, ("7", "6", "5"))
+    second, _, _ = run(qwen, ("5",), mode="individual")
     assert first is not None and second is not None
     assert all(isinstance(v, torch.Tensor) for v in first.values())
     assert check_trajectory_format(first) and check_trajectory_format(second)
@@ -148,36 +136,36 @@ def test_workflow_output_passes_areals_checks_and_concatenation(tokenizer: Any) 
     assert concat_padded_tensors([arrays, arrays])["input_ids"].shape[0] == 1
 
 
-def test_individual_mode_is_areals_individual_export(tokenizer: Any) -> None:
-    out, (client,), _ = run(tokenizer, ("7", "6", "5"), mode="individual")
+def test_individual_mode_is_areals_individual_export(qwen: Any) -> None:
+    out, (client,), _ = run(qwen, ("7", "6", "5"), mode="individual")
     assert out is not None
     assert out["rewards"].tolist() == [0.0, 0.0, 1.0]  # AReaL: only the last call is rewarded
     assert_same_rows(out, areal_batch(client, "individual"))
 
 
-def test_individual_mode_with_discount_is_areals_apply_reward_discount(tokenizer: Any) -> None:
-    out, (client,), (ep,) = run(tokenizer, ("7", "6", "5"), mode="individual", gamma=0.9)
+def test_individual_mode_with_discount_is_areals_apply_reward_discount(qwen: Any) -> None:
+    out, (client,), (ep,) = run(qwen, ("7", "6", "5"), mode="individual", gamma=0.9)
     assert out is not None
     torch.testing.assert_close(out["rewards"], torch.tensor([0.81, 0.9, 1.0]))
     assert [c.reward for c in ep.calls] == pytest.approx([0.81, 0.9, 1.0])
     assert_same_rows(out, areal_batch(client, "individual"))  # the client's cache was discounted too
 
 
-def test_episode_reward_option_keeps_the_old_rule(tokenizer: Any) -> None:
-    out, _, _ = run(tokenizer, ("7", "6", "5"), mode="individual", rewards="episode")
+def test_episode_reward_option_keeps_the_old_rule(qwen: Any) -> None:
+    out, _, _ = run(qwen, ("7", "6", "5"), mode="individual", rewards="episode")
     assert out is not None and out["rewards"].tolist() == [1.0, 1.0, 1.0]
 
 
-def test_concat_mode_is_areals_concat_export(tokenizer: Any) -> None:
-    out, (client,), (ep,) = run(tokenizer, ("7", "6", "5"), template="concat")
+def test_concat_mode_is_areals_concat_export(qwen: Any) -> None:
+    out, (client,), (ep,) = run(qwen, ("7", "6", "5"), template="concat")
     assert out is not None and out["input_ids"].shape[0] == 1  # every turn extends the last exactly
     assert_same_rows(out, areal_batch(client, "concat"))
     last = client.get_interaction(ep.calls[-1].id).model_response
     assert out["input_ids"][0].tolist() == last.input_tokens + last.output_tokens
 
 
-def test_group_runs_episodes_apart_and_failed_ones_give_none(tokenizer: Any) -> None:
-    out, clients, episodes = run(tokenizer, ("5",), n_samples=3)
+def test_group_runs_episodes_apart_and_failed_ones_give_none(qwen: Any) -> None:
+    out, clients, episodes = run(qwen, ("5",), n_samples=3)
     assert out is not None and out["rewards"].tolist() == [1.0] * 3 and len(clients) == 3
     for client in clients:  # each episode holds exactly its own client's interaction
         (interaction,) = client.export_interactions(style="individual").values()
@@ -189,12 +177,12 @@ def test_group_runs_episodes_apart_and_failed_ones_give_none(tokenizer: Any) -> 
         await model.arun([{"role": "user", "content": "hi"}])
         raise RuntimeError("agent bug")
 
-    out, _, episodes = run(tokenizer, ("1",), agent=broken, n_samples=2)
+    out, _, episodes = run(qwen, ("1",), agent=broken, n_samples=2)
     assert out is None and [ep.status for ep in episodes] == [EpisodeStatus.ERROR] * 2
 
 
 def test_plain_asyncopenai_on_the_embedded_server_gives_server_ids(server: EmbeddedServer) -> None:
-    def make_client(engine: Any, tokenizer: Any) -> AsyncOpenAI:
+    def make_client(engine: Any, qwen: Any) -> AsyncOpenAI:
         return AsyncOpenAI(base_url=server.base_url, api_key="unused", max_retries=0)
 
     out = asyncio.run(

@@ -8,7 +8,6 @@ gives the whole conversation; these tests check it with Qwen2.5's real template.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -31,17 +30,8 @@ from rollout.tokenmode.vllm import VllmDialect
 
 pytestmark = pytest.mark.peers
 
-HOME = Path(os.environ.get("ROLLOUT_PEERS_HOME", Path.home() / ".cache/rollout-compat/peers"))
 TOOLS = [{"type": "function", "function": {"name": "add", "description": "a + b",
                                            "parameters": {"type": "object", "properties": {"a": {"type": "integer"}}}}}]  # fmt: skip
-
-
-@pytest.fixture(scope="module")
-def qwen() -> Any:
-    path = HOME / "cache" / "qwen25_tokenizer"
-    if not (path / "tokenizer.json").exists():
-        pytest.fail(f"no tokenizer at {path}: run bash tests/peers/setup.sh areal")
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 def stitched(template: HFTemplate, history: list[dict[str, Any]], reply: str, new: list[dict[str, Any]],
@@ -104,13 +94,12 @@ def test_decode_drops_special_tokens_only_when_asked(qwen: Any) -> None:
     assert HFTemplate(qwen, reasoning=False).parse("<think>sum</think>5", tools=None)["content"] == "<think>sum</think>5"
 
 
-def test_a_config_name_loads_it_and_a_tokenizer_without_a_template_is_refused(qwen: Any) -> None:
-    path = str(HOME / "cache" / "qwen25_tokenizer")
-    loaded = load_template(f"hf:{path}")
+def test_a_config_name_loads_it_and_a_tokenizer_without_a_template_is_refused(qwen: Any, qwen_path: str) -> None:
+    loaded = load_template(f"hf:{qwen_path}")
     assert isinstance(loaded, HFTemplate) and loaded.tokenizer.chat_template == qwen.chat_template
-    bare = AutoTokenizer.from_pretrained(path)
+    bare = AutoTokenizer.from_pretrained(qwen_path)
     bare.chat_template = None
     with pytest.raises(ConfigError, match="no chat template"):
         HFTemplate(bare)
     with pytest.raises(ConfigError, match="cannot load"):
-        load_template(f"hf:{HOME / 'no-such-tokenizer'}")
+        load_template(f"hf:{Path(qwen_path).parent / 'no-such-tokenizer'}")

@@ -14,11 +14,9 @@ The same episode function then runs through the "legacy" `ArealOpenAI` workflow
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import areal  # noqa: F401  (the peer: a failed import fails this tier)
@@ -34,7 +32,6 @@ from areal.infra import workflow_context
 from areal.infra.workflow_context import WorkflowContext
 from areal.infra.workflow_executor import check_trajectory_format
 from areal.utils.data import concat_padded_tensors
-from transformers import AutoTokenizer
 
 from examples import arithmetic
 from examples.areal_workflow import AgentWorkflow, areal_client
@@ -44,15 +41,6 @@ from rollout.loops.areal import EpisodeAgent
 pytestmark = pytest.mark.peers
 
 TASK = {"id": "add-2-3", "a": 2, "b": 3, "answer": 5}
-HOME = Path(os.environ.get("ROLLOUT_PEERS_HOME", Path.home() / ".cache/rollout-compat/peers"))
-
-
-@pytest.fixture(scope="module")
-def tokenizer() -> Any:
-    path = HOME / "cache" / "qwen25_tokenizer"
-    if not (path / "tokenizer.json").exists():
-        pytest.fail(f"no tokenizer at {path}: run bash tests/peers/setup.sh areal")
-    return AutoTokenizer.from_pretrained(str(path))
 
 
 class StubEngine:
@@ -79,7 +67,7 @@ class StubEngine:
 
 
 @pytest.fixture(scope="module")
-def proxy_url(tokenizer: Any) -> Any:
+def proxy_url(qwen: Any) -> Any:
     """AReaL's proxy app on 127.0.0.1, its engine and client set as `_setup_openai_client` sets them
     (proxy_rollout_server.py:263-293; that function reads them from an engine's launch config)."""
     with socket.socket() as s:
@@ -115,10 +103,10 @@ def run_proxy_workflow(url: str, engine: StubEngine, tokenizer: Any, agent: Any,
 
 
 @pytest.mark.parametrize("style", ["individual", "concat"])
-def test_areals_proxy_workflow_runs_the_episode_function(proxy_url: str, tokenizer: Any, style: str) -> None:
-    engine = StubEngine(tokenizer, ("7", "5"))  # wrong, then right: a two-turn episode, reward 1
+def test_areals_proxy_workflow_runs_the_episode_function(proxy_url: str, qwen: Any, style: str) -> None:
+    engine = StubEngine(qwen, ("7", "5"))  # wrong, then right: a two-turn episode, reward 1
     agent = EpisodeAgent(arithmetic.episode, sampling={"max_tokens": 16})
-    traj = run_proxy_workflow(proxy_url, engine, tokenizer, agent, style)
+    traj = run_proxy_workflow(proxy_url, engine, qwen, agent, style)
 
     assert check_trajectory_format(traj)  # AReaL's own check, on what its workflow returned
     assert len(engine.calls) == 2
@@ -152,17 +140,17 @@ async def no_reward(task: dict, model: Any) -> None:
     await model.arun([{"role": "user", "content": "hi"}])
 
 
-def test_an_episode_without_a_reward_is_a_typed_error(proxy_url: str, tokenizer: Any) -> None:
-    engine = StubEngine(tokenizer, ("1",))
+def test_an_episode_without_a_reward_is_a_typed_error(proxy_url: str, qwen: Any) -> None:
+    engine = StubEngine(qwen, ("1",))
     with pytest.raises(RewardError, match="no reward"):
-        run_proxy_workflow(proxy_url, engine, tokenizer, EpisodeAgent(no_reward), "individual")
+        run_proxy_workflow(proxy_url, engine, qwen, EpisodeAgent(no_reward), "individual")
 
 
-def test_the_legacy_arealopenai_workflow_runs_the_same_function(tokenizer: Any) -> None:
+def test_the_legacy_arealopenai_workflow_runs_the_same_function(qwen: Any) -> None:
     """AReaL calls this path (ArealOpenAI in the workflow) legacy; it stays, with the same function."""
-    engine = StubEngine(tokenizer, ("7", "5"))
+    engine = StubEngine(qwen, ("7", "5"))
     episodes: list[Any] = []
-    workflow = AgentWorkflow(tokenizer, make_client=areal_client, agent=arithmetic.episode,
+    workflow = AgentWorkflow(qwen, make_client=areal_client, agent=arithmetic.episode,
                              sampling={"max_tokens": 16}, on_episode=episodes.append)  # fmt: skip
     out = asyncio.run(workflow.arun_episode(engine, dict(TASK)))
     assert check_trajectory_format(out)
