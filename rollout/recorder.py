@@ -357,20 +357,21 @@ class PendingCall:
     def _extract(self, response: Any, client: Any, messages: list[Any]) -> tuple[Any, ...]:
         """What the record takes from a reply: `extract_call`'s findings, its usage and id."""
         rec = self.recorder
+        tokenizer = rec.tokenizer_for(client, str(self.kwargs.get("model") or ""))  # its errors are its own
         try:
             found = extract_call(
                 response,
                 messages=messages,
                 tools=self.kwargs.get("tools"),
                 client=client,
-                tokenizer=rec.tokenizer_for(client, str(self.kwargs.get("model") or "")),
+                tokenizer=tokenizer,
                 policy_version=rec.policy_version,
                 strict=rec.strict,
                 request=None if _responses_api(self.endpoint) else self.kwargs,
             )
             return (*found, plain(_get(response, "usage")), str(_get(response, "id") or ""))
         except MALFORMED as exc:  # a reply of a shape no record can be read from: a typed error
-            raise unreadable(exc, "the reply") from exc
+            raise unreadable(exc, "the reply")  # noqa: B904  (chained by `unreadable`)
 
     def record(self, response: Any, client: Any) -> CallRecord:
         """Build and store the record for a complete reply (read as it was parsed, if it was)."""
@@ -484,7 +485,12 @@ class PendingCall:
         if not acc.data["choices"]:
             self.fail(RuntimeError("stream closed before any chunk arrived"))
             return None
-        call = self.record(acc.response(), client)
+        try:
+            response = acc.response()
+        except MALFORMED as exc:  # e.g. a delta's content that is not text
+            self.fail(err := unreadable(exc, "the stream"))
+            raise err  # noqa: B904  (chained by `unreadable`)
+        call = self.record(response, client)
         if not complete:
             call.notes.append("stream closed before its end: completion is partial")
         return call

@@ -456,16 +456,19 @@ def _rendered_prompt(
 _STREAM_HEADER = ("id", "model", "created", "prompt_token_ids", *VERSION_FIELDS)
 
 
-MALFORMED = (TypeError, ValueError, KeyError, AttributeError, IndexError)
+MALFORMED = (TypeError, ValueError, KeyError, AttributeError, IndexError, OverflowError)
 """What reading a reply of an unexpected shape raises (a choice index that is text, ids that
 are one number): turned into `TokenRecordError` by `unreadable`."""
 
 
 def unreadable(exc: Exception, what: str) -> TokenRecordError:
-    """`exc`, raised reading `what`, as the typed error the call fails with."""
+    """`exc`, raised reading `what`, as the typed error the call fails with (chained to it);
+    a `TokenRecordError` is already that error, and is returned as it is."""
     if isinstance(exc, TokenRecordError):
         return exc
-    return TokenRecordError(f"{what} could not be read: {type(exc).__name__}: {exc}")
+    err = TokenRecordError(f"{what} could not be read: {type(exc).__name__}: {exc}")
+    err.__cause__ = exc
+    return err
 
 
 def _entry_copy(entry: Any) -> dict[str, Any]:

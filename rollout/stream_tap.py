@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from compat import to_thread
 from rollout import reply_tap
+from rollout.call_record import TokenRecordError
 from rollout.reply_ids import MALFORMED, StreamAccumulator, unreadable
 from rollout.reply_ids import get as _get
 
@@ -47,26 +48,32 @@ class ChatChunks:
         self.acc = StreamAccumulator()
         self.chunks = 0
         self.folded = False  # the chunk in flight was folded from its JSON
+        self.unread: TokenRecordError | None = None  # why it could not be, raised by `add`
         self.body_reader: reply_tap.Reader | None = self.read if read_bodies else None
 
     def read(self, data: dict[str, Any]) -> None:
+        """Fold a chunk's JSON, inside the SDK's parse. Never raises there: an error would end the
+        SDK's stream for the agent; `add` raises it once the chunk has been handed over."""
         self.chunks += 1
+        self.folded = True
         try:
             self.acc.add(data, owned=True)
-        except MALFORMED as exc:  # raised inside the SDK's parse: the agent's `next` raises it
-            raise unreadable(exc, f"stream chunk {self.chunks}") from exc
-        self.folded = True
+        except MALFORMED as exc:
+            self.unread = unreadable(exc, f"stream chunk {self.chunks}")
 
     def add(self, chunk: Any) -> bool:
         """Fold `chunk` in (unless its JSON was); True once every choice finished (time to record)."""
         if self.folded:
             self.folded = False
+            if self.unread is not None:
+                err, self.unread = self.unread, None
+                raise err
         else:
             self.chunks += 1
             try:
                 self.acc.add(chunk)
             except MALFORMED as exc:
-                raise unreadable(exc, f"stream chunk {self.chunks}") from exc
+                raise unreadable(exc, f"stream chunk {self.chunks}")  # noqa: B904  (chained by `unreadable`)
         return self.acc.finished
 
     def record(self, pending: PendingCall, root: Any, *, complete: bool) -> None:
@@ -120,10 +127,18 @@ class _Tap:
         self.pending = pending
         self.root = root
         self.fold = fold
-        pending.on_episode_end(lambda: self.record(complete=False))
+        pending.on_episode_end(self.finalize)
 
     def record(self, *, complete: bool) -> None:
         self.fold.record(self.pending, self.root, complete=complete)
+
+    def finalize(self) -> None:
+        """At the episode's end, a stream still open is recorded as partial. A stream no record
+        can be read from is a failed call in the episode; the episode itself is kept."""
+        try:
+            self.record(complete=False)
+        except Exception as exc:
+            self.failed(exc)
 
     def add(self, chunk: Any) -> bool:
         """Fold `chunk` in; True once the call is complete (time to record)."""
@@ -154,7 +169,7 @@ class _Tap:
         try:
             if self.add(chunk):
                 self.record(complete=True)
-        except BaseException as exc:  # a chunk no record can be read from: the call fails, once
+        except Exception as exc:  # a chunk no record can be read from: the call fails, once
             self.failed(exc)
             raise
         return chunk
@@ -180,7 +195,7 @@ class _Tap:
         try:
             if self.add(chunk):
                 await arecord(self.pending, self.record, complete=True)
-        except BaseException as exc:
+        except Exception as exc:
             self.failed(exc)
             raise
         return chunk

@@ -498,3 +498,73 @@ def test_a_reply_no_record_can_read_fails_the_call_with_a_typed_error(proxy: Any
     assert bad_episode.calls == [] and len(bad_episode.metadata["failed_calls"]) == 1
     assert f"{what} could not be read" in bad_episode.metadata["failed_calls"][0]["error"]
     assert len(good.calls) == 1 and good.calls[0].exact and "failed_calls" not in good.metadata
+
+
+@pytest.mark.parametrize("tap", [True, False])
+def test_a_stream_goes_on_after_a_chunk_no_record_can_read(proxy: Any, tap: bool) -> None:  # noqa: F811
+    """The error is raised once the SDK has handed the chunk over, not inside its parse (which
+    would end the SDK's stream): an agent that catches it reads the rest of the reply."""
+    count = {"n": 0}
+
+    def bad_third_chunk(path: str, req: Any, event: Any) -> Any:
+        count["n"] += 1
+        return _malformed(event, "index_as_text") if count["n"] == 3 else event
+
+    _, url = proxy(lambda path, req, rep: rep, events=bad_third_chunk)
+    kw: dict[str, Any] = {"model": "tiny", "messages": MESSAGES, "max_tokens": 8, "seed": 1, "stream": True}
+    bare = len(list(openai.OpenAI(base_url=url, api_key="unused", max_retries=0).chat.completions.create(**kw)))
+    count["n"] = 0
+    rec = Recorder(request_token_ids=True, token_mode="off")
+    client = rec.wrap(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
+    client = client if tap else untapped(client)
+    got, errors = 0, []
+    with rec.episode("t") as episode:
+        stream = client.chat.completions.create(**kw)
+        while True:
+            try:
+                next(stream)
+                got += 1
+            except StopIteration:
+                break
+            except TokenRecordError as exc:
+                errors.append(exc)
+    assert bare > 4 and got == bare - 1 and len(errors) == 1  # every chunk but the one that failed
+    assert "stream chunk 3 could not be read" in str(errors[0]) and errors[0].__cause__ is not errors[0]
+    assert episode.calls == [] and len(episode.metadata["failed_calls"]) == 1
+
+
+@pytest.mark.parametrize("tap", [True, False])
+@pytest.mark.parametrize("left_open", [False, True])
+def test_a_stream_whose_text_is_not_text_fails_its_call_and_keeps_the_episode(
+    proxy: Any, tap: bool, left_open: bool  # noqa: F811
+) -> None:
+    """A delta whose content is a number folds, but no reply text can be made of it: the call
+    fails with `TokenRecordError` when it is recorded, at its last chunk or, left open, when the
+    episode ends; the episode and its other calls are kept."""
+    state = {"on": True}
+
+    def number_content(path: str, req: Any, event: Any) -> Any:
+        if not state["on"]:
+            return event
+        return {**event, "choices": [{**c, "delta": {**c["delta"], "content": 7}} if c["delta"].get("content")
+                                     else c for c in event["choices"]]}  # fmt: skip
+
+    _, url = proxy(lambda path, req, rep: rep, events=number_content)
+    rec = Recorder(request_token_ids=True, token_mode="off")
+    client = rec.wrap(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
+    client = client if tap else untapped(client)
+    kw: dict[str, Any] = {"model": "tiny", "messages": MESSAGES, "max_tokens": 6, "seed": 1, "stream": True}
+    with rec.episode("t") as episode:
+        stream = client.chat.completions.create(**kw)
+        if left_open:  # some of its text read, then left
+            for _ in range(3):
+                next(stream)
+        else:
+            with pytest.raises(TokenRecordError, match="the stream could not be read"):
+                list(stream)
+        state["on"] = False
+        client.chat.completions.create(**{**kw, "stream": False})
+    (kept,) = rec.episodes()
+    assert kept is episode and len(episode.calls) == 1 and episode.calls[0].exact
+    (failure,) = episode.metadata["failed_calls"]
+    assert "the stream could not be read: TypeError" in failure["error"]
