@@ -16,15 +16,17 @@ asked of the server, where it can render, and compared. A parser that is not
 the server's would give the agent another message: where the server parses
 its own replies (vLLM's derender), the first replies of each kind
 (`reply_kind`) are parsed by both and compared, and on a difference the
-agent gets the server's. Every `RECHECK_EVERY`-th render and reply after that
-is checked again, so a template that differs only on some content is caught
-within a bounded number of calls. On any difference the template is not used
+agent gets the server's. After that, renders and replies are still checked
+at random gaps averaging `RECHECK_EVERY` (never more than twice that), so a
+template that differs only on some content is caught within a bounded number
+of calls, even where that content comes at a fixed period. On any difference the template is not used
 for that server again: its calls go as messages, with the reason in each record.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import threading
 from collections.abc import Mapping
 from dataclasses import replace
@@ -44,8 +46,11 @@ trusted with that kind on that server."""
 MAX_KINDS = 4096
 """Kinds remembered per server; renders of kinds past this many are always checked."""
 RECHECK_EVERY = 256
-"""Once a kind is trusted, every this-many-th render (and parsed reply) is still checked: a
-template that differs only on some content is caught within a bounded number of calls."""
+"""Once a kind is trusted, renders (and parsed replies) are still checked, at random gaps of 1 to
+`2 * RECHECK_EVERY - 1` trusted ones: a template that differs only on some content is caught within
+a bounded number of calls. The gaps are random so that content which comes at a fixed period (every
+other turn, say) cannot always fall between two checks."""
+_RNG = random.Random()  # the re-check gaps (a test may seed it)
 
 
 def render_kind(messages: list[Any], tools: Any, ctk: Any, generation_prompt: bool) -> tuple[Any, ...]:
@@ -96,7 +101,7 @@ class LocalTemplateDialect(Dialect):
         self.mismatch: str | None = None  # set once the template differs from the server's
         self._checked: dict[tuple[Any, ...], int] = {}  # render kind -> renders found equal
         self._parsed: dict[tuple[Any, ...], int] = {}  # reply kind -> replies parsed alike
-        self._counts: dict[str, int] = {}  # trusted renders / replies so far (`RECHECK_EVERY`)
+        self._left: dict[str, int] = {}  # trusted renders / replies until the next re-check
         self._lock = threading.Lock()
 
     @property
@@ -105,17 +110,18 @@ class LocalTemplateDialect(Dialect):
 
     def _unchecked(self, messages: list[Any], tools: Any, ctk: Any, generation_prompt: bool) -> Any:
         """The kind of this render if it is to be checked (fewer than `verify` renders of its kind
-        were, or it is due: `RECHECK_EVERY`), else None."""
+        were, or a re-check is due: `RECHECK_EVERY`), else None."""
         if not self.checking or self.verify <= 0:
             return None
         kind = render_kind(messages, tools, ctk, generation_prompt)
         return kind if self._checked.get(kind, 0) < self.verify or self._due("renders") else None
 
     def _due(self, what: str) -> bool:
-        """Whether this trusted render or reply is one of the every-`RECHECK_EVERY`-th checked."""
+        """Whether this trusted render or reply is re-checked (`RECHECK_EVERY`)."""
         with self._lock:
-            self._counts[what] = self._counts.get(what, 0) + 1
-            return self._counts[what] % RECHECK_EVERY == 0
+            left = self._left.get(what) or _RNG.randint(1, 2 * RECHECK_EVERY - 1)
+            self._left[what] = left - 1
+            return left == 1
 
     def render(
         self, model: str, messages: list[Any], tools: Any, ctk: Any, *, generation_prompt: bool

@@ -10,6 +10,7 @@ caught before it is used.
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import openai
@@ -350,11 +351,12 @@ def test_a_template_wrong_only_on_some_content_is_caught_by_the_later_rechecks(
     proxy: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
 ) -> None:
     """The first checks of the bridge kind see ordinary turns and pass; the kind is trusted, yet
-    every RECHECK_EVERY-th render is still checked, so the content it differs on is found within
-    that many calls, and no call after it goes as tokens."""
+    renders are still re-checked at gaps of at most 2 * RECHECK_EVERY - 1, so the content it differs
+    on is found within that many calls, and no call after it goes as tokens."""
     import rollout.tokenmode.local_template as local_template
 
     monkeypatch.setattr(local_template, "RECHECK_EVERY", 4)
+    monkeypatch.setattr(local_template, "_RNG", random.Random(0))
     _, url = proxy(lambda path, req, rep: rep)
     recorder = Recorder(request_token_ids=True, request_logprobs=True, local_template=OffOnAKeyword())
     client = recorder.wrap(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
@@ -367,5 +369,31 @@ def test_a_template_wrong_only_on_some_content_is_caught_by_the_later_rechecks(
     sent = [(c.sent_as, c.fallback) for c in ep.calls]
     caught = next(i for i, (_, why) in enumerate(sent) if why and "differs from the server" in why)
     assert [s for s, _ in sent[1:3]] == ["tokens", "tokens"], sent  # checked and equal
-    assert 3 < caught <= 3 + 4, sent  # within RECHECK_EVERY trusted renders of the first "magic"
+    assert 3 <= caught <= 2 + 7, sent  # within 2 * RECHECK_EVERY - 1 trusted renders of the first "magic"
     assert all(s == "messages" for s, _ in sent[caught:]), sent
+
+
+def test_content_that_comes_at_a_fixed_period_cannot_always_fall_between_two_rechecks(
+    proxy: Any, monkeypatch: pytest.MonkeyPatch  # noqa: F811
+) -> None:
+    """The word "magic" comes every other call, on the trusted renders a fixed every-4th re-check never
+    lands on (the 1st, 3rd, 5th, ...): the random gaps land on one, and the template is retired."""
+    import rollout.tokenmode.local_template as local_template
+
+    monkeypatch.setattr(local_template, "RECHECK_EVERY", 4)
+    monkeypatch.setattr(local_template, "_RNG", random.Random(0))
+    _, url = proxy(lambda path, req, rep: rep)
+    recorder = Recorder(request_token_ids=True, request_logprobs=True, local_template=OffOnAKeyword())
+    client = recorder.wrap(openai.OpenAI(base_url=url, api_key="unused", max_retries=0))
+    with recorder.episode("t") as ep:
+        messages: list[Any] = [SYSTEM, user("What is 2 + 3?")]
+        for turn in range(40):  # call c renders turn c - 1's user message: "magic" on odd calls from 3
+            reply = client.chat.completions.create(model="tiny", messages=messages, max_tokens=3, seed=turn)
+            said = f"A magic number ({turn})?" if turn >= 2 and turn % 2 == 0 else f"Again ({turn})."
+            messages = [*messages, reply_message(reply), user(said)]
+    recorder.close()
+    sent = [(c.sent_as, c.fallback) for c in ep.calls]
+    caught = [i for i, (_, why) in enumerate(sent) if why and "differs from the server" in why]
+    assert caught and caught[0] % 2 == 1, sent  # found on a "magic" call
+    assert all(s == "messages" for s, _ in sent[caught[0]:]), sent
+    assert all(s == "tokens" for s, _ in sent[1:caught[0]]), sent
