@@ -23,7 +23,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from rollout.call_record import CallRecord, ChoiceRecord
 from rollout.episode import Episode
@@ -94,6 +96,23 @@ def message_keys(messages: list[Any]) -> tuple[Key, ...]:
     return tuple(_message_key(m) for m in messages)
 
 
+class Found(NamedTuple):
+    """A new call's parent: the recorded call and choice its messages extend, how many messages
+    that covers, and the other choices (call, choice) whose messages + reply are the same but
+    whose sampled ids differ (n > 1, or a retry): if any, which one the agent continued is unknown."""
+
+    call: CallRecord
+    choice: ChoiceRecord
+    end: int
+    rivals: tuple[tuple[int, int], ...] = ()
+
+
+def _twin(table: dict[tuple[Key, ...], list[tuple[int, int]]], key: tuple[Key, ...], *targets: tuple[int, int]) -> None:
+    """Remember that `targets` share `key` with different ids."""
+    group = table.setdefault(key, [])
+    group.extend(t for t in targets if t not in group)
+
+
 def _loose(keys: tuple[Key, ...]) -> tuple[Key, ...]:
     """The keys without tool calls: finds a turn whose tool_calls the framework dropped."""
     return tuple(k[:2] for k in keys)
@@ -155,6 +174,9 @@ class EpisodeLog:
         self._lock = threading.Lock()
         self._prefixes: dict[tuple[Key, ...], tuple[int, int]] = {}  # -> (call, choice)
         self._loose: dict[tuple[Key, ...], tuple[int, int, tuple[Key, ...]]] = {}  # -> (call, choice, keys)
+        # keys that more than one choice, sampled as different ids, has: the parent is ambiguous
+        self._twins: dict[tuple[Key, ...], list[tuple[int, int]]] = {}
+        self._loose_twins: dict[tuple[Key, ...], list[tuple[int, int]]] = {}
         self._children: dict[tuple[int, int], list[int]] = {}  # (call, choice) -> calls that continued it
         self.copies: dict[int, dict[str, Any]] | None = {} if closes else None
         self._open: list[Callable[[], Any]] = []
@@ -172,57 +194,84 @@ class EpisodeLog:
                 self._children.setdefault(found[0], []).append(call.index)
             self.episode.calls.append(call)
             for choice in call.choices:  # children will look this call up by prefix
+                target = (call.index, choice.index)
                 with_reply = (*keys, _message_key(choice.message))
-                self._prefixes[with_reply] = (call.index, choice.index)
-                self._loose.setdefault(_loose(with_reply), (call.index, choice.index, with_reply))
+                seen = self._prefixes.get(with_reply)
+                if seen is not None and seen != target and not self._same_ids(seen, choice):
+                    _twin(self._twins, with_reply, seen, target)
+                self._prefixes[with_reply] = target
+                loose = _loose(with_reply)
+                first = self._loose.get(loose)
+                if first is None:
+                    self._loose[loose] = (*target, with_reply)
+                elif first[2] != with_reply or not self._same_ids(first[:2], choice):
+                    _twin(self._loose_twins, loose, (first[0], first[1]), target)
         call.notes.extend(notes)
 
-    def parent_of(
-        self, messages: list[Any], keys: tuple[Key, ...] | None = None
-    ) -> tuple[CallRecord, ChoiceRecord, int] | None:
+    def _same_ids(self, target: tuple[int, int], choice: ChoiceRecord) -> bool:
+        """Whether recorded choice `target` sampled the same ids as `choice` (one trajectory)."""
+        other = next((c for c in self.episode.calls[target[0]].choices if c.index == target[1]), None)
+        return other is not None and bool(np.array_equal(other.ids, choice.ids))
+
+    def parent_of(self, messages: list[Any], keys: tuple[Key, ...] | None = None) -> Found | None:
         """The recorded call and choice whose messages + reply the longest prefix of
-        `messages` is, and that prefix's length (so `messages[end:]` is what is new)."""
+        `messages` is, that prefix's length (so `messages[end:]` is what is new), and any
+        other choices that prefix matches as well (`Found.rivals`)."""
         keys = message_keys(messages) if keys is None else keys
         with self._lock:
             found = self._find_parent(keys)
             if found is None:
                 return None
-            (index, choice_index), end = found
+            (index, choice_index), end, rivals = found
             call = self.episode.calls[index]
         choice = next(c for c in call.choices if c.index == choice_index)
-        return call, choice, end
+        return Found(call, choice, end, rivals)
 
     def continued(self, call: CallRecord, choice: ChoiceRecord) -> list[int]:
         """The calls that already continued this call's choice (a new child is then a branch)."""
         with self._lock:
             return list(self._children.get((call.index, choice.index), ()))
 
-    def _find_parent(self, keys: tuple[Key, ...]) -> tuple[tuple[int, int], int] | None:
-        """((call, choice), prefix length) of the longest recorded messages + reply prefix of `keys`;
-        a prefix that matches only once its tool calls are set aside counts where the re-sent
-        assistant messages have none (dropped by the framework), never where they differ."""
+    def _find_parent(self, keys: tuple[Key, ...]) -> tuple[tuple[int, int], int, tuple[tuple[int, int], ...]] | None:
+        """((call, choice), prefix length, rivals) of the longest recorded messages + reply prefix
+        of `keys`; a prefix that matches only once its tool calls are set aside counts where the
+        re-sent assistant messages have none (dropped by the framework), never where they differ.
+        Rivals are the other choices, sampled as other ids, that the same prefix matches."""
         for end in range(len(keys), 0, -1):
             if keys[end - 1][0] != "assistant":
                 continue
             prefix = keys[:end]
             found = self._prefixes.get(prefix)
             if found is not None:
-                return found, end
-            loose = self._loose.get(_loose(prefix))
+                return found, end, tuple(t for t in self._twins.get(prefix, ()) if t != found)
+            loose_key = _loose(prefix)
+            loose = self._loose.get(loose_key)
             if loose is not None and _only_dropped_calls(prefix, loose[2]):
-                return (loose[0], loose[1]), end
+                target = (loose[0], loose[1])
+                return target, end, tuple(t for t in self._loose_twins.get(loose_key, ()) if t != target)
         return None
 
-    def _notes(self, messages: list[Any], keys: tuple[Key, ...], found: tuple[tuple[int, int], int] | None) -> list[str]:
+    def _notes(
+        self,
+        messages: list[Any],
+        keys: tuple[Key, ...],
+        found: tuple[tuple[int, int], int, tuple[tuple[int, int], ...]] | None,
+    ) -> list[str]:
         """Why the parent found is not simply the call this one continues verbatim, if it is not."""
         assistants = [i for i, k in enumerate(keys) if k[0] == "assistant"]
         if found is None:
             if assistants and self.episode.calls:
                 return ["history matches no recorded call + reply (edited, or another agent's): no parent"]
             return []
-        (index, choice_index), end = found
+        (index, choice_index), end, rivals = found
         parent = self.episode.calls[index]
         notes = []
+        if rivals:
+            notes.append(
+                f"the history's last reply is the same message as call {index} choice {choice_index} and "
+                f"{', '.join(f'call {c} choice {k}' for c, k in rivals)}, sampled as other ids: which one "
+                f"it continues is unknown (parent: call {index})"
+            )
         reshaped = self._reshaped(messages, parent, choice_index, end)
         if reshaped:
             notes.append(

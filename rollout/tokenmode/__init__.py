@@ -23,6 +23,7 @@ from rollout.tokenmode.local_template import HFTemplate, LocalTemplate, load_tem
 from rollout.tokenmode.plan import Generation, Request, Sampled
 from rollout.tokenmode.server import TokenServer, TokenServers, server_for
 from rollout.tokenmode.stitch import (
+    AMBIGUOUS_PARENT,
     BRANCH,
     EDITED_HISTORY,
     FIRST_CALL,
@@ -43,6 +44,7 @@ from rollout.tokenmode.transport import (
 )
 
 __all__ = [
+    "AMBIGUOUS_PARENT",
     "BRANCH",
     "EDITED_HISTORY",
     "FIRST_CALL",

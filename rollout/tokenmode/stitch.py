@@ -30,8 +30,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rollout.call_record import CallRecord, ChoiceRecord
-from rollout.lineage import call_signatures, message_text
+from rollout.lineage import Found, call_signatures, message_text
 from rollout.snapshot import plain
 from rollout.tokenmode.plan import Plan
 
@@ -47,6 +46,7 @@ TOOLS_CHANGED = "tools changed since the parent call"
 NO_NEW_MESSAGES = "no new messages after the parent's reply"
 NO_SERVER = "client has no HTTP base URL"
 BRANCH = "branch"  # + which calls already continued the parent: the episode cannot stay one row
+AMBIGUOUS_PARENT = "ambiguous parent"  # + the choices whose reply reads the same, with other ids
 
 # Chat parameters the token routes honour; anything else sends the call as messages.
 _SAMPLING = ("n", "temperature", "top_p", "seed", "presence_penalty", "frequency_penalty")
@@ -206,7 +206,7 @@ def edited_prefix(prefix: list[Any], parent_messages: Any, reply: Mapping[str, A
 
 def plan_turn(
     kwargs: dict[str, Any],
-    found: tuple[CallRecord, ChoiceRecord, int] | None,
+    found: Found | None,
     *,
     earlier_calls: bool,
     server: Callable[[], TokenServer],
@@ -231,7 +231,11 @@ def plan_turn(
         if earlier_calls:
             return EDITED_HISTORY
         return _first_turn(kwargs, server) if first_call else FIRST_CALL
-    call, choice, end = found
+    call, choice, end, rivals = found
+    if rivals:  # n > 1 or a retry gave the same message as other ids: whose ids to send is unknown
+        others = ", ".join(f"call {c} choice {k}" for c, k in rivals)
+        return (f"{AMBIGUOUS_PARENT}: the last reply in the history is call {call.index} choice {choice.index}'s "
+                f"message and also {others}'s, sampled as other ids")  # fmt: skip
     if continued:
         return f"{BRANCH}: continues call {call.index}, which call(s) {list(continued)} had already continued"
     if not (call.prompt_source.exact and choice.exact) or len(call.prompt_ids) == 0:

@@ -20,7 +20,7 @@ import pytest
 
 from rollout import Episode, Recorder, assemble
 from rollout.embedded import END_ID, ChatTemplate, EmbeddedServer
-from rollout.tokenmode import BRANCH, EDITED_HISTORY
+from rollout.tokenmode import AMBIGUOUS_PARENT, BRANCH, EDITED_HISTORY
 from tests.integration.test_token_mode import TOOLS, forced_tool_policy
 
 T = ChatTemplate()
@@ -208,3 +208,34 @@ def test_in_messages_mode_a_re_shaped_turn_links_its_parent_and_the_drift_is_cou
     assert ep.calls[1].parent == 0 and "tool_calls dropped" in ep.calls[1].notes[0]
     result = assemble([ep])
     assert result.num_drift == 1 and len(result) == 2
+
+
+@pytest.mark.parametrize("mode", ["auto", "off"])
+def test_two_choices_that_read_alike_with_other_ids_are_never_stitched_onto_a_guess(server: EmbeddedServer, mode: str) -> None:
+    """With n=2, a stop string and an end of turn can leave both choices reading "" while their ids
+    differ. The agent continues choice 0; its history cannot say which choice that was, so token
+    mode sends the next call as messages (it once stitched choice 1's ids, marked exact), and no
+    row puts a choice's ids before a call that did not see them."""
+    rec, client = recording(server, mode)
+    base: list[Any] = [SYSTEM, user("q")]
+    for seed in range(400):
+        with rec.episode("t", sample=seed) as ep:
+            kw: dict[str, Any] = {"model": "tiny", "n": 2, "max_tokens": 2, "seed": seed, "stop": ["\n", " "]}
+            a, b = client.chat.completions.create(messages=base, **kw).choices
+            same = a.message.content == b.message.content and ep.calls[0].choices[0].ids.tolist() != ep.calls[0].choices[1].ids.tolist()
+            if same:
+                history = [*base, {"role": "assistant", "content": a.message.content}, user("again")]
+                client.chat.completions.create(model="tiny", messages=history, max_tokens=2, seed=1)
+        if same:
+            break
+    else:
+        pytest.fail("no seed gave two choices that read alike with other ids")
+    first, second = ep.calls
+    assert second.parent == 0 and any("sampled as other ids" in n for n in second.notes), second.notes
+    if mode == "auto":
+        assert second.sent_as == "messages" and (second.fallback or "").startswith(AMBIGUOUS_PARENT), second.fallback
+    for sample in assemble([ep]).samples:  # a merged row holds the ids the later call's prompt holds
+        if len(sample.calls) > 1:
+            (_, k), (c, _) = sample.calls[0], sample.calls[1]
+            head = [*first.prompt_ids.tolist(), *first.choices[k].ids.tolist()]
+            assert ep.calls[c].prompt_ids.tolist()[: len(head)] == head

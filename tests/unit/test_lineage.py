@@ -79,3 +79,49 @@ def test_a_changed_turn_finds_no_parent_and_says_so(edit: str) -> None:
     log.append(child, messages)
     assert child.parent is None
     assert child.notes == ["history matches no recorded call + reply (edited, or another agent's): no parent"]
+
+
+def _two_choices(first: Any, second: Any, ids: tuple[list[int], list[int]]) -> EpisodeLog:
+    """One call with n=2: replies `first` and `second`, sampled as `ids`."""
+    log = EpisodeLog(Episode(task_id="t"))
+    call = CallRecord(
+        request={"messages": [SYSTEM, ASK]},
+        choices=[
+            ChoiceRecord(index=k, message=m, ids=i, versions=[0] * len(i))
+            for k, (m, i) in enumerate(zip((first, second), ids, strict=True))
+        ],
+    )
+    log.append(call, [SYSTEM, ASK])
+    return log
+
+
+def test_a_reply_two_choices_read_alike_with_other_ids_is_an_ambiguous_parent() -> None:
+    """The agent's history names the message, not the choice: with two choices that read alike but
+    were sampled as other ids, the parent is reported with its rival, and the child's record says so."""
+    log = _two_choices(TEXT_REPLY, TEXT_REPLY, ([5, 9], [5, 7, 9]))
+    messages = [SYSTEM, ASK, TEXT_REPLY, {"role": "user", "content": "and now?"}]
+    found = log.parent_of(messages)
+    assert found is not None and found.rivals == ((0, 0),) and (found.call.index, found.choice.index) == (0, 1)
+    child = CallRecord(request={"messages": messages})
+    log.append(child, messages)
+    assert child.parent == 0
+    assert any("call 0 choice 1 and call 0 choice 0, sampled as other ids" in n for n in child.notes), child.notes
+
+
+def test_choices_that_read_alike_with_the_same_ids_are_one_parent() -> None:
+    log = _two_choices(TEXT_REPLY, TEXT_REPLY, ([5, 9], [5, 9]))
+    found = log.parent_of([SYSTEM, ASK, TEXT_REPLY, {"role": "user", "content": "and now?"}])
+    assert found is not None and found.rivals == ()
+
+
+def test_a_reply_sent_back_without_its_tool_calls_is_ambiguous_where_two_choices_differ_only_in_them() -> None:
+    """Choices 0 and 1 call different tools with the same text; a framework that drops tool_calls
+    sends the text back: it could be either. Sent back with its tool call, each is itself."""
+    other = with_args('{"a": 2, "b": 4}')
+    log = _two_choices(REPLY, other, ([5, 9], [5, 8]))
+    tool = {"role": "tool", "tool_call_id": "x", "content": "5"}
+    loose = log.parent_of([SYSTEM, ASK, {"role": "assistant", "content": ""}, tool])
+    assert loose is not None and (loose.choice.index, loose.rivals) == (0, ((0, 1),))
+    for k, sent in enumerate((REPLY, other)):
+        exact = log.parent_of([SYSTEM, ASK, sent, tool])
+        assert exact is not None and (exact.choice.index, exact.rivals) == (k, ())
