@@ -90,6 +90,8 @@ class Dialect:
 
     def __init__(self) -> None:
         self.max_model_len: int | None = None  # the context length, once the server said it
+        # why this dialect is not used again (its client-side rendering differed from the server's)
+        self.mismatch: str | None = None
         self._texts: dict[int, str] = {}  # token id -> its text (`token_texts`)
 
     def __init_subclass__(cls, **kwargs: Any) -> None:

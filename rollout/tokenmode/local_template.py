@@ -98,7 +98,6 @@ class LocalTemplateDialect(Dialect):
         self.source = server.source  # type: ignore[misc]  # the ids are the server's, as through it
         self.verify = verify
         self.checking = True  # False once the server turned out unable to render
-        self.mismatch: str | None = None  # set once the template differs from the server's
         self._checked: dict[tuple[Any, ...], int] = {}  # render kind -> renders found equal
         self._parsed: dict[tuple[Any, ...], int] = {}  # reply kind -> replies parsed alike
         self._left: dict[str, int] = {}  # trusted renders / replies until the next re-check

@@ -140,7 +140,11 @@ class TokenServer:
 
     def _render(self, dialect: Dialect, model: str, messages: list[Any], tools: Any, ctk: Any, gen: bool) -> Plan:
         """The server template's ids for `messages`; repeats are answered from a small cache
-        (a fixed reply such as a tool error or "Try again." is rendered by the server once)."""
+        (a fixed reply such as a tool error or "Try again." is rendered by the server once).
+        Nothing is answered for a dialect found to render unlike the server: its cached renders
+        were its own."""
+        if dialect.mismatch is not None:
+            raise Unavailable(dialect.mismatch)
         try:
             key: str | None = json.dumps([model, messages, tools, ctk, gen], sort_keys=True)
         except (TypeError, ValueError):

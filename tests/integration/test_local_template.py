@@ -397,3 +397,31 @@ def test_content_that_comes_at_a_fixed_period_cannot_always_fall_between_two_rec
     assert caught and caught[0] % 2 == 1, sent  # found on a "magic" call
     assert all(s == "messages" for s, _ in sent[caught[0]:]), sent
     assert all(s == "tokens" for s, _ in sent[1:caught[0]]), sent
+
+
+def test_a_template_found_wrong_is_not_used_again_through_the_render_cache(
+    server: EmbeddedServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trusted kind's render of "magic" is the template's own, unchecked, and cached. Once another
+    kind shows the template is not the server's, that cached render must not send "magic" as tokens
+    again: every later call goes as messages (it was still sent as tokens, marked exact)."""
+    import rollout.tokenmode.local_template as local_template
+
+    monkeypatch.setattr(local_template, "RECHECK_EVERY", 10**6)  # no re-check lands in this run
+    monkeypatch.setattr(local_template, "_RNG", random.Random(0))
+    recorder = Recorder(request_token_ids=True, request_logprobs=True, token_mode="all", local_template=OffOnAKeyword())
+    client = recorder.wrap(openai.OpenAI(base_url=server.base_url, api_key="unused", max_retries=0))
+
+    def first_call(messages: list[Any]) -> Any:
+        with recorder.episode("t") as ep:
+            client.chat.completions.create(model="tiny", messages=messages, max_tokens=2, seed=1)
+        return ep.calls[0]
+
+    checked = [first_call([user(text)]) for text in ("hello", "hi")]  # the user-only kind: checked, equal
+    trusted = first_call([user("magic")])  # trusted: the template's render, not asked of the server
+    caught = first_call([SYSTEM, user("magic")])  # a new kind: checked, and found to differ
+    again = first_call([user("magic")])  # the trusted render is in the cache
+    recorder.close()
+    assert [c.sent_as for c in (*checked, trusted)] == ["tokens"] * 3
+    assert caught.sent_as == "messages" and "differs from the server" in (caught.fallback or ""), caught.fallback
+    assert again.sent_as == "messages" and "differs from the server" in (again.fallback or ""), again.fallback
