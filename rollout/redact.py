@@ -5,7 +5,8 @@ dicts) and to requests as they are recorded:
 
 - by name: a mapping key that names a credential (`api_key`, `Authorization`,
   `extra_headers`, `session_token`, `credentials`, `password`, ...) is dropped
-  with its value, at any depth outside user data (messages, tools, schemas);
+  with its value, at any depth outside user data (messages, tools, schemas,
+  the chat template's options and documents);
 - by value: every known secret (keys the backend, the wrapped clients or the
   caller registered) is replaced wherever it appears in any string, as are
   `Bearer ...` tokens, `sk-...` keys, `user:secret@` in URLs and key-like
@@ -36,8 +37,11 @@ _NAME = re.compile(
 # (as apikey), X-Api-Key, Authorization, Proxy-Authorization, extra_headers,
 # session_token, client_secret, ... but not max_tokens or prompt_token_ids.
 
-USER_DATA = frozenset({"messages", "tools", "functions", "response_format", "input", "prompt"})
-"""Request keys whose subtrees are the user's data: kept as sent (value rule only)."""
+USER_DATA = frozenset({"messages", "tools", "functions", "response_format", "input", "prompt",
+                       "chat_template_kwargs", "documents"})  # fmt: skip
+"""Request keys whose subtrees are the user's data: kept as sent (value rule only). The template's
+options and documents are rendered into the prompt: a record that dropped `bos_token` there would
+not say what the model saw, nor let token mode see the option change."""
 
 _PATTERNS = (
     ("bearer", re.compile(r"(?i)\b(bearer\s+)[A-Za-z0-9._~+/=-]{8,}"), r"\1" + REDACTED),

@@ -278,10 +278,12 @@ def _parent_then_child(
          "extra_body['chat_template_kwargs'] changed"),
         ({}, lambda h: (h, {"extra_body": {"chat_template_kwargs": {"enable_thinking": True}}}),
          "extra_body['chat_template_kwargs'] changed"),
+        ({"extra_body": {"chat_template_kwargs": {"bos_token": "<s>"}}}, lambda h: (h, {}),
+         "extra_body['chat_template_kwargs'] changed"),  # a name shaped like a credential's
         ({"tools": TOOLS, "tool_choice": "none"}, lambda h: (h, {"tools": TOOLS}), "'tool_choice' changed"),
         ({}, lambda h: ([*h[:2], {**h[2], "name": "helper"}], {}), "the parent's reply differs"),
     ],
-    ids=["name", "response_format", "ctk-dropped", "ctk-added", "tool_choice", "reply-name"],
+    ids=["name", "response_format", "ctk-dropped", "ctk-added", "ctk-bos_token-dropped", "tool_choice", "reply-name"],
 )
 def test_whatever_the_template_renders_must_match_the_parent(
     server: EmbeddedServer, first: dict[str, Any], edit: Callable[[list[Any]], Any], reason: str
@@ -292,6 +294,17 @@ def test_whatever_the_template_renders_must_match_the_parent(
     child = ep.calls[1]
     assert child.sent_as == "messages" and child.parent == 0
     assert reason in (child.fallback or ""), child.fallback
+
+
+def test_an_unchanged_template_option_named_like_a_credential_still_stitches_and_is_recorded(
+    server: EmbeddedServer,
+) -> None:
+    """`bos_token` is rendered into the prompt, not a credential: the record keeps it, and the same
+    option on the next call is no change (it was dropped, and every later call fell back)."""
+    body = {"extra_body": {"chat_template_kwargs": {"bos_token": "<s>"}}}
+    ep = _parent_then_child(server.base_url, body, lambda h, _r: (h, body))
+    assert ep.calls[0].request["extra_body"]["chat_template_kwargs"] == {"bos_token": "<s>"}
+    assert ep.calls[1].sent_as == "tokens", ep.calls[1].fallback
 
 
 def test_unchanged_fields_spelt_differently_still_stitch(server: EmbeddedServer) -> None:

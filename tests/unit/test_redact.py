@@ -51,3 +51,14 @@ def test_credential_names_are_dropped_outside_user_data() -> None:
         "messages": [{"role": "user", "content": "hi", "token": "kept: user data"}],
     }
     assert redact({"password": "v"}, names=False) == {"password": "v"}
+
+
+def test_template_options_are_what_the_model_saw_not_credentials() -> None:
+    """`bos_token` in `chat_template_kwargs` is rendered into the prompt: kept (it was dropped as
+    a credential-like name); a secret value there is still scrubbed by the value rule."""
+    body = {"chat_template_kwargs": {"bos_token": "<s>", "eos_token": "</s>", "note": "Bearer abcdefghijklmnop"},
+            "documents": [{"access_token": "in a document", "text": "t"}], "session_token": "v"}  # fmt: skip
+    assert redact({"extra_body": body}) == {"extra_body": {
+        "chat_template_kwargs": {"bos_token": "<s>", "eos_token": "</s>", "note": "Bearer [REDACTED]"},
+        "documents": [{"access_token": "in a document", "text": "t"}],
+    }}  # fmt: skip
