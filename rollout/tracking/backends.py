@@ -68,7 +68,9 @@ class WandbBackend:
             project=spec.project, name=run_name, dir=str(root), mode=w.mode, entity=w.entity,
             group=w.group, tags=w.tags or None, config=dict(config), reinit="create_new",
             # console="off": the run's stdout stays the caller's (no capture, no rewrite).
-            settings=wandb.Settings(console="off", silent=True),
+            # x_disable_meta: wandb's system metadata holds the raw command line and the git
+            # remote URL, either of which can carry a key (`backend.urls=[http://u:KEY@...]`).
+            settings=wandb.Settings(console="off", silent=True, x_disable_meta=True),
         )  # fmt: skip
 
     def log(self, metrics: Mapping[str, float], step: int) -> None:

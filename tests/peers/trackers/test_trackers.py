@@ -168,6 +168,23 @@ def test_keys_never_reach_a_tracker(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     assert "my key is [REDACTED]" in text
 
 
+def test_a_key_on_the_command_line_never_reaches_a_tracker(tmp_path: Path) -> None:
+    """wandb keeps the process's command line among its run metadata; a key given in an override
+    (here in the run name, which the value rule scrubs) must not be in any tracker's files."""
+    secret = "sk-cli-" + "s3cr3t" * 4
+    root = tmp_path / "tracking"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rollout.cli", "collect", "limit=2", "progress=false",
+         f"output.path={tmp_path / 'eps.jsonl'}", f"tracking.trackers=[{', '.join(ALL)}]",
+         f"tracking.dir={root}", f"tracking.run_name=run-{secret}"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONPATH": os.getcwd()},
+    )  # fmt: skip
+    assert proc.returncode in (0, 1), proc.stderr
+    files = [p for p in root.rglob("*") if p.is_file()]
+    assert any(p.suffix == ".wandb" for p in files) and any(p.name == "mlflow.db" for p in files)
+    assert [p for p in files if secret.encode() in p.read_bytes()] == []
+
+
 def test_a_tracker_that_fails_to_start_or_write_warns_and_the_run_goes_on(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
